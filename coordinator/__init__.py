@@ -1,0 +1,1 @@
+"""PAC mesh coordinator service."""

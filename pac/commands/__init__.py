@@ -1,0 +1,1 @@
+"""Subcommands of `pac` that belong to the core (engine) package."""
