@@ -1,0 +1,20 @@
+"""A Houlsby bottleneck adapter: ``x + up(gelu(down(x)))``, the identity at start."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BottleneckAdapter(nn.Module):
+    def __init__(self, d_model: int, bottleneck: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(d_model, bottleneck)
+        self.up = nn.Linear(bottleneck, d_model)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[..., d_model]`` -> same shape."""
+        return x + self.up(F.gelu(self.down(x)))

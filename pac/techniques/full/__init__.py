@@ -1,0 +1,5 @@
+"""Full fine-tuning."""
+
+from pac.techniques.full.model import FullFineTuningModel
+
+__all__ = ["FullFineTuningModel"]

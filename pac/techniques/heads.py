@@ -1,0 +1,87 @@
+"""Task heads shared by every technique.
+
+A linear head pools the last stack's final hidden state (mean over real tokens for
+encoders and encoder-decoders, the last real token for decoder-only models) and maps it
+to classes or a regression value. Text tasks use the backbone's own (frozen) LM head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pac.families import ModelFamily
+from pac.tasks import TaskSpec
+
+IGNORE_INDEX = -100
+
+
+def output_mask(family: ModelFamily, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The 0/1 mask ``[batch, seq]`` of the stack whose final hidden state the head reads."""
+    if family.is_encoder_decoder:
+        return batch["decoder_attention_mask"]
+    return batch["attention_mask"]
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, last_token: bool) -> torch.Tensor:
+    """``hidden`` ``[batch, seq, d]``, ``mask`` ``[batch, seq]`` -> ``[batch, d]``."""
+    if last_token:
+        last = mask.long().sum(dim=1).clamp(min=1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class TaskHead(nn.Module):
+    """Maps the final hidden state ``[batch, seq, d]`` to the task's outputs."""
+
+    def __init__(self, family: ModelFamily, task: TaskSpec) -> None:
+        super().__init__()
+        self.task = task
+        self.last_token = family.causal
+        # The LM head belongs to the backbone (frozen, shared); keep a plain reference
+        # so that it is not registered (and exported) as part of the head.
+        self._family = [family]
+        self.linear: nn.Linear | None = None
+        if not task.generates_text:
+            self.linear = nn.Linear(family.hidden_size, task.num_labels)
+
+    def forward(self, final: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        family = self._family[0]
+        if self.linear is None:
+            return family.lm_logits(final)
+        pooled = pool(final, output_mask(family, batch), self.last_token)
+        logits = self.linear(pooled)
+        return logits.squeeze(-1) if self.task.kind == "regression" else logits
+
+    def loss(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        labels = batch["labels"]
+        if self.task.kind == "regression":
+            return F.mse_loss(outputs.float(), labels.float())
+        if self.linear is not None:
+            return F.cross_entropy(outputs.float(), labels)
+        if self.task.kind == "causal-lm":
+            # Next-token prediction: position t predicts token t + 1.
+            outputs, labels = outputs[:, :-1], labels[:, 1:]
+        return F.cross_entropy(
+            outputs.reshape(-1, outputs.shape[-1]).float(),
+            labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+        )
+
+    def predict(
+        self, outputs: torch.Tensor, label_first_tokens: list[int] | None = None
+    ) -> torch.Tensor:
+        """Predictions from outputs: class ids ``[batch]``, values ``[batch]``, or token ids
+        ``[batch, seq]``. A text-head classifier picks, at the decoder's first position, the
+        label whose first token scores highest (``label_first_tokens[i]`` for class i)."""
+        if self.task.kind == "regression":
+            return outputs.float()
+        if self.linear is not None:
+            return outputs.argmax(dim=-1)
+        if self.task.kind == "classification":
+            if label_first_tokens is None:
+                raise ValueError("a text-head classifier needs the labels' first tokens")
+            return outputs[:, 0, label_first_tokens].argmax(dim=-1)
+        return outputs.argmax(dim=-1)

@@ -1,0 +1,43 @@
+"""Settings of the Parallel Adapters side network."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ParallelAdaptersConfig:
+    """``reduction`` r: the side network's width is d_model / r (the paper's default 8).
+    ``laddered_layers``: indices into the family's flattened blocks whose outputs feed the
+    side network (``None`` = all). ``side_heads``: attention heads of a side block (one head
+    when the width is not divisible). ``mlp_ratio``: the side MLP's hidden size / width."""
+
+    reduction: int = 8
+    laddered_layers: tuple[int, ...] | None = None
+    side_heads: int = 4
+    mlp_ratio: int = 4
+
+    def __post_init__(self) -> None:
+        if self.reduction < 1:
+            raise ValueError(f"reduction must be >= 1, got {self.reduction}")
+        if self.laddered_layers is not None and len(set(self.laddered_layers)) != len(
+            self.laddered_layers
+        ):
+            raise ValueError(f"laddered layers repeat: {self.laddered_layers}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.laddered_layers is not None:
+            data["laddered_layers"] = list(self.laddered_layers)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ParallelAdaptersConfig:
+        layers = data.get("laddered_layers")
+        return cls(
+            reduction=int(data.get("reduction", 8)),
+            laddered_layers=None if layers is None else tuple(int(i) for i in layers),
+            side_heads=int(data.get("side_heads", 4)),
+            mlp_ratio=int(data.get("mlp_ratio", 4)),
+        )

@@ -1,0 +1,94 @@
+"""The side network's building blocks: a gated ladder input and a small transformer block."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def attention_mask(
+    key_mask: torch.Tensor, query_len: int, causal: bool
+) -> torch.Tensor:
+    """Boolean mask ``[batch, 1, query_len, key_len]`` (True = may attend) from a 0/1 key
+    mask ``[batch, key_len]``; with ``causal`` a query also sees no later key."""
+    allowed = key_mask.bool()[:, None, None, :].expand(-1, 1, query_len, -1)
+    if causal:
+        key_len = key_mask.shape[1]
+        lower = torch.ones(query_len, key_len, dtype=torch.bool, device=key_mask.device).tril()
+        allowed = allowed & lower
+    return allowed
+
+
+class SideAttention(nn.Module):
+    """Multi-head attention of width ``width`` (self- or cross-attention)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(width, width)
+        self.key_value = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(
+        self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``x`` ``[batch, q, w]`` attends to ``memory`` ``[batch, k, w]`` under ``mask``
+        ``[batch, 1, q, k]``; returns ``[batch, q, w]``."""
+        batch, q_len, width = x.shape
+        head_dim = width // self.heads
+        query = self.query(x).view(batch, q_len, self.heads, head_dim).transpose(1, 2)
+        key, value = self.key_value(memory).chunk(2, dim=-1)
+        key = key.reshape(batch, -1, self.heads, head_dim).transpose(1, 2)
+        value = value.reshape(batch, -1, self.heads, head_dim).transpose(1, 2)
+        mixed = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+        return self.out(mixed.transpose(1, 2).reshape(batch, q_len, width))
+
+
+class SideBlock(nn.Module):
+    """A pre-norm transformer block of the side network: self-attention, optional
+    cross-attention to the side encoder's output, and an MLP."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int, cross_attention: bool) -> None:
+        super().__init__()
+        self.norm_self = nn.LayerNorm(width)
+        self.self_attention = SideAttention(width, heads)
+        self.norm_cross: nn.LayerNorm | None = None
+        self.cross_attention: SideAttention | None = None
+        if cross_attention:
+            self.norm_cross = nn.LayerNorm(width)
+            self.cross_attention = SideAttention(width, heads)
+        self.norm_mlp = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width)
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        self_mask: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``x`` ``[batch, seq, w]`` -> ``[batch, seq, w]``."""
+        normed = self.norm_self(x)
+        x = x + self.self_attention(normed, normed, self_mask)
+        if self.cross_attention is not None and self.norm_cross is not None:
+            if memory is None or memory_mask is None:
+                raise ValueError("a cross-attending side block needs the side encoder's output")
+            x = x + self.cross_attention(self.norm_cross(x), memory, memory_mask)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class LadderGate(nn.Module):
+    """Mixes a backbone layer into the side state (Ladder Side-Tuning's gate):
+    ``g * down(h) + (1 - g) * side`` with ``g = sigmoid(alpha)``, one ``alpha`` per layer."""
+
+    def __init__(self, d_model: int, width: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(d_model, width)
+        self.alpha = nn.Parameter(torch.zeros(()))
+
+    def forward(self, backbone_hidden: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.alpha)
+        return gate * self.down(backbone_hidden) + (1.0 - gate) * side
