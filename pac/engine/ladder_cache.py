@@ -1,0 +1,53 @@
+"""The activation cache seen from the trainer: padded ladder batches in, padded out.
+
+The backbone produces ladder points for a padded batch ``{point: [batch, seq, d]}``; the
+cache stores each sample's points unpadded (real tokens only, by the point's own mask)
+under the sample's fingerprint; reading a batch back pads them again with zeros. The
+padded positions never reach a real output (they are masked in the side network's
+attention and in pooling/loss), so training from the cache equals training live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from pac.cache.store import ActivationCache
+from pac.data.encoding import EncodedSample
+from pac.families import ModelFamily
+from pac.techniques.parallel_adapters.ladder import point_mask_key
+
+
+class LadderCache:
+    def __init__(self, cache: ActivationCache, family: ModelFamily, points: Sequence[str]):
+        self.cache = cache
+        self.points = list(points)
+        self.mask_keys = {point: point_mask_key(family, point) for point in self.points}
+
+    def holds(self, samples: Sequence[EncodedSample]) -> bool:
+        return all(sample.fingerprint in self.cache for sample in samples)
+
+    def store(
+        self,
+        samples: Sequence[EncodedSample],
+        batch: dict[str, torch.Tensor],
+        ladder: dict[str, torch.Tensor],
+    ) -> None:
+        """Write each sample's points, unpadded, unless the cache holds it already."""
+        lengths = {key: batch[key].sum(dim=1).tolist() for key in set(self.mask_keys.values())}
+        for row, sample in enumerate(samples):
+            if sample.fingerprint in self.cache:
+                continue
+            self.cache.put(
+                sample.fingerprint,
+                {
+                    point: ladder[point][row, : int(lengths[self.mask_keys[point]][row])]
+                    for point in self.points
+                },
+            )
+
+    def load(self, samples: Sequence[EncodedSample]) -> dict[str, torch.Tensor]:
+        """``{point: [batch, seq, d]}`` float32, zero-padded to the batch's longest."""
+        padded, _lengths = self.cache.get_batch([s.fingerprint for s in samples], self.points)
+        return padded

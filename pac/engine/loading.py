@@ -1,0 +1,52 @@
+"""Loading a local Hugging Face model directory: family, weights and tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from pac.families import FamilyError, ModelFamily, family_for_dir
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "spiece.model",
+    "vocab.json",
+    "tokenizer.model",
+)
+
+
+@dataclass
+class LoadedModel:
+    """A backbone behind its family's flat view, with its tokenizer."""
+
+    model_dir: Path
+    family: ModelFamily
+    tokenizer: PreTrainedTokenizerBase
+
+    @property
+    def decoder_start_token_id(self) -> int | None:
+        if not self.family.is_encoder_decoder:
+            return None
+        start = getattr(self.family.model.config, "decoder_start_token_id", None)
+        if start is None:
+            raise FamilyError(f"{self.model_dir}/config.json has no decoder_start_token_id")
+        return int(start)
+
+
+def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load ``model_dir`` (``config.json``, weights, tokenizer files) offline.
+
+    Raises :class:`FamilyError` naming the directory and what is missing."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise FamilyError(f"model directory {path} does not exist")
+    family_type = family_for_dir(path)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise FamilyError(f"{path} has no tokenizer: expected one of {', '.join(TOKENIZER_FILES)}")
+    model = family_type.load(path, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return LoadedModel(model_dir=path, family=family_type(model), tokenizer=tokenizer)

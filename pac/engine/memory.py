@@ -1,0 +1,53 @@
+"""Process memory: what we measure, and releasing the backbone after epoch 1."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import resource
+import sys
+
+import torch
+
+from pac.families import ModelFamily
+
+
+def rss_bytes() -> int:
+    """The process's resident set size now (Linux ``/proc``; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size so far."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _return_freed_memory() -> None:
+    gc.collect()
+    # glibc keeps freed arenas; ask it to give them back to the OS.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def release_backbone(family: ModelFamily) -> int:
+    """Free every backbone weight the head does not need (after epoch 1 the side network
+    trains from the cache). Returns the bytes of parameters released. The backbone can no
+    longer run afterwards."""
+    keep = {id(p) for module in family.head_modules() for p in module.parameters()}
+    released = 0
+    for parameter in family.model.parameters():
+        if id(parameter) in keep or parameter.numel() == 0:
+            continue
+        released += parameter.numel() * parameter.element_size()
+        parameter.data = torch.empty(0, dtype=parameter.dtype)
+    _return_freed_memory()
+    return released
