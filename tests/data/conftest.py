@@ -11,9 +11,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 WORDS = (
-    "a b c the movie was good bad great fresh rotten positive negative translate "
-    "hello world to french bonjour le monde"
-).split()
+    "a", "b", "c", "the", "movie", "was", "good", "bad", "great", "fresh", "rotten",
+    "positive", "negative", "translate", "hello", "world", "to", "french", "bonjour", "le",
+    "monde",
+)
 
 
 def minilm_dir() -> Path:
