@@ -1,0 +1,139 @@
+"""`pac train`: fine-tune a model on this device alone (standalone)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pac.tasks import TASK_KINDS
+
+TECHNIQUE_NAMES = ("parallel-adapters", "full", "lora", "adapters")
+PRECISIONS = ("fp16", "bf16", "fp32", "int8")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `pac train` and `pac predict`: which fields hold what."""
+    parser.add_argument("--text-field", default="text", help="field with the input text")
+    parser.add_argument("--pair-field", default="text_pair", help="field with a second text")
+    parser.add_argument("--target-field", default="label", help="field with the target")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="local Hugging Face model dir")
+    parser.add_argument("--data", required=True, type=Path, help="training data (.jsonl/.csv/.tsv)")
+    parser.add_argument("--eval", type=Path, help="evaluation data, evaluated after each epoch")
+    parser.add_argument("--task", required=True, choices=TASK_KINDS)
+    parser.add_argument("--technique", default="parallel-adapters", choices=TECHNIQUE_NAMES)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, help="learning rate (default per technique)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True, help="where adapters and metrics go")
+    parser.add_argument("--max-length", type=int, default=128, help="input tokens kept")
+    parser.add_argument("--max-target-length", type=int, default=32)
+    parser.add_argument(
+        "--head",
+        choices=("linear", "text"),
+        default="linear",
+        help="encoder-decoder classification: linear head or text-to-text",
+    )
+    parser.add_argument("--labels", help="class names, comma-separated (default: from --data)")
+    parser.add_argument("--reduction", type=int, default=8, help="side network width = d / r")
+    parser.add_argument("--ladder", help="laddered block indices, comma-separated (default all)")
+    parser.add_argument("--cache-dir", type=Path, help="activation cache (default OUT/cache)")
+    parser.add_argument("--cache-precision", choices=PRECISIONS, default="fp16")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="parallel adapters without the cache: run the backbone every epoch",
+    )
+    parser.add_argument("--max-train-samples", type=int)
+    parser.add_argument("--max-eval-samples", type=int)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_data_arguments(parser)
+
+
+def technique_settings(args: argparse.Namespace) -> dict[str, object]:
+    if args.technique != "parallel-adapters":
+        return {}
+    settings: dict[str, object] = {"reduction": args.reduction}
+    if args.ladder:
+        settings["laddered_layers"] = [int(i) for i in args.ladder.split(",")]
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from pac.engine.dataset import DataFields
+    from pac.engine.errors import USER_ERRORS
+    from pac.engine.trainer import EpochReport, TrainConfig, Trainer
+    from pac.tasks import TaskSpec
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        task = TaskSpec(
+            kind=args.task,
+            labels=tuple(args.labels.split(",")) if args.labels else (),
+            head=args.head,
+            max_length=args.max_length,
+            max_target_length=args.max_target_length,
+        )
+        config = TrainConfig(
+            model_dir=args.model,
+            train_path=args.data,
+            eval_path=args.eval,
+            task=task,
+            technique=args.technique,
+            technique_settings=technique_settings(args),
+            out_dir=args.out,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            seed=args.seed,
+            cache_dir=args.cache_dir,
+            cache_precision=args.cache_precision,
+            use_cache=not args.no_cache,
+            fields=DataFields(args.text_field, args.pair_field, args.target_field),
+            max_train_samples=args.max_train_samples,
+            max_eval_samples=args.max_eval_samples,
+            progress=not args.quiet and sys.stderr.isatty(),
+        )
+        trainer = Trainer(config)
+        trainable = sum(p.numel() for p in trainer.model.trainable_parameters())
+        print(
+            f"{args.technique} on {trainer.loaded.family.name} ({args.model}): "
+            f"{len(trainer.train_samples)} training samples, {trainable:,} trainable parameters"
+        )
+        if trainer.ladder_cache is not None:
+            print(
+                f"activation cache: {trainer.cache_projected_bytes / 2**20:.1f} MiB projected "
+                f"({args.cache_precision}) at {trainer.ladder_cache.cache.directory}"
+            )
+
+        def show(report: EpochReport) -> None:
+            metrics = " ".join(
+                f"{k} {v:.4f}" for k, v in report.eval.items() if isinstance(v, float)
+            )
+            print(
+                f"epoch {report.epoch} [{report.phase}] loss {report.loss:.4f} {metrics} "
+                f"{report.seconds:.1f} s, peak RSS {report.peak_rss_bytes / 2**20:.0f} MiB",
+                flush=True,
+            )
+
+        trainer.run(on_epoch=show)
+    except USER_ERRORS as error:
+        print(f"pac train: error: {error}", file=sys.stderr)
+        return 2
+    if trainer.backbone_released:
+        print(
+            f"backbone released after epoch 1: RSS {trainer.rss_before_release / 2**20:.0f} -> "
+            f"{trainer.rss_after_release / 2**20:.0f} MiB"
+        )
+    print(f"adapters written to {args.out} (metrics: {args.out / 'metrics.jsonl'})")
+    print(json.dumps({"out": str(args.out)}))
+    return 0
