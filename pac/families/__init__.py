@@ -19,7 +19,7 @@ def register(family: type[ModelFamily]) -> type[ModelFamily]:
 
 def _import_builtin_families() -> None:
     # Imported for their @register side effect.
-    from pac.families import bart, bert, gpt2, llama, t5  # noqa: F401
+    from . import bart, bert, gpt2, llama, t5  # noqa: F401
 
 
 def family_for_model_type(model_type: str) -> type[ModelFamily]:

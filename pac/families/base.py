@@ -67,8 +67,10 @@ class ModelFamily(ABC):
     supported_tasks: ClassVar[frozenset[str]]
     # Module-name suffixes that LoRA targets (peft `target_modules`).
     lora_targets: ClassVar[tuple[str, ...]]
-    # Module-name suffixes whose output gets a Houlsby bottleneck adapter: the
-    # attention output projection and the MLP output projection of every block.
+    # Module names, relative to a block (``block.module.named_modules()``), whose output
+    # gets a Houlsby bottleneck adapter: the attention output projection and the MLP
+    # output projection. Matched exactly (see `adapter_modules`), not as suffixes: in BERT
+    # "output.dense" is a suffix of "attention.output.dense".
     adapter_points: ClassVar[tuple[str, ...]]
 
     def __init__(self, model: PreTrainedModel) -> None:
@@ -117,6 +119,17 @@ class ModelFamily(ABC):
     def lm_logits(self, final: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits ``[batch, seq, vocab]`` from ``final_hidden`` output."""
         raise FamilyError(f"model family {self.name!r} has no language-model head")
+
+    def adapter_modules(self, block: Block) -> list[nn.Module]:
+        """The modules of ``block`` named exactly by one of ``adapter_points`` (names relative
+        to the block): its attention output projection and MLP output projection, 2 per block."""
+        points = set(self.adapter_points)
+        return [module for name, module in block.module.named_modules() if name in points]
+
+    def shared_modules(self) -> list[nn.Module]:
+        """Modules outside the blocks that ``run_block`` still uses (T5's relative position
+        bias tables, Llama's rotary embedding). A stage keeps them with its blocks."""
+        return []
 
     def head_modules(self) -> list[nn.Module]:
         """Modules that the head needs after the backbone is released (final norm, LM
