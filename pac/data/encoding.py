@@ -95,10 +95,16 @@ def encode(
     *,
     is_encoder_decoder: bool,
     decoder_start_token_id: int | None,
+    target_field: str = "label",
 ) -> list[EncodedSample]:
     """Tokenize ``examples`` for ``task`` (see the module docstring for what each
-    (task, model) pair gives). Raises ``DataError`` for an example with no tokens or a bad
-    target, ``ValueError`` for a task the model shape cannot do."""
+    (task, model) pair gives).
+
+    Classification or regression examples of which none has a target (input to predict)
+    give ``label=None`` and no ``target_ids`` (a text head's decoder reads only the start
+    token). ``target_field`` only names the field in error messages. Raises ``DataError``
+    for an example with no tokens or a bad target, ``ValueError`` for a task the model
+    shape cannot do."""
     _check_task(task, is_encoder_decoder, decoder_start_token_id)
     inputs = _tokenize_inputs(examples, tokenizer, task.max_length)
     for example, ids in zip(examples, inputs, strict=True):
@@ -107,23 +113,26 @@ def encode(
     if task.kind == "causal-lm":
         return _causal_lm(examples, inputs, tokenizer, task)
 
-    labels: list[int | float | None]
+    labels: list[int | float | None] = [None] * len(examples)
     targets: list[list[int] | None] = [None] * len(examples)
+    unlabelled = all(example.target is None for example in examples)
     if task.kind == "classification":
         if not task.labels:
             raise ValueError(
                 "task.labels is empty; read the class names with "
                 "pac.data.labels.label_vocabulary(train_examples)"
             )
-        labels = list(class_ids(examples, task.labels))
-        if task.head == "text":
-            names = [task.labels[int(label)] for label in labels if label is not None]
-            targets = list(_tokenize_targets(names, tokenizer, task.max_target_length))
+        if not unlabelled:
+            ids = class_ids(examples, task.labels, field=target_field)
+            labels = list(ids)
+            if task.head == "text":
+                names = [task.labels[i] for i in ids]
+                targets = list(_tokenize_targets(names, tokenizer, task.max_target_length))
     elif task.kind == "regression":
-        labels = list(regression_values(examples))
+        if not unlabelled:
+            labels = list(regression_values(examples, field=target_field))
     else:  # seq2seq
-        labels = [None] * len(examples)
-        texts = [label_name(_required_target(example)) for example in examples]
+        texts = [label_name(_required_target(example, target_field)) for example in examples]
         targets = list(_tokenize_targets(texts, tokenizer, task.max_target_length))
 
     samples = []
@@ -215,9 +224,9 @@ def _causal_lm(
     return samples
 
 
-def _required_target(example: Example) -> str | float:
+def _required_target(example: Example, field: str) -> str | float:
     if example.target is None:
-        raise at(example.source, example.line, "the target is missing: seq2seq needs one")
+        raise at(example.source, example.line, f"field '{field}' is missing: seq2seq needs it")
     return example.target
 
 

@@ -10,7 +10,8 @@ Field names: the text is read from ``text_field`` (default ``"text"``), the opti
 text of a pair from ``pair_field`` (default ``"text_pair"``) and the target from
 ``target_field`` (default ``"label"``). When a default name is absent from a row, a common
 alternative is accepted: ``"sentence"`` for the text and ``"target"`` for the target
-(names given explicitly are never substituted).
+(names given explicitly are never substituted). An empty pair cell means "no pair"; an
+empty target with ``require_target=False`` means "no target".
 
 Files are read as UTF-8 (a byte-order mark is ignored). Every problem is a ``DataError``
 naming the file, the line and the field.

@@ -166,3 +166,24 @@ def test_task_that_does_not_fit_the_model(
     with pytest.raises(ValueError, match=message):
         encode([ex("a b", "a")], t5_tokenizer, task, is_encoder_decoder=enc_dec,
                decoder_start_token_id=start)
+
+
+def test_inputs_to_predict_have_no_label(t5_tokenizer: PreTrainedTokenizerBase) -> None:
+    task = TaskSpec("classification", labels=("fresh", "rotten"), head="text")
+    samples = encode([ex("good"), ex("bad")], t5_tokenizer, task, is_encoder_decoder=True,
+                     decoder_start_token_id=START)
+    assert [(s.label, s.target_ids, s.decoder_input_ids) for s in samples] == [
+        (None, None, (START,)), (None, None, (START,))
+    ]
+    (value,) = encode([ex("good")], t5_tokenizer, TaskSpec("regression"),
+                      is_encoder_decoder=False, decoder_start_token_id=None)
+    assert value.label is None
+
+
+def test_a_missing_target_among_labelled_rows_names_the_field(
+    minilm_tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    data = [ex("good", "fresh"), Example("bad", None, None, "train.csv", 3)]
+    with pytest.raises(DataError, match=r"^train.csv:3: field 'stars' is missing"):
+        encode(data, minilm_tokenizer, CLASSES, is_encoder_decoder=False,
+               decoder_start_token_id=None, target_field="stars")
