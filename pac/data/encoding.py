@@ -123,10 +123,10 @@ def encode(
                 "pac.data.labels.label_vocabulary(train_examples)"
             )
         if not unlabelled:
-            ids = class_ids(examples, task.labels, field=target_field)
-            labels = list(ids)
+            classes = class_ids(examples, task.labels, field=target_field)
+            labels = list(classes)
             if task.head == "text":
-                names = [task.labels[i] for i in ids]
+                names = [task.labels[i] for i in classes]
                 targets = list(_tokenize_targets(names, tokenizer, task.max_target_length))
     elif task.kind == "regression":
         if not unlabelled:
