@@ -103,5 +103,5 @@ class BartFamily(ModelFamily):
 
 def _embed(stack: Any, ids: torch.Tensor) -> torch.Tensor:
     # [batch, seq] -> [batch, seq, d]; positions 0..seq-1 (right padding).
-    hidden = stack.embed_tokens(ids) + stack.embed_positions(ids)
-    return stack.layernorm_embedding(hidden)
+    hidden = stack.layernorm_embedding(stack.embed_tokens(ids) + stack.embed_positions(ids))
+    return nn.functional.dropout(hidden, p=stack.dropout, training=stack.training)

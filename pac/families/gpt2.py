@@ -55,7 +55,9 @@ class Gpt2Family(ModelFamily):
         """``wte(ids) + wpe(0..seq-1)``: ``[batch, seq, d]``."""
         ids = batch["input_ids"]
         positions = torch.arange(ids.shape[1], device=ids.device)[None, :]
-        hidden = self._transformer.wte(ids) + self._transformer.wpe(positions)
+        hidden = self._transformer.drop(
+            self._transformer.wte(ids) + self._transformer.wpe(positions)
+        )
         return {"hidden": hidden, "attention_mask": batch["attention_mask"]}
 
     def run_block(self, index: int, state: State) -> State:

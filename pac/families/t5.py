@@ -81,9 +81,10 @@ class T5Family(ModelFamily):
         ``decoder_input_ids`` the decoder gets one ``decoder_start_token_id`` per sample."""
         dec_ids, dec_mask = decoder_inputs(batch, self.model.config.decoder_start_token_id)
         return {
-            "hidden": self._encoder.embed_tokens(batch["input_ids"]),
+            # Each stack's dropout (identity in eval) as in T5Stack.forward.
+            "hidden": self._encoder.dropout(self._encoder.embed_tokens(batch["input_ids"])),
             "attention_mask": batch["attention_mask"],
-            "decoder_hidden": self._decoder.embed_tokens(dec_ids),
+            "decoder_hidden": self._decoder.dropout(self._decoder.embed_tokens(dec_ids)),
             "decoder_attention_mask": dec_mask,
         }
 
@@ -96,7 +97,7 @@ class T5Family(ModelFamily):
             out = self._encoder.block[index](hidden, attention_mask=mask, position_bias=bias)
             return {**state, "hidden": first(out)}
         if index == n:
-            state = switch_to_decoder(state, self._encoder.final_layer_norm)
+            state = switch_to_decoder(state, self._finish_encoder)
         hidden = state["hidden"]
         out = self._decoder.block[index - n](
             hidden,
@@ -114,8 +115,11 @@ class T5Family(ModelFamily):
         owner = stack.block[0].layer[0].SelfAttention
         return owner.compute_bias(seq, seq, device=hidden.device).to(hidden.dtype)
 
+    def _finish_encoder(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._encoder.dropout(self._encoder.final_layer_norm(hidden))
+
     def final_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self._decoder.final_layer_norm(hidden)
+        return self._decoder.dropout(self._decoder.final_layer_norm(hidden))
 
     def lm_logits(self, final: torch.Tensor) -> torch.Tensor:
         # The head is tied to the input embedding: original T5 rescales by d_model**-0.5.

@@ -8,7 +8,6 @@ Deterministic given ``seed``.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,20 +43,47 @@ FAMILIES = ("bert", "t5", "bart", "gpt2", "llama", "qwen2")
 SIZES = ("tiny", "t5-small", "t5-base")
 TOKENIZER_VOCAB = 600
 
-_SUBJECTS = ["the film", "this movie", "the story", "the actor", "my friend", "a critic",
-             "the director", "the music", "our team", "the audience", "every scene", "the plot"]
-_VERBS = ["is", "was", "seems", "feels", "became", "remains"]
-_ADJECTIVES = ["good", "bad", "fresh", "rotten", "funny", "boring", "moving", "slow",
-               "brilliant", "awful", "charming", "dull", "clever", "silly", "warm", "cold"]
-_TAILS = ["today.", "again.", "in the end.", "at night.", "for everyone.", "to me.",
-          "without doubt.", "as expected."]
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+_NOUNS = _words(
+    "film movie story actor actress friend critic director music team audience scene plot "
+    "script camera screen ending hero villain city river garden kitchen teacher student "
+    "doctor child family dog cat horse bird window door table chair book letter song "
+    "picture painting train car road bridge mountain forest ocean island village market "
+    "school office letter morning evening winter summer spring autumn dinner breakfast "
+    "question answer problem idea reason moment journey voice heart mind world"
+)
+_ADJECTIVES = _words(
+    "good bad fresh rotten funny boring moving slow brilliant awful charming dull clever "
+    "silly warm cold bright dark quiet loud gentle harsh strange familiar simple complex "
+    "honest clumsy elegant tired eager calm nervous proud humble ancient modern tiny huge "
+    "careful lazy rich poor sweet bitter"
+)
+_VERBS = _words(
+    "watched loved hated found followed remembered painted described admired ignored "
+    "visited crossed opened closed built carried praised questioned explained surprised"
+)
+_ADVERBS = _words(
+    "today again slowly quickly quietly happily sadly honestly finally suddenly rarely "
+    "often always never yesterday tonight"
+)
 
 
 def english_sentences(count: int = 400) -> list[str]:
     """``count`` short, varied, deterministic English sentences (the tokenizer corpus)."""
-    combos = itertools.product(_SUBJECTS, _VERBS, _ADJECTIVES, _TAILS)
-    out = [f"{s.capitalize()} {v} {a} {t}" for s, v, a, t in itertools.islice(combos, 0, None, 7)]
-    return out[:count]
+    out = []
+    for i in range(count):
+        adjective = _ADJECTIVES[(7 * i) % len(_ADJECTIVES)]
+        subject = _NOUNS[i % len(_NOUNS)]
+        verb = _VERBS[(3 * i) % len(_VERBS)]
+        obj = _NOUNS[(11 * i + 5) % len(_NOUNS)]
+        adverb = _ADVERBS[(5 * i) % len(_ADVERBS)]
+        article = "a" if i % 2 else "the"
+        out.append(f"The {adjective} {subject} {verb} {article} {obj} {adverb}.")
+    return out
 
 
 def build_tiny_model(family: str, out_dir: Path, *, size: str = "tiny", seed: int = 0) -> Path:
