@@ -69,8 +69,10 @@ class ModelFamily(ABC):
     lora_targets: ClassVar[tuple[str, ...]]
     # Module names, relative to a block (``block.module.named_modules()``), whose output
     # gets a Houlsby bottleneck adapter: the attention output projection and the MLP
-    # output projection. Matched exactly (see `adapter_modules`), not as suffixes: in BERT
-    # "output.dense" is a suffix of "attention.output.dense".
+    # output projection. `adapter_modules` matches them exactly. They are also chosen so
+    # that the suffix rule over the whole model (a module whose qualified name ends with
+    # "." + any point, each module once) selects the same 2 modules per block; in BERT
+    # "output.dense" also ends "attention.output.dense", which is a point anyway.
     adapter_points: ClassVar[tuple[str, ...]]
 
     def __init__(self, model: PreTrainedModel) -> None:

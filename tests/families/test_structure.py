@@ -131,3 +131,17 @@ def test_real_minilm_matches_bert_model(minilm_dir: Path) -> None:
     torch.testing.assert_close(
         family.forward_hidden(batch)[mask], expected[mask], atol=1e-5, rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_points_also_fit_the_suffix_rule(name: str, load_family: Callable) -> None:
+    """A module matched by name == point or name ending in "." + point (any point, each
+    module once, over the whole model) is exactly one of the family's adapter modules."""
+    family, _, _ = load_family(name)
+    by_suffix = {
+        id(m)
+        for full, m in family.model.named_modules()
+        if any(full == p or full.endswith("." + p) for p in family.adapter_points)
+    }
+    exact = {id(m) for b in family.blocks() for m in family.adapter_modules(b)}
+    assert by_suffix == exact
