@@ -1,0 +1,95 @@
+"""What this device is: measured once when the agent starts, reported in its profile."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from protos.v1 import agent_pb2
+
+
+def pick_device() -> torch.device:
+    """CUDA (a Jetson, a GPU laptop), else Apple MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _meminfo(field: str) -> int:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def memory_bytes() -> tuple[int, int]:
+    """(total, available) physical memory in bytes."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return total, _meminfo("MemAvailable") or total
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def matmul_gflops(device: torch.device, size: int = 512, budget_s: float = 0.25) -> float:
+    """float32 ``[size, size] @ [size, size]`` throughput in GFLOP/s, timed for about
+    ``budget_s`` after one warm-up."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    torch.mm(a, b)
+    runs = 0
+    started = time.perf_counter()
+    while True:
+        torch.mm(a, b)
+        runs += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+        if elapsed >= budget_s:
+            return 2 * size**3 * runs / elapsed / 1e9
+
+
+def measure_device(name: str, address: str, cache_dir: Path,
+                   benchmark_s: float = 0.25) -> agent_pb2.DeviceProfile:
+    """Cores, memory, free disk under ``cache_dir``, accelerator and a matmul benchmark."""
+    device = pick_device()
+    total, available = memory_bytes()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    accelerator_name = _cpu_name()
+    accelerator_memory = total
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(0)
+        accelerator_name, accelerator_memory = properties.name, properties.total_memory
+    return agent_pb2.DeviceProfile(
+        name=name,
+        address=address,
+        cpu_cores=os.cpu_count() or 1,
+        threads=torch.get_num_threads(),
+        memory_bytes=total,
+        available_memory_bytes=available,
+        free_disk_bytes=shutil.disk_usage(cache_dir).free,
+        accelerator=device.type,
+        accelerator_name=accelerator_name,
+        accelerator_memory_bytes=accelerator_memory,
+        matmul_gflops=matmul_gflops(device, budget_s=benchmark_s),
+        torch_version=torch.__version__,
+    )

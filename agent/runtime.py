@@ -1,0 +1,227 @@
+"""The agent's state and behaviour, without gRPC: jobs, their stages, steps, draining.
+
+The servicer (``agent/servicer.py``) only translates protobuf to calls on ``AgentRuntime``
+and errors to statuses. Compute runs in a worker thread (``asyncio.to_thread``), so the
+event loop keeps receiving tensor streams while a stage computes.
+
+A step is a list of instructions run in order. Each micro-batch of each stage has a slot
+holding its current state: RECV fills it from the mailbox, FORWARD replaces it with the
+stage's output, SEND ships it to a peer. This is the data the pipeline schedule (a later
+issue) will drive; BACKWARD, ALLREDUCE and OPTIMIZER_STEP arrive with the side network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from agent.errors import (
+    BadRequest,
+    Draining,
+    JobNotFound,
+    MissingInput,
+    NotYetSupported,
+    StageNotLoaded,
+)
+from agent.metrics import AgentMetrics
+from agent.profiling import LayerTiming, profile_layers
+from agent.stage import Stage
+from pac.wire.mailbox import Mailbox, RoutingKey
+from protos.v1 import agent_pb2, tensors_pb2
+
+# send(peer address, tensors, routing) -> bytes sent
+Sender = Callable[[str, dict[str, torch.Tensor], tensors_pb2.Routing], Awaitable[int]]
+
+_SLOT = tuple[int, int, int]  # (step, micro_batch, stage)
+
+
+@dataclass
+class JobSession:
+    """What an agent holds for one job."""
+
+    job_id: str
+    settings_json: str = ""
+    stages: dict[int, Stage] = field(default_factory=dict)
+    slots: dict[_SLOT, dict[str, torch.Tensor]] = field(default_factory=dict)
+    step: int = 0
+
+    def stage(self, index: int) -> Stage:
+        stage = self.stages.get(index)
+        if stage is None:
+            loaded = sorted(self.stages) or "none"
+            raise StageNotLoaded(
+                f"job {self.job_id!r} has no stage {index} on this agent (loaded: {loaded}); "
+                "call LoadStage first"
+            )
+        return stage
+
+
+@dataclass
+class InstructionResult:
+    action: int
+    micro_batch: int
+    seconds: float
+    nbytes: int = 0
+
+
+class AgentRuntime:
+    """Jobs, stages and steps of one agent."""
+
+    def __init__(self, name: str, cache_dir: Path, send: Sender,
+                 metrics: AgentMetrics | None = None, mailbox: Mailbox | None = None,
+                 device: torch.device | None = None) -> None:
+        self.name = name
+        self.cache_dir = cache_dir
+        self.send = send
+        self.metrics = metrics or AgentMetrics()
+        self.mailbox = mailbox or Mailbox()
+        self.device = device
+        self.jobs: dict[str, JobSession] = {}
+        self.draining = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ---- work accounting (for drain) -----------------------------------------------
+    @contextlib.asynccontextmanager
+    async def work(self) -> AsyncIterator[None]:
+        """Wrap a unit of work so that ``drain`` waits for it; refused while draining."""
+        if self.draining:
+            raise Draining(f"agent {self.name!r} is draining and takes no new work")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def drain(self, timeout: float | None = None) -> int:
+        """Refuse new work and wait (up to ``timeout`` s) for work in flight; returns how
+        many units were still running."""
+        self.draining = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        return self._in_flight
+
+    # ---- jobs ------------------------------------------------------------------------
+    def accepts_job(self, job_id: str) -> bool:
+        return job_id in self.jobs
+
+    def job(self, job_id: str) -> JobSession:
+        session = self.jobs.get(job_id)
+        if session is None:
+            raise JobNotFound(f"agent {self.name!r} hosts no job {job_id!r}; call OpenJob first")
+        return session
+
+    def open_job(self, job_id: str, settings_json: str = "") -> JobSession:
+        if not job_id:
+            raise BadRequest("a job id must not be empty")
+        if self.draining:
+            raise Draining(f"agent {self.name!r} is draining and takes no new jobs")
+        return self.jobs.setdefault(job_id, JobSession(job_id, settings_json))
+
+    def close_job(self, job_id: str) -> None:
+        self.job(job_id)
+        del self.jobs[job_id]
+        self.mailbox.drop_job(job_id)
+        with contextlib.suppress(KeyError):
+            self.metrics.current_step.remove(job_id)
+
+    async def load_stage(self, job_id: str, stage: int, model_dir: Path, start: int, end: int,
+                         expected_sha256: str = "") -> Stage:
+        """Load blocks ``[start, end)`` of ``model_dir`` as ``stage`` of the job (in a
+        worker thread: loading reads and hashes files)."""
+        session = self.job(job_id)
+        loaded = await asyncio.to_thread(Stage.load, model_dir, start, end, expected_sha256,
+                                         self.device)
+        session.stages[stage] = loaded
+        return loaded
+
+    async def profile(self, model_dir: Path, start: int, end: int, batch_size: int,
+                      seq_len: int, repeats: int) -> tuple[float, list[LayerTiming]]:
+        """Forward time of blocks ``[start, end)`` on this device (worker thread)."""
+        return await asyncio.to_thread(profile_layers, model_dir, start, end, batch_size,
+                                       seq_len, repeats, self.device)
+
+    def release_backbone(self, job_id: str) -> int:
+        session = self.job(job_id)
+        return sum(stage.release() for stage in session.stages.values())
+
+    # ---- steps -----------------------------------------------------------------------
+    async def run_step(self, job_id: str, step: int,
+                       instructions: Iterable[agent_pb2.Instruction],
+                       recv_timeout: float = 60.0) -> list[InstructionResult]:
+        """Run ``instructions`` in order for ``step`` of the job."""
+        session = self.job(job_id)
+        session.step = step
+        self.metrics.current_step.labels(job_id).set(step)
+        results = []
+        for instruction in instructions:
+            started = time.perf_counter()
+            nbytes = await self._run(session, step, instruction, recv_timeout)
+            results.append(InstructionResult(instruction.action, instruction.micro_batch,
+                                             time.perf_counter() - started, nbytes))
+        return results
+
+    def _default_kind(self, session: JobSession, stage: int) -> int:
+        first = stage in session.stages and session.stages[stage].start == 0
+        return tensors_pb2.TENSOR_KIND_BATCH if first else tensors_pb2.TENSOR_KIND_ACTIVATION
+
+    async def _run(self, session: JobSession, step: int, instruction: agent_pb2.Instruction,
+                   recv_timeout: float) -> int:
+        slot = (step, instruction.micro_batch, instruction.stage)
+        action = instruction.action
+        if action == agent_pb2.ACTION_RECV:
+            kind = instruction.kind or self._default_kind(session, instruction.stage)
+            key = RoutingKey(session.job_id, step, instruction.micro_batch, instruction.stage,
+                             kind)
+            try:
+                message = await self.mailbox.get(key, recv_timeout)
+            except TimeoutError:
+                raise TimeoutError(f"nothing arrived for {key} within {recv_timeout} s") from None
+            session.slots[slot] = message.tensors
+            return message.nbytes
+        if action == agent_pb2.ACTION_FORWARD:
+            stage = session.stage(instruction.stage)
+            state = self._take(session, slot, "FORWARD")
+            started = time.perf_counter()
+            output = await asyncio.to_thread(stage.forward, state)
+            self.metrics.stage_compute_seconds.labels(session.job_id, str(instruction.stage)
+                                                      ).observe(time.perf_counter() - started)
+            session.slots[slot] = output
+            return 0
+        if action == agent_pb2.ACTION_SEND:
+            if not instruction.peer:
+                raise BadRequest("SEND needs a peer address")
+            state = self._take(session, slot, "SEND")
+            routing = tensors_pb2.Routing(
+                job_id=session.job_id, step=step, micro_batch=instruction.micro_batch,
+                stage=instruction.to_stage or instruction.stage + 1,
+                kind=instruction.kind or tensors_pb2.TENSOR_KIND_ACTIVATION, sender=self.name,
+            )
+            return await self.send(instruction.peer, state, routing)
+        name = agent_pb2.Action.Name(action)
+        raise NotYetSupported(f"{name} is not implemented on the agent yet (pipeline issue)")
+
+    @staticmethod
+    def _take(session: JobSession, slot: _SLOT, what: str) -> dict[str, torch.Tensor]:
+        state = session.slots.pop(slot, None)
+        if state is None:
+            step, micro_batch, stage = slot
+            raise MissingInput(
+                f"{what} of step {step} micro-batch {micro_batch} stage {stage} has no input: "
+                "RECV it (or FORWARD) earlier in the step"
+            )
+        return state

@@ -1,0 +1,167 @@
+"""The agent process: gRPC server, metrics endpoint, registration, drain on SIGTERM.
+
+``AgentServer.start`` measures the device, serves the Agent service (with the join-token
+interceptor, health and reflection), starts ``/metrics`` and the registration loop.
+``stop`` drains: health turns NOT_SERVING, new work is refused, work in flight finishes
+(up to the grace period), then the server stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from agent.device import measure_device, pick_device
+from agent.metrics import AgentMetrics, rss_bytes
+from agent.registration import Registration
+from agent.runtime import AgentRuntime
+from agent.servicer import AgentServicer
+from pac.wire.auth import JoinTokenInterceptor
+from pac.wire.channel import SERVER_OPTIONS, ChannelPool, TransportSecurity, bind, open_channel
+from pac.wire.client import send_tensors
+from pac.wire.limits import WireLimits
+from pac.wire.receiver import TensorReceiver
+from pac.wire.service import service_handler
+from protos.v1 import agent_pb2, coordinator_pb2, tensors_pb2
+
+log = logging.getLogger("pac.agent")
+SERVICE_NAME = "pac.v1.Agent"
+
+
+@dataclass
+class AgentConfig:
+    name: str
+    listen: str = "0.0.0.0:50061"
+    # Where peers reach this agent; default: the listen address (port 0 resolved).
+    advertise: str = ""
+    coordinator: str = ""
+    cache_dir: Path = field(default_factory=lambda: Path("pac-cache"))
+    metrics_port: int | None = None
+    metrics_addr: str = "0.0.0.0"
+    join_token: str | None = None
+    security: TransportSecurity = field(default_factory=lambda: TransportSecurity(insecure=True))
+    limits: WireLimits = field(default_factory=WireLimits)
+    benchmark_s: float = 0.25
+    drain_grace_s: float = 30.0
+    # First retry delay of registration (doubles up to 30 s while the coordinator is away).
+    registration_retry_s: float = 1.0
+
+
+class AgentServer:
+    """One running agent. Use ``await AgentServer.start(config)``, then ``await stop()``."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.metrics = AgentMetrics()
+        self.peers = ChannelPool(config.security)
+        self.runtime = AgentRuntime(config.name, config.cache_dir, self._send, self.metrics,
+                                    device=pick_device())
+        self.receiver = TensorReceiver(self.runtime.mailbox, config.limits,
+                                       self.runtime.accepts_job, self.metrics)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(
+            interceptors=[JoinTokenInterceptor(config.join_token)] if config.join_token else [],
+            options=SERVER_OPTIONS)
+        self.port = 0
+        self.address = ""
+        self.metrics_port = 0
+        self.profile = agent_pb2.DeviceProfile()
+        self.registration: Registration | None = None
+        self._coordinator_channel: grpc.aio.Channel | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._metrics_server: Any = None
+        self.stopped = asyncio.Event()
+
+    async def _send(self, peer: str, tensors: dict[str, torch.Tensor],
+                    routing: tensors_pb2.Routing) -> int:
+        ack = await send_tensors(self.peers.get(peer), tensors, routing,
+                                 token=self.config.join_token, peer=peer, observer=self.metrics)
+        return int(ack.received_bytes)
+
+    def _status(self) -> coordinator_pb2.HeartbeatRequest:
+        step = max((job.step for job in self.runtime.jobs.values()), default=0)
+        job_id = next(iter(self.runtime.jobs), "")
+        return coordinator_pb2.HeartbeatRequest(job_id=job_id, step=step, rss_bytes=rss_bytes(),
+                                                draining=self.runtime.draining)
+
+    def _describe(self) -> agent_pb2.DeviceProfile:
+        return self.profile
+
+    @classmethod
+    async def start(cls, config: AgentConfig) -> AgentServer:
+        self = cls(config)
+        servicer = AgentServicer(self.runtime, self.receiver, self._describe,
+                                 self.request_shutdown)
+        agent_service = agent_pb2.DESCRIPTOR.services_by_name["Agent"]
+        self.server.add_generic_rpc_handlers((service_handler(
+            agent_service, servicer, raw_requests={"SendTensors"},
+            raw_responses={"ExportAdapters"}),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (agent_service.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = bind(self.server, config.listen, config.security)
+        host = config.listen.rsplit(":", 1)[0]
+        if host in ("", "0.0.0.0", "[::]"):
+            host = socket.gethostname()  # a wildcard is no address a peer can dial
+        self.address = config.advertise or f"{host}:{self.port}"
+        # Measuring takes a fraction of a second of matmuls: off the event loop.
+        self.profile = await asyncio.to_thread(measure_device, config.name, self.address,
+                                               config.cache_dir, config.benchmark_s)
+        self.metrics.info.info({"name": config.name, "accelerator": self.profile.accelerator,
+                                "torch": torch.__version__})
+        await self.server.start()
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        if config.metrics_port is not None:
+            self._metrics_server, _ = start_http_server(config.metrics_port, config.metrics_addr,
+                                                        registry=self.metrics.registry)
+            self.metrics_port = self._metrics_server.server_port
+        if config.coordinator:
+            self._coordinator_channel = open_channel(config.coordinator, config.security)
+            self.registration = Registration(
+                self._coordinator_channel, self._describe, config.join_token, self._status,
+                on_change=lambda registered: self.metrics.registered.set(int(registered)),
+                retry_s=config.registration_retry_s)
+            self._tasks.append(asyncio.create_task(self.registration.run()))
+        log.info("agent %s serving on %s (metrics on %s)", config.name, self.address,
+                 self.metrics_port or "off")
+        return self
+
+    def request_shutdown(self, grace: float | None = None) -> None:
+        """Drain and stop in the background (Shutdown RPC, SIGTERM)."""
+        self._tasks.append(asyncio.create_task(self.stop(grace)))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain work in flight (up to ``grace`` s), then stop everything."""
+        if self.stopped.is_set():
+            return
+        grace = self.config.drain_grace_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        left = await self.runtime.drain(grace)
+        if left:
+            log.warning("stopping with %d calls still running after %.0f s", left, grace)
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self.server.stop(1.0)
+        await self.peers.close()
+        if self._coordinator_channel is not None:
+            await self._coordinator_channel.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        self.stopped.set()
