@@ -93,3 +93,27 @@ def test_t5_small_shape_and_bad_arguments(tmp_path: Path) -> None:
         build_tiny_model("mamba", tmp_path)
     with pytest.raises(ValueError, match="'t5' only"):
         build_tiny_model("bert", tmp_path, size="t5-small")
+
+
+@torch.no_grad()
+def test_qwen2_sliding_window_layers_match_hf(tmp_path: Path, tiny_model_dir: Callable) -> None:
+    """Qwen2 with sliding-window attention on its upper layers (window 4 < sequence)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir("qwen2"))
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True,
+        sliding_window=4, max_window_layers=1, pad_token_id=tokenizer.pad_token_id,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path)
+    family_cls = family_for_dir(tmp_path)
+    family = family_cls(family_cls.load(tmp_path))
+    assert family.model.config.layer_types[1:] == ["sliding_attention"] * 2
+    batch = dict(tokenizer(["The good film watched the friend today again and again.", "A dog."],
+                           padding=True, return_tensors="pt"))
+    expected = family.model.model(**batch).last_hidden_state
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(family.forward_hidden(batch)[mask], expected[mask], atol=1e-5,
+                               rtol=1e-5)
