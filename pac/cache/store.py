@@ -123,6 +123,7 @@ class ActivationCache:
         self._pending_bytes = 0
         self._handles: dict[str, Any] = {}
         self._index_dirty = False
+        self._directory_ready = False
         numbers = [int(m.group(1)) for m in map(SHARD_PATTERN.match, self._shard_sizes) if m]
         self._next_shard = max(numbers, default=-1) + 1
         self.hits = 0
@@ -558,11 +559,16 @@ class ActivationCache:
         return path.stat().st_size
 
     def _ensure_directory(self) -> None:
-        if not self.directory.is_dir():
-            self.directory.mkdir(parents=True, exist_ok=True)
+        if self._directory_ready:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # Half-written files of a writer that crashed (one writer per directory at a time).
+        for stale in self.directory.glob("*.tmp"):
+            stale.unlink(missing_ok=True)
         key_path = self.directory / KEY_FILE
         if not key_path.is_file():
             write_atomic(key_path, json.dumps(self.key.to_json(), indent=1).encode())
+        self._directory_ready = True
 
 
 def _known_point(sample_id: str, record: EntryRecord, point: str) -> str:

@@ -166,9 +166,12 @@ def test_index_is_rebuilt_from_shards_after_a_crash(
     assert sorted(survivor.sample_ids()) == ["s0", "s1", "s2", "s3"]
     survivor.verify_all()
     assert torch.equal(survivor.get("s3")["embed"], writer.get("s3")["embed"])
-    # the next shard continues the numbering instead of overwriting
+    # the next shard continues the numbering instead of overwriting, and the crashed
+    # writer's half-written file is cleaned up
+    (survivor.directory / "shard_00002.safetensors.tmp").write_bytes(b"half")
     survivor.put("s9", make_sample(9, {"embed": 2}))
     survivor.close()
+    assert not list(survivor.directory.glob("*.tmp"))
     assert (survivor.directory / "shard_00002.safetensors").is_file()
     assert len(ActivationCache(tmp_path, key())) == 5
 
