@@ -1,0 +1,296 @@
+"""The exact search: a suffix DP over (devices used per type, first layer, later stages).
+
+``F[u, i, c]`` is the least sum of ``stage time + all-reduce`` over plans of the layers
+``[i, L)`` that use exactly ``u`` devices of each type, whose first stage has ``c`` later
+stages (``c`` capped at ``C - 1``, see :func:`_stage_tables`), and whose every stage is
+faster than a threshold ``t``. A transition adds one stage ``[i, j)`` on a group ``g``
+(counts per type) whose memory fits with ``min(M, c + 1)`` micro-batches in flight.
+
+The objective ``sum + (M - 1) * max`` is not a sum, so :func:`search` walks the threshold
+down: after a DP at ``t`` returns a plan with sum ``S`` and slowest stage ``X``, a better
+plan must have its slowest stage below ``min(X, (best - S) / (M - 1))``; the walk stops
+when no plan is left below the threshold. The first threshold comes from the best plan
+known so far (``best / M``, since ``sum >= max``).
+
+The inner loop is vectorised over all device counts ``u`` of a level and over the layer
+ranges in a band ``i < j <= i + W`` where ``W`` is the longest stage under the threshold.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.costs import EPS, CostModel
+from planner.device_types import DeviceTypes
+
+CHUNK_ELEMENTS = 1 << 21
+
+
+@dataclass(frozen=True)
+class TypeLayout:
+    """A plan on types: stages as (counts per type, start, end); ``value`` is the DP's."""
+
+    stages: tuple[tuple[tuple[int, ...], int, int], ...]
+    micro_batches: int
+    sum_s: float
+    slowest_s: float
+
+    @property
+    def step_time_s(self) -> float:
+        return self.sum_s + (self.micro_batches - 1) * self.slowest_s
+
+
+class Compositions:
+    """Every count vector ``0 <= u <= counts`` and the pairs (u, u - g) by level."""
+
+    def __init__(self, counts: tuple[int, ...], max_group: int | None = None) -> None:
+        self.counts = counts
+        self.shape = tuple(n + 1 for n in counts)
+        self.vectors = np.array(list(itertools.product(*(range(s) for s in self.shape))),
+                                dtype=np.int64).reshape(-1, len(counts))
+        self.size = len(self.vectors)
+        self.level = self.vectors.sum(axis=1)
+        # Every nonzero vector is a group (up to ``max_group`` devices: 1 = pure pipeline).
+        limit = max_group if max_group is not None else int(self.level.max())
+        self.groups = [g for g in range(1, self.size) if self.level[g] <= limit]
+        # pairs[(level, g)] = (u indices, v = u - g indices)
+        self.pairs: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        strides = np.array([int(np.prod(self.shape[k + 1:])) for k in range(len(counts))])
+        for g in self.groups:
+            gv = self.vectors[g]
+            ok = np.all(self.vectors >= gv, axis=1)
+            us = np.nonzero(ok)[0]
+            vs = (self.vectors[us] - gv) @ strides
+            for level in np.unique(self.level[us]):
+                sel = self.level[us] == level
+                self.pairs[(int(level), g)] = (us[sel], vs[sel])
+
+
+@dataclass
+class StageTables:
+    """For one micro-batch count: per group and layer range, the stage's numbers."""
+
+    time: np.ndarray  # [G, L, L+1] per micro-batch (inf where not a candidate)
+    allreduce: np.ndarray  # [G, L, L+1]
+    max_inflight: np.ndarray  # [G, L, L+1] most micro-batches in flight that fit (-1: none)
+    cap: int  # C - 1: later-stage counts >= cap behave alike
+
+
+def _stage_tables(
+    costs: CostModel, types: DeviceTypes, comps: Compositions, m: int, b: int, threshold: float
+) -> StageTables:
+    """Price every (group, [i, j)) whose stage time can be below ``threshold``."""
+    L = costs.num_layers
+    K = len(types)
+    I, J = np.triu_indices(L + 1, k=1)  # i < j <= L
+    comm_in = np.concatenate([[0.0], costs.boundary[:-1]])  # bytes at input boundary of i
+    comm_out = np.concatenate([costs.boundary[:-1], [0.0]])  # at output boundary of j (j<L)
+    comm_out = np.concatenate([[0.0], comm_out])  # index by j
+    comm = comm_in[I] + comm_out[J]
+    nb = (I > 0).astype(np.int64) + (J < L).astype(np.int64)
+    per_sample = (types.work_prefix[:, J] - types.work_prefix[:, I]) + comm[None, :] / types.rate[
+        :, None
+    ]  # [K, cells]
+    fixed = (
+        (costs.resident_prefix[J] - costs.resident_prefix[I]) + costs.optimizer_prefix[J]
+        - costs.optimizer_prefix[I]
+    )
+    stash = costs.stash_prefix[J] - costs.stash_prefix[I]
+    trainable = costs.trainable_prefix[J] - costs.trainable_prefix[I]
+
+    G = comps.size
+    counts = comps.vectors.astype(np.float64)  # [G, K]
+    present = comps.vectors > 0
+    lat = np.where(present, types.access_latency[None, :], 0.0).max(axis=1)  # [G]
+    size = comps.level
+    bw = np.full(G, math.inf)
+    pair_lat = np.zeros(G)
+    for a in range(K):
+        for c in range(K):
+            pair = present[:, a] & present[:, c] & ((a != c) | (comps.vectors[:, a] >= 2))
+            bw = np.where(pair, np.minimum(bw, types.bandwidth[a, c]), bw)
+            pair_lat = np.where(pair, np.maximum(pair_lat, types.latency[a, c]), pair_lat)
+
+    latency = 2 * nb[None, :] * lat[:, None]  # [G, cells]
+    frac = b / (counts @ (1.0 / per_sample))  # lower bound of the split's time
+    with np.errstate(divide="ignore", invalid="ignore"):
+        candidate = (frac + latency < threshold) & (size[:, None] > 0)
+    gi, ci = np.nonzero(candidate)
+
+    # Exact whole-sample split by bisection, for each type as the one that finishes last.
+    compute = np.full(len(gi), math.inf)
+    for k in range(K):
+        has = comps.vectors[gi, k] > 0
+        lo = np.ones(len(gi), dtype=np.int64)
+        hi = np.full(len(gi), b, dtype=np.int64)
+        ck = per_sample[k, ci]
+        while True:
+            active = lo < hi
+            if not active.any():
+                break
+            mid = (lo + hi) // 2
+            capacity = np.zeros(len(gi))
+            for k2 in range(K):
+                capacity += comps.vectors[gi, k2] * np.floor(mid * ck / per_sample[k2, ci] + EPS)
+            enough = capacity >= b
+            hi = np.where(active & enough, mid, hi)
+            lo = np.where(active & ~enough, mid + 1, lo)
+        compute = np.where(has, np.minimum(compute, lo * ck), compute)
+
+    # The most micro-batches in flight that fit on every member type.
+    max_inflight = np.full(len(gi), m, dtype=np.int64)
+    for k in range(K):
+        has = comps.vectors[gi, k] > 0
+        cap_k = np.minimum(np.floor(compute / per_sample[k, ci] + EPS), b).astype(np.int64)
+        mem = types.memory[k]
+        load = cap_k * stash[ci]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            guess = np.where(load > 0, np.floor((mem - fixed[ci]) / load), m)
+        guess = np.clip(np.nan_to_num(guess, nan=-1, posinf=m, neginf=-1), -1, m).astype(np.int64)
+        # Settle the float estimate with the reference's own comparison.
+        up = (guess < m) & (fixed[ci] + ((guess + 1) * cap_k) * stash[ci] <= mem)
+        guess = np.where(up, guess + 1, guess)
+        down = (guess >= 0) & ~(fixed[ci] + (guess * cap_k) * stash[ci] <= mem)
+        guess = np.where(down, guess - 1, guess)
+        guess = np.where(fixed[ci] <= mem, np.maximum(guess, 0), -1)
+        max_inflight = np.where(has, np.minimum(max_inflight, guess), max_inflight)
+
+    n = size[gi].astype(np.float64)
+    ring = np.where(
+        n >= 2,
+        2 * (n - 1) / np.maximum(n, 1) * trainable[ci] / bw[gi] + 2 * (n - 1) * pair_lat[gi],
+        0.0,
+    )
+    time = np.full((G, L, L + 1), math.inf)
+    allreduce = np.zeros((G, L, L + 1))
+    inflight = np.full((G, L, L + 1), -1, dtype=np.int64)
+    time[gi, I[ci], J[ci]] = compute + latency[gi, ci]
+    allreduce[gi, I[ci], J[ci]] = ring
+    inflight[gi, I[ci], J[ci]] = max_inflight
+    binding = max_inflight[(max_inflight >= 1) & (max_inflight < m)]
+    cap = int(binding.max()) if len(binding) else 0
+    cap = min(cap, m - 1, int(sum(types.counts)) - 1)
+    return StageTables(time, allreduce, inflight, cap)
+
+
+def run_dp(
+    comps: Compositions, tables: StageTables, m: int, threshold: float, strict: bool = True
+) -> TypeLayout | None:
+    """Least sum over plans whose every stage time is below ``threshold`` (None: none)."""
+    G, L, _ = tables.time.shape
+    C = tables.cap + 1
+    required = np.minimum(m, np.arange(C) + 1)  # in-flight micro-batches of a stage with c
+    under = tables.time < threshold if strict else tables.time <= threshold
+    total = tables.time + tables.allreduce
+    F = np.full((comps.size, L + 1, C), math.inf)
+    prev = np.full((comps.size, L + 1, C), math.inf)  # what a stage with c continues into
+    prev[0, L, 0] = 0.0
+    choice_g = np.full((comps.size, L, C), -1, dtype=np.int64)
+    choice_j = np.zeros((comps.size, L, C), dtype=np.int64)
+
+    bands: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
+    for g in comps.groups:
+        valid = under[g]
+        if not valid.any():
+            bands[g] = None
+            continue
+        ii, jj = np.nonzero(valid)
+        width = int((jj - ii).max())
+        idx = np.arange(L)[:, None] + np.arange(1, width + 1)[None, :]  # [L, W]
+        inside = idx <= L
+        idx = np.minimum(idx, L)
+        cost = np.where(inside & valid[np.arange(L)[:, None], idx],
+                        total[g][np.arange(L)[:, None], idx], math.inf)  # [L, W]
+        fits = tables.max_inflight[g][np.arange(L)[:, None], idx][..., None] >= required
+        bands[g] = (idx, np.where(fits, cost[..., None], math.inf))  # [L, W, C]
+
+    for level in range(1, int(comps.level.max()) + 1):
+        for g in comps.groups:
+            band = bands[g]
+            pair = comps.pairs.get((level, g))
+            if band is None or pair is None:
+                continue
+            idx, cost = band
+            us, vs = pair
+            step = max(1, CHUNK_ELEMENTS // max(1, cost.size))
+            for a in range(0, len(us), step):
+                u, v = us[a:a + step], vs[a:a + step]
+                cand = prev[v][:, idx, :] + cost[None]  # [n, L, W, C]
+                d = np.argmin(cand, axis=2)
+                val = np.take_along_axis(cand, d[:, :, None, :], axis=2)[:, :, 0, :]
+                better = val < F[u, :L, :]
+                F[u, :L, :] = np.where(better, val, F[u, :L, :])
+                choice_g[u] = np.where(better, g, choice_g[u])
+                chosen = idx[np.arange(L)[None, :, None], d]
+                choice_j[u] = np.where(better, chosen, choice_j[u])
+        done = np.nonzero(comps.level == level)[0]
+        if tables.cap == 0:
+            prev[done, :L, 0] = F[done, :L, 0]
+        else:
+            prev[done, :L, 1:C - 1] = F[done, :L, 0:C - 2]
+            prev[done, :L, C - 1] = np.minimum(F[done, :L, C - 2], F[done, :L, C - 1])
+
+    start = F[1:, 0, :]
+    if not np.isfinite(start).any():
+        return None
+    flat = int(np.argmin(start))
+    u, c = divmod(flat, C)
+    u += 1
+    value = float(F[u, 0, c])
+    stages = []
+    i = 0
+    slowest = 0.0
+    while True:
+        g = int(choice_g[u, i, c])
+        j = int(choice_j[u, i, c])
+        stages.append((tuple(int(x) for x in comps.vectors[g]), i, j))
+        slowest = max(slowest, float(tables.time[g, i, j]))
+        if j == L:
+            break
+        rest = comps.vectors[u] - comps.vectors[g]
+        u = int(np.ravel_multi_index(tuple(int(x) for x in rest), comps.shape))
+        if tables.cap == 0:
+            c = 0
+        elif c < tables.cap:
+            c -= 1
+        else:
+            c = tables.cap - 1 if F[u, j, tables.cap - 1] <= F[u, j, tables.cap] else tables.cap
+        i = j
+    return TypeLayout(tuple(stages), m, value, slowest)
+
+
+def search(
+    costs: CostModel,
+    types: DeviceTypes,
+    global_batch: int,
+    micro_batch_counts: list[int],
+    best_known: float = math.inf,
+    max_group: int | None = None,
+) -> TypeLayout | None:
+    """The plan with the least predicted step time over ``micro_batch_counts`` (exact).
+
+    ``best_known``: the step time of a plan already in hand (e.g. a baseline); only
+    strictly better plans are returned, None when there is none. ``max_group`` limits
+    the devices per stage (1: one device per stage, the pure pipeline baseline).
+    """
+    comps = Compositions(types.counts, max_group)
+    best = best_known
+    found: TypeLayout | None = None
+    for m in micro_batch_counts:
+        b = global_batch // m
+        threshold = best / m if math.isfinite(best) else math.inf
+        tables = _stage_tables(costs, types, comps, m, b, threshold)
+        while True:
+            layout = run_dp(comps, tables, m, threshold, strict=math.isfinite(threshold))
+            if layout is None:
+                break
+            if layout.step_time_s < best:
+                best, found = layout.step_time_s, layout
+            if m == 1:
+                break
+            threshold = min(layout.slowest_s, (best - layout.sum_s) / (m - 1))
+    return found
