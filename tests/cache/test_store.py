@@ -86,8 +86,16 @@ def test_one_mapped_handle_per_shard(
 
 
 def test_get_batch_pads_with_zeros_and_reports_lengths(
-    tmp_path: Path, key: Callable[..., CacheKey], make_sample: SampleMaker
+    tmp_path: Path, key: Callable[..., CacheKey], make_sample: SampleMaker,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    real_empty = torch.empty
+
+    def nan_empty(*args: object, **kwargs: object) -> Tensor:
+        # Fresh buffers full of NaN: padding must be written, not inherited from the allocator.
+        return real_empty(*args, **kwargs).fill_(float("nan"))  # type: ignore[call-overload]
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
     cache = ActivationCache(tmp_path, key("int8"), shard_samples=2)
     for i, lengths in enumerate(LENGTHS):
         cache.put(f"s{i}", make_sample(i, lengths))
