@@ -178,14 +178,23 @@ def _stage_tables(
 
 
 def run_dp(
-    comps: Compositions, tables: StageTables, m: int, threshold: float, strict: bool = True
+    comps: Compositions,
+    tables: StageTables,
+    m: int,
+    threshold: float,
+    strict: bool = True,
+    bottleneck: bool = False,
 ) -> TypeLayout | None:
-    """Least sum over plans whose every stage time is below ``threshold`` (None: none)."""
+    """Least sum over plans whose every stage time is below ``threshold`` (None: none).
+
+    With ``bottleneck`` the DP minimises the slowest stage instead of the sum (min-max).
+    """
     G, L, _ = tables.time.shape
     C = tables.cap + 1
     required = np.minimum(m, np.arange(C) + 1)  # in-flight micro-batches of a stage with c
     under = tables.time < threshold if strict else tables.time <= threshold
-    total = tables.time + tables.allreduce
+    total = tables.time if bottleneck else tables.time + tables.allreduce
+    combine = np.maximum if bottleneck else np.add
     F = np.full((comps.size, L + 1, C), math.inf)
     prev = np.full((comps.size, L + 1, C), math.inf)  # what a stage with c continues into
     prev[0, L, 0] = 0.0
@@ -219,7 +228,7 @@ def run_dp(
             step = max(1, CHUNK_ELEMENTS // max(1, cost.size))
             for a in range(0, len(us), step):
                 u, v = us[a:a + step], vs[a:a + step]
-                cand = prev[v][:, idx, :] + cost[None]  # [n, L, W, C]
+                cand = combine(prev[v][:, idx, :], cost[None])  # [n, L, W, C]
                 d = np.argmin(cand, axis=2)
                 val = np.take_along_axis(cand, d[:, :, None, :], axis=2)[:, :, 0, :]
                 better = val < F[u, :L, :]
@@ -240,15 +249,16 @@ def run_dp(
     flat = int(np.argmin(start))
     u, c = divmod(flat, C)
     u += 1
-    value = float(F[u, 0, c])
     stages = []
     i = 0
     slowest = 0.0
+    value = 0.0
     while True:
         g = int(choice_g[u, i, c])
         j = int(choice_j[u, i, c])
         stages.append((tuple(int(x) for x in comps.vectors[g]), i, j))
         slowest = max(slowest, float(tables.time[g, i, j]))
+        value += float(tables.time[g, i, j] + tables.allreduce[g, i, j])
         if j == L:
             break
         rest = comps.vectors[u] - comps.vectors[g]
@@ -280,17 +290,36 @@ def search(
     comps = Compositions(types.counts, max_group)
     best = best_known
     found: TypeLayout | None = None
-    for m in micro_batch_counts:
+
+    def offer(layout: TypeLayout | None) -> None:
+        nonlocal best, found
+        if layout is not None and layout.step_time_s < best:
+            best, found = layout.step_time_s, layout
+
+    # Many micro-batches first: they tend to win, and a good incumbent prunes the rest.
+    for m in sorted(micro_batch_counts, reverse=True):
         b = global_batch // m
         threshold = best / m if math.isfinite(best) else math.inf
+        strict = math.isfinite(threshold)
         tables = _stage_tables(costs, types, comps, m, b, threshold)
-        while True:
-            layout = run_dp(comps, tables, m, threshold, strict=math.isfinite(threshold))
-            if layout is None:
-                break
-            if layout.step_time_s < best:
-                best, found = layout.step_time_s, layout
-            if m == 1:
-                break
+        least_sum = run_dp(comps, tables, m, threshold, strict)
+        if least_sum is None:
+            continue  # nothing under the threshold: no plan with m can win
+        offer(least_sum)
+        if m == 1:
+            continue
+        # The least bottleneck, and the least sum at it: a strong incumbent at once.
+        narrowest = run_dp(comps, tables, m, threshold, strict, bottleneck=True)
+        assert narrowest is not None
+        floor = narrowest.slowest_s
+        offer(run_dp(comps, tables, m, floor, strict=False))
+        layout = least_sum
+        # Walk the threshold down; every plan left has sum >= layout.sum_s, max >= floor.
+        while layout.sum_s + (m - 1) * floor < best:
             threshold = min(layout.slowest_s, (best - layout.sum_s) / (m - 1))
+            step = run_dp(comps, tables, m, threshold)
+            if step is None:
+                break
+            offer(step)
+            layout = step
     return found
