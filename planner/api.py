@@ -144,13 +144,15 @@ def diagnose(costs: CostModel, global_batch: int, ms: list[int]) -> str:
     total_memory = float(costs.memory[order].sum())
     fixed_all = costs.fixed_memory(0, L)
     if fixed_all > total_memory:
+        biggest = costs.names[order[0]]
         return (
             f"the model's weights and optimizer state need {gib(fixed_all)} but the "
-            f"{len(costs.names)} device(s) have {gib(total_memory)} in all; add a device "
-            f"with at least {gib(fixed_all - total_memory)} more memory or use a smaller model"
+            f"{len(order)} device(s) have {gib(total_memory)} in all (the largest, agent "
+            f"{biggest!r}, has {gib(costs.memory[order[0]])}); add a device with at least "
+            f"{gib(fixed_all - total_memory)} more memory or use a smaller model"
         )
     share = np.cumsum(costs.memory[order]) / total_memory
-    bounds = [0] + [min(L - (len(order) - 1 - k), max(k + 1, int(round(s * L))))
+    bounds = [0] + [min(L - (len(order) - 1 - k), max(k + 1, round(float(s) * L)))
                     for k, s in enumerate(share[:-1])] + [L]
     bounds = [max(bounds[k], bounds[k - 1] + 1) if k else 0 for k in range(len(bounds))]
     bounds[-1] = L

@@ -14,7 +14,9 @@ from planner.device_types import device_types
 from planner.search import search
 
 
-def _best(costs: CostModel, layouts: list[Layout], global_batch: int) -> tuple[Layout, float] | None:
+def _best(
+    costs: CostModel, layouts: list[Layout], global_batch: int
+) -> tuple[Layout, float] | None:
     best: tuple[Layout, float] | None = None
     for layout in layouts:
         cost = evaluate(costs, layout, global_batch)
@@ -32,7 +34,9 @@ def standalone(costs: CostModel, global_batch: int, ms: list[int]) -> tuple[Layo
     )
 
 
-def data_parallel(costs: CostModel, global_batch: int, ms: list[int]) -> tuple[Layout, float] | None:
+def data_parallel(
+    costs: CostModel, global_batch: int, ms: list[int]
+) -> tuple[Layout, float] | None:
     L = costs.num_layers
     holders = tuple(d for d in range(len(costs.names))
                     if costs.fixed_memory(0, L) <= costs.memory[d])

@@ -179,7 +179,7 @@ class CostModel:
         bound = fixed + inflight * capacity * stash
         headroom = self.memory[idx] - bound
         worst = int(np.argmin(headroom))
-        memory = tuple(int(round(fixed + inflight * s * stash)) for s in shares)
+        memory = tuple(round(float(fixed + inflight * s * stash)) for s in shares)
         return StageCost(
             time_s=compute + latency,
             allreduce_s=self.allreduce(group, self.trainable(i, j)),
@@ -187,7 +187,7 @@ class CostModel:
             memory_bytes=memory,
             fits=bool(headroom.min() >= 0),
             worst_device=worst,
-            worst_need=int(math.ceil(bound[worst])),
+            worst_need=math.ceil(float(bound[worst])),
             worst_have=int(self.memory[idx][worst]),
         )
 

@@ -10,5 +10,7 @@ class PlanInfeasible(ValueError):
 
 
 def gib(num_bytes: float) -> str:
-    """``4.4 GiB`` for a byte count, the unit users see on their devices."""
+    """``4.4 GiB`` (or ``310 MiB`` under 1 GiB) for a byte count."""
+    if abs(num_bytes) < GIB:
+        return f"{num_bytes / (1 << 20):.0f} MiB"
     return f"{num_bytes / GIB:.1f} GiB"

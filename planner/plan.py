@@ -143,3 +143,31 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"unused: {', '.join(unused)}")
     lines.extend(f"note: {note}" for note in plan.notes)
     return "\n".join(lines)
+
+
+def plan_to_dict(plan: Plan) -> dict[str, object]:
+    """A JSON-ready dict of the plan (instructions as their short text, e.g. ``F3``)."""
+    return {
+        "strategy": plan.strategy,
+        "technique": plan.technique,
+        "global_batch": plan.global_batch,
+        "micro_batches": plan.micro_batches,
+        "step_time_s": plan.step_time_s,
+        "stages": [
+            {
+                "index": s.index,
+                "start": s.start,
+                "end": s.end,
+                "devices": list(s.group.devices),
+                "shares": list(s.group.shares),
+                "time_s": s.time_s,
+                "allreduce_s": s.allreduce_s,
+            }
+            for s in plan.stages
+        ],
+        "memory_bytes": dict(plan.memory_bytes),
+        "memory_limit_bytes": dict(plan.memory_limit_bytes),
+        "cache_shares": dict(plan.cache_shares),
+        "instructions": {name: [str(i) for i in ops] for name, ops in plan.instructions},
+        "notes": list(plan.notes),
+    }

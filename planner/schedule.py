@@ -20,7 +20,9 @@ def _overlapping(stage: Stage, lo: int, hi: int) -> list[str]:
     return [name for name, a, b in _ranges(stage) if a < hi and lo < b and a < b]
 
 
-def one_f_one_b(stages: tuple[Stage, ...], micro_batches: int) -> dict[str, tuple[Instruction, ...]]:
+def one_f_one_b(
+    stages: tuple[Stage, ...], micro_batches: int
+) -> dict[str, tuple[Instruction, ...]]:
     """Per device: warm-up forwards, then forward/backward pairs, then the cool-down.
 
     Stage ``s`` of ``S`` runs ``min(S - s - 1, M)`` warm-up forwards. A forward receives

@@ -86,21 +86,20 @@ def _stage_tables(
     """Price every (group, [i, j)) whose stage time can be below ``threshold``."""
     L = costs.num_layers
     K = len(types)
-    I, J = np.triu_indices(L + 1, k=1)  # i < j <= L
+    first, end = np.triu_indices(L + 1, k=1)  # cells: first < end <= L
     comm_in = np.concatenate([[0.0], costs.boundary[:-1]])  # bytes at input boundary of i
     comm_out = np.concatenate([costs.boundary[:-1], [0.0]])  # at output boundary of j (j<L)
     comm_out = np.concatenate([[0.0], comm_out])  # index by j
-    comm = comm_in[I] + comm_out[J]
-    nb = (I > 0).astype(np.int64) + (J < L).astype(np.int64)
-    per_sample = (types.work_prefix[:, J] - types.work_prefix[:, I]) + comm[None, :] / types.rate[
-        :, None
-    ]  # [K, cells]
+    comm = comm_in[first] + comm_out[end]
+    nb = (first > 0).astype(np.int64) + (end < L).astype(np.int64)
+    work = types.work_prefix[:, end] - types.work_prefix[:, first]
+    per_sample = work + comm[None, :] / types.rate[:, None]  # [K, cells], seconds per sample
     fixed = (
-        (costs.resident_prefix[J] - costs.resident_prefix[I]) + costs.optimizer_prefix[J]
-        - costs.optimizer_prefix[I]
+        (costs.resident_prefix[end] - costs.resident_prefix[first]) + costs.optimizer_prefix[end]
+        - costs.optimizer_prefix[first]
     )
-    stash = costs.stash_prefix[J] - costs.stash_prefix[I]
-    trainable = costs.trainable_prefix[J] - costs.trainable_prefix[I]
+    stash = costs.stash_prefix[end] - costs.stash_prefix[first]
+    trainable = costs.trainable_prefix[end] - costs.trainable_prefix[first]
 
     G = comps.size
     counts = comps.vectors.astype(np.float64)  # [G, K]
@@ -116,8 +115,8 @@ def _stage_tables(
             pair_lat = np.where(pair, np.maximum(pair_lat, types.latency[a, c]), pair_lat)
 
     latency = 2 * nb[None, :] * lat[:, None]  # [G, cells]
-    frac = b / (counts @ (1.0 / per_sample))  # lower bound of the split's time
     with np.errstate(divide="ignore", invalid="ignore"):
+        frac = b / (counts @ (1.0 / per_sample))  # lower bound of the split's time
         candidate = (frac + latency < threshold) & (size[:, None] > 0)
     gi, ci = np.nonzero(candidate)
 
@@ -168,9 +167,9 @@ def _stage_tables(
     time = np.full((G, L, L + 1), math.inf)
     allreduce = np.zeros((G, L, L + 1))
     inflight = np.full((G, L, L + 1), -1, dtype=np.int64)
-    time[gi, I[ci], J[ci]] = compute + latency[gi, ci]
-    allreduce[gi, I[ci], J[ci]] = ring
-    inflight[gi, I[ci], J[ci]] = max_inflight
+    time[gi, first[ci], end[ci]] = compute + latency[gi, ci]
+    allreduce[gi, first[ci], end[ci]] = ring
+    inflight[gi, first[ci], end[ci]] = max_inflight
     binding = max_inflight[(max_inflight >= 1) & (max_inflight < m)]
     cap = int(binding.max()) if len(binding) else 0
     cap = min(cap, m - 1, int(sum(types.counts)) - 1)
@@ -189,7 +188,7 @@ def run_dp(
 
     With ``bottleneck`` the DP minimises the slowest stage instead of the sum (min-max).
     """
-    G, L, _ = tables.time.shape
+    L = tables.time.shape[1]
     C = tables.cap + 1
     required = np.minimum(m, np.arange(C) + 1)  # in-flight micro-batches of a stage with c
     under = tables.time < threshold if strict else tables.time <= threshold
@@ -227,15 +226,15 @@ def run_dp(
             us, vs = pair
             step = max(1, CHUNK_ELEMENTS // max(1, cost.size))
             for a in range(0, len(us), step):
-                u, v = us[a:a + step], vs[a:a + step]
-                cand = combine(prev[v][:, idx, :], cost[None])  # [n, L, W, C]
+                rows, below = us[a:a + step], vs[a:a + step]
+                cand = combine(prev[below][:, idx, :], cost[None])  # [n, L, W, C]
                 d = np.argmin(cand, axis=2)
                 val = np.take_along_axis(cand, d[:, :, None, :], axis=2)[:, :, 0, :]
-                better = val < F[u, :L, :]
-                F[u, :L, :] = np.where(better, val, F[u, :L, :])
-                choice_g[u] = np.where(better, g, choice_g[u])
+                better = val < F[rows, :L, :]
+                F[rows, :L, :] = np.where(better, val, F[rows, :L, :])
+                choice_g[rows] = np.where(better, g, choice_g[rows])
                 chosen = idx[np.arange(L)[None, :, None], d]
-                choice_j[u] = np.where(better, chosen, choice_j[u])
+                choice_j[rows] = np.where(better, chosen, choice_j[rows])
         done = np.nonzero(comps.level == level)[0]
         if tables.cap == 0:
             prev[done, :L, 0] = F[done, :L, 0]

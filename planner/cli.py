@@ -1,0 +1,57 @@
+"""``pac plan``: plan a model on a cluster described in a JSON file, print the plan."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from planner.profiles import Technique
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster", required=True, type=Path,
+                        help="cluster file (devices, links): see planner/examples/household.json")
+    parser.add_argument("--model", required=True, type=Path,
+                        help="local Hugging Face model directory (only config.json is read)")
+    parser.add_argument("--technique", default=Technique.PARALLEL_ADAPTERS.value,
+                        choices=[t.value for t in Technique])
+    parser.add_argument("--batch", type=int, default=32, help="global (mini-)batch size")
+    parser.add_argument("--micro-batches", type=int, default=None,
+                        help="micro-batches per mini-batch (default: the planner chooses)")
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens per sample")
+    parser.add_argument("--strategy", default="pac",
+                        choices=["pac", "standalone", "data-parallel", "pipeline", "even-split"],
+                        help="pac, or a baseline planned with the same cost model")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from planner.api import plan
+    from planner.errors import PlanInfeasible
+    from planner.estimate import cluster_from_json, model_profile, model_shape, read_config
+    from planner.plan import plan_to_dict
+
+    try:
+        config = read_config(args.model)
+        shape = model_shape(config, name=Path(args.model).name)
+        try:
+            data = json.loads(Path(args.cluster).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"cannot read the cluster file {args.cluster}: {error}") from error
+        cluster = cluster_from_json(data, shape, args.seq_len)
+        result = plan(cluster, model_profile(shape, args.seq_len), technique=args.technique,
+                      global_batch=args.batch, micro_batches=args.micro_batches,
+                      strategy=args.strategy)
+    except PlanInfeasible as error:
+        print(f"pac plan: no plan fits: {error}", file=sys.stderr)
+        return 3
+    except ValueError as error:
+        print(f"pac plan: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(plan_to_dict(result), indent=2))
+    else:
+        print(result)
+    return 0
