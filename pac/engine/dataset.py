@@ -46,7 +46,8 @@ def load_samples(
         text_field=fields.text,
         pair_field=fields.pair,
         target_field=fields.target,
-        require_target=require_target,
+        # A causal LM learns the text itself; a target (completion) is optional.
+        require_target=require_target and task.kind != "causal-lm",
     )
     if limit is not None:
         examples = examples[:limit]
