@@ -53,9 +53,11 @@ def plan(
     costs = CostModel(cluster, model, tech)
     notes = list(MODEL_NOTES)
     if strategy == "pac":
+        # Cheap plans first: the search only looks for strictly better ones.
         best = _best_of(
             [baselines.standalone(costs, global_batch, ms),
-             baselines.data_parallel(costs, global_batch, ms)]
+             baselines.data_parallel(costs, global_batch, ms),
+             baselines.even_split(costs, global_batch, ms)]
         )
         types = device_types(costs, max_types)
         found = search(costs, types, global_batch, ms,

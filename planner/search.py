@@ -224,17 +224,21 @@ def run_dp(
                 continue
             idx, cost = band
             us, vs = pair
+            # The later stages use the other level - |g| devices: at most that many stages.
+            cl = min(C, level - int(comps.level[g]) + 1)
+            cost = cost[..., :cl]
             step = max(1, CHUNK_ELEMENTS // max(1, cost.size))
             for a in range(0, len(us), step):
                 rows, below = us[a:a + step], vs[a:a + step]
-                cand = combine(prev[below][:, idx, :], cost[None])  # [n, L, W, C]
+                cand = combine(prev[below][:, idx, :cl], cost[None])  # [n, L, W, cl]
                 d = np.argmin(cand, axis=2)
                 val = np.take_along_axis(cand, d[:, :, None, :], axis=2)[:, :, 0, :]
-                better = val < F[rows, :L, :]
-                F[rows, :L, :] = np.where(better, val, F[rows, :L, :])
-                choice_g[rows] = np.where(better, g, choice_g[rows])
+                old = F[rows, :L, :cl]
+                better = val < old
+                F[rows, :L, :cl] = np.where(better, val, old)
+                choice_g[rows, :, :cl] = np.where(better, g, choice_g[rows, :, :cl])
                 chosen = idx[np.arange(L)[None, :, None], d]
-                choice_j[rows] = np.where(better, chosen, choice_j[rows])
+                choice_j[rows, :, :cl] = np.where(better, chosen, choice_j[rows, :, :cl])
         done = np.nonzero(comps.level == level)[0]
         if tables.cap == 0:
             prev[done, :L, 0] = F[done, :L, 0]
