@@ -394,12 +394,22 @@ class JobSpec(_message.Message):
     TECHNIQUE_FIELD_NUMBER: _builtins.int
     TECHNIQUE_JSON_FIELD_NUMBER: _builtins.int
     TRAINING_FIELD_NUMBER: _builtins.int
+    OUTPUT_DIR_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
     model_dir: _builtins.str
     """A local Hugging Face model directory on the coordinator's machine."""
     technique: _builtins.str
     """"parallel-adapters", "full", "lora", "adapters"."""
     technique_json: _builtins.str
     """Technique settings (LoRA rank, adapter width, ...) as JSON."""
+    output_dir: _builtins.str
+    """Where the trained adapters and metrics go (on the coordinator's machine); empty = a
+    folder of the job under the coordinator's --state directory.
+    """
+    placement: _builtins.str
+    """How the job runs: "local" (standalone in the coordinator's process) or "mesh" (across
+    the agents); empty = the coordinator's default.
+    """
     @_builtins.property
     def data(self) -> Global___DataSpec: ...
     @_builtins.property
@@ -415,10 +425,12 @@ class JobSpec(_message.Message):
         technique: _builtins.str = ...,
         technique_json: _builtins.str = ...,
         training: Global___TrainingSettings | None = ...,
+        output_dir: _builtins.str = ...,
+        placement: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "task", b"task", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "model_dir", b"model_dir", "task", b"task", "technique", b"technique", "technique_json", b"technique_json", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "model_dir", b"model_dir", "output_dir", b"output_dir", "placement", b"placement", "task", b"task", "technique", b"technique", "technique_json", b"technique_json", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -427,6 +439,26 @@ Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
 @_typing.final
 class Job(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
@@ -438,6 +470,9 @@ class Job(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     CREATED_UNIX_FIELD_NUMBER: _builtins.int
     UPDATED_UNIX_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    SAMPLES_PER_SECOND_FIELD_NUMBER: _builtins.int
+    ETA_SECONDS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     epoch: _builtins.int
@@ -448,8 +483,14 @@ class Job(_message.Message):
     """Why a job FAILED, in words."""
     created_unix: _builtins.float
     updated_unix: _builtins.float
+    samples_per_second: _builtins.float
+    eta_seconds: _builtins.float
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Last evaluation metrics (accuracy, f1, ...), after each epoch."""
+
     def __init__(
         self,
         *,
@@ -463,10 +504,13 @@ class Job(_message.Message):
         error: _builtins.str = ...,
         created_unix: _builtins.float = ...,
         updated_unix: _builtins.float = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        samples_per_second: _builtins.float = ...,
+        eta_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix", b"created_unix", "epoch", b"epoch", "error", b"error", "job_id", b"job_id", "loss", b"loss", "spec", b"spec", "state", b"state", "step", b"step", "total_steps", b"total_steps", "updated_unix", b"updated_unix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix", b"created_unix", "epoch", b"epoch", "error", b"error", "eta_seconds", b"eta_seconds", "job_id", b"job_id", "loss", b"loss", "metrics", b"metrics", "samples_per_second", b"samples_per_second", "spec", b"spec", "state", b"state", "step", b"step", "total_steps", b"total_steps", "updated_unix", b"updated_unix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -534,6 +578,26 @@ Global___WatchJobRequest: _TypeAlias = WatchJobRequest  # noqa: Y015
 class JobProgress(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     JOB_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
@@ -543,6 +607,8 @@ class JobProgress(_message.Message):
     SAMPLES_PER_SECOND_FIELD_NUMBER: _builtins.int
     ETA_SECONDS_FIELD_NUMBER: _builtins.int
     UNIX_TIME_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     epoch: _builtins.int
@@ -552,6 +618,12 @@ class JobProgress(_message.Message):
     samples_per_second: _builtins.float
     eta_seconds: _builtins.float
     unix_time: _builtins.float
+    error: _builtins.str
+    """Why the job FAILED, on the event that says so."""
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Evaluation metrics, set on the event that ends an epoch (and on the last one)."""
+
     def __init__(
         self,
         *,
@@ -564,10 +636,12 @@ class JobProgress(_message.Message):
         samples_per_second: _builtins.float = ...,
         eta_seconds: _builtins.float = ...,
         unix_time: _builtins.float = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "eta_seconds", b"eta_seconds", "job_id", b"job_id", "loss", b"loss", "samples_per_second", b"samples_per_second", "state", b"state", "step", b"step", "total_steps", b"total_steps", "unix_time", b"unix_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "error", b"error", "eta_seconds", b"eta_seconds", "job_id", b"job_id", "loss", b"loss", "metrics", b"metrics", "samples_per_second", b"samples_per_second", "state", b"state", "step", b"step", "total_steps", b"total_steps", "unix_time", b"unix_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
