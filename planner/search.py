@@ -27,8 +27,6 @@ import numpy as np
 from planner.costs import EPS, CostModel
 from planner.device_types import DeviceTypes
 
-CHUNK_ELEMENTS = 1 << 21
-
 
 @dataclass(frozen=True)
 class TypeLayout:
@@ -197,9 +195,6 @@ def run_dp(
     F = np.full((comps.size, L + 1, C), math.inf)
     prev = np.full((comps.size, L + 1, C), math.inf)  # what a stage with c continues into
     prev[0, L, 0] = 0.0
-    choice_g = np.full((comps.size, L, C), -1, dtype=np.int64)
-    choice_j = np.zeros((comps.size, L, C), dtype=np.int64)
-
     bands: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
     for g in comps.groups:
         valid = under[g]
@@ -216,29 +211,32 @@ def run_dp(
         fits = tables.max_inflight[g][np.arange(L)[:, None], idx][..., None] >= required
         bands[g] = (idx, np.where(fits, cost[..., None], math.inf))  # [L, W, C]
 
+    # Per group: band offsets d that hold any allowed stage, and the costs by offset.
+    by_offset: dict[int, tuple[list[int], np.ndarray]] = {}
+    for g, band in bands.items():
+        if band is not None:
+            costs_d = np.ascontiguousarray(band[1].transpose(1, 0, 2))  # [W, L, C]
+            offsets = [d + 1 for d in range(len(costs_d)) if np.isfinite(costs_d[d]).any()]
+            by_offset[g] = (offsets, costs_d)
     for level in range(1, int(comps.level.max()) + 1):
         for g in comps.groups:
-            band = bands[g]
             pair = comps.pairs.get((level, g))
-            if band is None or pair is None:
+            if g not in by_offset or pair is None:
                 continue
-            idx, cost = band
-            us, vs = pair
+            offsets, costs_d = by_offset[g]
+            rows, below = pair
             # The later stages use the other level - |g| devices: at most that many stages.
             cl = min(C, level - int(comps.level[g]) + 1)
-            cost = cost[..., :cl]
-            step = max(1, CHUNK_ELEMENTS // max(1, cost.size))
-            for a in range(0, len(us), step):
-                rows, below = us[a:a + step], vs[a:a + step]
-                cand = combine(prev[below][:, idx, :cl], cost[None])  # [n, L, W, cl]
-                d = np.argmin(cand, axis=2)
-                val = np.take_along_axis(cand, d[:, :, None, :], axis=2)[:, :, 0, :]
-                old = F[rows, :L, :cl]
-                better = val < old
-                F[rows, :L, :cl] = np.where(better, val, old)
-                choice_g[rows, :, :cl] = np.where(better, g, choice_g[rows, :, :cl])
-                chosen = idx[np.arange(L)[None, :, None], d]
-                choice_j[rows, :, :cl] = np.where(better, chosen, choice_j[rows, :, :cl])
+            after = prev[below, :, :cl]  # [n, L+1, cl]
+            best = np.full((len(rows), L, cl), math.inf)
+            scratch = np.empty_like(best)
+            for d in offsets:
+                span = L + 1 - d  # first layers i = 0 .. L-d can end at i + d
+                out = scratch[:, :span]
+                combine(after[:, d:, :], costs_d[d - 1, :span, :cl], out=out)
+                np.minimum(best[:, :span], out, out=best[:, :span])
+            # Only values: the one optimal path is found again afterwards (_trace).
+            F[rows, :L, :cl] = np.minimum(F[rows, :L, :cl], best)
         done = np.nonzero(comps.level == level)[0]
         if tables.cap == 0:
             prev[done, :L, 0] = F[done, :L, 0]
@@ -257,8 +255,7 @@ def run_dp(
     slowest = 0.0
     value = 0.0
     while True:
-        g = int(choice_g[u, i, c])
-        j = int(choice_j[u, i, c])
+        g, j = _trace(comps, bands, prev, F, u, i, c, combine)
         stages.append((tuple(int(x) for x in comps.vectors[g]), i, j))
         slowest = max(slowest, float(tables.time[g, i, j]))
         value += float(tables.time[g, i, j] + tables.allreduce[g, i, j])
@@ -274,6 +271,36 @@ def run_dp(
             c = tables.cap - 1 if F[u, j, tables.cap - 1] <= F[u, j, tables.cap] else tables.cap
         i = j
     return TypeLayout(tuple(stages), m, value, slowest)
+
+
+def _trace(
+    comps: Compositions,
+    bands: dict[int, tuple[np.ndarray, np.ndarray] | None],
+    prev: np.ndarray,
+    F: np.ndarray,
+    u: int,
+    i: int,
+    c: int,
+    combine: np.ufunc,
+) -> tuple[int, int]:
+    """The (group, end) of a first stage that attains ``F[u, i, c]`` (same arithmetic)."""
+    target = F[u, i, c]
+    closest: tuple[float, int, int] = (math.inf, -1, -1)
+    for g in comps.groups:
+        band = bands[g]
+        rest = comps.vectors[u] - comps.vectors[g]
+        if band is None or (rest < 0).any():
+            continue
+        v = int(np.ravel_multi_index(tuple(int(x) for x in rest), comps.shape))
+        idx, cost = band
+        values = combine(prev[v, idx[i], c], cost[i, :, c])
+        d = int(np.argmin(np.abs(values - target)))
+        gap = abs(float(values[d]) - float(target))
+        if gap == 0.0:
+            return g, int(idx[i, d])
+        if gap < closest[0]:
+            closest = (gap, g, int(idx[i, d]))
+    return closest[1], closest[2]
 
 
 def search(
