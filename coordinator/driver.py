@@ -1,0 +1,47 @@
+"""How a job is executed: the ``JobDriver`` interface and the table of drivers.
+
+The coordinator runs each job by calling ``driver.run(job, agents, progress, cancelled)``
+in its job thread. A driver reports state changes and numbers through ``progress``,
+checks ``cancelled`` between steps (and returns early when it is set: the job becomes
+CANCELLED), raises to fail the job (the error's text is the job's reason), and returns a
+``JobResult`` when it is done. A job's ``spec.placement`` picks the driver by name.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from coordinator.jobs import Job, Progress
+from coordinator.registry import AgentLiveness, AgentRecord
+
+ProgressSink = Callable[[Progress], None]
+LiveAgents = list[tuple[AgentRecord, AgentLiveness]]
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a finished job leaves: final evaluation metrics and where its outputs are."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    output_dir: str = ""
+
+
+class JobDriver(Protocol):
+    def run(self, job: Job, agents: LiveAgents, progress: ProgressSink,
+            cancelled: threading.Event) -> JobResult:
+        """Execute ``job`` (its ``output_dir`` is set and exists) on ``agents`` (the live
+        ones when the job starts)."""
+        ...
+
+
+def default_drivers() -> dict[str, JobDriver]:
+    """Placement name -> driver. The mesh driver plugs in here with one line."""
+    from coordinator.drivers.local import LocalDriver
+
+    return {
+        "local": LocalDriver(),
+        # "mesh": MeshDriver(),
+    }

@@ -1,0 +1,1 @@
+"""Job drivers: one file per way of running a job."""

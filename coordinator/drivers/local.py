@@ -1,0 +1,137 @@
+"""``LocalDriver``: the job runs standalone in the coordinator's own process.
+
+Real training with :class:`pac.engine.trainer.Trainer` (any technique; parallel adapters
+with the activation cache in the job's folder), reporting every optimizer step (step,
+loss, samples/s, ETA) and every epoch (evaluation metrics). Cancellation is checked after
+each step; the adapters and ``metrics.jsonl`` are written to the job's output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+from coordinator.driver import JobResult, LiveAgents, ProgressSink
+from coordinator.jobs import CACHE_DTYPES, Job, JobSpec, JobState, Progress
+
+log = logging.getLogger("pac.coordinator")
+
+
+class _Cancelled(Exception):
+    """Raised from the step callback to leave the epoch at a step boundary."""
+
+
+def technique_settings(spec: JobSpec) -> dict[str, object]:
+    """The technique's settings: the user's JSON, plus the side width for PAC."""
+    settings: dict[str, object] = dict(spec.technique_settings)
+    if spec.technique == "parallel-adapters":
+        settings.setdefault("reduction", spec.side_reduction)
+    return settings
+
+
+class LocalDriver:
+    """Runs a job on the coordinator's machine, ignoring the agents."""
+
+    def run(self, job: Job, agents: LiveAgents, progress: ProgressSink,
+            cancelled: threading.Event) -> JobResult:
+        from pac.engine.dataset import DataFields
+        from pac.engine.memory import peak_rss_bytes, rss_bytes
+        from pac.engine.trainer import EpochReport, TrainConfig, Trainer
+        from pac.tasks import TaskSpec
+
+        spec = job.spec
+        out = Path(job.output_dir)
+        progress(Progress(state=JobState.LOADING))
+        config = TrainConfig(
+            model_dir=Path(spec.model_dir),
+            train_path=Path(spec.data_path),
+            eval_path=Path(spec.eval_path) if spec.eval_path else None,
+            task=TaskSpec(kind=spec.task, labels=spec.labels,  # type: ignore[arg-type]
+                          head=spec.head, max_length=spec.max_length,  # type: ignore[arg-type]
+                          max_target_length=spec.max_target_length),
+            technique=spec.technique,
+            technique_settings=technique_settings(spec),
+            out_dir=out,
+            epochs=spec.epochs,
+            batch_size=spec.batch_size,
+            learning_rate=spec.learning_rate or None,
+            seed=spec.seed,
+            cache_dir=out / "cache",
+            cache_precision=CACHE_DTYPES[spec.cache_dtype],
+            fields=DataFields(spec.text_field, spec.pair_field, spec.label_field),
+        )
+        trainer = Trainer(config)
+        pace = _Pace(trainer.steps_per_epoch * spec.epochs, progress, cancelled)
+        metrics: dict[str, float] = {}
+        for epoch in range(1, spec.epochs + 1):
+            progress(Progress(state=JobState.TRAINING, epoch=epoch, step=pace.step,
+                              total_steps=pace.total_steps))
+            start = pace.start_epoch()
+            try:
+                loss, phase = trainer.train_epoch(epoch, on_step=pace.on_step)
+            except _Cancelled:
+                log.info("job %s cancelled at step %d", job.job_id, pace.step)
+                return JobResult(metrics=metrics, output_dir=str(out))
+            seconds = time.perf_counter() - start
+            pace.end_epoch()
+            evaluation = trainer.evaluate()
+            if trainer.ladder_cache is not None and not trainer.backbone_released:
+                trainer.release_backbone()
+            metrics = {name: float(value) for name, value in
+                       (evaluation.metrics if evaluation else {}).items()
+                       if isinstance(value, (int, float))}
+            report = EpochReport(epoch=epoch, phase=phase, loss=loss, seconds=seconds,
+                                 samples_per_second=len(trainer.train_samples) / max(seconds,
+                                                                                    1e-9),
+                                 rss_bytes=rss_bytes(), peak_rss_bytes=peak_rss_bytes(),
+                                 eval=metrics)
+            _append_report(out, report.to_json())
+            progress(Progress(loss=loss, metrics=metrics))
+            if cancelled.is_set():
+                return JobResult(metrics=metrics, output_dir=str(out))
+        trainer.export()
+        return JobResult(metrics=metrics, output_dir=str(out))
+
+
+class _Pace:
+    """Counts steps and turns them into progress: samples/s in this epoch, ETA from the
+    mean step time so far. Raises _Cancelled at a step boundary once cancelled."""
+
+    def __init__(self, total_steps: int, progress: ProgressSink,
+                 cancelled: threading.Event) -> None:
+        self.total_steps = total_steps
+        self.progress = progress
+        self.cancelled = cancelled
+        self.step = 0
+        self.seconds_before = 0.0
+        self.epoch_start = time.perf_counter()
+        self.seen = 0
+
+    def start_epoch(self) -> float:
+        self.epoch_start = time.perf_counter()
+        self.seen = 0
+        return self.epoch_start
+
+    def end_epoch(self) -> None:
+        self.seconds_before += time.perf_counter() - self.epoch_start
+
+    def on_step(self, count: int, loss: float) -> None:
+        """``count``: samples seen in this epoch so far; ``loss``: this step's loss."""
+        self.step += 1
+        in_epoch = max(time.perf_counter() - self.epoch_start, 1e-9)
+        per_step = (self.seconds_before + in_epoch) / self.step
+        self.progress(Progress(step=self.step, loss=loss, samples_per_second=count / in_epoch,
+                               eta_seconds=max(0, self.total_steps - self.step) * per_step,
+                               samples=count - self.seen))
+        self.seen = count
+        if self.cancelled.is_set():
+            raise _Cancelled
+
+
+def _append_report(out: Path, report: dict[str, object]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "metrics.jsonl", "a") as stream:
+        stream.write(json.dumps(report) + "\n")

@@ -1,0 +1,109 @@
+"""The plain Coordinator: validation, the state machine, real training, cancellation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.core import Coordinator
+from coordinator.jobs import IllegalTransition, Job, JobSpec, JobSpecError, JobState, UnknownJob
+
+
+def test_a_local_job_trains_to_done_with_progress_and_adapters(
+        make_coordinator: Callable[..., Coordinator], spec: JobSpec) -> None:
+    coordinator = make_coordinator()
+    seen: list[Job] = []
+    job = coordinator.submit(spec)
+    coordinator.subscribe(job.job_id, seen.append)
+    done = coordinator.wait(job.job_id, timeout=120)
+    assert done.state == JobState.DONE, done.reason
+    assert done.epoch == 2 and done.step == done.total_steps == 8
+    assert "accuracy" in done.metrics
+    states = [state for state, _, _ in coordinator.store.events(job.job_id)]
+    assert states[0] == "queued" and states[-1] == "done"
+    assert states.index("loading") < states.index("training")
+    epochs = {epoch for state, epoch, _ in coordinator.store.events(job.job_id)
+              if state == "training"}
+    assert epochs == {1, 2}
+    assert any(j.samples_per_second > 0 and j.eta_seconds >= 0 for j in seen)
+    out = Path(done.output_dir)
+    reports = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in reports] == [1, 2]
+    assert [r["phase"] for r in reports] == ["backbone", "cache"]
+    assert (out / "adapters.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    text = coordinator.metrics.registry.get_sample_value(
+        "pac_job_state", {"job": job.job_id, "state": "done"})
+    assert text == 1.0
+    assert coordinator.metrics.registry.get_sample_value(
+        "pac_job_samples_total", {"job": job.job_id}) == 32.0
+
+
+@pytest.mark.parametrize(("change", "field", "words"), [
+    ({"model_dir": "/nowhere/model"}, "model_dir", "not a directory"),
+    ({"technique": "prompt-tuning"}, "technique", "unknown technique"),
+    ({"batch_size": 2, "micro_batches": 4}, "batch_size", "smaller than the micro-batch"),
+    ({"task": "translation"}, "task", "unknown task"),
+    ({"epochs": 0}, "epochs", "at least 1 epoch"),
+    ({"data_path": "/nowhere/train.jsonl"}, "data_path", "does not exist"),
+])
+def test_malformed_jobs_are_refused_naming_the_field(
+        make_coordinator: Callable[..., Coordinator], spec: JobSpec,
+        change: dict[str, object], field: str, words: str) -> None:
+    coordinator = make_coordinator()
+    with pytest.raises(JobSpecError) as raised:
+        coordinator.submit(replace(spec, **change))  # type: ignore[arg-type]
+    assert any(name == field and words in message for name, message in raised.value.problems)
+    assert str(raised.value).startswith(field)
+    assert coordinator.jobs() == []
+
+
+def test_a_model_dir_without_config_is_not_a_hugging_face_dir(
+        make_coordinator: Callable[..., Coordinator], spec: JobSpec, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(JobSpecError, match="no config.json"):
+        make_coordinator().submit(replace(spec, model_dir=str(tmp_path / "empty")))
+
+
+def test_only_legal_transitions(spec: JobSpec) -> None:
+    job = Job(job_id="j", spec=spec)
+    with pytest.raises(IllegalTransition):
+        job.moved_to(JobState.DONE, 1.0)
+    with pytest.raises(IllegalTransition, match="needs a reason"):
+        job.moved_to(JobState.FAILED, 1.0)
+    training = job.moved_to(JobState.LOADING, 1.0).moved_to(JobState.TRAINING, 2.0, epoch=1)
+    assert training.moved_to(JobState.TRAINING, 3.0, epoch=2).epoch == 2
+    done = training.moved_to(JobState.DONE, 4.0)
+    for state in JobState:
+        if state != JobState.DONE:
+            with pytest.raises(IllegalTransition):
+                done.moved_to(state, 5.0, reason="x")
+
+
+def test_cancel_stops_a_running_job_and_a_queued_one(
+        make_coordinator: Callable[..., Coordinator], spec: JobSpec, gated_driver: Any) -> None:
+    driver = gated_driver
+    coordinator = make_coordinator(drivers={"local": driver})
+    running = coordinator.submit(spec)
+    queued = coordinator.submit(spec)
+    assert driver.training.wait(10)
+    assert coordinator.cancel(queued.job_id).state == JobState.CANCELLED
+    coordinator.cancel(running.job_id)
+    assert coordinator.wait(running.job_id, timeout=10).state == JobState.CANCELLED
+    assert coordinator.get(queued.job_id).state == JobState.CANCELLED
+    with pytest.raises(UnknownJob):
+        coordinator.cancel("no-such-job")
+
+
+def test_a_driver_error_fails_the_job_with_its_reason(
+        make_coordinator: Callable[..., Coordinator], spec: JobSpec, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a film"}\n')  # no label: the engine refuses the data
+    coordinator = make_coordinator()
+    job = coordinator.wait(coordinator.submit(replace(spec, data_path=str(bad))).job_id, 60)
+    assert job.state == JobState.FAILED
+    assert "label" in job.reason

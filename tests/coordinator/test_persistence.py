@@ -1,0 +1,45 @@
+"""Jobs survive a coordinator restart; a job that was running is failed with the reason."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from coordinator.core import Coordinator
+from coordinator.job_store import RESTART_REASON
+from coordinator.jobs import JobSpec, JobState
+
+
+def test_jobs_are_intact_after_a_restart_and_a_running_one_fails_with_the_reason(
+        make_coordinator: Callable[..., Coordinator], spec: JobSpec, gated_driver: Any,
+        tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = make_coordinator(state, drivers={"local": gated_driver})
+    finished = first.submit(spec)
+    gated_driver.release.set()
+    assert first.wait(finished.job_id, timeout=10).state == JobState.DONE
+    gated_driver.release.clear()
+    running = first.submit(spec)
+    gated_driver.training.clear()
+    assert gated_driver.training.wait(10)
+    before = first.wait(running.job_id, 10, until=lambda job: job.step >= 2)
+    queued = first.submit(spec)
+    first.close()
+
+    second = make_coordinator(state, drivers={"local": gated_driver})
+    done = second.get(finished.job_id)
+    assert done.state == JobState.DONE and done.metrics == {"accuracy": 0.5}
+    assert done.spec == spec.__class__(**{**spec.__dict__, "placement": "local"})
+    failed = second.get(running.job_id)
+    assert failed.state == JobState.FAILED
+    assert failed.reason == RESTART_REASON
+    assert failed.epoch == 1 and failed.step >= before.step
+    assert failed.created_at == before.created_at
+    # The queued job never started: the new coordinator runs it.
+    gated_driver.release.set()
+    assert second.wait(queued.job_id, timeout=10).state == JobState.DONE
+    assert [job.job_id for job in second.jobs()] == [finished.job_id, running.job_id,
+                                                     queued.job_id]
+    events = second.store.events(running.job_id)
+    assert events[-1][0] == "failed" and ("training", 1) in {(s, e) for s, e, _ in events}
