@@ -130,7 +130,7 @@ def format_plan(plan: Plan) -> str:
                 f"{stage.time_s * 1e3:.2f}",
                 f"{stage.allreduce_s * 1e3:.2f}",
                 f"{gib(memory.get(name, 0))} / {gib(limit.get(name, 0))}",
-                str(cache.get(name, 0)),
+                str(cache[name]) if name in cache else "-",
             ))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = [head]

@@ -218,6 +218,8 @@ def run_dp(
             costs_d = np.ascontiguousarray(band[1].transpose(1, 0, 2))  # [W, L, C]
             offsets = [d + 1 for d in range(len(costs_d)) if np.isfinite(costs_d[d]).any()]
             by_offset[g] = (offsets, costs_d)
+    alive = np.zeros(comps.size, dtype=bool)
+    alive[0] = True
     for level in range(1, int(comps.level.max()) + 1):
         for g in comps.groups:
             pair = comps.pairs.get((level, g))
@@ -225,6 +227,10 @@ def run_dp(
                 continue
             offsets, costs_d = by_offset[g]
             rows, below = pair
+            keep = alive[below]  # suffixes with no plan under the threshold lead nowhere
+            if not keep.any():
+                continue
+            rows, below = rows[keep], below[keep]
             # The later stages use the other level - |g| devices: at most that many stages.
             cl = min(C, level - int(comps.level[g]) + 1)
             after = prev[below, :, :cl]  # [n, L+1, cl]
@@ -238,6 +244,7 @@ def run_dp(
             # Only values: the one optimal path is found again afterwards (_trace).
             F[rows, :L, :cl] = np.minimum(F[rows, :L, :cl], best)
         done = np.nonzero(comps.level == level)[0]
+        alive[done] = np.isfinite(F[done]).any(axis=(1, 2))
         if tables.cap == 0:
             prev[done, :L, 0] = F[done, :L, 0]
         else:

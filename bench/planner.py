@@ -1,0 +1,168 @@
+"""Planner benchmark: planning time, classes vs brute force, PAC vs the baselines.
+
+    python bench/planner.py            # everything (a few minutes on 2 cores)
+    python bench/planner.py --quick    # skip 16 devices x 96 layers with 4 types
+
+Planning times are wall-clock on this machine (median of the runs shown). Step times are
+the cost model's predictions for one cluster, so their ratios compare plans, not hardware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Run as `python bench/planner.py`, this file would shadow the planner package: look in the
+# repository root first, not in bench/.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
+import planner  # noqa: E402
+from planner import PlanInfeasible, Technique  # noqa: E402
+from planner.api import micro_batch_counts  # noqa: E402
+from planner.brute import brute_force  # noqa: E402
+from planner.costs import CostModel  # noqa: E402
+from planner.estimate import cluster_from_json, model_profile, model_shape  # noqa: E402
+from planner.profiles import Cluster, ModelProfile  # noqa: E402
+from planner.synthetic import random_cluster, synthetic_model  # noqa: E402
+
+T5_BASE = {"model_type": "t5", "d_model": 768, "d_ff": 3072, "num_layers": 12,
+           "num_decoder_layers": 12, "num_heads": 12, "vocab_size": 32128}
+HOUSEHOLD = {
+    "devices": [
+        {"name": "laptop", "gflops": 120, "memory_gb": 6},
+        {"name": "mini-pc", "gflops": 80, "memory_gb": 4},
+        {"name": "jetson", "gflops": 25, "memory_gb": 1.5, "count": 4},
+        {"name": "phone", "gflops": 15, "memory_gb": 1.0, "count": 2},
+    ],
+    "links": {"default": {"bandwidth_mbps": 1000, "latency_ms": 0.3}},
+}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def timed(
+    cluster: Cluster, model: ModelProfile, runs: int, **kw: object
+) -> tuple[list[float], planner.Plan]:
+    times = []
+    result = None
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = planner.plan(cluster, model, **kw)  # type: ignore[arg-type]
+        times.append(time.perf_counter() - start)
+    assert result is not None
+    return times, result
+
+
+def planning_time(quick: bool) -> None:
+    print("\n## planning time (parallel-adapters, batch 32, M chosen among its divisors)")
+    print(f"{'devices x layers':>17} {'types':>6} {'runs':>5} {'median s':>9} {'min s':>7} "
+          f"{'max s':>7} {'target':>7}  plan")
+    cases = [(8, 48, 2, 3), (8, 48, 3, 3), (8, 48, 4, 3), (16, 96, 2, 1), (16, 96, 3, 1)]
+    if not quick:
+        cases.append((16, 96, 4, 1))
+    for n, layers, kinds, runs in cases:
+        rng = np.random.default_rng(7)
+        model = synthetic_model(layers)
+        cluster = random_cluster(rng, n, model, num_types=kinds, memory_mib=(600, 2000),
+                                 bandwidth_mbps=(1000, 1000))
+        times, result = timed(cluster, model, runs, technique="parallel-adapters",
+                              global_batch=32)
+        target = 1.0 if n == 8 else 10.0
+        shape = (f"{len(result.stages)} stages, groups "
+                 f"{'/'.join(str(len(g)) for g in result.groups)}, M={result.micro_batches}")
+        print(f"{n:>7} x {layers:<7} {kinds:>6} {runs:>5} {statistics.median(times):>9.2f} "
+              f"{min(times):>7.2f} {max(times):>7.2f} {target:>6.0f}s  {shape}", flush=True)
+
+
+def classes_vs_brute_force() -> None:
+    print("\n## many distinct devices, planned through <= 4 classes")
+    print(f"{'case':>24} {'plan s':>7} {'classes step ms':>16} {'exact step ms':>14} {'loss':>7}")
+    losses = []
+    for seed in range(6):
+        rng = np.random.default_rng(100 + seed)
+        model = synthetic_model(6, hidden=512, seq=64)
+        cluster = random_cluster(rng, 6, model, memory_mib=(40, 200), bandwidth_mbps=(300, 1000))
+        start = time.perf_counter()
+        try:
+            got = planner.plan(cluster, model, "parallel-adapters", 8)
+        except PlanInfeasible:
+            continue
+        took = time.perf_counter() - start
+        exact = brute_force(CostModel(cluster, model, Technique.PARALLEL_ADAPTERS), 8,
+                            micro_batch_counts(8, None))
+        assert exact is not None
+        loss = got.step_time_s / exact[1] - 1
+        losses.append(loss)
+        print(f"{'6 distinct x 6 layers #' + str(seed):>24} {took:>7.2f} "
+              f"{got.step_time_s * 1e3:>16.1f} {exact[1] * 1e3:>14.1f} {loss:>6.1%}")
+    rng = np.random.default_rng(9)
+    model = synthetic_model(48)
+    cluster = random_cluster(rng, 12, model, memory_mib=(600, 2000), bandwidth_mbps=(1000, 1000))
+    start = time.perf_counter()
+    got = planner.plan(cluster, model, "parallel-adapters", 32)
+    print(f"{'12 distinct x 48 layers':>24} {time.perf_counter() - start:>7.2f} "
+          f"{got.step_time_s * 1e3:>16.1f} {'(too big)':>14} {'':>7}")
+    if losses:
+        print(f"classes vs exact: mean loss {np.mean(losses):.1%}, worst {max(losses):.1%}")
+
+
+def strategies() -> float:
+    shape = model_shape(T5_BASE, "t5-base")
+    headline = 0.0
+    for technique in ("parallel-adapters", "full"):
+        model = model_profile(shape, 128)
+        cluster = cluster_from_json(HOUSEHOLD, shape, 128)
+        print(f"\n## T5-Base (24 blocks), household cluster of {len(cluster.devices)} devices, "
+              f"1 Gbit/s, batch 32, technique {technique}")
+        print(f"{'strategy':>14} {'step ms':>10} {'vs pac':>8} {'stages':>7} {'M':>3}  groups")
+        rows = {}
+        for strategy in ("pac", "even-split", "data-parallel", "pipeline", "standalone"):
+            try:
+                rows[strategy] = planner.plan(cluster, model, technique, 32, strategy=strategy)
+            except PlanInfeasible as error:
+                print(f"{strategy:>14} {'infeasible':>10}  {str(error)[:70]}")
+        pac = rows["pac"].step_time_s
+        for strategy, result in rows.items():
+            groups = " | ".join(",".join(g.devices) for g in result.groups)
+            print(f"{strategy:>14} {result.step_time_s * 1e3:>10.1f} "
+                  f"{result.step_time_s / pac:>7.2f}x {len(result.stages):>7} "
+                  f"{result.micro_batches:>3}  {groups}")
+        best_other = min(r.step_time_s for s, r in rows.items() if s != "pac")
+        if technique == "parallel-adapters":
+            headline = best_other / pac
+    return headline
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(f"cpu: {cpu_model()} ({os.cpu_count()} cores), numpy {np.__version__}, "
+          f"python {platform.python_version()}")
+    planning_time(args.quick)
+    classes_vs_brute_force()
+    headline = strategies()
+    print(f"\npredicted step, PAC's plan vs the best baseline plan (T5-Base, household, "
+          f"parallel-adapters): {headline:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
