@@ -30,7 +30,7 @@ from agent.servicer import AgentServicer
 from pac.wire.auth import JoinTokenInterceptor
 from pac.wire.channel import SERVER_OPTIONS, ChannelPool, TransportSecurity, bind, open_channel
 from pac.wire.client import send_tensors
-from pac.wire.limits import WireLimits
+from pac.wire.limits import DEFAULT_CHUNK_BYTES, WireLimits
 from pac.wire.receiver import TensorReceiver
 from pac.wire.service import service_handler
 from protos.v1 import agent_pb2, coordinator_pb2, tensors_pb2
@@ -52,6 +52,8 @@ class AgentConfig:
     join_token: str | None = None
     security: TransportSecurity = field(default_factory=lambda: TransportSecurity(insecure=True))
     limits: WireLimits = field(default_factory=WireLimits)
+    # Payload bytes per chunk of the tensor messages this agent sends (1-4 MiB).
+    chunk_size: int = DEFAULT_CHUNK_BYTES
     benchmark_s: float = 0.25
     drain_grace_s: float = 30.0
     # First retry delay of registration (doubles up to 30 s while the coordinator is away).
@@ -65,7 +67,7 @@ class AgentServer:
         self.config = config
         self.metrics = AgentMetrics()
         self.peers = ChannelPool(config.security)
-        self.runtime = AgentRuntime(config.name, config.cache_dir, self._send, self.metrics,
+        self.runtime = AgentRuntime(config.name, config.cache_dir, self.send_to, self.metrics,
                                     device=pick_device())
         self.receiver = TensorReceiver(self.runtime.mailbox, config.limits,
                                        self.runtime.accepts_job, self.metrics)
@@ -83,10 +85,13 @@ class AgentServer:
         self._metrics_server: Any = None
         self.stopped = asyncio.Event()
 
-    async def _send(self, peer: str, tensors: dict[str, torch.Tensor],
-                    routing: tensors_pb2.Routing) -> int:
+    async def send_to(self, peer: str, tensors: dict[str, torch.Tensor],
+                      routing: tensors_pb2.Routing) -> int:
+        """Send one tensor message to the agent at ``peer`` (host:port) over the pooled
+        channel; returns the bytes the peer acknowledged."""
         ack = await send_tensors(self.peers.get(peer), tensors, routing,
-                                 token=self.config.join_token, peer=peer, observer=self.metrics)
+                                 token=self.config.join_token, peer=peer, observer=self.metrics,
+                                 chunk_size=self.config.chunk_size)
         return int(ack.received_bytes)
 
     def _status(self) -> coordinator_pb2.HeartbeatRequest:

@@ -96,7 +96,7 @@ class TensorReceiver:
         return tensors_pb2.TensorAck(routing=routing, received_bytes=header.total_size,
                                      tensor_count=len(tensors))
 
-    async def _reassemble(self, iterator: AsyncIterator[bytes], total_size: int) -> bytearray:
+    async def _reassemble(self, iterator: AsyncIterator[bytes], total_size: int) -> memoryview:
         assembly = Reassembly(total_size)
         trailer: tensors_pb2.TensorTrailer | None = None
         async for frame in iterator:
@@ -120,7 +120,7 @@ class TensorReceiver:
                 raise MalformedMessage(f"unexpected {part or 'empty'} chunk inside a stream")
         return assembly.finish(trailer)
 
-    async def _decode(self, buffer: bytearray
+    async def _decode(self, buffer: memoryview
                       ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         def work() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             tensors, metadata = decode(buffer)
@@ -132,9 +132,9 @@ class TensorReceiver:
         return work()
 
 
-def _header_text(buffer: bytearray) -> str:
+def _header_text(buffer: memoryview) -> str:
     """The raw header text (cheap: headers are small), to decide where to decode."""
     if len(buffer) < 8:
         return ""
     length = min(int.from_bytes(buffer[:8], "little"), len(buffer) - 8, MAX_HEADER_BYTES)
-    return buffer[8 : 8 + length].decode("utf-8", errors="replace")
+    return bytes(buffer[8 : 8 + length]).decode("utf-8", errors="replace")

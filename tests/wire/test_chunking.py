@@ -14,7 +14,7 @@ ROUTING = tensors_pb2.Routing(job_id="j", step=3, micro_batch=1, stage=2,
                               kind=tensors_pb2.TENSOR_KIND_ACTIVATION, sender="a")
 
 
-def reassemble(frames: list[bytes]) -> bytearray:
+def reassemble(frames: list[bytes]) -> memoryview:
     header = parse_frame(frames[0]).header
     assembly = Reassembly(header.total_size)
     trailer = None
