@@ -69,6 +69,11 @@ class CoordinatorStub:
                 request_serializer=protos_dot_v1_dot_coordinator__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_coordinator__pb2.Job.FromString,
                 _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/pac.v1.Coordinator/ListJobs',
+                request_serializer=protos_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_coordinator__pb2.ListJobsReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -119,6 +124,13 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListJobs(self, request, context):
+        """Every job the coordinator knows, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +168,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=protos_dot_v1_dot_coordinator__pb2.CancelJobRequest.FromString,
                     response_serializer=protos_dot_v1_dot_coordinator__pb2.Job.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=protos_dot_v1_dot_coordinator__pb2.ListJobsRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_coordinator__pb2.ListJobsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -347,6 +364,33 @@ class Coordinator:
             '/pac.v1.Coordinator/CancelJob',
             protos_dot_v1_dot_coordinator__pb2.CancelJobRequest.SerializeToString,
             protos_dot_v1_dot_coordinator__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pac.v1.Coordinator/ListJobs',
+            protos_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
+            protos_dot_v1_dot_coordinator__pb2.ListJobsReply.FromString,
             options,
             channel_credentials,
             insecure,
