@@ -69,11 +69,6 @@ class CoordinatorStub:
                 request_serializer=protos_dot_v1_dot_coordinator__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_coordinator__pb2.Job.FromString,
                 _registered_method=True)
-        self.ListJobs = channel.unary_unary(
-                '/pac.v1.Coordinator/ListJobs',
-                request_serializer=protos_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
-                response_deserializer=protos_dot_v1_dot_coordinator__pb2.ListJobsReply.FromString,
-                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -124,13 +119,6 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListJobs(self, request, context):
-        """Every job the coordinator knows, oldest first.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,11 +156,6 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=protos_dot_v1_dot_coordinator__pb2.CancelJobRequest.FromString,
                     response_serializer=protos_dot_v1_dot_coordinator__pb2.Job.SerializeToString,
-            ),
-            'ListJobs': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListJobs,
-                    request_deserializer=protos_dot_v1_dot_coordinator__pb2.ListJobsRequest.FromString,
-                    response_serializer=protos_dot_v1_dot_coordinator__pb2.ListJobsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -374,6 +357,58 @@ class Coordinator:
             metadata,
             _registered_method=True)
 
+
+class JobListStub:
+    """Listing the jobs, served next to Coordinator by the same server. (A separate service so
+    that servicers of Coordinator written before it need no new method.)
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListJobs = channel.unary_unary(
+                '/pac.v1.JobList/ListJobs',
+                request_serializer=protos_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_coordinator__pb2.ListJobsReply.FromString,
+                _registered_method=True)
+
+
+class JobListServicer:
+    """Listing the jobs, served next to Coordinator by the same server. (A separate service so
+    that servicers of Coordinator written before it need no new method.)
+    """
+
+    def ListJobs(self, request, context):
+        """Every job the coordinator knows, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_JobListServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=protos_dot_v1_dot_coordinator__pb2.ListJobsRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_coordinator__pb2.ListJobsReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'pac.v1.JobList', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('pac.v1.JobList', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class JobList:
+    """Listing the jobs, served next to Coordinator by the same server. (A separate service so
+    that servicers of Coordinator written before it need no new method.)
+    """
+
     @staticmethod
     def ListJobs(request,
             target,
@@ -388,7 +423,7 @@ class Coordinator:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/pac.v1.Coordinator/ListJobs',
+            '/pac.v1.JobList/ListJobs',
             protos_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
             protos_dot_v1_dot_coordinator__pb2.ListJobsReply.FromString,
             options,

@@ -46,8 +46,6 @@ class CoordinatorStub:
     WatchJob: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.WatchJobRequest, _coordinator_pb2.JobProgress]
     """Progress of a job until it ends (DONE, FAILED or CANCELLED)."""
     CancelJob: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CancelJobRequest, _coordinator_pb2.Job]
-    ListJobs: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListJobsRequest, _coordinator_pb2.ListJobsReply]
-    """Every job the coordinator knows, oldest first."""
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -62,8 +60,6 @@ class CoordinatorAsyncStub(CoordinatorStub):
     WatchJob: _aio.UnaryStreamMultiCallable[_coordinator_pb2.WatchJobRequest, _coordinator_pb2.JobProgress]  # type: ignore[assignment]
     """Progress of a job until it ends (DONE, FAILED or CANCELLED)."""
     CancelJob: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CancelJobRequest, _coordinator_pb2.Job]  # type: ignore[assignment]
-    ListJobs: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListJobsRequest, _coordinator_pb2.ListJobsReply]  # type: ignore[assignment]
-    """Every job the coordinator knows, oldest first."""
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -118,6 +114,35 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.Job, _abc.Awaitable[_coordinator_pb2.Job]]: ...
 
+def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class JobListStub:
+    """Listing the jobs, served next to Coordinator by the same server. (A separate service so
+    that servicers of Coordinator written before it need no new method.)
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> JobListAsyncStub: ...
+    ListJobs: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListJobsRequest, _coordinator_pb2.ListJobsReply]
+    """Every job the coordinator knows, oldest first."""
+
+@_typing.type_check_only
+class JobListAsyncStub(JobListStub):
+    """Listing the jobs, served next to Coordinator by the same server. (A separate service so
+    that servicers of Coordinator written before it need no new method.)
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ListJobs: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListJobsRequest, _coordinator_pb2.ListJobsReply]  # type: ignore[assignment]
+    """Every job the coordinator knows, oldest first."""
+
+class JobListServicer(metaclass=_abc_1.ABCMeta):
+    """Listing the jobs, served next to Coordinator by the same server. (A separate service so
+    that servicers of Coordinator written before it need no new method.)
+    """
+
     @_abc_1.abstractmethod
     def ListJobs(
         self,
@@ -126,4 +151,4 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_coordinator_pb2.ListJobsReply, _abc.Awaitable[_coordinator_pb2.ListJobsReply]]:
         """Every job the coordinator knows, oldest first."""
 
-def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_JobListServicer_to_server(servicer: JobListServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
