@@ -172,7 +172,10 @@ class Coordinator:
             listeners = list(self._listeners.get(job.job_id, ()))
             self._changed.notify_all()
         for listener in listeners:
-            listener(job)
+            try:
+                listener(job)
+            except Exception:  # a watcher that went away must not stop the job
+                log.exception("a listener of job %s failed", job.job_id)
 
     def _update(self, job_id: str, change: Callable[[Job], Job],
                 progress: Progress | None = None) -> Job:

@@ -20,6 +20,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("planner.cli", "plan stages and device groups for a cluster"),
     "planner": ("planner.serve", "run the planner gRPC service"),
     "agent": ("agent.cli", "run the long-lived device agent"),
+    "coordinator": ("coordinator.cli", "run the coordinator: agent registry, jobs, REST API"),
+    "submit": ("coordinator.commands.submit", "submit a training job to the coordinator"),
+    "status": ("coordinator.commands.status", "list the mesh's agents and jobs"),
+    "jobs": ("coordinator.commands.jobs", "list the coordinator's jobs (or show one)"),
+    "cancel": ("coordinator.commands.cancel", "cancel a job"),
+    "cluster": ("pac.cluster.cli", "start or stop a local mesh (planner, coordinator, agents)"),
 }
 
 

@@ -65,7 +65,7 @@ def test_malformed_jobs_are_refused_naming_the_field(
 def test_a_model_dir_without_config_is_not_a_hugging_face_dir(
         make_coordinator: Callable[..., Coordinator], spec: JobSpec, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(JobSpecError, match="no config.json"):
+    with pytest.raises(JobSpecError, match=r"no config\.json"):
         make_coordinator().submit(replace(spec, model_dir=str(tmp_path / "empty")))
 
 

@@ -1,0 +1,1 @@
+"""The client commands: pac submit, pac status, pac jobs, pac cancel."""
