@@ -27,6 +27,8 @@ import numpy as np
 from planner.costs import EPS, CostModel
 from planner.device_types import DeviceTypes
 
+CHUNK_ELEMENTS = 1 << 22
+
 
 @dataclass(frozen=True)
 class TypeLayout:
@@ -115,7 +117,9 @@ def _stage_tables(
     latency = 2 * nb[None, :] * lat[:, None]  # [G, cells]
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = b / (counts @ (1.0 / per_sample))  # lower bound of the split's time
-        candidate = (frac + latency < threshold) & (size[:, None] > 0)
+        is_group = np.zeros(G, dtype=bool)
+        is_group[comps.groups] = True
+        candidate = (frac + latency < threshold) & is_group[:, None]
     gi, ci = np.nonzero(candidate)
 
     # Exact whole-sample split by bisection, for each type as the one that finishes last.
@@ -211,21 +215,16 @@ def run_dp(
         fits = tables.max_inflight[g][np.arange(L)[:, None], idx][..., None] >= required
         bands[g] = (idx, np.where(fits, cost[..., None], math.inf))  # [L, W, C]
 
-    # Per group: band offsets d that hold any allowed stage, and the costs by offset.
-    by_offset: dict[int, tuple[list[int], np.ndarray]] = {}
-    for g, band in bands.items():
-        if band is not None:
-            costs_d = np.ascontiguousarray(band[1].transpose(1, 0, 2))  # [W, L, C]
-            offsets = [d + 1 for d in range(len(costs_d)) if np.isfinite(costs_d[d]).any()]
-            by_offset[g] = (offsets, costs_d)
+    # Per group: the band's costs as [L, C, W], to meet a sliding window over the suffixes.
+    windows = {g: np.ascontiguousarray(band[1].transpose(0, 2, 1))
+               for g, band in bands.items() if band is not None}
     alive = np.zeros(comps.size, dtype=bool)
     alive[0] = True
     for level in range(1, int(comps.level.max()) + 1):
         for g in comps.groups:
             pair = comps.pairs.get((level, g))
-            if g not in by_offset or pair is None:
+            if g not in windows or pair is None:
                 continue
-            offsets, costs_d = by_offset[g]
             rows, below = pair
             keep = alive[below]  # suffixes with no plan under the threshold lead nowhere
             if not keep.any():
@@ -233,16 +232,19 @@ def run_dp(
             rows, below = rows[keep], below[keep]
             # The later stages use the other level - |g| devices: at most that many stages.
             cl = min(C, level - int(comps.level[g]) + 1)
-            after = prev[below, :, :cl]  # [n, L+1, cl]
-            best = np.full((len(rows), L, cl), math.inf)
-            scratch = np.empty_like(best)
-            for d in offsets:
-                span = L + 1 - d  # first layers i = 0 .. L-d can end at i + d
-                out = scratch[:, :span]
-                combine(after[:, d:, :], costs_d[d - 1, :span, :cl], out=out)
-                np.minimum(best[:, :span], out, out=best[:, :span])
-            # Only values: the one optimal path is found again afterwards (_trace).
-            F[rows, :L, :cl] = np.minimum(F[rows, :L, :cl], best)
+            cost = windows[g][:, :cl, :]  # [L, cl, W]
+            width = cost.shape[2]
+            step = max(1, CHUNK_ELEMENTS // cost.size)
+            for a in range(0, len(rows), step):
+                part = below[a:a + step]
+                after = np.full((len(part), L + width, cl), math.inf)
+                after[:, :L + 1] = prev[part, :, :cl]
+                # window[n, i, c, d - 1] = after[n, i + d, c]: a view, no copy.
+                window = np.lib.stride_tricks.sliding_window_view(after[:, 1:], width, axis=1)
+                best = combine(window, cost[None]).min(axis=3)  # [n, L, cl]
+                # Only values: the one optimal path is found again afterwards (_trace).
+                target = rows[a:a + step]
+                F[target, :L, :cl] = np.minimum(F[target, :L, :cl], best)
         done = np.nonzero(comps.level == level)[0]
         alive[done] = np.isfinite(F[done]).any(axis=(1, 2))
         if tables.cap == 0:
@@ -334,29 +336,39 @@ def search(
             best, found = layout.step_time_s, layout
 
     # Many micro-batches first: they tend to win, and a good incumbent prunes the rest.
-    for m in sorted(micro_batch_counts, reverse=True):
+    ms = sorted(micro_batch_counts, reverse=True)
+    if max_group is None and ms[0] > 1 and len(comps.groups) > sum(types.counts):
+        # A quick incumbent from the one-device-per-stage search (groups of one: cheap).
+        single = Compositions(types.counts, max_group=1)
+        m, b = ms[0], global_batch // ms[0]
+        threshold = best / m if math.isfinite(best) else math.inf
+        strict = math.isfinite(threshold)
+        tables = _stage_tables(costs, types, single, m, b, threshold)
+        narrowest = run_dp(single, tables, m, threshold, strict, bottleneck=True)
+        if narrowest is not None:
+            offer(run_dp(single, tables, m, narrowest.slowest_s, strict=False))
+    for m in ms:
         b = global_batch // m
         threshold = best / m if math.isfinite(best) else math.inf
         strict = math.isfinite(threshold)
         tables = _stage_tables(costs, types, comps, m, b, threshold)
-        least_sum = run_dp(comps, tables, m, threshold, strict)
-        if least_sum is None:
-            continue  # nothing under the threshold: no plan with m can win
-        offer(least_sum)
         if m == 1:
+            offer(run_dp(comps, tables, m, threshold, strict))
             continue
-        # The least bottleneck, and the least sum at it: a strong incumbent at once.
+        # The least bottleneck X0, then the least sum at X0: a strong incumbent at once.
         narrowest = run_dp(comps, tables, m, threshold, strict, bottleneck=True)
-        assert narrowest is not None
+        if narrowest is None:
+            continue  # nothing under the threshold: no plan with m can win
         floor = narrowest.slowest_s
         offer(run_dp(comps, tables, m, floor, strict=False))
-        layout = least_sum
+        # A better plan has sum >= its max >= X0, so its max is below (best - X0) / (m - 1).
+        threshold = min(threshold, (best - floor) / (m - 1))
+        layout = run_dp(comps, tables, m, threshold)
         # Walk the threshold down; every plan left has sum >= layout.sum_s, max >= floor.
-        while layout.sum_s + (m - 1) * floor < best:
+        while layout is not None and layout.sum_s + (m - 1) * floor < best:
+            offer(layout)
             threshold = min(layout.slowest_s, (best - layout.sum_s) / (m - 1))
-            step = run_dp(comps, tables, m, threshold)
-            if step is None:
-                break
-            offer(step)
-            layout = step
+            layout = run_dp(comps, tables, m, threshold)
+        if layout is not None:
+            offer(layout)
     return found
