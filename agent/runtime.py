@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,11 +33,16 @@ from agent.errors import (
 from agent.metrics import AgentMetrics
 from agent.profiling import LayerTiming, profile_layers
 from agent.stage import Stage
+from pac.wire.compression import CompressionPolicy
 from pac.wire.mailbox import Mailbox, RoutingKey
 from protos.v1 import agent_pb2, tensors_pb2
 
-# send(peer address, tensors, routing) -> bytes sent
-Sender = Callable[[str, dict[str, torch.Tensor], tensors_pb2.Routing], Awaitable[int]]
+# send(peer address, tensors, routing, wire dtype or None) -> bytes sent
+Sender = Callable[[str, dict[str, torch.Tensor], tensors_pb2.Routing, torch.dtype | None],
+                  Awaitable[int]]
+# Key of a job's settings JSON that asks for lossy casts on the wire, per tensor kind:
+# {"wire_dtypes": {"TENSOR_KIND_ACTIVATION": "bfloat16"}}.
+WIRE_DTYPES_SETTING = "wire_dtypes"
 
 _SLOT = tuple[int, int, int]  # (step, micro_batch, stage)
 
@@ -47,6 +53,7 @@ class JobSession:
 
     job_id: str
     settings_json: str = ""
+    compression: CompressionPolicy = field(default_factory=CompressionPolicy)
     stages: dict[int, Stage] = field(default_factory=dict)
     slots: dict[_SLOT, dict[str, torch.Tensor]] = field(default_factory=dict)
     step: int = 0
@@ -130,7 +137,11 @@ class AgentRuntime:
             raise BadRequest("a job id must not be empty")
         if self.draining:
             raise Draining(f"agent {self.name!r} is draining and takes no new jobs")
-        return self.jobs.setdefault(job_id, JobSession(job_id, settings_json))
+        if job_id in self.jobs:
+            return self.jobs[job_id]
+        session = JobSession(job_id, settings_json, _compression(settings_json))
+        self.jobs[job_id] = session
+        return session
 
     def close_job(self, job_id: str) -> None:
         self.job(job_id)
@@ -211,7 +222,9 @@ class AgentRuntime:
                 stage=instruction.to_stage or instruction.stage + 1,
                 kind=instruction.kind or tensors_pb2.TENSOR_KIND_ACTIVATION, sender=self.name,
             )
-            return await self.send(instruction.peer, state, routing)
+            kind_name = tensors_pb2.TensorKind.Name(routing.kind)
+            wire_dtype = session.compression.wire_dtype(kind_name)
+            return await self.send(instruction.peer, state, routing, wire_dtype)
         name = agent_pb2.Action.Name(action)
         raise NotYetSupported(f"{name} is not implemented on the agent yet (pipeline issue)")
 
@@ -225,3 +238,25 @@ class AgentRuntime:
                 "RECV it (or FORWARD) earlier in the step"
             )
         return state
+
+
+def _compression(settings_json: str) -> CompressionPolicy:
+    """The job's wire casts from its settings JSON (none when absent)."""
+    if not settings_json:
+        return CompressionPolicy()
+    try:
+        settings = json.loads(settings_json)
+    except json.JSONDecodeError as error:
+        raise BadRequest(f"job settings are not valid JSON: {error}") from None
+    by_kind = settings.get(WIRE_DTYPES_SETTING, {}) if isinstance(settings, dict) else {}
+    if not isinstance(by_kind, dict):
+        raise BadRequest(f"job setting {WIRE_DTYPES_SETTING!r} must map tensor kinds to dtypes")
+    policy = CompressionPolicy({str(k): str(v) for k, v in by_kind.items()})
+    for kind in policy.by_kind:
+        if kind not in tensors_pb2.TensorKind.DESCRIPTOR.values_by_name:
+            raise BadRequest(f"unknown tensor kind {kind!r} in {WIRE_DTYPES_SETTING!r}")
+        try:
+            policy.wire_dtype(kind)
+        except ValueError as error:
+            raise BadRequest(str(error)) from None
+    return policy

@@ -86,12 +86,13 @@ class AgentServer:
         self.stopped = asyncio.Event()
 
     async def send_to(self, peer: str, tensors: dict[str, torch.Tensor],
-                      routing: tensors_pb2.Routing) -> int:
+                      routing: tensors_pb2.Routing, wire_dtype: torch.dtype | None = None
+                      ) -> int:
         """Send one tensor message to the agent at ``peer`` (host:port) over the pooled
         channel; returns the bytes the peer acknowledged."""
         ack = await send_tensors(self.peers.get(peer), tensors, routing,
                                  token=self.config.join_token, peer=peer, observer=self.metrics,
-                                 chunk_size=self.config.chunk_size)
+                                 chunk_size=self.config.chunk_size, wire_dtype=wire_dtype)
         return int(ack.received_bytes)
 
     def _status(self) -> coordinator_pb2.HeartbeatRequest:
