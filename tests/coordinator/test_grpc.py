@@ -46,7 +46,7 @@ def test_job_rpcs_refuse_watch_and_list(make_coordinator: Callable[..., Coordina
                 ({"batch_size": 1, "micro_batches": 2},
                  "batch_size: 1 is smaller than the micro-batch count 2"),
             ):
-                bad = spec_to_proto(replace(spec, **change))  # type: ignore[arg-type]
+                bad = spec_to_proto(replace(spec, **change))
                 try:
                     await stub.SubmitJob(pb.SubmitJobRequest(spec=bad), metadata=AUTH)
                     raise AssertionError(f"{change} was accepted")

@@ -1,0 +1,131 @@
+"""A real local mesh (coordinator + 2 agents + planner as processes): registration,
+`pac status`, `pac submit --watch`, an agent going silent, a coordinator restart."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from pac.cli import main
+from pac.cluster.local_mesh import LocalMesh
+from pac.wire.auth import token_metadata
+from protos.v1 import coordinator_pb2 as pb
+from protos.v1 import coordinator_pb2_grpc as pb_grpc
+
+AGENTS = ["agent-0", "agent-1"]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
+    run_dir = tmp_path_factory.mktemp("mesh")
+    # Heartbeats every 0.5 s, lost after 3 missed: liveness shows within seconds.
+    with LocalMesh(agents=2, run_dir=run_dir, heartbeat_interval_s=0.5,
+                   missed_heartbeats=3) as started:
+        yield started
+
+
+def jobs_of(mesh: LocalMesh) -> list[pb.Job]:
+    with grpc.insecure_channel(mesh.coordinator_address) as channel:
+        return list(pb_grpc.JobListStub(channel).ListJobs(
+            pb.ListJobsRequest(), metadata=token_metadata(mesh.join_token), timeout=5).jobs)
+
+
+def metric(mesh: LocalMesh, line_start: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{mesh.coordinator.ports['metrics']}/metrics").text
+    [line] = [line for line in text.splitlines() if line.startswith(line_start)]
+    return float(line.split()[-1])
+
+
+def test_every_agent_is_registered_and_listed(mesh: LocalMesh,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert sorted(a.name for a in mesh.status()) == AGENTS
+    assert all(a.state == pb.AGENT_STATE_ALIVE for a in mesh.status())
+    described = json.loads((mesh.run_dir / "cluster.json").read_text())
+    assert {s["name"] for s in described["services"]} >= {"coordinator", *AGENTS}
+    assert all(s["pid"] > 0 for s in described["services"])
+    assert main(["status", "--cluster", str(mesh.run_dir)]) == 0
+    out = capsys.readouterr().out
+    for name in AGENTS:
+        [row] = [line for line in out.splitlines() if line.startswith(name)]
+        assert "alive" in row and mesh.services[name].address in row
+    rest = httpx.get(f"{mesh.rest_url}/v1/agents").json()
+    assert sorted(a["name"] for a in rest) == AGENTS
+    assert metric(mesh, 'pac_coordinator_agents{state="live"}') == 2.0
+    for name in AGENTS:
+        assert (mesh.run_dir / "logs" / f"{name}.log").stat().st_size > 0
+
+
+def test_pac_submit_watch_trains_to_done(mesh: LocalMesh, tiny_model_dir: Callable[[str], Path],
+                                         toy_data: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--cluster", str(mesh.run_dir), "--model", str(tiny_model_dir("bert")),
+              "--data", str(toy_data), "--task", "classification", "--max-length", "16"]
+    assert main(["submit", *common, "--technique", "prompt-tuning"]) == 2
+    assert "technique: unknown technique 'prompt-tuning'" in capsys.readouterr().err
+    code = main(["submit", *common, "--eval", str(toy_data), "--epochs", "2",
+                 "--batch-size", "4", "--micro-batches", "2", "--watch"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    lines = out.splitlines()
+    job_id = lines[0].split()[1]
+    assert f"job {job_id} training epoch 1" in lines and f"job {job_id} training epoch 2" in lines
+    assert lines[-1].startswith(f"job {job_id} done (step 8,") and "accuracy" in lines[-1]
+    [job] = [j for j in jobs_of(mesh) if j.job_id == job_id]
+    assert job.state == pb.JOB_STATE_DONE
+    assert (Path(mesh.run_dir) / "state" / "jobs" / job_id / "adapters.safetensors").is_file()
+    assert metric(mesh, f'pac_job_step{{job="{job_id}"}}') == 8.0
+    assert main(["jobs", "--cluster", str(mesh.run_dir)]) == 0
+    assert job_id in capsys.readouterr().out
+
+
+def test_an_agent_that_stops_heartbeating_is_marked_lost(mesh: LocalMesh) -> None:
+    mesh.signal("agent-1", signal.SIGSTOP)
+    try:
+        def lost() -> bool:
+            states = {a.name: a.state for a in mesh.status(include_lost=True)}
+            return states.get("agent-1") == pb.AGENT_STATE_LOST
+        mesh.wait_for(lost, "agent-1 to be marked lost", timeout_s=15)
+        assert [a.name for a in mesh.status()] == ["agent-0"]
+        assert metric(mesh, 'pac_coordinator_agent_up{agent="agent-1"}') == 0.0
+    finally:
+        mesh.signal("agent-1", signal.SIGCONT)
+    mesh.wait_for_agents(AGENTS, timeout_s=20)
+
+
+def test_coordinator_restart_agents_reregister_and_jobs_are_intact(
+        mesh: LocalMesh, tiny_model_dir: Callable[[str], Path], toy_data: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A long job, caught training when the coordinator stops.
+    assert main(["submit", "--cluster", str(mesh.run_dir), "--model",
+                 str(tiny_model_dir("bert")), "--data", str(toy_data), "--task",
+                 "classification", "--epochs", "500", "--batch-size", "4"]) == 0
+    running_id = capsys.readouterr().out.split()[1]
+    mesh.wait_for(lambda: any(j.job_id == running_id and j.state == pb.JOB_STATE_TRAINING
+                              and j.step > 0 for j in jobs_of(mesh)),
+                  "the long job to train", timeout_s=60)
+    before = {job.job_id: job for job in jobs_of(mesh)}
+    first_instance = httpx.get(f"{mesh.rest_url}/healthz").json()["instance"]
+
+    assert mesh.stop("coordinator") == 0  # SIGTERM: a clean exit
+    mesh.start("coordinator")
+    mesh.wait_for_agents(AGENTS, timeout_s=30)
+    assert httpx.get(f"{mesh.rest_url}/healthz").json()["instance"] != first_instance
+
+    after = {job.job_id: job for job in jobs_of(mesh)}
+    assert set(after) == set(before)
+    for job_id, job in before.items():
+        if job_id == running_id:
+            continue
+        assert after[job_id] == job  # ended jobs: every field as recorded
+    failed = after[running_id]
+    assert failed.state == pb.JOB_STATE_FAILED
+    assert failed.error == "coordinator restarted during the job"
+    assert failed.epoch >= before[running_id].epoch >= 1
+    assert failed.step >= before[running_id].step
+    assert failed.spec == before[running_id].spec
