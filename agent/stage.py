@@ -9,7 +9,7 @@ after loading, so a device holds only its share of the backbone.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -47,6 +47,7 @@ class Stage:
     weights_sha256: str
     load_seconds: float
     parameter_bytes: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
     def load(cls, model_dir: Path, start: int, end: int, expected_sha256: str = "",
@@ -81,13 +82,16 @@ class Stage:
             module: nn.Module = family.model
             module.to(device)
         return cls(model_dir, start, end, family, digest, time.perf_counter() - started,
-                   _parameter_bytes(kept))
+                   _parameter_bytes(kept), device or torch.device("cpu"))
 
     @torch.no_grad()
     def forward(self, state: dict[str, torch.Tensor]) -> State:
         """Run the stage on a state (``hidden`` ``[batch, seq, d]``, ``attention_mask``
         ``[batch, seq]``, ...) or, for the first stage, on a batch (``input_ids``,
-        ``attention_mask`` ``[batch, seq]``). Returns the state after block ``end - 1``."""
+        ``attention_mask`` ``[batch, seq]``). Returns the state after block ``end - 1``, on
+        the stage's device (the wire moves it to the CPU when it is sent)."""
+        # Received tensors live in CPU receive buffers; a CUDA or MPS stage computes there.
+        state = {name: tensor.to(self.device) for name, tensor in state.items()}
         if self.start == 0 and "hidden" not in state:
             if "input_ids" not in state:
                 raise BadRequest("the first stage needs a batch with input_ids and "
