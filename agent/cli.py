@@ -66,9 +66,10 @@ def run(args: argparse.Namespace) -> int:
     except (SecurityError, OSError, ValueError) as error:
         print(f"pac agent: {error}", file=sys.stderr)
         return 2
-    if args.coordinator and not token:
-        print("pac agent: no join token: pass --join-token-file or set PAC_JOIN_TOKEN",
-              file=sys.stderr)
+    if not token:
+        # Whoever can call an agent can make it load files and compute: always require one.
+        print("pac agent: no join token: pass --join-token-file or set PAC_JOIN_TOKEN "
+              "(the coordinator's token)", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -49,6 +49,8 @@ class AgentConfig:
     cache_dir: Path = field(default_factory=lambda: Path("pac-cache"))
     metrics_port: int | None = None
     metrics_addr: str = "0.0.0.0"
+    # Token every caller must present; None disables the check (in-process tests only:
+    # `pac agent` refuses to start without one).
     join_token: str | None = None
     security: TransportSecurity = field(default_factory=lambda: TransportSecurity(insecure=True))
     limits: WireLimits = field(default_factory=WireLimits)
