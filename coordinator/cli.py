@@ -30,7 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PEM CA of the mesh (clients must present certificates: mTLS)")
     parser.add_argument("--insecure", action="store_true",
                         help="serve gRPC in plaintext (trusted networks and tests only)")
-    parser.add_argument("--heartbeat-interval", type=float, default=5.0,
+    parser.add_argument("--planner", default=os.environ.get("PAC_PLANNER", ""),
+                        help="planner HOST:PORT for mesh jobs (env PAC_PLANNER; default: "
+                             "the planner library in this process)")
+    parser.add_argument("--heartbeat-interval", type=float, default=2.0,
                         help="seconds between agent heartbeats (told to each agent)")
     parser.add_argument("--missed-heartbeats", type=int, default=3,
                         help="an agent silent this many intervals is marked lost")
@@ -92,6 +95,7 @@ async def _serve(args: argparse.Namespace, listen: str, rest: tuple[str, int] | 
 
     from coordinator.coordinator_grpc import serve_coordinator
     from coordinator.core import Coordinator
+    from coordinator.driver import DriverContext, default_drivers
     from coordinator.registry import AgentRegistry
     from coordinator.rest import create_app
     from coordinator.rest_server import rest_server
@@ -100,8 +104,14 @@ async def _serve(args: argparse.Namespace, listen: str, rest: tuple[str, int] | 
     assert isinstance(security, TransportSecurity)
     log = logging.getLogger("pac.coordinator")
     registry = AgentRegistry(args.heartbeat_interval, args.missed_heartbeats)
-    coordinator = Coordinator(Path(args.state), registry=registry,
-                              default_placement=args.placement)
+    context = DriverContext(state_dir=Path(args.state), join_token=token, security=security,
+                            planner_address=args.planner)
+    try:
+        coordinator = Coordinator(Path(args.state), registry=registry,
+                                  drivers=default_drivers(context),
+                                  default_placement=args.placement)
+    except ValueError as error:  # an unknown --placement
+        raise OSError(str(error)) from None
     server, port = await serve_coordinator(coordinator, listen, token, security)
     metrics_server = None
     metrics_port = -1

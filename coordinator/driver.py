@@ -12,10 +12,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from coordinator.jobs import Job, Progress
 from coordinator.registry import AgentLiveness, AgentRecord
+from pac.wire.channel import TransportSecurity
 
 ProgressSink = Callable[[Progress], None]
 LiveAgents = list[tuple[AgentRecord, AgentLiveness]]
@@ -37,11 +39,22 @@ class JobDriver(Protocol):
         ...
 
 
-def default_drivers() -> dict[str, JobDriver]:
-    """Placement name -> driver. The mesh driver plugs in here with one line."""
+@dataclass(frozen=True)
+class DriverContext:
+    """What a driver may need besides the job: how to reach the planner and the agents
+    (the mesh's join token and transport security), and the coordinator's state dir."""
+
+    state_dir: Path = Path(".")
+    join_token: str | None = None
+    security: TransportSecurity | None = None
+    planner_address: str = ""
+
+
+def default_drivers(context: DriverContext | None = None) -> dict[str, JobDriver]:
+    """Placement name -> driver. The mesh driver plugs in here with one line, e.g.
+    ``"mesh": MeshDriver(context)``."""
     from coordinator.drivers.local import LocalDriver
 
     return {
         "local": LocalDriver(),
-        # "mesh": MeshDriver(),
     }

@@ -38,6 +38,10 @@ def watch(connection: Connection, job_id: str) -> int:
                             samples_s=f"{event.samples_per_second:.1f}",
                             eta=f"{event.eta_seconds:.0f}s")
             last = event
+    except KeyboardInterrupt:
+        print(f"stopped watching; job {job_id} goes on (pac cancel {job_id} stops it)",
+              file=sys.stderr)
+        return 130
     finally:
         bar.close()
     if last is None:

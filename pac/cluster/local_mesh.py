@@ -180,15 +180,21 @@ class LocalMesh:
             raise
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
         self.down()
 
     def up(self) -> None:
         """Start everything, wait until every agent is registered, write cluster.json."""
         if (self.run_dir / CLUSTER_FILE).exists():
-            raise MeshError(f"{self.run_dir / CLUSTER_FILE} exists: a mesh may be running "
-                            f"there; run `pac cluster down --dir {self.run_dir}` first")
+            raise MeshError(
+                f"{self.run_dir / CLUSTER_FILE} exists: a mesh may be running "
+                f"there; run `pac cluster down --dir {self.run_dir}` first"
+            )
         for folder in ("logs", "state", "cache"):
             (self.run_dir / folder).mkdir(parents=True, exist_ok=True)
         if not self.token_file.exists():
@@ -210,7 +216,8 @@ class LocalMesh:
         """SIGTERM every process (agents first), SIGKILL those still there after
         ``timeout_s``; remove cluster.json. Logs, state and caches stay."""
         order = [s for s in self.services.values() if s.role == "agent"] + [
-            s for s in self.services.values() if s.role != "agent"]
+            s for s in self.services.values() if s.role != "agent"
+        ]
         stop_services(order, self._processes, timeout_s)
         (self.run_dir / CLUSTER_FILE).unlink(missing_ok=True)
 
@@ -238,11 +245,14 @@ class LocalMesh:
         with grpc.insecure_channel(self.coordinator_address) as channel:
             reply = pb_grpc.CoordinatorStub(channel).ListAgents(
                 pb.ListAgentsRequest(include_lost=include_lost),
-                metadata=token_metadata(self.join_token), timeout=5)
+                metadata=token_metadata(self.join_token),
+                timeout=5,
+            )
         return list(reply.agents)
 
-    def wait_for(self, condition: Callable[[], bool], what: str,
-                 timeout_s: float | None = None) -> None:
+    def wait_for(
+        self, condition: Callable[[], bool], what: str, timeout_s: float | None = None
+    ) -> None:
         """Poll ``condition`` until it holds; MeshError naming ``what`` (and any process
         that died meanwhile) when it does not within the timeout."""
         deadline = time.monotonic() + (timeout_s or self.ready_timeout_s)
@@ -259,6 +269,7 @@ class LocalMesh:
 
     def wait_for_agents(self, names: Sequence[str], timeout_s: float | None = None) -> None:
         """Wait until every agent in ``names`` is registered and alive."""
+
         def registered() -> bool:
             alive = {a.name for a in self.status() if a.state == pb.AGENT_STATE_ALIVE}
             return set(names) <= alive
@@ -271,46 +282,92 @@ class LocalMesh:
         if self.base_port is None:
             ports = free_ports(count)
         else:
-            ports = [self.base_port + offset for offset in
-                     (0, 1, 2, 3, *[10 + i for i in range(2 * self.agents)])]
+            ports = [
+                self.base_port + offset
+                for offset in (0, 1, 2, 3, *[10 + i for i in range(2 * self.agents)])
+            ]
         logs = self.run_dir / "logs"
         pac = [self.python, "-m", "pac.cli"]
         token = f"--join-token-file={self.token_file}"
         grpc_port, rest_port, metrics_port, planner_port = ports[:4]
         if self.planner and _has_command("planner"):
             self.services["planner"] = Service(
-                "planner", "planner", [*pac, "planner", f"--listen={HOST}:{planner_port}"],
-                str(logs / "planner.log"), f"{HOST}:{planner_port}", {"grpc": planner_port})
+                "planner",
+                "planner",
+                [*pac, "planner", f"--listen={HOST}:{planner_port}"],
+                str(logs / "planner.log"),
+                f"{HOST}:{planner_port}",
+                {"grpc": planner_port},
+            )
+        planner = (
+            [f"--planner={self.services['planner'].address}"] if "planner" in self.services else []
+        )
         self.services["coordinator"] = Service(
-            "coordinator", "coordinator",
-            [*pac, "coordinator", f"--listen={HOST}:{grpc_port}", f"--rest={HOST}:{rest_port}",
-             f"--metrics-port={metrics_port}", f"--metrics-addr={HOST}",
-             f"--state={self.run_dir / 'state'}", token, "--insecure",
-             f"--heartbeat-interval={self.heartbeat_interval_s}",
-             f"--missed-heartbeats={self.missed_heartbeats}", *self.coordinator_args],
-            str(logs / "coordinator.log"), f"{HOST}:{grpc_port}",
-            {"grpc": grpc_port, "rest": rest_port, "metrics": metrics_port})
+            "coordinator",
+            "coordinator",
+            [
+                *pac,
+                "coordinator",
+                f"--listen={HOST}:{grpc_port}",
+                f"--rest={HOST}:{rest_port}",
+                f"--metrics-port={metrics_port}",
+                f"--metrics-addr={HOST}",
+                f"--state={self.run_dir / 'state'}",
+                token,
+                "--insecure",
+                f"--heartbeat-interval={self.heartbeat_interval_s}",
+                f"--missed-heartbeats={self.missed_heartbeats}",
+                *planner,
+                *self.coordinator_args,
+            ],
+            str(logs / "coordinator.log"),
+            f"{HOST}:{grpc_port}",
+            {"grpc": grpc_port, "rest": rest_port, "metrics": metrics_port},
+        )
         for index, name in enumerate(self.agent_names()):
             port, metrics = ports[4 + 2 * index], ports[5 + 2 * index]
             self.services[name] = Service(
-                name, "agent",
-                [*pac, "agent", f"--name={name}", f"--listen={HOST}:{port}",
-                 f"--coordinator={HOST}:{grpc_port}", f"--metrics-port={metrics}",
-                 f"--cache-dir={self.run_dir / 'cache' / name}", token, "--insecure",
-                 f"--threads={self.threads}", "--drain-seconds=5"],
-                str(logs / f"{name}.log"), f"{HOST}:{port}", {"grpc": port, "metrics": metrics})
+                name,
+                "agent",
+                [
+                    *pac,
+                    "agent",
+                    f"--name={name}",
+                    f"--listen={HOST}:{port}",
+                    f"--coordinator={HOST}:{grpc_port}",
+                    f"--metrics-port={metrics}",
+                    f"--cache-dir={self.run_dir / 'cache' / name}",
+                    token,
+                    "--insecure",
+                    f"--threads={self.threads}",
+                    "--drain-seconds=5",
+                ],
+                str(logs / f"{name}.log"),
+                f"{HOST}:{port}",
+                {"grpc": port, "metrics": metrics},
+            )
 
     def _start(self, name: str) -> None:
         service = self.services[name]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self.threads),
-               "MKL_NUM_THREADS": str(self.threads)}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": str(self.threads),
+            "MKL_NUM_THREADS": str(self.threads),
+        }
         env.pop("PAC_JOIN_TOKEN", None)  # the token file is the mesh's
         with open(service.log, "ab") as log:
             # A session of its own: Ctrl-C in the shell that ran `pac cluster up` does not
             # reach the mesh, and `pac cluster down` stops it from anywhere.
-            process = subprocess.Popen(service.argv, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=env,
-                                       cwd=self.run_dir, start_new_session=True)
+            process = subprocess.Popen(
+                service.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.run_dir,
+                start_new_session=True,
+            )
         self._processes[name] = process
         service.pid = process.pid
         service.start_ticks = _start_ticks(process.pid)
@@ -320,8 +377,10 @@ class LocalMesh:
             code = process.poll()
             if code is not None:
                 service = self.services[name]
-                raise MeshError(f"{name} exited with code {code} while starting; the end of "
-                                f"{service.log}:\n{_tail(service.log)}")
+                raise MeshError(
+                    f"{name} exited with code {code} while starting; the end of "
+                    f"{service.log}:\n{_tail(service.log)}"
+                )
 
     def _wait_listening(self, service: Service) -> None:
         host, _, port = service.address.rpartition(":")
@@ -339,8 +398,11 @@ class LocalMesh:
             "join_token_file": str(self.token_file),
             "insecure": True,
             "threads_per_agent": self.threads,
-            "coordinator": {"address": self.coordinator_address, "rest": self.rest_url,
-                            "metrics_port": self.coordinator.ports["metrics"]},
+            "coordinator": {
+                "address": self.coordinator_address,
+                "rest": self.rest_url,
+                "metrics_port": self.coordinator.ports["metrics"],
+            },
             "services": [asdict(service) for service in self.services.values()],
         }
         path = self.run_dir / CLUSTER_FILE
@@ -349,9 +411,11 @@ class LocalMesh:
         temporary.replace(path)
 
 
-def stop_services(services: Sequence[Service],
-                  children: dict[str, subprocess.Popen[bytes]] | None = None,
-                  timeout_s: float = 10.0) -> None:
+def stop_services(
+    services: Sequence[Service],
+    children: dict[str, subprocess.Popen[bytes]] | None = None,
+    timeout_s: float = 10.0,
+) -> None:
     """SIGTERM (after SIGCONT, for a stopped one) each live service, wait up to
     ``timeout_s`` for all of them, then SIGKILL the rest."""
     children = children or {}
@@ -382,8 +446,9 @@ def load_services(run_dir: Path) -> list[Service]:
     """The services recorded in ``run_dir/cluster.json``."""
     path = Path(run_dir) / CLUSTER_FILE
     if not path.is_file():
-        raise MeshError(f"{path} does not exist: no mesh was started there (pac cluster up "
-                        f"--dir {run_dir})")
+        raise MeshError(
+            f"{path} does not exist: no mesh was started there (pac cluster up --dir {run_dir})"
+        )
     description = json.loads(path.read_text())
     return [Service(**service) for service in description["services"]]
 

@@ -107,3 +107,34 @@ def test_a_driver_error_fails_the_job_with_its_reason(
     job = coordinator.wait(coordinator.submit(replace(spec, data_path=str(bad))).job_id, 60)
     assert job.state == JobState.FAILED
     assert "label" in job.reason
+
+
+CONTRACT = ("pac_coordinator_agents", "pac_coordinator_agent_up",
+            "pac_coordinator_agent_last_heartbeat_seconds", "pac_coordinator_jobs",
+            "pac_job_state", "pac_job_epoch", "pac_job_step", "pac_job_loss",
+            "pac_job_eval_metric", "pac_job_samples_per_second", "pac_job_eta_seconds",
+            "pac_job_samples_total", "pac_job_redistribution_progress",
+            "pac_job_redistribution_bytes_total")
+
+
+def test_metrics_follow_the_contract(make_coordinator: Callable[..., Coordinator],
+                                     spec: JobSpec, gated_driver: Any) -> None:
+    from prometheus_client import generate_latest
+
+    coordinator = make_coordinator(drivers={"local": gated_driver})
+    coordinator.registry.register("jetson-1", "10.0.0.5:50061")
+    job = coordinator.submit(spec)
+    coordinator.wait(job.job_id, 10, until=lambda j: j.step >= 3)
+    gated_driver.release.set()
+    coordinator.wait(job.job_id, 10)
+    text = generate_latest(coordinator.metrics.registry).decode()
+    for name in CONTRACT:
+        # (older clients write a counter's TYPE line without "_total")
+        assert f"# TYPE {name.removesuffix('_total')}" in text, name
+    sample = coordinator.metrics.registry.get_sample_value
+    assert sample("pac_coordinator_agents", {"state": "live"}) == 1.0
+    assert sample("pac_coordinator_agent_up", {"agent": "jetson-1"}) == 1.0
+    assert sample("pac_coordinator_jobs", {"state": "done"}) == 1.0
+    assert sample("pac_job_eval_metric", {"job": job.job_id, "metric": "accuracy"}) == 0.5
+    done = coordinator.get(job.job_id)
+    assert sample("pac_job_samples_total", {"job": job.job_id}) == 4.0 * done.step

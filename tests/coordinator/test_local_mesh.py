@@ -129,3 +129,15 @@ def test_coordinator_restart_agents_reregister_and_jobs_are_intact(
     assert failed.epoch >= before[running_id].epoch >= 1
     assert failed.step >= before[running_id].step
     assert failed.spec == before[running_id].spec
+
+
+def test_pac_cluster_down_stops_every_process(mesh: LocalMesh) -> None:
+    pids = [service.pid for service in mesh.services.values()]
+    assert main(["cluster", "down", "--dir", str(mesh.run_dir)]) == 0
+    for name, process in mesh._processes.items():
+        code = process.wait(timeout=15)
+        # SIGTERM: the coordinator and agents exit cleanly; none needed a SIGKILL.
+        assert code == 0 if name != "planner" else code in (0, -signal.SIGTERM), name
+    assert not (mesh.run_dir / "cluster.json").exists()
+    assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
+    assert main(["cluster", "down", "--dir", str(mesh.run_dir)]) == 1  # nothing to stop
