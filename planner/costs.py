@@ -9,9 +9,11 @@ Modelling choices (they are also printed in every plan's notes):
   would finish it first). ``t_s`` is that slowest member's time.
 - A device's per-sample cost on a stage is its compute plus its boundary transfers: it
   receives its share's activations and sends back their gradients at the stage's input,
-  and sends activations / receives gradients at its output, over its own access link (its
-  slowest link in the matrix). Transfers do not overlap compute. Each message also costs
-  the group's worst latency.
+  and sends activations / receives gradients at its output, over its own access link: its
+  fastest link in the matrix (in a switched network a pair runs at the slower end's rate,
+  and each end is charged at its own rate, so the slower end's stage carries the cost).
+  Transfers do not overlap compute. Each message also costs the group's worst access
+  latency (a device's least latency in the matrix).
 - The group all-reduces its trainable parameters once per iteration, after gradient
   accumulation (ring: ``2 (n-1)/n * bytes / slowest link + 2 (n-1) * latency``). The groups'
   all-reduces are charged one after another (an upper bound that keeps the objective a sum).
@@ -37,8 +39,10 @@ EPS = 1e-9
 MODEL_NOTES = (
     "1F1B: step = sum(stage + all-reduce) + (M-1) * slowest stage",
     "all-reduce once per iteration after gradient accumulation, groups charged in turn",
-    "boundary transfers not overlapped with compute, over each device's own slowest link",
+    "boundary transfers not overlapped with compute, each end at its own access rate",
     "links independent (switched), symmetric; shares are whole samples",
+    "time is linear in a device's share (no fixed cost per micro-batch): small micro-batches "
+    "look as efficient as large ones",
 )
 
 
@@ -124,9 +128,12 @@ class CostModel:
                         raise ValueError(f"link {self.names[a]}-{self.names[c]} has no bandwidth")
                     self.bandwidth[a, c] = link.bandwidth_bps
                     self.latency[a, c] = link.latency_s
-        # A device's access link: its slowest link (inf for a cluster of one).
-        self.rate = self.bandwidth.min(axis=1)
-        self.access_latency = self.latency.max(axis=1)
+        # A device's access link: its fastest link (inf for a cluster of one).
+        others = ~np.eye(n, dtype=bool)
+        self.rate = np.where(others, self.bandwidth, -math.inf).max(axis=1, initial=-math.inf)
+        self.rate = np.where(n > 1, self.rate, math.inf)
+        self.access_latency = np.where(others, self.latency, math.inf).min(axis=1, initial=math.inf)
+        self.access_latency = np.where(n > 1, self.access_latency, 0.0)
         t = technique
         self.resident_prefix = _prefix(np.array(model.resident_bytes(t), dtype=np.float64))
         self.optimizer_prefix = _prefix(np.array(model.optimizer_bytes(t), dtype=np.float64))
