@@ -24,12 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default="pac",
                         choices=["pac", "standalone", "data-parallel", "pipeline", "even-split"],
                         help="pac, or a baseline planned with the same cost model")
+    parser.add_argument("--samples", type=int, default=0,
+                        help="dataset size: also predict the bytes the cache redistribution moves")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     from planner.api import plan
-    from planner.errors import PlanInfeasible
+    from planner.errors import PlanInfeasible, gib
     from planner.estimate import cluster_from_json, model_profile, model_shape, read_config
     from planner.plan import plan_to_dict
 
@@ -41,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"cannot read the cluster file {args.cluster}: {error}") from error
         cluster = cluster_from_json(data, shape, args.seq_len)
-        result = plan(cluster, model_profile(shape, args.seq_len), technique=args.technique,
+        model = model_profile(shape, args.seq_len)
+        result = plan(cluster, model, technique=args.technique,
                       global_batch=args.batch, micro_batches=args.micro_batches,
                       strategy=args.strategy)
     except PlanInfeasible as error:
@@ -50,8 +53,22 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"pac plan: {error}", file=sys.stderr)
         return 2
+    moved = None
+    if args.samples > 0 and result.cache_shares:
+        from planner.cache_phase import redistribution
+
+        # The cache holds each layer's output hidden state per sample, in fp16.
+        per_layer = [x.activation_bytes // 2 for x in model.layers]
+        moved = redistribution(result.stages, result.global_batch, result.micro_batches,
+                               result.cache_shares, per_layer, args.samples)
     if args.json:
-        print(json.dumps(plan_to_dict(result), indent=2))
+        out = plan_to_dict(result)
+        if moved is not None:
+            out["redistribution_bytes"] = moved.bytes_moved
+        print(json.dumps(out, indent=2))
     else:
         print(result)
+        if moved is not None:
+            print(f"cache phase: redistributing {args.samples} samples moves "
+                  f"{gib(moved.bytes_moved)} (fp16 hidden states)")
     return 0

@@ -29,11 +29,13 @@ def t5_dir(tmp_path: Path) -> Path:
 
 
 def test_plan_prints_a_table(t5_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", "--cluster", str(EXAMPLE), "--model", str(t5_dir), "--batch", "16"]) == 0
+    args = ["plan", "--cluster", str(EXAMPLE), "--model", str(t5_dir), "--batch", "16"]
+    assert main([*args, "--samples", "3668"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("plan (pac, parallel-adapters)")
     assert "stage" in out and "layers" in out and "laptop" in out
     assert "note: all-reduce once per iteration" in out
+    assert "cache phase: redistributing 3668 samples moves" in out
 
 
 def test_plan_json_and_baseline(t5_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
