@@ -68,8 +68,9 @@ def matmul_gflops(device: torch.device, size: int = 512, budget_s: float = 0.25)
             return 2 * size**3 * runs / elapsed / 1e9
 
 
-def measure_device(name: str, address: str, cache_dir: Path,
-                   benchmark_s: float = 0.25) -> agent_pb2.DeviceProfile:
+def measure_device(
+    name: str, address: str, cache_dir: Path, benchmark_s: float = 0.25
+) -> agent_pb2.DeviceProfile:
     """Cores, memory, free disk under ``cache_dir``, accelerator and a matmul benchmark."""
     device = pick_device()
     total, available = memory_bytes()

@@ -46,30 +46,42 @@ class AgentMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.sent_bytes = Counter("pac_agent_sent_bytes", "Tensor message bytes sent",
-                                  ["peer"], registry=r)
-        self.received_bytes = Counter("pac_agent_received_bytes",
-                                      "Tensor message bytes received", ["peer"], registry=r)
-        self.sent_tensors = Counter("pac_agent_sent_tensors", "Tensors sent", ["peer"],
-                                    registry=r)
-        self.received_tensors = Counter("pac_agent_received_tensors", "Tensors received",
-                                        ["peer"], registry=r)
-        self.stream_seconds = Histogram("pac_agent_stream_seconds",
-                                        "Seconds per tensor message", ["direction"],
-                                        buckets=_SECONDS_BUCKETS, registry=r)
-        self.stage_compute_seconds = Histogram("pac_agent_stage_compute_seconds",
-                                               "Seconds per stage forward", ["job", "stage"],
-                                               buckets=_SECONDS_BUCKETS, registry=r)
-        self.cache_bytes = Gauge("pac_agent_cache_bytes", "Bytes in the activation cache",
-                                 registry=r)
-        self.mailbox_bytes = Gauge("pac_agent_mailbox_bytes",
-                                   "Received bytes waiting for compute", registry=r)
+        self.sent_bytes = Counter(
+            "pac_agent_sent_bytes", "Tensor message bytes sent", ["peer"], registry=r
+        )
+        self.received_bytes = Counter(
+            "pac_agent_received_bytes", "Tensor message bytes received", ["peer"], registry=r
+        )
+        self.sent_tensors = Counter("pac_agent_sent_tensors", "Tensors sent", ["peer"], registry=r)
+        self.received_tensors = Counter(
+            "pac_agent_received_tensors", "Tensors received", ["peer"], registry=r
+        )
+        self.stream_seconds = Histogram(
+            "pac_agent_stream_seconds",
+            "Seconds per tensor message",
+            ["direction"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.stage_compute_seconds = Histogram(
+            "pac_agent_stage_compute_seconds",
+            "Seconds per stage forward",
+            ["job", "stage"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "pac_agent_cache_bytes", "Bytes in the activation cache", registry=r
+        )
+        self.mailbox_bytes = Gauge(
+            "pac_agent_mailbox_bytes", "Received bytes waiting for compute", registry=r
+        )
         self.rss = Gauge("pac_agent_rss_bytes", "Resident memory of the agent", registry=r)
         self.rss.set_function(rss_bytes)
-        self.current_step = Gauge("pac_agent_current_step", "Last step run", ["job"],
-                                  registry=r)
-        self.registered = Gauge("pac_agent_registered",
-                                "1 while registered with the coordinator", registry=r)
+        self.current_step = Gauge("pac_agent_current_step", "Last step run", ["job"], registry=r)
+        self.registered = Gauge(
+            "pac_agent_registered", "1 while registered with the coordinator", registry=r
+        )
         self.info = Info("pac_agent", "The agent and its device", registry=r)
 
     # TransferObserver

@@ -39,9 +39,15 @@ def _median_seconds(run: Callable[[], object], repeats: int) -> float:
 
 
 @torch.no_grad()
-def profile_layers(model_dir: Path, start: int, end: int, batch_size: int, seq_len: int,
-                   repeats: int, device: torch.device | None = None
-                   ) -> tuple[float, list[LayerTiming]]:
+def profile_layers(
+    model_dir: Path,
+    start: int,
+    end: int,
+    batch_size: int,
+    seq_len: int,
+    repeats: int,
+    device: torch.device | None = None,
+) -> tuple[float, list[LayerTiming]]:
     """(embed seconds, per-block timings) for blocks ``[start, end)`` (end 0 = all) on a
     ``[batch_size, seq_len]`` batch of random token ids."""
     family_class = family_for_dir(model_dir)
@@ -74,9 +80,12 @@ def profile_layers(model_dir: Path, start: int, end: int, batch_size: int, seq_l
         current = state
         seconds = _median_seconds(lambda: family.run_block(block.index, current), repeats)  # noqa: B023
         state = family.run_block(block.index, state)
-        timings.append(LayerTiming(
-            block.index, seconds,
-            sum(p.numel() * p.element_size() for p in block.module.parameters()),
-            sum(t.numel() * t.element_size() for t in state.values()),
-        ))
+        timings.append(
+            LayerTiming(
+                block.index,
+                seconds,
+                sum(p.numel() * p.element_size() for p in block.module.parameters()),
+                sum(t.numel() * t.element_size() for t in state.values()),
+            )
+        )
     return embed_seconds, timings

@@ -22,10 +22,16 @@ log = logging.getLogger("pac.agent")
 
 
 class Registration:
-    def __init__(self, channel: grpc.aio.Channel, profile: Callable[[], agent_pb2.DeviceProfile],
-                 token: str | None, status: Callable[[], coordinator_pb2.HeartbeatRequest],
-                 on_change: Callable[[bool], None] = lambda registered: None,
-                 retry_s: float = 1.0, max_retry_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        profile: Callable[[], agent_pb2.DeviceProfile],
+        token: str | None,
+        status: Callable[[], coordinator_pb2.HeartbeatRequest],
+        on_change: Callable[[bool], None] = lambda registered: None,
+        retry_s: float = 1.0,
+        max_retry_s: float = 30.0,
+    ) -> None:
         self.stub = coordinator_pb2_grpc.CoordinatorStub(channel)
         self.profile = profile
         self.metadata = token_metadata(token)
@@ -40,9 +46,12 @@ class Registration:
     async def register_once(self) -> coordinator_pb2.RegisterReply:
         profile = self.profile()
         reply: coordinator_pb2.RegisterReply = await self.stub.Register(
-            coordinator_pb2.RegisterRequest(name=profile.name, address=profile.address,
-                                            profile=profile),
-            metadata=self.metadata, timeout=10)
+            coordinator_pb2.RegisterRequest(
+                name=profile.name, address=profile.address, profile=profile
+            ),
+            metadata=self.metadata,
+            timeout=10,
+        )
         self.agent_id = reply.agent_id
         self.registrations += 1
         return reply
@@ -54,14 +63,19 @@ class Registration:
             try:
                 reply = await self.register_once()
             except grpc.aio.AioRpcError as error:
-                log.warning("registering with the coordinator failed (%s: %s); retry in %.0f s",
-                            error.code().name, error.details(), delay)
+                log.warning(
+                    "registering with the coordinator failed (%s: %s); retry in %.0f s",
+                    error.code().name,
+                    error.details(),
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_retry_s)
                 continue
             delay = self.retry_s
-            log.info("registered as %s with coordinator %s", self.agent_id,
-                     reply.coordinator_instance)
+            log.info(
+                "registered as %s with coordinator %s", self.agent_id, reply.coordinator_instance
+            )
             self.registered.set()
             self.on_change(True)
             await self._heartbeat(reply.heartbeat_interval_s or 5.0)
@@ -75,10 +89,14 @@ class Registration:
             request = self.status()
             request.agent_id = self.agent_id
             try:
-                reply = await self.stub.Heartbeat(request, metadata=self.metadata,
-                                                  timeout=max(interval, 1.0))
+                reply = await self.stub.Heartbeat(
+                    request, metadata=self.metadata, timeout=max(interval, 1.0)
+                )
             except grpc.aio.AioRpcError as error:
-                log.warning("heartbeat failed (%s: %s); registering again",
-                            error.code().name, error.details())
+                log.warning(
+                    "heartbeat failed (%s: %s); registering again",
+                    error.code().name,
+                    error.details(),
+                )
                 return
             interval = reply.heartbeat_interval_s or interval

@@ -38,8 +38,9 @@ from pac.wire.mailbox import Mailbox, RoutingKey
 from protos.v1 import agent_pb2, tensors_pb2
 
 # send(peer address, tensors, routing, wire dtype or None) -> bytes sent
-Sender = Callable[[str, dict[str, torch.Tensor], tensors_pb2.Routing, torch.dtype | None],
-                  Awaitable[int]]
+Sender = Callable[
+    [str, dict[str, torch.Tensor], tensors_pb2.Routing, torch.dtype | None], Awaitable[int]
+]
 # Key of a job's settings JSON that asks for lossy casts on the wire, per tensor kind:
 # {"wire_dtypes": {"TENSOR_KIND_ACTIVATION": "bfloat16"}}.
 WIRE_DTYPES_SETTING = "wire_dtypes"
@@ -80,9 +81,15 @@ class InstructionResult:
 class AgentRuntime:
     """Jobs, stages and steps of one agent."""
 
-    def __init__(self, name: str, cache_dir: Path, send: Sender,
-                 metrics: AgentMetrics | None = None, mailbox: Mailbox | None = None,
-                 device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        cache_dir: Path,
+        send: Sender,
+        metrics: AgentMetrics | None = None,
+        mailbox: Mailbox | None = None,
+        device: torch.device | None = None,
+    ) -> None:
         self.name = name
         self.cache_dir = cache_dir
         self.send = send
@@ -150,30 +157,44 @@ class AgentRuntime:
         with contextlib.suppress(KeyError):
             self.metrics.current_step.remove(job_id)
 
-    async def load_stage(self, job_id: str, stage: int, model_dir: Path, start: int, end: int,
-                         expected_sha256: str = "") -> Stage:
+    async def load_stage(
+        self,
+        job_id: str,
+        stage: int,
+        model_dir: Path,
+        start: int,
+        end: int,
+        expected_sha256: str = "",
+    ) -> Stage:
         """Load blocks ``[start, end)`` of ``model_dir`` as ``stage`` of the job (in a
         worker thread: loading reads and hashes files)."""
         session = self.job(job_id)
-        loaded = await asyncio.to_thread(Stage.load, model_dir, start, end, expected_sha256,
-                                         self.device)
+        loaded = await asyncio.to_thread(
+            Stage.load, model_dir, start, end, expected_sha256, self.device
+        )
         session.stages[stage] = loaded
         return loaded
 
-    async def profile(self, model_dir: Path, start: int, end: int, batch_size: int,
-                      seq_len: int, repeats: int) -> tuple[float, list[LayerTiming]]:
+    async def profile(
+        self, model_dir: Path, start: int, end: int, batch_size: int, seq_len: int, repeats: int
+    ) -> tuple[float, list[LayerTiming]]:
         """Forward time of blocks ``[start, end)`` on this device (worker thread)."""
-        return await asyncio.to_thread(profile_layers, model_dir, start, end, batch_size,
-                                       seq_len, repeats, self.device)
+        return await asyncio.to_thread(
+            profile_layers, model_dir, start, end, batch_size, seq_len, repeats, self.device
+        )
 
     def release_backbone(self, job_id: str) -> int:
         session = self.job(job_id)
         return sum(stage.release() for stage in session.stages.values())
 
     # ---- steps -----------------------------------------------------------------------
-    async def run_step(self, job_id: str, step: int,
-                       instructions: Iterable[agent_pb2.Instruction],
-                       recv_timeout: float = 60.0) -> list[InstructionResult]:
+    async def run_step(
+        self,
+        job_id: str,
+        step: int,
+        instructions: Iterable[agent_pb2.Instruction],
+        recv_timeout: float = 60.0,
+    ) -> list[InstructionResult]:
         """Run ``instructions`` in order for ``step`` of the job."""
         session = self.job(job_id)
         session.step = step
@@ -182,22 +203,32 @@ class AgentRuntime:
         for instruction in instructions:
             started = time.perf_counter()
             nbytes = await self._run(session, step, instruction, recv_timeout)
-            results.append(InstructionResult(instruction.action, instruction.micro_batch,
-                                             time.perf_counter() - started, nbytes))
+            results.append(
+                InstructionResult(
+                    instruction.action,
+                    instruction.micro_batch,
+                    time.perf_counter() - started,
+                    nbytes,
+                )
+            )
         return results
 
     def _default_kind(self, session: JobSession, stage: int) -> int:
         first = stage in session.stages and session.stages[stage].start == 0
         return tensors_pb2.TENSOR_KIND_BATCH if first else tensors_pb2.TENSOR_KIND_ACTIVATION
 
-    async def _run(self, session: JobSession, step: int, instruction: agent_pb2.Instruction,
-                   recv_timeout: float) -> int:
+    async def _run(
+        self,
+        session: JobSession,
+        step: int,
+        instruction: agent_pb2.Instruction,
+        recv_timeout: float,
+    ) -> int:
         slot = (step, instruction.micro_batch, instruction.stage)
         action = instruction.action
         if action == agent_pb2.ACTION_RECV:
             kind = instruction.kind or self._default_kind(session, instruction.stage)
-            key = RoutingKey(session.job_id, step, instruction.micro_batch, instruction.stage,
-                             kind)
+            key = RoutingKey(session.job_id, step, instruction.micro_batch, instruction.stage, kind)
             try:
                 message = await self.mailbox.get(key, recv_timeout)
             except TimeoutError:
@@ -209,8 +240,9 @@ class AgentRuntime:
             state = self._take(session, slot, "FORWARD")
             started = time.perf_counter()
             output = await asyncio.to_thread(stage.forward, state)
-            self.metrics.stage_compute_seconds.labels(session.job_id, str(instruction.stage)
-                                                      ).observe(time.perf_counter() - started)
+            self.metrics.stage_compute_seconds.labels(
+                session.job_id, str(instruction.stage)
+            ).observe(time.perf_counter() - started)
             session.slots[slot] = output
             return 0
         if action == agent_pb2.ACTION_SEND:
@@ -218,9 +250,12 @@ class AgentRuntime:
                 raise BadRequest("SEND needs a peer address")
             state = self._take(session, slot, "SEND")
             routing = tensors_pb2.Routing(
-                job_id=session.job_id, step=step, micro_batch=instruction.micro_batch,
+                job_id=session.job_id,
+                step=step,
+                micro_batch=instruction.micro_batch,
                 stage=instruction.to_stage or instruction.stage + 1,
-                kind=instruction.kind or tensors_pb2.TENSOR_KIND_ACTIVATION, sender=self.name,
+                kind=instruction.kind or tensors_pb2.TENSOR_KIND_ACTIVATION,
+                sender=self.name,
             )
             kind_name = tensors_pb2.TensorKind.Name(routing.kind)
             wire_dtype = session.compression.wire_dtype(kind_name)

@@ -69,14 +69,17 @@ class AgentServer:
         self.config = config
         self.metrics = AgentMetrics()
         self.peers = ChannelPool(config.security)
-        self.runtime = AgentRuntime(config.name, config.cache_dir, self.send_to, self.metrics,
-                                    device=pick_device())
-        self.receiver = TensorReceiver(self.runtime.mailbox, config.limits,
-                                       self.runtime.accepts_job, self.metrics)
+        self.runtime = AgentRuntime(
+            config.name, config.cache_dir, self.send_to, self.metrics, device=pick_device()
+        )
+        self.receiver = TensorReceiver(
+            self.runtime.mailbox, config.limits, self.runtime.accepts_job, self.metrics
+        )
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
             interceptors=[JoinTokenInterceptor(config.join_token)] if config.join_token else [],
-            options=SERVER_OPTIONS)
+            options=SERVER_OPTIONS,
+        )
         self.port = 0
         self.address = ""
         self.metrics_port = 0
@@ -87,21 +90,33 @@ class AgentServer:
         self._metrics_server: Any = None
         self.stopped = asyncio.Event()
 
-    async def send_to(self, peer: str, tensors: dict[str, torch.Tensor],
-                      routing: tensors_pb2.Routing, wire_dtype: torch.dtype | None = None
-                      ) -> int:
+    async def send_to(
+        self,
+        peer: str,
+        tensors: dict[str, torch.Tensor],
+        routing: tensors_pb2.Routing,
+        wire_dtype: torch.dtype | None = None,
+    ) -> int:
         """Send one tensor message to the agent at ``peer`` (host:port) over the pooled
         channel; returns the bytes the peer acknowledged."""
-        ack = await send_tensors(self.peers.get(peer), tensors, routing,
-                                 token=self.config.join_token, peer=peer, observer=self.metrics,
-                                 chunk_size=self.config.chunk_size, wire_dtype=wire_dtype)
+        ack = await send_tensors(
+            self.peers.get(peer),
+            tensors,
+            routing,
+            token=self.config.join_token,
+            peer=peer,
+            observer=self.metrics,
+            chunk_size=self.config.chunk_size,
+            wire_dtype=wire_dtype,
+        )
         return int(ack.received_bytes)
 
     def _status(self) -> coordinator_pb2.HeartbeatRequest:
         step = max((job.step for job in self.runtime.jobs.values()), default=0)
         job_id = next(iter(self.runtime.jobs), "")
-        return coordinator_pb2.HeartbeatRequest(job_id=job_id, step=step, rss_bytes=rss_bytes(),
-                                                draining=self.runtime.draining)
+        return coordinator_pb2.HeartbeatRequest(
+            job_id=job_id, step=step, rss_bytes=rss_bytes(), draining=self.runtime.draining
+        )
 
     def _describe(self) -> agent_pb2.DeviceProfile:
         return self.profile
@@ -109,41 +124,63 @@ class AgentServer:
     @classmethod
     async def start(cls, config: AgentConfig) -> AgentServer:
         self = cls(config)
-        servicer = AgentServicer(self.runtime, self.receiver, self._describe,
-                                 self.request_shutdown)
+        servicer = AgentServicer(self.runtime, self.receiver, self._describe, self.request_shutdown)
         agent_service = agent_pb2.DESCRIPTOR.services_by_name["Agent"]
-        self.server.add_generic_rpc_handlers((service_handler(
-            agent_service, servicer, raw_requests={"SendTensors"},
-            raw_responses={"ExportAdapters"}),))
+        self.server.add_generic_rpc_handlers(
+            (
+                service_handler(
+                    agent_service,
+                    servicer,
+                    raw_requests={"SendTensors"},
+                    raw_responses={"ExportAdapters"},
+                ),
+            )
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (agent_service.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+            (agent_service.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
         self.port = bind(self.server, config.listen, config.security)
         host = config.listen.rsplit(":", 1)[0]
         if host in ("", "0.0.0.0", "[::]"):
             host = socket.gethostname()  # a wildcard is no address a peer can dial
         self.address = config.advertise or f"{host}:{self.port}"
         # Measuring takes a fraction of a second of matmuls: off the event loop.
-        self.profile = await asyncio.to_thread(measure_device, config.name, self.address,
-                                               config.cache_dir, config.benchmark_s)
-        self.metrics.info.info({"name": config.name, "accelerator": self.profile.accelerator,
-                                "torch": torch.__version__})
+        self.profile = await asyncio.to_thread(
+            measure_device, config.name, self.address, config.cache_dir, config.benchmark_s
+        )
+        self.metrics.info.info(
+            {
+                "name": config.name,
+                "accelerator": self.profile.accelerator,
+                "torch": torch.__version__,
+            }
+        )
         await self.server.start()
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         if config.metrics_port is not None:
-            self._metrics_server, _ = start_http_server(config.metrics_port, config.metrics_addr,
-                                                        registry=self.metrics.registry)
+            self._metrics_server, _ = start_http_server(
+                config.metrics_port, config.metrics_addr, registry=self.metrics.registry
+            )
             self.metrics_port = self._metrics_server.server_port
         if config.coordinator:
             self._coordinator_channel = open_channel(config.coordinator, config.security)
             self.registration = Registration(
-                self._coordinator_channel, self._describe, config.join_token, self._status,
+                self._coordinator_channel,
+                self._describe,
+                config.join_token,
+                self._status,
                 on_change=lambda registered: self.metrics.registered.set(int(registered)),
-                retry_s=config.registration_retry_s)
+                retry_s=config.registration_retry_s,
+            )
             self._tasks.append(asyncio.create_task(self.registration.run()))
-        log.info("agent %s serving on %s (metrics on %s)", config.name, self.address,
-                 self.metrics_port or "off")
+        log.info(
+            "agent %s serving on %s (metrics on %s)",
+            config.name,
+            self.address,
+            self.metrics_port or "off",
+        )
         return self
 
     def request_shutdown(self, grace: float | None = None) -> None:

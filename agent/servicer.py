@@ -41,20 +41,26 @@ async def _answer(context: grpc.aio.ServicerContext, call: Callable[[], Awaitabl
 
 
 class AgentServicer(agent_pb2_grpc.AgentServicer):
-    def __init__(self, runtime: AgentRuntime, receiver: TensorReceiver,
-                 describe: Callable[[], agent_pb2.DeviceProfile],
-                 shutdown: Callable[[float], None]) -> None:
+    def __init__(
+        self,
+        runtime: AgentRuntime,
+        receiver: TensorReceiver,
+        describe: Callable[[], agent_pb2.DeviceProfile],
+        shutdown: Callable[[float], None],
+    ) -> None:
         self.runtime = runtime
         self.receiver = receiver
         self._describe = describe
         self._shutdown = shutdown
 
-    async def Describe(self, request: agent_pb2.DescribeRequest,
-                       context: grpc.aio.ServicerContext) -> agent_pb2.DeviceProfile:
+    async def Describe(
+        self, request: agent_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.DeviceProfile:
         return self._describe()
 
-    async def Profile(self, request: agent_pb2.ProfileRequest,
-                      context: grpc.aio.ServicerContext) -> agent_pb2.ProfileReply:
+    async def Profile(
+        self, request: agent_pb2.ProfileRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.ProfileReply:
         async def call() -> agent_pb2.ProfileReply:
             if request.job_id:
                 self.runtime.job(request.job_id)
@@ -62,103 +68,155 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                 raise BadRequest("Profile needs a model_dir on the agent")
             async with self.runtime.work():
                 embed, timings = await self.runtime.profile(
-                    Path(request.model_dir), request.layer_start, request.layer_end,
-                    request.batch_size or 1, request.seq_len or 128, request.repeats or 3)
+                    Path(request.model_dir),
+                    request.layer_start,
+                    request.layer_end,
+                    request.batch_size or 1,
+                    request.seq_len or 128,
+                    request.repeats or 3,
+                )
             return agent_pb2.ProfileReply(
-                device=self._describe(), embed_seconds=embed,
-                layers=[agent_pb2.LayerProfile(index=t.index, forward_seconds=t.forward_seconds,
-                                               parameter_bytes=t.parameter_bytes,
-                                               activation_bytes=t.activation_bytes)
-                        for t in timings])
+                device=self._describe(),
+                embed_seconds=embed,
+                layers=[
+                    agent_pb2.LayerProfile(
+                        index=t.index,
+                        forward_seconds=t.forward_seconds,
+                        parameter_bytes=t.parameter_bytes,
+                        activation_bytes=t.activation_bytes,
+                    )
+                    for t in timings
+                ],
+            )
+
         return await _answer(context, call)
 
-    async def OpenJob(self, request: agent_pb2.OpenJobRequest,
-                      context: grpc.aio.ServicerContext) -> agent_pb2.OpenJobReply:
+    async def OpenJob(
+        self, request: agent_pb2.OpenJobRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.OpenJobReply:
         async def call() -> agent_pb2.OpenJobReply:
             self.runtime.open_job(request.job_id, request.settings_json)
             return agent_pb2.OpenJobReply()
+
         return await _answer(context, call)
 
-    async def LoadStage(self, request: agent_pb2.LoadStageRequest,
-                        context: grpc.aio.ServicerContext) -> agent_pb2.LoadStageReply:
+    async def LoadStage(
+        self, request: agent_pb2.LoadStageRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.LoadStageReply:
         async def call() -> agent_pb2.LoadStageReply:
             self.runtime.job(request.job_id)
             if request.WhichOneof("source") != "model_dir":
                 raise NotYetSupported("streamed weights are not supported yet: give model_dir")
             async with self.runtime.work():
                 stage = await self.runtime.load_stage(
-                    request.job_id, request.stage, Path(request.model_dir),
-                    request.layer_start, request.layer_end, request.expected_sha256)
-            return agent_pb2.LoadStageReply(parameter_bytes=stage.parameter_bytes,
-                                            load_seconds=stage.load_seconds,
-                                            weights_sha256=stage.weights_sha256)
+                    request.job_id,
+                    request.stage,
+                    Path(request.model_dir),
+                    request.layer_start,
+                    request.layer_end,
+                    request.expected_sha256,
+                )
+            return agent_pb2.LoadStageReply(
+                parameter_bytes=stage.parameter_bytes,
+                load_seconds=stage.load_seconds,
+                weights_sha256=stage.weights_sha256,
+            )
+
         return await _answer(context, call)
 
-    async def SendTensors(self, request_iterator: AsyncIterator[bytes],  # type: ignore[override]
-                          context: grpc.aio.ServicerContext) -> tensors_pb2.TensorAck:
+    async def SendTensors(
+        self,
+        request_iterator: AsyncIterator[bytes],  # type: ignore[override]
+        context: grpc.aio.ServicerContext,
+    ) -> tensors_pb2.TensorAck:
         # Frames arrive as bytes (identity deserializer, see pac.wire.service).
         async def call() -> tensors_pb2.TensorAck:
             async with self.runtime.work():
                 ack = await self.receiver.receive(request_iterator, context)
             self.runtime.metrics.mailbox_bytes.set(self.runtime.mailbox.bytes_waiting())
             return ack
+
         return await _answer(context, call)
 
-    async def RunStep(self, request: agent_pb2.RunStepRequest,
-                      context: grpc.aio.ServicerContext) -> agent_pb2.RunStepReply:
+    async def RunStep(
+        self, request: agent_pb2.RunStepRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.RunStepReply:
         async def call() -> agent_pb2.RunStepReply:
             self.runtime.job(request.job_id)
             async with self.runtime.work():
                 results = await self.runtime.run_step(
-                    request.job_id, request.step, request.instructions,
-                    request.recv_timeout_s or 60.0)
+                    request.job_id,
+                    request.step,
+                    request.instructions,
+                    request.recv_timeout_s or 60.0,
+                )
             reply = agent_pb2.RunStepReply(
-                results=[agent_pb2.InstructionResult(action=r.action,  # type: ignore[arg-type]
-                                                     micro_batch=r.micro_batch,
-                                                     seconds=r.seconds, bytes=r.nbytes)
-                         for r in results])
-            reply.compute_seconds = sum(r.seconds for r in results
-                                        if r.action == agent_pb2.ACTION_FORWARD)
+                results=[
+                    agent_pb2.InstructionResult(
+                        action=r.action,  # type: ignore[arg-type]
+                        micro_batch=r.micro_batch,
+                        seconds=r.seconds,
+                        bytes=r.nbytes,
+                    )
+                    for r in results
+                ]
+            )
+            reply.compute_seconds = sum(
+                r.seconds for r in results if r.action == agent_pb2.ACTION_FORWARD
+            )
             return reply
+
         return await _answer(context, call)
 
-    async def Redistribute(self, request: agent_pb2.RedistributeRequest,
-                           context: grpc.aio.ServicerContext) -> agent_pb2.RedistributeReply:
+    async def Redistribute(
+        self, request: agent_pb2.RedistributeRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.RedistributeReply:
         async def call() -> agent_pb2.RedistributeReply:
             self.runtime.job(request.job_id)
             raise NotYetSupported("cache redistribution arrives with the activation cache issue")
+
         return await _answer(context, call)
 
-    async def ExportAdapters(self, request: agent_pb2.ExportAdaptersRequest,  # type: ignore[override]
-                             context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def ExportAdapters(  # type: ignore[override]
+        self,
+        request: agent_pb2.ExportAdaptersRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[bytes]:
         async def call() -> None:
             self.runtime.job(request.job_id)
             raise NotYetSupported("adapter export arrives with the side network issue")
+
         await _answer(context, call)
         yield b""  # pragma: no cover - unreachable, makes this an async generator
 
-    async def ReleaseBackbone(self, request: agent_pb2.ReleaseBackboneRequest,
-                              context: grpc.aio.ServicerContext
-                              ) -> agent_pb2.ReleaseBackboneReply:
+    async def ReleaseBackbone(
+        self, request: agent_pb2.ReleaseBackboneRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.ReleaseBackboneReply:
         async def call() -> agent_pb2.ReleaseBackboneReply:
             return agent_pb2.ReleaseBackboneReply(
-                freed_bytes=self.runtime.release_backbone(request.job_id))
+                freed_bytes=self.runtime.release_backbone(request.job_id)
+            )
+
         return await _answer(context, call)
 
-    async def CloseJob(self, request: agent_pb2.CloseJobRequest,
-                       context: grpc.aio.ServicerContext) -> agent_pb2.CloseJobReply:
+    async def CloseJob(
+        self, request: agent_pb2.CloseJobRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.CloseJobReply:
         async def call() -> agent_pb2.CloseJobReply:
             self.runtime.close_job(request.job_id)
             return agent_pb2.CloseJobReply()
+
         return await _answer(context, call)
 
-    async def Drain(self, request: agent_pb2.DrainRequest,
-                    context: grpc.aio.ServicerContext) -> agent_pb2.DrainReply:
+    async def Drain(
+        self, request: agent_pb2.DrainRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.DrainReply:
         left = await self.runtime.drain(request.timeout_s or None)
         return agent_pb2.DrainReply(in_flight=left)
 
-    async def Shutdown(self, request: agent_pb2.ShutdownRequest,
-                       context: grpc.aio.ServicerContext) -> agent_pb2.ShutdownReply:
+    async def Shutdown(
+        self, request: agent_pb2.ShutdownRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.ShutdownReply:
         # Answer first, then stop: the server's stop would cancel this very call.
         with contextlib.suppress(Exception):
             self._shutdown(request.timeout_s or 30.0)

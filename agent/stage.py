@@ -50,8 +50,14 @@ class Stage:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
-    def load(cls, model_dir: Path, start: int, end: int, expected_sha256: str = "",
-             device: torch.device | None = None) -> Stage:
+    def load(
+        cls,
+        model_dir: Path,
+        start: int,
+        end: int,
+        expected_sha256: str = "",
+        device: torch.device | None = None,
+    ) -> Stage:
         """Load blocks ``[start, end)`` (end 0 = to the last block); refuse with
         WeightsMismatch when the weight files do not hash to ``expected_sha256``."""
         started = time.perf_counter()
@@ -81,8 +87,16 @@ class Stage:
         if device is not None:
             module: nn.Module = family.model
             module.to(device)
-        return cls(model_dir, start, end, family, digest, time.perf_counter() - started,
-                   _parameter_bytes(kept), device or torch.device("cpu"))
+        return cls(
+            model_dir,
+            start,
+            end,
+            family,
+            digest,
+            time.perf_counter() - started,
+            _parameter_bytes(kept),
+            device or torch.device("cpu"),
+        )
 
     @torch.no_grad()
     def forward(self, state: dict[str, torch.Tensor]) -> State:
@@ -94,12 +108,15 @@ class Stage:
         state = {name: tensor.to(self.device) for name, tensor in state.items()}
         if self.start == 0 and "hidden" not in state:
             if "input_ids" not in state:
-                raise BadRequest("the first stage needs a batch with input_ids and "
-                                 "attention_mask, or a state with hidden")
+                raise BadRequest(
+                    "the first stage needs a batch with input_ids and "
+                    "attention_mask, or a state with hidden"
+                )
             state = self.family.embed(state)
         elif "hidden" not in state:
-            raise BadRequest(f"stage [{self.start}, {self.end}) needs a state with 'hidden', "
-                             f"got {sorted(state)}")
+            raise BadRequest(
+                f"stage [{self.start}, {self.end}) needs a state with 'hidden', got {sorted(state)}"
+            )
         for index in range(self.start, self.end):
             state = self.family.run_block(index, state)
         return state

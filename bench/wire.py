@@ -127,9 +127,16 @@ def grpc_receiver(size_mib: int, messages: int) -> None:
     from protos.v1 import tensors_pb2
 
     async def main() -> None:
-        agent = await AgentServer.start(AgentConfig(
-            name="receiver", listen="127.0.0.1:0", cache_dir=Path("/tmp/pac-bench-receiver"),
-            join_token=TOKEN, security=TransportSecurity(insecure=True), benchmark_s=0.01))
+        agent = await AgentServer.start(
+            AgentConfig(
+                name="receiver",
+                listen="127.0.0.1:0",
+                cache_dir=Path("/tmp/pac-bench-receiver"),
+                join_token=TOKEN,
+                security=TransportSecurity(insecure=True),
+                benchmark_s=0.01,
+            )
+        )
         agent.runtime.open_job("bench")
         print(f"PORT {agent.port}", flush=True)
         baseline = current_rss_bytes()
@@ -189,17 +196,25 @@ def grpc_sender(size_mib: int, messages: int, port: int, chunk_kib: int) -> None
     tensor = make_tensor(size_mib)
 
     async def main() -> None:
-        agent = await AgentServer.start(AgentConfig(
-            name="sender", listen="127.0.0.1:0", cache_dir=Path("/tmp/pac-bench-sender"),
-            join_token=TOKEN, security=TransportSecurity(insecure=True), benchmark_s=0.01,
-            chunk_size=chunk_kib * 1024))
+        agent = await AgentServer.start(
+            AgentConfig(
+                name="sender",
+                listen="127.0.0.1:0",
+                cache_dir=Path("/tmp/pac-bench-sender"),
+                join_token=TOKEN,
+                security=TransportSecurity(insecure=True),
+                benchmark_s=0.01,
+                chunk_size=chunk_kib * 1024,
+            )
+        )
         times = []
         cpu_start = 0.0
         for step in range(messages):
             if step == 1:
                 cpu_start = cpu_seconds()
-            routing = tensors_pb2.Routing(job_id="bench", step=step, sender="sender",
-                                          kind=tensors_pb2.TENSOR_KIND_ACTIVATION)
+            routing = tensors_pb2.Routing(
+                job_id="bench", step=step, sender="sender", kind=tensors_pb2.TENSOR_KIND_ACTIVATION
+            )
             started = time.perf_counter()
             await agent.send_to(f"127.0.0.1:{port}", {"x": tensor}, routing)
             times.append(time.perf_counter() - started)
@@ -211,25 +226,53 @@ def grpc_sender(size_mib: int, messages: int, port: int, chunk_kib: int) -> None
 
 
 # ---- driver ----------------------------------------------------------------------------
-def child(role: str, approach: str, size_mib: int, messages: int, threads: int,
-          chunk_kib: int, port: int = 0) -> subprocess.Popen[str]:
-    command = [sys.executable, __file__, "--role", role, "--approach", approach,
-               "--size-mib", str(size_mib), "--messages", str(messages),
-               "--threads", str(threads), "--port", str(port), "--chunk-kib", str(chunk_kib)]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+def child(
+    role: str,
+    approach: str,
+    size_mib: int,
+    messages: int,
+    threads: int,
+    chunk_kib: int,
+    port: int = 0,
+) -> subprocess.Popen[str]:
+    command = [
+        sys.executable,
+        __file__,
+        "--role",
+        role,
+        "--approach",
+        approach,
+        "--size-mib",
+        str(size_mib),
+        "--messages",
+        str(messages),
+        "--threads",
+        str(threads),
+        "--port",
+        str(port),
+        "--chunk-kib",
+        str(chunk_kib),
+    ]
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
 
 
 def read_line(process: subprocess.Popen[str], prefix: str) -> str:
     assert process.stdout is not None
     for line in process.stdout:
         if line.startswith(prefix):
-            return line[len(prefix):].strip()
+            return line[len(prefix) :].strip()
     raise RuntimeError(f"child exited (code {process.wait()}) without printing {prefix!r}")
 
 
-def run_pair(approach: str, size_mib: int, messages: int, threads: int, chunk_kib: int
-             ) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_pair(
+    approach: str, size_mib: int, messages: int, threads: int, chunk_kib: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
     receiver = child("recv", approach, size_mib, messages, threads, chunk_kib)
     port = int(read_line(receiver, "PORT "))
     sender = child("send", approach, size_mib, messages, threads, chunk_kib, port)
@@ -251,21 +294,30 @@ def cpu_model() -> str:
 
 
 def torch_only_rss() -> int:
-    code = ("import resource, torch; "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
-    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              check=True).stdout)
+    code = (
+        "import resource, torch; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+    )
+    return int(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+    )
 
 
-def drive(sizes: list[int], repeats: int, threads: int, chunk_kib: int,
-          approaches: list[str]) -> int:
+def drive(
+    sizes: list[int], repeats: int, threads: int, chunk_kib: int, approaches: list[str]
+) -> int:
     import transformers
 
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"threads {threads}, gRPC chunk {chunk_kib} KiB, CPU {cpu_model()}")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"threads {threads}, gRPC chunk {chunk_kib} KiB, CPU {cpu_model()}"
+    )
     print(f"RSS of a process that only imports torch: {torch_only_rss() / MiB:.0f} MiB")
-    header = (f"{'size':>8} {'approach':<34} {'median GB/s':>11} {'min':>6} {'max':>6} "
-              f"{'vs A':>6} {'vs B':>6} {'CPU s/GB tx+rx':>15} {'rx peak extra':>14} equal")
+    header = (
+        f"{'size':>8} {'approach':<34} {'median GB/s':>11} {'min':>6} {'max':>6} "
+        f"{'vs A':>6} {'vs B':>6} {'CPU s/GB tx+rx':>15} {'rx peak extra':>14} equal"
+    )
     print(header)
     print("-" * len(header))
     headline: dict[int, tuple[float, float, float]] = {}
@@ -283,18 +335,22 @@ def drive(sizes: list[int], repeats: int, threads: int, chunk_kib: int,
             failed |= not received["equal"]
             versus_a = rates[approach] / rates["A"]
             versus_b = rates[approach] / rates["B"] if "B" in rates else float("nan")
-            print(f"{size:>5} MiB {approach + ' ' + APPROACHES[approach]:<34} "
-                  f"{rates[approach]:>11.3f} {per_second[0]:>6.3f} {per_second[-1]:>6.3f} "
-                  f"{versus_a:>6.0%} {versus_b:>6.0%} {cpu_per_gb:>15.2f} {peak:>13.2f}x "
-                  f"{received['equal']}")
+            print(
+                f"{size:>5} MiB {approach + ' ' + APPROACHES[approach]:<34} "
+                f"{rates[approach]:>11.3f} {per_second[0]:>6.3f} {per_second[-1]:>6.3f} "
+                f"{versus_a:>6.0%} {versus_b:>6.0%} {cpu_per_gb:>15.2f} {peak:>13.2f}x "
+                f"{received['equal']}"
+            )
             if approach == "C":
                 headline[size] = (versus_a, versus_b, peak)
     if not headline:
         return 1 if failed else 0
     largest = max(headline)
     versus_a, versus_b, peak = headline[largest]
-    print(f"gRPC agent to agent at {largest} MiB: {versus_a:.0%} of raw TCP (A), "
-          f"{versus_b:.0%} of TCP + safetensors (B), receiver peak extra {peak:.2f}x the tensor")
+    print(
+        f"gRPC agent to agent at {largest} MiB: {versus_a:.0%} of raw TCP (A), "
+        f"{versus_b:.0%} of TCP + safetensors (B), receiver peak extra {peak:.2f}x the tensor"
+    )
     return 1 if failed else 0
 
 
@@ -304,8 +360,13 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--chunk-kib", type=int, default=1024, help="gRPC chunk payload size")
-    parser.add_argument("--approaches", nargs="+", choices=list(APPROACHES),
-                        default=list(APPROACHES), help="A is always run (the reference)")
+    parser.add_argument(
+        "--approaches",
+        nargs="+",
+        choices=list(APPROACHES),
+        default=list(APPROACHES),
+        help="A is always run (the reference)",
+    )
     parser.add_argument("--role", choices=["drive", "send", "recv"], default="drive")
     parser.add_argument("--approach", choices=list(APPROACHES), default="A")
     parser.add_argument("--size-mib", type=int, default=1)
@@ -314,15 +375,14 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.role == "drive":
-        return drive(args.sizes_mib, args.repeats, args.threads, args.chunk_kib,
-                     args.approaches)
+        return drive(args.sizes_mib, args.repeats, args.threads, args.chunk_kib, args.approaches)
     roles: dict[tuple[str, bool], Callable[[], None]] = {
         ("recv", False): lambda: tcp_receiver(args.approach, args.size_mib, args.messages),
         ("recv", True): lambda: grpc_receiver(args.size_mib, args.messages),
-        ("send", False): lambda: tcp_sender(args.approach, args.size_mib, args.messages,
-                                            args.port),
-        ("send", True): lambda: grpc_sender(args.size_mib, args.messages, args.port,
-                                            args.chunk_kib),
+        ("send", False): lambda: tcp_sender(args.approach, args.size_mib, args.messages, args.port),
+        ("send", True): lambda: grpc_sender(
+            args.size_mib, args.messages, args.port, args.chunk_kib
+        ),
     }
     roles[(args.role, args.approach == "C")]()
     return 0

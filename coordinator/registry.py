@@ -45,8 +45,12 @@ class UnknownAgent(KeyError):
 class AgentRegistry:
     """Registered agents by id. ``clock`` is injectable so that tests need not sleep."""
 
-    def __init__(self, heartbeat_interval_s: float = 5.0, missed_heartbeats: int = 3,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        heartbeat_interval_s: float = 5.0,
+        missed_heartbeats: int = 3,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.liveness_timeout_s = heartbeat_interval_s * missed_heartbeats
         self.instance = uuid.uuid4().hex[:12]
@@ -67,14 +71,16 @@ class AgentRegistry:
         self._agents[record.agent_id] = record
         return record
 
-    def heartbeat(self, agent_id: str, job_id: str = "", step: int = 0,
-                  draining: bool = False) -> AgentRecord:
+    def heartbeat(
+        self, agent_id: str, job_id: str = "", step: int = 0, draining: bool = False
+    ) -> AgentRecord:
         """Refresh an agent's liveness; UnknownAgent if the id is not registered."""
         record = self._agents.get(agent_id)
         if record is None:
             raise UnknownAgent(agent_id)
-        record = replace(record, last_heartbeat=self._clock(), job_id=job_id, step=step,
-                         draining=draining)
+        record = replace(
+            record, last_heartbeat=self._clock(), job_id=job_id, step=step, draining=draining
+        )
         self._agents[agent_id] = record
         return record
 

@@ -39,11 +39,13 @@ class RegistryServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, registry: AgentRegistry) -> None:
         self.registry = registry
 
-    async def Register(self, request: coordinator_pb2.RegisterRequest,
-                       context: grpc.aio.ServicerContext) -> coordinator_pb2.RegisterReply:
+    async def Register(
+        self, request: coordinator_pb2.RegisterRequest, context: grpc.aio.ServicerContext
+    ) -> coordinator_pb2.RegisterReply:
         try:
-            record = self.registry.register(request.name, request.address,
-                                            request.profile.SerializeToString())
+            record = self.registry.register(
+                request.name, request.address, request.profile.SerializeToString()
+            )
         except ValueError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         return coordinator_pb2.RegisterReply(
@@ -52,11 +54,13 @@ class RegistryServicer(coordinator_pb2_grpc.CoordinatorServicer):
             coordinator_instance=self.registry.instance,
         )
 
-    async def Heartbeat(self, request: coordinator_pb2.HeartbeatRequest,
-                        context: grpc.aio.ServicerContext) -> coordinator_pb2.HeartbeatReply:
+    async def Heartbeat(
+        self, request: coordinator_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> coordinator_pb2.HeartbeatReply:
         try:
-            self.registry.heartbeat(request.agent_id, request.job_id, request.step,
-                                    request.draining)
+            self.registry.heartbeat(
+                request.agent_id, request.job_id, request.step, request.draining
+            )
         except UnknownAgent:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
@@ -64,35 +68,42 @@ class RegistryServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 "restarted): register again",
             )
         return coordinator_pb2.HeartbeatReply(
-            heartbeat_interval_s=self.registry.heartbeat_interval_s)
+            heartbeat_interval_s=self.registry.heartbeat_interval_s
+        )
 
-    async def ListAgents(self, request: coordinator_pb2.ListAgentsRequest,
-                         context: grpc.aio.ServicerContext) -> coordinator_pb2.ListAgentsReply:
+    async def ListAgents(
+        self, request: coordinator_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> coordinator_pb2.ListAgentsReply:
         listed = self.registry.agents(include_lost=request.include_lost)
         return coordinator_pb2.ListAgentsReply(
-            agents=[agent_info(record, liveness) for record, liveness in listed])
+            agents=[agent_info(record, liveness) for record, liveness in listed]
+        )
 
     async def _jobs_not_served(self, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "this coordinator serves only the agent registry so far")
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "this coordinator serves only the agent registry so far"
+        )
 
-    async def SubmitJob(self, request: coordinator_pb2.SubmitJobRequest,
-                        context: grpc.aio.ServicerContext) -> coordinator_pb2.Job:
+    async def SubmitJob(
+        self, request: coordinator_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> coordinator_pb2.Job:
         await self._jobs_not_served(context)
         return coordinator_pb2.Job()
 
-    async def GetJob(self, request: coordinator_pb2.GetJobRequest,
-                     context: grpc.aio.ServicerContext) -> coordinator_pb2.Job:
+    async def GetJob(
+        self, request: coordinator_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> coordinator_pb2.Job:
         await self._jobs_not_served(context)
         return coordinator_pb2.Job()
 
-    async def CancelJob(self, request: coordinator_pb2.CancelJobRequest,
-                        context: grpc.aio.ServicerContext) -> coordinator_pb2.Job:
+    async def CancelJob(
+        self, request: coordinator_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> coordinator_pb2.Job:
         await self._jobs_not_served(context)
         return coordinator_pb2.Job()
 
-    async def WatchJob(self, request: coordinator_pb2.WatchJobRequest,
-                       context: grpc.aio.ServicerContext
-                       ) -> AsyncIterator[coordinator_pb2.JobProgress]:
+    async def WatchJob(
+        self, request: coordinator_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[coordinator_pb2.JobProgress]:
         await self._jobs_not_served(context)
         yield coordinator_pb2.JobProgress()  # pragma: no cover - abort raised above

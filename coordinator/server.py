@@ -43,8 +43,9 @@ async def serve_registry(
     Returns once it accepts calls; ``await result.stop()`` to end it.
     """
     registry = registry or AgentRegistry()
-    server = grpc.aio.server(interceptors=[JoinTokenInterceptor(join_token)],
-                             options=SERVER_OPTIONS)
+    server = grpc.aio.server(
+        interceptors=[JoinTokenInterceptor(join_token)], options=SERVER_OPTIONS
+    )
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(RegistryServicer(registry), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -70,8 +70,11 @@ class JoinTokenInterceptor(grpc.aio.ServerInterceptor):
         metadata = dict(handler_call_details.invocation_metadata or ())
         given = metadata.get(JOIN_TOKEN_METADATA)
         if given is None:
-            return _deny(handler, f"missing join token: send it in the "
-                                  f"'{JOIN_TOKEN_METADATA}' metadata (pac agent --join-token-file)")
+            return _deny(
+                handler,
+                f"missing join token: send it in the "
+                f"'{JOIN_TOKEN_METADATA}' metadata (pac agent --join-token-file)",
+            )
         given_bytes = given.encode() if isinstance(given, str) else bytes(given)
         if not hmac.compare_digest(given_bytes, self._token):
             return _deny(handler, "wrong join token: use the token of this mesh's coordinator")

@@ -73,8 +73,9 @@ class TransportSecurity:
             raise SecurityError("a TLS server needs --tls-cert and --tls-key")
         pair = (self.key.read_bytes(), self.cert.read_bytes())
         ca = self._read(self.ca)
-        return grpc.ssl_server_credentials([pair], root_certificates=ca,
-                                           require_client_auth=ca is not None)
+        return grpc.ssl_server_credentials(
+            [pair], root_certificates=ca, require_client_auth=ca is not None
+        )
 
     def channel_credentials(self) -> grpc.ChannelCredentials | None:
         """None for plaintext. Trusts ``ca`` (or the system roots); presents cert and key."""

@@ -44,8 +44,12 @@ class ChunkStream:
     available after the last data frame; iterate ``frames()`` once.
     """
 
-    def __init__(self, message: EncodedMessage, routing: tensors_pb2.Routing,
-                 chunk_size: int = DEFAULT_CHUNK_BYTES) -> None:
+    def __init__(
+        self,
+        message: EncodedMessage,
+        routing: tensors_pb2.Routing,
+        chunk_size: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
         if not 0 < chunk_size <= MAX_CHUNK_BYTES:
             raise ValueError(f"chunk_size must be in (0, {MAX_CHUNK_BYTES}], got {chunk_size}")
         self.message = message

@@ -67,8 +67,10 @@ async def send_tensors(
         request_serializer=None,
         response_deserializer=tensors_pb2.TensorAck.FromString,
     )
-    ack: tensors_pb2.TensorAck = await call(frames(), timeout=timeout,
-                                            metadata=token_metadata(token))
-    (observer or NullObserver()).sent(peer, message.total_size, len(to_send),
-                                      time.perf_counter() - started)
+    ack: tensors_pb2.TensorAck = await call(
+        frames(), timeout=timeout, metadata=token_metadata(token)
+    )
+    (observer or NullObserver()).sent(
+        peer, message.total_size, len(to_send), time.perf_counter() - started
+    )
     return ack

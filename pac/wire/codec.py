@@ -79,8 +79,9 @@ def _tensor_bytes(tensor: torch.Tensor) -> tuple[torch.Tensor, memoryview]:
     return tensor, memoryview(array).cast("B")
 
 
-def encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
-           ) -> EncodedMessage:
+def encode(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> EncodedMessage:
     """Frame ``tensors`` (any shapes, dtypes in ``DTYPES``) and string ``metadata`` as a
     safetensors blob without copying tensor data. Raises ``MalformedMessage`` for a dtype
     safetensors cannot carry."""
@@ -167,8 +168,7 @@ def parse_header(blob: memoryview) -> tuple[list[TensorEntry], dict[str, str]]:
         dtype_name = spec.get("dtype")
         if dtype_name not in DTYPES:
             raise MalformedMessage(
-                f"tensor {name!r} has unknown dtype {dtype_name!r}; "
-                f"known: {', '.join(DTYPES)}"
+                f"tensor {name!r} has unknown dtype {dtype_name!r}; known: {', '.join(DTYPES)}"
             )
         dtype = DTYPES[dtype_name]
         shape_raw = spec.get("shape")

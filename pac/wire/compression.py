@@ -40,8 +40,9 @@ class CompressionPolicy:
         return WIRE_DTYPES[name]
 
 
-def compress(tensors: Mapping[str, torch.Tensor], wire_dtype: torch.dtype | None
-             ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def compress(
+    tensors: Mapping[str, torch.Tensor], wire_dtype: torch.dtype | None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Cast the float32 tensors to ``wire_dtype`` (None = send as is). Returns the tensors
     to send and the metadata entries that record the casts."""
     if wire_dtype is None:
@@ -57,8 +58,9 @@ def compress(tensors: Mapping[str, torch.Tensor], wire_dtype: torch.dtype | None
     return out, ({CAST_METADATA_KEY: json.dumps(cast)} if cast else {})
 
 
-def decompress(tensors: dict[str, torch.Tensor], metadata: Mapping[str, str]
-               ) -> dict[str, torch.Tensor]:
+def decompress(
+    tensors: dict[str, torch.Tensor], metadata: Mapping[str, str]
+) -> dict[str, torch.Tensor]:
     """Cast back what ``compress`` cast, as recorded in ``metadata``. Raises
     ``MalformedMessage`` when the record names a missing tensor or an unknown dtype."""
     record = metadata.get(CAST_METADATA_KEY)

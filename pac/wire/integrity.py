@@ -15,12 +15,11 @@ _BLOCK = 8 << 20
 
 def weight_files(model_dir: Path) -> list[Path]:
     """The weight files of a Hugging Face model directory, sorted by name."""
-    files = sorted(p for p in Path(model_dir).iterdir()
-                   if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    files = sorted(
+        p for p in Path(model_dir).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)
+    )
     if not files:
-        raise FileNotFoundError(
-            f"{model_dir} holds no weight files ({', '.join(WEIGHT_SUFFIXES)})"
-        )
+        raise FileNotFoundError(f"{model_dir} holds no weight files ({', '.join(WEIGHT_SUFFIXES)})")
     return files
 
 

@@ -29,8 +29,10 @@ class RoutingKey:
 
     def __str__(self) -> str:
         kind = tensors_pb2.TensorKind.Name(self.kind)  # type: ignore[arg-type]
-        return (f"job {self.job_id!r} step {self.step} micro-batch {self.micro_batch} "
-                f"stage {self.stage} {kind}")
+        return (
+            f"job {self.job_id!r} step {self.step} micro-batch {self.micro_batch} "
+            f"stage {self.stage} {kind}"
+        )
 
 
 @dataclass(frozen=True)
@@ -92,5 +94,8 @@ class Mailbox:
         return dropped
 
     def bytes_waiting(self) -> int:
-        return sum(slot.result().nbytes for slot in self._slots.values()
-                   if slot.done() and not slot.cancelled())
+        return sum(
+            slot.result().nbytes
+            for slot in self._slots.values()
+            if slot.done() and not slot.cancelled()
+        )

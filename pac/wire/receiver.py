@@ -49,8 +49,9 @@ class TensorReceiver:
         self.accepts_job = accepts_job
         self.observer: TransferObserver = observer or NullObserver()
 
-    async def receive(self, frames: AsyncIterator[bytes],
-                      context: grpc.aio.ServicerContext) -> tensors_pb2.TensorAck:
+    async def receive(
+        self, frames: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> tensors_pb2.TensorAck:
         """SendTensors: reassemble, verify, decode and file one message."""
         try:
             return await self._receive(frames, context.peer())
@@ -59,12 +60,15 @@ class TensorReceiver:
         except asyncio.CancelledError:
             raise
         except Exception as error:  # a bug, not bad input: still a status, never a crash
-            await context.abort(grpc.StatusCode.INTERNAL,
-                                f"receiving tensors failed: {type(error).__name__}: {error}")
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"receiving tensors failed: {type(error).__name__}: {error}",
+            )
         raise AssertionError("unreachable: abort raises")
 
-    async def _receive(self, frames: AsyncIterator[bytes], transport_peer: str
-                       ) -> tensors_pb2.TensorAck:
+    async def _receive(
+        self, frames: AsyncIterator[bytes], transport_peer: str
+    ) -> tensors_pb2.TensorAck:
         started = time.perf_counter()
         iterator = frames.__aiter__()
         try:
@@ -91,10 +95,10 @@ class TensorReceiver:
             self.ledger.release(peer, header.total_size)
         message = TensorMessage(routing, tensors, metadata, header.total_size)
         self.mailbox.put(message)
-        self.observer.received(peer, header.total_size, len(tensors),
-                               time.perf_counter() - started)
-        return tensors_pb2.TensorAck(routing=routing, received_bytes=header.total_size,
-                                     tensor_count=len(tensors))
+        self.observer.received(peer, header.total_size, len(tensors), time.perf_counter() - started)
+        return tensors_pb2.TensorAck(
+            routing=routing, received_bytes=header.total_size, tensor_count=len(tensors)
+        )
 
     async def _reassemble(self, iterator: AsyncIterator[bytes], total_size: int) -> memoryview:
         assembly = Reassembly(total_size)
@@ -120,8 +124,7 @@ class TensorReceiver:
                 raise MalformedMessage(f"unexpected {part or 'empty'} chunk inside a stream")
         return assembly.finish(trailer)
 
-    async def _decode(self, buffer: memoryview
-                      ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    async def _decode(self, buffer: memoryview) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         def work() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             tensors, metadata = decode(buffer)
             return decompress(tensors, metadata), metadata

@@ -38,9 +38,9 @@ def service_handler(
         factory = _FACTORIES[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = factory(
             getattr(servicer, method.name),
-            request_deserializer=None if method.name in raw_requests
-            else request_class.FromString,
-            response_serializer=None if method.name in raw_responses
+            request_deserializer=None if method.name in raw_requests else request_class.FromString,
+            response_serializer=None
+            if method.name in raw_responses
             else response_class.SerializeToString,
         )
     return grpc.method_handlers_generic_handler(service.full_name, handlers)

@@ -56,8 +56,9 @@ def start_agents(tmp_path: Path) -> StartAgents:
 
 
 @contextlib.asynccontextmanager
-async def _stub(address: str, security: TransportSecurity = PLAINTEXT
-                ) -> AsyncIterator[agent_pb2_grpc.AgentStub]:
+async def _stub(
+    address: str, security: TransportSecurity = PLAINTEXT
+) -> AsyncIterator[agent_pb2_grpc.AgentStub]:
     channel = open_channel(address, security)
     try:
         yield agent_pb2_grpc.AgentStub(channel)
@@ -66,8 +67,7 @@ async def _stub(address: str, security: TransportSecurity = PLAINTEXT
 
 
 @pytest.fixture
-def agent_stub() -> Callable[..., contextlib.AbstractAsyncContextManager[
-        agent_pb2_grpc.AgentStub]]:
+def agent_stub() -> Callable[..., contextlib.AbstractAsyncContextManager[agent_pb2_grpc.AgentStub]]:
     """``async with agent_stub(address) as stub``: calls need ``metadata=auth``."""
     return _stub
 

@@ -45,7 +45,8 @@ async def list_agents(address: str, token: str | None) -> coordinator_pb2.ListAg
     try:
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)
         reply: coordinator_pb2.ListAgentsReply = await stub.ListAgents(
-            coordinator_pb2.ListAgentsRequest(), metadata=token_metadata(token), timeout=5)
+            coordinator_pb2.ListAgentsRequest(), metadata=token_metadata(token), timeout=5
+        )
         return reply
     finally:
         await channel.close()
@@ -60,10 +61,12 @@ async def wait_for(condition: Any, what: str, timeout: float = 20.0) -> None:
 
 
 def test_agent_registers_heartbeats_and_reregisters_after_coordinator_restart(
-        start_agents: Any, token: str, status_of: Any) -> None:
+    start_agents: Any, token: str, status_of: Any
+) -> None:
     async def scenario() -> None:
-        coordinator = await serve_registry("127.0.0.1:0", token,
-                                           registry=AgentRegistry(heartbeat_interval_s=0.1))
+        coordinator = await serve_registry(
+            "127.0.0.1:0", token, registry=AgentRegistry(heartbeat_interval_s=0.1)
+        )
         address = f"127.0.0.1:{coordinator.port}"
         try:
             async with start_agents(1, coordinator=address, registration_retry_s=0.05) as [agent]:
@@ -82,13 +85,16 @@ def test_agent_registers_heartbeats_and_reregisters_after_coordinator_restart(
 
                 # Wrong or missing token: refused, and the registry still answers.
                 assert await status_of(list_agents(address, "wrong")) == (
-                    grpc.StatusCode.UNAUTHENTICATED)
+                    grpc.StatusCode.UNAUTHENTICATED
+                )
                 assert await status_of(list_agents(address, None)) == (
-                    grpc.StatusCode.UNAUTHENTICATED)
+                    grpc.StatusCode.UNAUTHENTICATED
+                )
 
                 await coordinator.stop(0)
                 coordinator = await serve_registry(
-                    address, token, registry=AgentRegistry(heartbeat_interval_s=0.1))
+                    address, token, registry=AgentRegistry(heartbeat_interval_s=0.1)
+                )
                 await wait_for(lambda: registration.registrations >= 2, "re-registration")
                 [info] = (await list_agents(address, token)).agents
                 assert info.name == "agent-0"
@@ -105,16 +111,21 @@ def test_register_refuses_an_agent_without_name(token: str, status_of: Any) -> N
         channel = open_channel(f"127.0.0.1:{coordinator.port}", TransportSecurity(insecure=True))
         try:
             stub = coordinator_pb2_grpc.CoordinatorStub(channel)
-            request = coordinator_pb2.RegisterRequest(address="x:1",
-                                                      profile=agent_pb2.DeviceProfile())
+            request = coordinator_pb2.RegisterRequest(
+                address="x:1", profile=agent_pb2.DeviceProfile()
+            )
             assert await status_of(stub.Register(request, metadata=token_metadata(token))) == (
-                grpc.StatusCode.INVALID_ARGUMENT)
+                grpc.StatusCode.INVALID_ARGUMENT
+            )
             request.name = "phone"
             reply = await stub.Register(request, metadata=token_metadata(token))
             assert reply.agent_id and reply.heartbeat_interval_s > 0
-            assert await status_of(stub.Heartbeat(coordinator_pb2.HeartbeatRequest(
-                agent_id="unknown"), metadata=token_metadata(token))) == (
-                grpc.StatusCode.NOT_FOUND)
+            assert await status_of(
+                stub.Heartbeat(
+                    coordinator_pb2.HeartbeatRequest(agent_id="unknown"),
+                    metadata=token_metadata(token),
+                )
+            ) == (grpc.StatusCode.NOT_FOUND)
         finally:
             await channel.close()
             await coordinator.stop(0)

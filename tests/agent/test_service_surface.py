@@ -15,8 +15,9 @@ from pac.wire.mailbox import RoutingKey
 from protos.v1 import agent_pb2, tensors_pb2
 
 
-def test_health_reflection_drain_and_shutdown(start_agents: Any, agent_stub: Any, auth: Any,
-                                              status_of: Any) -> None:
+def test_health_reflection_drain_and_shutdown(
+    start_agents: Any, agent_stub: Any, auth: Any, status_of: Any
+) -> None:
     async def scenario() -> None:
         async with start_agents(1) as [agent]:
             channel = agent.peers.get(agent.address)
@@ -26,7 +27,8 @@ def test_health_reflection_drain_and_shutdown(start_agents: Any, agent_stub: Any
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
             reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
             responses = reflection.ServerReflectionInfo(
-                iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
             async for response in responses:
                 names = {s.name for s in response.list_services_response.service}
                 assert {"pac.v1.Agent", "grpc.health.v1.Health"} <= names
@@ -36,9 +38,9 @@ def test_health_reflection_drain_and_shutdown(start_agents: Any, agent_stub: Any
                 drained = await stub.Drain(agent_pb2.DrainRequest(timeout_s=1), metadata=auth)
                 assert drained.in_flight == 0
                 # Draining: new work is refused with UNAVAILABLE (try another agent).
-                assert await status_of(stub.OpenJob(agent_pb2.OpenJobRequest(job_id="k"),
-                                                    metadata=auth)) == (
-                    grpc.StatusCode.UNAVAILABLE)
+                assert await status_of(
+                    stub.OpenJob(agent_pb2.OpenJobRequest(job_id="k"), metadata=auth)
+                ) == (grpc.StatusCode.UNAVAILABLE)
                 await stub.Shutdown(agent_pb2.ShutdownRequest(timeout_s=1), metadata=auth)
             await asyncio.wait_for(agent.stopped.wait(), 10)
 
@@ -53,12 +55,18 @@ def test_job_settings_cast_activations_on_the_wire(start_agents: Any, token: str
         async with start_agents(2) as (a, b):
             a.runtime.open_job("j", settings)
             b.runtime.open_job("j")
-            routing = tensors_pb2.Routing(job_id="j", step=1,
-                                          kind=tensors_pb2.TENSOR_KIND_ACTIVATION)
+            routing = tensors_pb2.Routing(
+                job_id="j", step=1, kind=tensors_pb2.TENSOR_KIND_ACTIVATION
+            )
             await send_tensors(a.peers.get(a.address), {"hidden": hidden}, routing, token=token)
-            [_, sent] = await a.runtime.run_step("j", 1, [
-                agent_pb2.Instruction(action=agent_pb2.ACTION_RECV),
-                agent_pb2.Instruction(action=agent_pb2.ACTION_SEND, peer=b.address)])
+            [_, sent] = await a.runtime.run_step(
+                "j",
+                1,
+                [
+                    agent_pb2.Instruction(action=agent_pb2.ACTION_RECV),
+                    agent_pb2.Instruction(action=agent_pb2.ACTION_SEND, peer=b.address),
+                ],
+            )
             got = await b.runtime.mailbox.get(RoutingKey("j", 1, 0, 1, routing.kind), timeout=5)
             return got.tensors["hidden"], sent.nbytes
 

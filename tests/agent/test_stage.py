@@ -32,49 +32,112 @@ def in_process_hidden(model_dir: Path, batch: dict[str, torch.Tensor]) -> torch.
 
 @pytest.mark.parametrize("family", ["bert", "gpt2"])
 def test_two_stages_on_two_agents_match_the_blocks_in_process(
-        family: str, tiny_model_dir: Callable[[str], Path], start_agents: Any, agent_stub: Any,
-        auth: Any, token: str, status_of: Any) -> None:
+    family: str,
+    tiny_model_dir: Callable[[str], Path],
+    start_agents: Any,
+    agent_stub: Any,
+    auth: Any,
+    token: str,
+    status_of: Any,
+) -> None:
     model_dir = tiny_model_dir(family)
     generator = torch.Generator().manual_seed(0)
-    batch = {"input_ids": torch.randint(5, 100, (2, 9), generator=generator),
-             "attention_mask": torch.tensor([[1] * 9, [1] * 6 + [0] * 3])}
+    batch = {
+        "input_ids": torch.randint(5, 100, (2, 9), generator=generator),
+        "attention_mask": torch.tensor([[1] * 9, [1] * 6 + [0] * 3]),
+    }
     expected = in_process_hidden(model_dir, batch)
     digest = weights_sha256(model_dir)
 
     async def scenario() -> torch.Tensor:
-        async with start_agents(2) as (a, b), agent_stub(a.address) as to_a, \
-                agent_stub(b.address) as to_b:
+        async with (
+            start_agents(2) as (a, b),
+            agent_stub(a.address) as to_a,
+            agent_stub(b.address) as to_b,
+        ):
             for stub in (to_a, to_b):
                 await stub.OpenJob(agent_pb2.OpenJobRequest(job_id="j"), metadata=auth)
-            wrong = await status_of(to_a.LoadStage(agent_pb2.LoadStageRequest(
-                job_id="j", stage=0, model_dir=str(model_dir), layer_start=0, layer_end=1,
-                expected_sha256="0" * 64), metadata=auth))
+            wrong = await status_of(
+                to_a.LoadStage(
+                    agent_pb2.LoadStageRequest(
+                        job_id="j",
+                        stage=0,
+                        model_dir=str(model_dir),
+                        layer_start=0,
+                        layer_end=1,
+                        expected_sha256="0" * 64,
+                    ),
+                    metadata=auth,
+                )
+            )
             assert wrong == grpc.StatusCode.FAILED_PRECONDITION  # another model revision
-            first = await to_a.LoadStage(agent_pb2.LoadStageRequest(
-                job_id="j", stage=0, model_dir=str(model_dir), layer_start=0, layer_end=1,
-                expected_sha256=digest), metadata=auth)
-            second = await to_b.LoadStage(agent_pb2.LoadStageRequest(
-                job_id="j", stage=1, model_dir=str(model_dir), layer_start=1, layer_end=2,
-                expected_sha256=digest), metadata=auth)
+            first = await to_a.LoadStage(
+                agent_pb2.LoadStageRequest(
+                    job_id="j",
+                    stage=0,
+                    model_dir=str(model_dir),
+                    layer_start=0,
+                    layer_end=1,
+                    expected_sha256=digest,
+                ),
+                metadata=auth,
+            )
+            second = await to_b.LoadStage(
+                agent_pb2.LoadStageRequest(
+                    job_id="j",
+                    stage=1,
+                    model_dir=str(model_dir),
+                    layer_start=1,
+                    layer_end=2,
+                    expected_sha256=digest,
+                ),
+                metadata=auth,
+            )
             assert first.weights_sha256 == digest and second.parameter_bytes > 0
             # Stage 1 keeps one block and no embedding: fewer bytes than stage 0.
             assert second.parameter_bytes < first.parameter_bytes
 
-            routing = tensors_pb2.Routing(job_id="j", step=1, micro_batch=0, stage=0,
-                                          kind=tensors_pb2.TENSOR_KIND_BATCH)
+            routing = tensors_pb2.Routing(
+                job_id="j", step=1, micro_batch=0, stage=0, kind=tensors_pb2.TENSOR_KIND_BATCH
+            )
             await send_tensors(a.peers.get(a.address), batch, routing, token=token)
-            await to_a.RunStep(agent_pb2.RunStepRequest(job_id="j", step=1, instructions=[
-                agent_pb2.Instruction(action=R, stage=0), agent_pb2.Instruction(action=F, stage=0),
-                agent_pb2.Instruction(action=S, stage=0, peer=b.address)]), metadata=auth)
-            reply = await to_b.RunStep(agent_pb2.RunStepRequest(job_id="j", step=1, instructions=[
-                agent_pb2.Instruction(action=R, stage=1), agent_pb2.Instruction(action=F, stage=1),
-                agent_pb2.Instruction(action=S, stage=1, peer=a.address, to_stage=2,
-                                      kind=tensors_pb2.TENSOR_KIND_OUTPUT)]), metadata=auth)
+            await to_a.RunStep(
+                agent_pb2.RunStepRequest(
+                    job_id="j",
+                    step=1,
+                    instructions=[
+                        agent_pb2.Instruction(action=R, stage=0),
+                        agent_pb2.Instruction(action=F, stage=0),
+                        agent_pb2.Instruction(action=S, stage=0, peer=b.address),
+                    ],
+                ),
+                metadata=auth,
+            )
+            reply = await to_b.RunStep(
+                agent_pb2.RunStepRequest(
+                    job_id="j",
+                    step=1,
+                    instructions=[
+                        agent_pb2.Instruction(action=R, stage=1),
+                        agent_pb2.Instruction(action=F, stage=1),
+                        agent_pb2.Instruction(
+                            action=S,
+                            stage=1,
+                            peer=a.address,
+                            to_stage=2,
+                            kind=tensors_pb2.TENSOR_KIND_OUTPUT,
+                        ),
+                    ],
+                ),
+                metadata=auth,
+            )
             assert reply.compute_seconds > 0
             out = await a.runtime.mailbox.get(
-                RoutingKey("j", 1, 0, 2, tensors_pb2.TENSOR_KIND_OUTPUT), timeout=10)
+                RoutingKey("j", 1, 0, 2, tensors_pb2.TENSOR_KIND_OUTPUT), timeout=10
+            )
             released = await to_b.ReleaseBackbone(
-                agent_pb2.ReleaseBackboneRequest(job_id="j"), metadata=auth)
+                agent_pb2.ReleaseBackboneRequest(job_id="j"), metadata=auth
+            )
             assert released.freed_bytes == second.parameter_bytes
             await to_b.CloseJob(agent_pb2.CloseJobRequest(job_id="j"), metadata=auth)
             return out.tensors["hidden"]
@@ -83,14 +146,19 @@ def test_two_stages_on_two_agents_match_the_blocks_in_process(
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
-def test_profile_times_each_block(tiny_model_dir: Callable[[str], Path], start_agents: Any,
-                                  agent_stub: Any, auth: Any) -> None:
+def test_profile_times_each_block(
+    tiny_model_dir: Callable[[str], Path], start_agents: Any, agent_stub: Any, auth: Any
+) -> None:
     model_dir = tiny_model_dir("bert")
 
     async def scenario() -> agent_pb2.ProfileReply:
         async with start_agents(1) as [agent], agent_stub(agent.address) as stub:
-            reply: agent_pb2.ProfileReply = await stub.Profile(agent_pb2.ProfileRequest(
-                model_dir=str(model_dir), batch_size=2, seq_len=8, repeats=1), metadata=auth)
+            reply: agent_pb2.ProfileReply = await stub.Profile(
+                agent_pb2.ProfileRequest(
+                    model_dir=str(model_dir), batch_size=2, seq_len=8, repeats=1
+                ),
+                metadata=auth,
+            )
             return reply
 
     reply = asyncio.run(scenario())

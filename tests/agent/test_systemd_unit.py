@@ -40,17 +40,26 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     stand_in.chmod(0o755)
     unit = tmp_path / "pac-agent.service"
     unit.write_text(unit_text().replace(INSTALLED_PAC, str(stand_in)))
-    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "pac-agent.service" not in result.stderr, result.stderr  # no warnings about it
 
 
 def test_unit_restarts_on_failure_as_a_dedicated_hardened_user() -> None:
     text = unit_text()
-    for setting in ("Restart=on-failure", "EnvironmentFile=/etc/pac/agent.env",
-                    "DynamicUser=yes", "User=pac", "NoNewPrivileges=yes", "ProtectSystem=strict",
-                    "ProtectHome=yes", "PrivateTmp=yes", "ReadWritePaths=/var/cache/pac"):
+    for setting in (
+        "Restart=on-failure",
+        "EnvironmentFile=/etc/pac/agent.env",
+        "DynamicUser=yes",
+        "User=pac",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "ReadWritePaths=/var/cache/pac",
+    ):
         assert re.search(rf"^{re.escape(setting)}$", text, re.MULTILINE), setting
 
 

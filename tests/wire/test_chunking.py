@@ -10,8 +10,9 @@ from pac.wire.codec import decode, encode
 from pac.wire.errors import ChecksumMismatch, MalformedMessage
 from protos.v1 import tensors_pb2
 
-ROUTING = tensors_pb2.Routing(job_id="j", step=3, micro_batch=1, stage=2,
-                              kind=tensors_pb2.TENSOR_KIND_ACTIVATION, sender="a")
+ROUTING = tensors_pb2.Routing(
+    job_id="j", step=3, micro_batch=1, stage=2, kind=tensors_pb2.TENSOR_KIND_ACTIVATION, sender="a"
+)
 
 
 def reassemble(frames: list[bytes]) -> memoryview:
@@ -29,8 +30,11 @@ def reassemble(frames: list[bytes]) -> memoryview:
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 4096, 1 << 20])
 def test_frames_reassemble_across_segment_boundaries(chunk_size: int) -> None:
-    tensors = {"a": torch.arange(1000, dtype=torch.float32), "b": torch.ones(3, dtype=torch.int8),
-               "c": torch.zeros(0)}
+    tensors = {
+        "a": torch.arange(1000, dtype=torch.float32),
+        "b": torch.ones(3, dtype=torch.int8),
+        "c": torch.zeros(0),
+    }
     message = encode(tensors)
     stream = ChunkStream(message, ROUTING, chunk_size=chunk_size)
     frames = list(stream.frames())

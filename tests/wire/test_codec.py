@@ -56,8 +56,9 @@ def test_encoded_blob_is_safetensors_and_decodes_bit_exact() -> None:
 
 
 def test_decode_reads_stock_safetensors_and_views_the_buffer() -> None:
-    blob = bytearray(safetensors.torch.save({"a": torch.ones(4), "b": torch.zeros(2, 2)},
-                                            metadata={"k": "v"}))
+    blob = bytearray(
+        safetensors.torch.save({"a": torch.ones(4), "b": torch.zeros(2, 2)}, metadata={"k": "v"})
+    )
     tensors, metadata = decode(blob)
     assert metadata == {"k": "v"} and torch.equal(tensors["a"], torch.ones(4))
     tensors["a"][0] = 7.0  # a view of the buffer, not a copy
@@ -81,22 +82,51 @@ def blob_with_header(header: dict[str, object], data: bytes) -> bytearray:
         (bytearray(b"\x01\x02"), "at least 8 bytes"),
         (bytearray(struct.pack("<Q", 1 << 40) + b"{}"), "header is corrupt"),
         (bytearray(struct.pack("<Q", 4) + b"{{{{"), "not valid JSON"),
-        (blob_with_header({"x": {"dtype": "F4", "shape": [1], "data_offsets": [0, 4]}},
-                          b"\0" * 4), "unknown dtype 'F4'"),
-        (blob_with_header({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}},
-                          b"\0" * 4), "needs 8 bytes"),
-        (blob_with_header({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 8]}},
-                          b"\0" * 4), "outside"),
-        (blob_with_header({"x": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]},
-                           "y": {"dtype": "U8", "shape": [4], "data_offsets": [2, 6]}},
-                          b"\0" * 6), "overlaps"),
-        (blob_with_header({"x": {"dtype": "U8", "shape": [4], "data_offsets": [2, 6]}},
-                          b"\0" * 6), "hole"),
-        (blob_with_header({"x": {"dtype": "U8", "shape": [-1], "data_offsets": [0, 0]}},
-                          b""), "non-negative"),
+        (
+            blob_with_header(
+                {"x": {"dtype": "F4", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4
+            ),
+            "unknown dtype 'F4'",
+        ),
+        (
+            blob_with_header(
+                {"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4
+            ),
+            "needs 8 bytes",
+        ),
+        (
+            blob_with_header(
+                {"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 8]}}, b"\0" * 4
+            ),
+            "outside",
+        ),
+        (
+            blob_with_header(
+                {
+                    "x": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]},
+                    "y": {"dtype": "U8", "shape": [4], "data_offsets": [2, 6]},
+                },
+                b"\0" * 6,
+            ),
+            "overlaps",
+        ),
+        (
+            blob_with_header(
+                {"x": {"dtype": "U8", "shape": [4], "data_offsets": [2, 6]}}, b"\0" * 6
+            ),
+            "hole",
+        ),
+        (
+            blob_with_header({"x": {"dtype": "U8", "shape": [-1], "data_offsets": [0, 0]}}, b""),
+            "non-negative",
+        ),
         (blob_with_header({"__metadata__": {"a": 1}}, b""), "strings to strings"),
-        (blob_with_header({"x": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}},
-                          b"\0" * 5), "trailing bytes"),
+        (
+            blob_with_header(
+                {"x": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}, b"\0" * 5
+            ),
+            "trailing bytes",
+        ),
     ],
 )
 def test_decode_refuses_malformed_blobs(blob: bytearray, message: str) -> None:

@@ -19,8 +19,9 @@ def test_float32_cast_down_and_back_by_role(wire: str, tolerance: float) -> None
     policy = CompressionPolicy({"TENSOR_KIND_ACTIVATION": wire})
     hidden = torch.randn(2, 5, 8)
     ids = torch.arange(10)
-    sent, metadata = compress({"hidden": hidden, "ids": ids}, policy.wire_dtype(
-        "TENSOR_KIND_ACTIVATION"))
+    sent, metadata = compress(
+        {"hidden": hidden, "ids": ids}, policy.wire_dtype("TENSOR_KIND_ACTIVATION")
+    )
     assert sent["hidden"].dtype == getattr(torch, wire) and sent["ids"] is ids
     back = decompress(sent, metadata)
     assert back["hidden"].dtype == torch.float32

@@ -14,9 +14,12 @@ def test_generated_protos_are_fresh(tmp_path: Path) -> None:
     protos = sorted((ROOT / "protos" / "v1").glob("*.proto"))
     assert {p.stem for p in protos} >= {"tensors", "agent", "coordinator"}
     env_path = str(Path(sys.executable).parent)
-    subprocess.run(["bash", str(ROOT / "scripts" / "gen_protos.sh"), str(tmp_path)],
-                   check=True, capture_output=True,
-                   env={"PATH": f"{env_path}:/usr/bin:/bin"})
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gen_protos.sh"), str(tmp_path)],
+        check=True,
+        capture_output=True,
+        env={"PATH": f"{env_path}:/usr/bin:/bin"},
+    )
     stale = []
     for proto in protos:
         for suffix in SUFFIXES:
