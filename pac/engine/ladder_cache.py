@@ -34,8 +34,11 @@ class LadderCache:
         batch: dict[str, torch.Tensor],
         ladder: dict[str, torch.Tensor],
     ) -> None:
-        """Write each sample's points, unpadded, unless the cache holds it already."""
-        lengths = {key: batch[key].sum(dim=1).tolist() for key in set(self.mask_keys.values())}
+        """Write each sample's points (those of ``self.points`` that ``ladder`` holds: a
+        pipeline stage computes only its own), unpadded, unless the cache holds it already."""
+        points = [point for point in self.points if point in ladder]
+        keys = {self.mask_keys[point] for point in points}
+        lengths = {key: batch[key].sum(dim=1).tolist() for key in keys}
         for row, sample in enumerate(samples):
             if sample.fingerprint in self.cache:
                 continue
@@ -43,7 +46,7 @@ class LadderCache:
                 sample.fingerprint,
                 {
                     point: ladder[point][row, : int(lengths[self.mask_keys[point]][row])]
-                    for point in self.points
+                    for point in points
                 },
             )
 

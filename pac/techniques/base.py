@@ -53,6 +53,12 @@ class TunedModel(nn.Module, ABC):
         """The task's training loss (a scalar)."""
         return self.head.loss(outputs, batch)
 
+    def loss_terms(
+        self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, int]:
+        """``(summed loss, count)`` (see :meth:`TaskHead.loss_terms`)."""
+        return self.head.loss_terms(outputs, batch)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 

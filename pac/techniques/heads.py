@@ -17,6 +17,11 @@ from pac.tasks import TaskSpec
 IGNORE_INDEX = -100
 
 
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision outputs are lifted to fp32 for the loss; fp32/fp64 stay as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def output_mask(family: ModelFamily, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The 0/1 mask ``[batch, seq]`` of the stack whose final hidden state the head reads."""
     if family.is_encoder_decoder:
@@ -56,19 +61,42 @@ class TaskHead(nn.Module):
         return logits.squeeze(-1) if self.task.kind == "regression" else logits
 
     def loss(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The mean loss over the batch's samples (or target tokens)."""
+        total, count = self.loss_terms(outputs, batch)
+        return total / max(count, 1)
+
+    def loss_terms(
+        self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, int]:
+        """``(sum of per-sample or per-token losses, how many)``: a pipeline splits a
+        mini-batch into micro-batches and divides every part's sum by the mini-batch's count,
+        so that the parts' gradients add up to exactly the mini-batch's."""
         labels = batch["labels"]
         if self.task.kind == "regression":
-            return F.mse_loss(outputs.float(), labels.float())
+            return F.mse_loss(
+                _upcast(outputs), labels.to(outputs.dtype), reduction="sum"
+            ), labels.numel()
         if self.linear is not None:
-            return F.cross_entropy(outputs.float(), labels)
+            return F.cross_entropy(_upcast(outputs), labels, reduction="sum"), labels.numel()
         if self.task.kind == "causal-lm":
             # Next-token prediction: position t predicts token t + 1.
             outputs, labels = outputs[:, :-1], labels[:, 1:]
-        return F.cross_entropy(
-            outputs.reshape(-1, outputs.shape[-1]).float(),
+        total = F.cross_entropy(
+            _upcast(outputs.reshape(-1, outputs.shape[-1])),
             labels.reshape(-1),
             ignore_index=IGNORE_INDEX,
+            reduction="sum",
         )
+        return total, int((labels != IGNORE_INDEX).sum())
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many terms :meth:`loss_terms` sums over the whole ``batch``."""
+        labels = batch["labels"]
+        if not self.task.generates_text:
+            return labels.shape[0]
+        if self.task.kind == "causal-lm":
+            labels = labels[:, 1:]
+        return int((labels != IGNORE_INDEX).sum())
 
     def predict(
         self, outputs: torch.Tensor, label_first_tokens: list[int] | None = None

@@ -7,9 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def attention_mask(
-    key_mask: torch.Tensor, query_len: int, causal: bool
-) -> torch.Tensor:
+def attention_mask(key_mask: torch.Tensor, query_len: int, causal: bool) -> torch.Tensor:
     """Boolean mask ``[batch, 1, query_len, key_len]`` (True = may attend) from a 0/1 key
     mask ``[batch, key_len]``; with ``causal`` a query also sees no later key."""
     allowed = key_mask.bool()[:, None, None, :].expand(-1, 1, query_len, -1)
@@ -27,20 +25,20 @@ class SideAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.query = nn.Linear(width, width)
-        self.key_value = nn.Linear(width, 2 * width)
+        # No key bias: softmax ignores it, so its gradient is pure rounding noise that Adam
+        # would blow up into full-size steps.
+        self.key = nn.Linear(width, width, bias=False)
+        self.value = nn.Linear(width, width)
         self.out = nn.Linear(width, width)
 
-    def forward(
-        self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``x`` ``[batch, q, w]`` attends to ``memory`` ``[batch, k, w]`` under ``mask``
         ``[batch, 1, q, k]``; returns ``[batch, q, w]``."""
         batch, q_len, width = x.shape
         head_dim = width // self.heads
         query = self.query(x).view(batch, q_len, self.heads, head_dim).transpose(1, 2)
-        key, value = self.key_value(memory).chunk(2, dim=-1)
-        key = key.reshape(batch, -1, self.heads, head_dim).transpose(1, 2)
-        value = value.reshape(batch, -1, self.heads, head_dim).transpose(1, 2)
+        key = self.key(memory).view(batch, -1, self.heads, head_dim).transpose(1, 2)
+        value = self.value(memory).view(batch, -1, self.heads, head_dim).transpose(1, 2)
         mixed = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
         return self.out(mixed.transpose(1, 2).reshape(batch, q_len, width))
 

@@ -1,0 +1,126 @@
+"""What one pipeline stage computes for one micro-batch, per kind of technique.
+
+A stage receives named tensors from the previous stage (``"bb.*"``: the backbone state;
+``"side.*"``: the side network's state), runs its blocks, and returns what the next stage
+needs; the last stage returns the loss terms instead. Inputs that carry a gradient become
+leaves that require grad, so that after ``backward`` their ``.grad`` is what travels back.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+
+from pac.families import State
+from pac.techniques.base import TunedModel
+from pac.techniques.parallel_adapters import ParallelAdaptersModel
+from pac.techniques.parallel_adapters.ladder import (
+    EMBED_DECODER,
+    embed_points,
+    layer_point,
+    run_backbone_range,
+)
+
+Tensors = dict[str, torch.Tensor]
+BACKBONE, SIDE = "bb.", "side."
+
+
+@dataclass
+class StageOutput:
+    """``outputs``: tensors for the next stage (or, on the last stage, empty); ``loss`` and
+    ``count``: the summed loss terms on the last stage; ``points``: ladder points this stage
+    computed (to be cached)."""
+
+    outputs: Tensors = field(default_factory=dict)
+    loss: torch.Tensor | None = None
+    count: int = 0
+    points: Tensors = field(default_factory=dict)
+
+
+class StageComputation(ABC):
+    def __init__(self, model: TunedModel, begin: int, end: int, num_blocks: int) -> None:
+        self.model = model
+        self.begin = begin
+        self.end = end
+        self.is_first = begin == 0
+        self.is_last = end == num_blocks
+
+    @abstractmethod
+    def carries_grad(self, key: str) -> bool:
+        """Whether an input tensor named ``key`` gets a gradient to send back."""
+
+    @abstractmethod
+    def forward(self, inputs: Tensors, batch: Tensors) -> StageOutput:
+        """Run the stage on one micro-batch (``batch``: its rows of the mini-batch)."""
+
+
+def _split(inputs: Tensors, prefix: str) -> Tensors:
+    return {k[len(prefix) :]: v for k, v in inputs.items() if k.startswith(prefix)}
+
+
+def _join(prefix: str, tensors: Tensors) -> Tensors:
+    return {prefix + k: v for k, v in tensors.items()}
+
+
+class SideStage(StageComputation):
+    """Parallel Adapters: the backbone runs frozen; only the side state carries a gradient."""
+
+    model: ParallelAdaptersModel
+
+    def carries_grad(self, key: str) -> bool:
+        return key.startswith(SIDE)
+
+    def forward(self, inputs: Tensors, batch: Tensors) -> StageOutput:
+        model, family = self.model, self.model.family
+        points: Tensors = {}
+        if self.is_first:
+            with torch.no_grad():
+                state: State = family.embed(batch)
+            points = embed_points(family, state)
+            side = model.side.begin(points)
+        else:
+            state, side = _split(inputs, BACKBONE), _split(inputs, SIDE)
+        ladder = dict(points)
+        if "decoder_hidden" in state:  # the stage that starts the decoder needs its input
+            ladder[EMBED_DECODER] = state["decoder_hidden"]
+        state, layers = run_backbone_range(family, state, self.begin, self.end, model.points)
+        ladder.update(layers)
+        points.update(layers)
+        side = model.side.run(side, ladder, batch, self.begin, self.end)
+        if not self.is_last:
+            return StageOutput(_join(BACKBONE, state) | _join(SIDE, side), points=points)
+        with torch.no_grad():
+            base = family.final_hidden(ladder[layer_point(self.end - 1)])
+        outputs = model.head(base + model.side.finish(side), batch)
+        loss, count = model.loss_terms(outputs, batch)
+        return StageOutput(loss=loss, count=count, points=points)
+
+
+class BackboneStage(StageComputation):
+    """Baselines (full, LoRA, adapters): the backbone's hidden states carry the gradient
+    backwards, stage to stage (Eco-FL-like pipeline training)."""
+
+    GRAD_KEYS = ("hidden", "encoder_hidden", "decoder_hidden")
+
+    def carries_grad(self, key: str) -> bool:
+        return key.startswith(BACKBONE) and key[len(BACKBONE) :] in self.GRAD_KEYS
+
+    def forward(self, inputs: Tensors, batch: Tensors) -> StageOutput:
+        family = self.model.family
+        state = family.embed(batch) if self.is_first else _split(inputs, BACKBONE)
+        for index in range(self.begin, self.end):
+            state = family.run_block(index, state)
+        if not self.is_last:
+            return StageOutput(_join(BACKBONE, state))
+        outputs = self.model.head(family.final_hidden(state["hidden"]), batch)
+        loss, count = self.model.loss_terms(outputs, batch)
+        return StageOutput(loss=loss, count=count)
+
+
+def stage_computation(model: TunedModel, begin: int, end: int) -> StageComputation:
+    num_blocks = len(model.family.blocks())
+    if isinstance(model, ParallelAdaptersModel):
+        return SideStage(model, begin, end, num_blocks)
+    return BackboneStage(model, begin, end, num_blocks)

@@ -1,0 +1,201 @@
+"""One device's part of a training step: its stage's forwards and backwards in 1F1B order,
+the transfers to and from neighbouring stages, the group's gradient all-reduce and the
+optimizer step.
+
+Every device of a job constructs the same model from the same seed, so all replicas start
+equal; each device's optimizer covers all parameters but only steps those that received a
+gradient (AdamW skips parameters without one), i.e. its own stage's. A micro-batch's loss
+is divided by the whole mini-batch's count, so that the parts' gradients add up to the
+single-device gradient of the mini-batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from pac.data.encoding import EncodedSample
+from pac.engine.ladder_cache import LadderCache
+from pac.pipeline.layout import PipelineLayout, StageSpec
+from pac.pipeline.routing import Rows, device_rows, micro_batch_rows, overlap
+from pac.pipeline.schedule import one_f_one_b
+from pac.pipeline.stage import StageComputation, StageOutput, stage_computation
+from pac.pipeline.transport import Tensors, Transport
+from pac.techniques.base import TunedModel
+
+
+@dataclass
+class StepResult:
+    """What a device reports after a step: summed loss terms of its rows (last stage)."""
+
+    loss_sum: float = 0.0
+    count: int = 0
+    samples: int = 0
+    waited_seconds: float = 0.0
+    sent_bytes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _InFlight:
+    leaves: Tensors
+    output: StageOutput
+
+
+def slice_rows(batch: Tensors, rows: Rows) -> Tensors:
+    return {k: v[rows[0] : rows[1]] for k, v in batch.items()}
+
+
+class DeviceWorker:
+    """Runs ``device``'s share of every step of a job."""
+
+    def __init__(
+        self,
+        device: str,
+        layout: PipelineLayout,
+        model: TunedModel,
+        transport: Transport,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        cache: LadderCache | None = None,
+        timeout: float = 300.0,
+    ) -> None:
+        self.device = device
+        self.layout = layout
+        self.stage_index, self.rank = layout.locate(device)
+        self.spec = layout.stages[self.stage_index]
+        self.model = model
+        self.computation: StageComputation = stage_computation(
+            model, self.spec.begin, self.spec.end
+        )
+        self.transport = transport
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.cache = cache
+        self.timeout = timeout
+
+    # ---- routing ---------------------------------------------------------------------
+    def _neighbour(self, offset: int) -> StageSpec | None:
+        index = self.stage_index + offset
+        return self.layout.stages[index] if 0 <= index < len(self.layout.stages) else None
+
+    def _key(self, step: int, kind: str, micro: int, source: str, target: str) -> str:
+        return f"{step}/{kind}/{micro}/{source}>{target}"
+
+    def _send(
+        self,
+        step: int,
+        kind: str,
+        micro: Rows,
+        index: int,
+        mine: Rows,
+        other: StageSpec,
+        tensors: Tensors,
+    ) -> None:
+        for device, rows in zip(other.devices, device_rows(micro, other.shares), strict=True):
+            common = overlap(mine, rows)
+            if common is None:
+                continue
+            piece = slice_rows(tensors, (common[0] - mine[0], common[1] - mine[0]))
+            self.transport.send(device, self._key(step, kind, index, self.device, device), piece)
+
+    def _gather(
+        self, step: int, kind: str, micro: Rows, index: int, mine: Rows, other: StageSpec
+    ) -> Tensors:
+        pieces = []
+        for device, rows in zip(other.devices, device_rows(micro, other.shares), strict=True):
+            if overlap(mine, rows) is not None:
+                key = self._key(step, kind, index, device, self.device)
+                pieces.append(self.transport.recv(key, timeout=self.timeout))
+        return {name: torch.cat([p[name] for p in pieces]) for name in pieces[0]}
+
+    # ---- one step --------------------------------------------------------------------
+    def run_step(
+        self, step: int, batch: Tensors, samples: list[EncodedSample] | None, loss_count: int
+    ) -> StepResult:
+        """``batch``: the whole mini-batch (the keys this stage needs); ``samples``: its
+        encoded samples (for cache keys), ``loss_count``: the mini-batch's loss count."""
+        size = next(iter(batch.values())).shape[0]
+        micro = micro_batch_rows(size, self.layout.micro_batches)
+        mine = [device_rows(m, self.spec.shares)[self.rank] for m in micro]
+        previous, following = self._neighbour(-1), self._neighbour(1)
+        result = StepResult()
+        flight: dict[int, _InFlight] = {}
+        order = one_f_one_b(self.stage_index, len(self.layout.stages), len(micro))
+        for action, index in order:
+            rows = mine[index]
+            if rows[0] == rows[1]:
+                continue  # this device has no rows of this micro-batch
+            if action == "F":
+                inputs: Tensors = {}
+                if previous is not None:
+                    inputs = self._gather(step, "act", micro[index], index, rows, previous)
+                    for key, value in inputs.items():
+                        if self.computation.carries_grad(key) and value.is_floating_point():
+                            value.requires_grad_(True)
+                output = self.computation.forward(inputs, slice_rows(batch, rows))
+                if self.cache is not None and samples is not None and output.points:
+                    self.cache.store(
+                        samples[rows[0] : rows[1]], slice_rows(batch, rows), output.points
+                    )
+                if following is not None:
+                    self._send(step, "act", micro[index], index, rows, following, output.outputs)
+                else:
+                    assert output.loss is not None
+                    result.loss_sum += float(output.loss.detach())
+                    result.count += output.count
+                    result.samples += rows[1] - rows[0]
+                flight[index] = _InFlight(inputs, output)
+            else:
+                done = flight.pop(index)
+                if following is None:
+                    assert done.output.loss is not None
+                    (done.output.loss / loss_count).backward()
+                else:
+                    grads = self._gather(step, "grad", micro[index], index, rows, following)
+                    names = [n for n in grads if done.output.outputs[n].requires_grad]
+                    torch.autograd.backward(
+                        [done.output.outputs[n] for n in names], [grads[n] for n in names]
+                    )
+                if previous is not None:
+                    back = {
+                        k: (v.grad if v.grad is not None else torch.zeros_like(v))
+                        for k, v in done.leaves.items()
+                        if v.requires_grad
+                    }
+                    self._send(step, "grad", micro[index], index, rows, previous, back)
+        self._all_reduce(step)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.cache is not None:
+            self.cache.cache.flush()
+        return result
+
+    def _all_reduce(self, step: int) -> None:
+        """Sum the group's gradients, in rank order on every member (so the replicas stay
+        bit-identical)."""
+        group = self.spec.devices
+        if len(group) == 1:
+            return
+        params = dict(self.model.named_parameters())
+        own = {n: p.grad for n, p in params.items() if p.grad is not None}
+        for peer in group:
+            if peer != self.device:
+                self.transport.send(peer, self._key(step, "allreduce", 0, self.device, peer), own)
+        contributions = [
+            own
+            if peer == self.device
+            else self.transport.recv(
+                self._key(step, "allreduce", 0, peer, self.device), timeout=self.timeout
+            )
+            for peer in group
+        ]
+        names = sorted({n for c in contributions for n in c})
+        for name in names:
+            parts = [c[name] for c in contributions if name in c]
+            total = parts[0].clone()
+            for part in parts[1:]:
+                total += part
+            params[name].grad = total

@@ -1,0 +1,164 @@
+"""The mesh invariant: training across stages and device groups equals training on one
+device (same seed, data order and global batch), whatever the layout."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from pac.cache.key import CacheKey
+from pac.cache.store import ActivationCache
+from pac.data.batches import batches
+from pac.data.collate import collate
+from pac.engine.dataset import DataFields, load_samples, pad_id, resolve_task
+from pac.engine.ladder_cache import LadderCache
+from pac.engine.loading import LoadedModel, load_model
+from pac.engine.schedule import make_optimizer
+from pac.pipeline.layout import PipelineLayout, StageSpec
+from pac.pipeline.local import InProcessMesh
+from pac.tasks import TaskSpec
+from pac.techniques import build_technique
+from pac.techniques.base import TunedModel
+
+STEPS = 3
+BATCH = 8
+SEED = 7
+
+
+def layouts(num_blocks: int) -> dict[str, PipelineLayout]:
+    cut = num_blocks // 2
+    return {
+        "1x1": PipelineLayout((StageSpec(0, num_blocks, ("a",), (1.0,)),), micro_batches=2),
+        "2x1": PipelineLayout(
+            (StageSpec(0, cut, ("a",), (1.0,)), StageSpec(cut, num_blocks, ("b",), (1.0,))),
+            micro_batches=4,
+        ),
+        "2x2": PipelineLayout(
+            (
+                StageSpec(0, cut, ("a", "b"), (2.0, 1.0)),
+                StageSpec(cut, num_blocks, ("c", "d"), (1.0, 1.0)),
+            ),
+            micro_batches=2,
+        ),
+    }
+
+
+def write_rows(path: Path, kind: str) -> Path:
+    words = ["good", "bad", "film", "story", "very", "the", "a", "day", "dull", "fine"]
+    rows = []
+    for i in range(STEPS * BATCH):
+        # Unique texts: equal samples would share one cache entry.
+        text = " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(2 + i % 5))
+        text += " " + words[i // len(words)]
+        row: dict[str, object] = {"text": text}
+        if kind == "seq2seq":
+            row["label"] = words[i % len(words)]
+        elif kind == "classification":
+            row["label"] = "pos" if i % 3 else "neg"
+        rows.append(row)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def new_model(loaded: LoadedModel, task: TaskSpec, technique: str) -> TunedModel:
+    """A replica; in float64, so that what remains of rounding (the mesh adds the
+    micro-batches' gradients in another order) stays far below what the test checks, even
+    after Adam has divided every gradient by its own running size."""
+    torch.manual_seed(SEED)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return build_technique(technique, loaded.family, task, {"reduction": 4})
+    finally:
+        torch.set_default_dtype(default)
+
+
+def optimizer_for(
+    model: TunedModel,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    return make_optimizer(model.trainable_parameters(), 1e-2, total_steps=STEPS, warmup_ratio=0.0)
+
+
+CASES = [
+    ("t5", "seq2seq"),
+    ("t5", "classification"),
+    ("llama", "causal-lm"),
+    ("gpt2", "classification"),
+]
+
+
+@pytest.mark.parametrize("layout_name", ["1x1", "2x1", "2x2"])
+@pytest.mark.parametrize(("family", "kind"), CASES, ids=[f"{f}-{k}" for f, k in CASES])
+def test_side_network_on_the_mesh_equals_one_device(
+    family: str, kind: str, layout_name: str, tiny_model_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    loaded = load_model(tiny_model_dir(family), dtype=torch.float64)
+    data = write_rows(tmp_path / "data.jsonl", kind)
+    task = resolve_task(TaskSpec(kind), data, DataFields())
+    samples = load_samples(data, loaded, task, DataFields())
+    order = batches(samples, BATCH, shuffle=True, seed=SEED, epoch=1)
+    layout = layouts(len(loaded.family.blocks()))[layout_name]
+
+    reference = new_model(loaded, task, "parallel-adapters")
+    initial = {n: p.detach().clone() for n, p in reference.named_parameters() if p.requires_grad}
+    optimizer, scheduler = optimizer_for(reference)
+    reference_losses = []
+    for group in order:
+        batch = collate(group, pad_id(loaded), task=task)
+        loss = reference.loss(reference(batch), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        reference_losses.append(loss.item())
+
+    def make_cache(device: str, model: TunedModel) -> LadderCache:
+        key = CacheKey("m", "t", "ladder", "fp32")
+        points = model.points  # type: ignore[attr-defined]
+        return LadderCache(ActivationCache(tmp_path / "cache" / device, key), loaded.family, points)
+
+    mesh = InProcessMesh(
+        layout, lambda: new_model(loaded, task, "parallel-adapters"), optimizer_for, make_cache
+    )
+    mesh_losses = [
+        mesh.step(step, collate(group, pad_id(loaded), task=task), group)
+        for step, group in enumerate(order)
+    ]
+    assert mesh_losses == pytest.approx(reference_losses, rel=1e-9, abs=1e-12)
+
+    trained = {n: p for n, p in reference.named_parameters() if p.requires_grad}
+    changed = {n for n, p in trained.items() if not torch.equal(p, initial[n])}
+    assert len(changed) > 0.9 * len(trained)
+    owners: dict[str, list[str]] = {n: [] for n in trained}
+    for device, worker in mesh.workers.items():
+        for name, param in worker.model.named_parameters():
+            if name in trained and not torch.equal(param, initial[name]):
+                error = float((param - trained[name]).abs().max())
+                assert error < 1e-9, f"{device}: {name} differs by {error:.3g}"
+                owners[name].append(device)
+    for name in changed:
+        assert owners[name], f"{name} trained on one device but on no device of the mesh"
+    # Data parallelism inside a group: both replicas of a stage hold the same parameters.
+    for stage in layout.stages:
+        for name in changed:
+            copies = [dict(mesh.workers[d].model.named_parameters())[name] for d in stage.devices]
+            for copy in copies[1:]:
+                assert torch.equal(copy, copies[0]), name
+
+    # The cache across the devices holds every (sample, ladder point) exactly once.
+    held: dict[tuple[str, str], int] = {}
+    for worker in mesh.workers.values():
+        assert worker.cache is not None
+        store = worker.cache.cache
+        for sample_id in store.sample_ids():
+            for point in store.shapes(sample_id):
+                held[(sample_id, point)] = held.get((sample_id, point), 0) + 1
+    points = mesh.workers[layout.devices[0]].model.points  # type: ignore[attr-defined]
+    expected = {(s.fingerprint, p) for s in samples for p in points}
+    assert len({s.fingerprint for s in samples}) == len(samples)
+    assert set(held) == expected
+    assert all(count == 1 for count in held.values())
