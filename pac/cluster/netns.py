@@ -63,8 +63,10 @@ def _run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess
     except FileNotFoundError as error:
         raise NetnsError(f"{argv[0]} is missing: apt-get install -y iproute2") from error
     if check and result.returncode != 0:
-        raise NetnsError(f"`{' '.join(argv)}` failed: {result.stderr.strip()} "
-                         "(network namespaces need root: run as root or with CAP_NET_ADMIN)")
+        raise NetnsError(
+            f"`{' '.join(argv)}` failed: {result.stderr.strip()} "
+            "(network namespaces need root: run as root or with CAP_NET_ADMIN)"
+        )
     return result
 
 
@@ -148,16 +150,22 @@ class ShapedNetwork:
         self.create()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
         self.close()
 
     def create(self) -> None:
         """Make the bridge, the namespaces, the shaped veth pairs and the addresses."""
         if namespaces(self.prefix) or links(self.prefix):
-            raise NetnsError(f"namespaces or links named {self.prefix}* exist already: another "
-                             f"run is using the prefix, or a killed one left them; "
-                             f"`python -m pac.cluster.netns cleanup --prefix {self.prefix}`")
+            raise NetnsError(
+                f"namespaces or links named {self.prefix}* exist already: another "
+                f"run is using the prefix, or a killed one left them; "
+                f"`python -m pac.cluster.netns cleanup --prefix {self.prefix}`"
+            )
         self._check_subnet_is_free()
         self._made = True
         atexit.register(self.close)
@@ -180,12 +188,16 @@ class ShapedNetwork:
                 continue
             with contextlib.suppress(ValueError):
                 if ipaddress.ip_network(destination, strict=False).overlaps(self._network):
-                    raise NetnsError(f"subnet {self.subnet} overlaps the route '{route}': "
-                                     "pass another subnet")
+                    raise NetnsError(
+                        f"subnet {self.subnet} overlaps the route '{route}': pass another subnet"
+                    )
 
     def _add_host(self, index: int, host: Host, prefix_len: int) -> None:
-        namespace, outer, inner = self.namespace(host.name), f"{self.prefix}h{index}", \
-            f"{self.prefix}n{index}"
+        namespace, outer, inner = (
+            self.namespace(host.name),
+            f"{self.prefix}h{index}",
+            f"{self.prefix}n{index}",
+        )
         _run(["ip", "netns", "add", namespace])
         _run(["ip", "link", "add", outer, "type", "veth", "peer", "name", inner])
         _run(["ip", "link", "set", inner, "netns", namespace])
@@ -194,11 +206,20 @@ class ShapedNetwork:
         in_ns = ["ip", "netns", "exec", namespace]
         _run([*in_ns, "ip", "link", "set", "lo", "up"])
         _run([*in_ns, "ip", "link", "set", inner, "name", "eth0"])
-        _run([*in_ns, "ip", "addr", "add", f"{self.address(host.name)}/{prefix_len}", "dev",
-              "eth0"])
+        _run(
+            [*in_ns, "ip", "addr", "add", f"{self.address(host.name)}/{prefix_len}", "dev", "eth0"]
+        )
         _run([*in_ns, "ip", "link", "set", "eth0", "up"])
-        tbf = ["root", "tbf", "rate", f"{host.rate_mbit:g}mbit", "burst", host.burst,
-               "latency", f"{host.latency_ms}ms"]
+        tbf = [
+            "root",
+            "tbf",
+            "rate",
+            f"{host.rate_mbit:g}mbit",
+            "burst",
+            host.burst,
+            "latency",
+            f"{host.latency_ms}ms",
+        ]
         _run(["tc", "qdisc", "add", "dev", outer, *tbf])  # towards the host
         _run([*in_ns, "tc", "qdisc", "add", "dev", "eth0", *tbf])  # from the host
 
@@ -225,8 +246,9 @@ class ShapedNetwork:
         atexit.unregister(self.close)
 
     # ---- processes ---------------------------------------------------------------------
-    def spawn(self, host: str, argv: Sequence[str],
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, host: str, argv: Sequence[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start ``argv`` in the host's namespace (its own process group; stdout and stderr
         to ``log_path(host, n)`` for the host's n-th process); ``close`` stops it."""
         self._index(host)
@@ -234,9 +256,13 @@ class ShapedNetwork:
         self._spawned[host] = index + 1
         log = self.log_path(host, index).open("wb")
         self._logs.append(log)
-        process = subprocess.Popen(["ip", "netns", "exec", self.namespace(host), *argv],
-                                   stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", self.namespace(host), *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         self._processes.append(process)
         return process
 
@@ -244,27 +270,39 @@ class ShapedNetwork:
         assert self.log_dir is not None
         return self.log_dir / f"{host}-{index}.log"
 
-    def wait_for_port(self, host: str, port: int, timeout: float = 60.0,
-                      process: subprocess.Popen[bytes] | None = None) -> None:
+    def wait_for_port(
+        self,
+        host: str,
+        port: int,
+        timeout: float = 60.0,
+        process: subprocess.Popen[bytes] | None = None,
+    ) -> None:
         """Block until ``address(host):port`` accepts TCP from the root namespace."""
         deadline = time.monotonic() + timeout
         while True:
-            with contextlib.suppress(OSError), socket.create_connection(
-                    (self.address(host), port), timeout=1.0):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.address(host), port), timeout=1.0),
+            ):
                 return
             if process is not None and process.poll() is not None:
-                raise NetnsError(f"the process on {host} exited ({process.returncode}) before "
-                                 f"port {port} opened; see {self.log_dir}")
+                raise NetnsError(
+                    f"the process on {host} exited ({process.returncode}) before "
+                    f"port {port} opened; see {self.log_dir}"
+                )
             if time.monotonic() > deadline:
-                raise NetnsError(f"{host}:{port} did not open within {timeout:.0f} s; "
-                                 f"see {self.log_dir}")
+                raise NetnsError(
+                    f"{host}:{port} did not open within {timeout:.0f} s; see {self.log_dir}"
+                )
             time.sleep(0.2)
 
 
 def write_prometheus_targets(path: Path, targets: Iterable[tuple[str, str, str]]) -> None:
     """A Prometheus file_sd file: ``(job, "host:port", device)`` per target."""
-    groups = [{"targets": [address], "labels": {"job": job, "device": device}}
-              for job, address, device in targets]
+    groups = [
+        {"targets": [address], "labels": {"job": job, "device": device}}
+        for job, address, device in targets
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(groups, indent=2))
@@ -273,7 +311,7 @@ def write_prometheus_targets(path: Path, targets: Iterable[tuple[str, str, str]]
 
 # ---- the command line ------------------------------------------------------------------
 MESH_HOST = "mesh"
-COORDINATOR_PORT, PLANNER_PORT, AGENT_PORT = 50051, 50071, 50061
+COORDINATOR_PORT, PLANNER_PORT, AGENT_PORT, REST_PORT = 50051, 50071, 50061, 8080
 COORDINATOR_METRICS, AGENT_METRICS = 9100, 9101
 
 
@@ -288,37 +326,71 @@ def parse_agent(spec: str) -> Host:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["up", "cleanup"], nargs="?", default="up")
-    parser.add_argument("--agent", dest="agents", type=parse_agent, action="append",
-                        help="an agent NAME[:MBIT] (repeat; default: two agents at 1000)")
-    parser.add_argument("--mesh-rate", type=float, default=1000.0,
-                        help="Mbit/s of the coordinator and planner's namespace")
+    parser.add_argument(
+        "--agent",
+        dest="agents",
+        type=parse_agent,
+        action="append",
+        help="an agent NAME[:MBIT] (repeat; default: two agents at 1000)",
+    )
+    parser.add_argument(
+        "--mesh-rate",
+        type=float,
+        default=1000.0,
+        help="Mbit/s of the coordinator and planner's namespace",
+    )
     parser.add_argument("--prefix", default=DEFAULT_PREFIX)
     parser.add_argument("--subnet", default=DEFAULT_SUBNET)
     parser.add_argument("--join-token", default=os.environ.get("PAC_JOIN_TOKEN", "netns-mesh"))
-    parser.add_argument("--prometheus-targets", type=Path,
-                        default=Path("/tmp/pac-prometheus/netns.json"),
-                        help="file_sd file for docker/prometheus-local.yml")
+    parser.add_argument(
+        "--prometheus-targets",
+        type=Path,
+        default=Path("/tmp/pac-prometheus/netns.json"),
+        help="file_sd file for docker/prometheus-local.yml",
+    )
 
 
-def mesh_commands(net: ShapedNetwork, agents: Sequence[Host],
-                  work_dir: Path) -> list[tuple[str, list[str], int]]:
+def mesh_commands(
+    net: ShapedNetwork, agents: Sequence[Host], work_dir: Path
+) -> list[tuple[str, list[str], int]]:
     """(host, argv, gRPC port to wait for) for the planner, the coordinator and the agents."""
     pac = [sys.executable, "-m", "pac.cli"]
     mesh = net.address(MESH_HOST)
     commands = [
         (MESH_HOST, [*pac, "planner", "--listen", f"{mesh}:{PLANNER_PORT}"], PLANNER_PORT),
-        (MESH_HOST, [*pac, "coordinator", f"--listen={mesh}:{COORDINATOR_PORT}",
-                     f"--metrics-port={COORDINATOR_METRICS}",
-                     f"--planner={mesh}:{PLANNER_PORT}", f"--state={work_dir / 'state'}",
-                     "--insecure"], COORDINATOR_PORT),
+        (
+            MESH_HOST,
+            [
+                *pac,
+                "coordinator",
+                f"--listen={mesh}:{COORDINATOR_PORT}",
+                f"--rest={mesh}:{REST_PORT}",
+                f"--metrics-port={COORDINATOR_METRICS}",
+                f"--state={work_dir / 'state'}",
+                "--insecure",
+            ],
+            COORDINATOR_PORT,
+        ),
     ]
     for agent in agents:
         address = net.address(agent.name)
-        commands.append((agent.name, [
-            *pac, "agent", f"--coordinator={mesh}:{COORDINATOR_PORT}", f"--name={agent.name}",
-            f"--listen={address}:{AGENT_PORT}", f"--advertise={address}:{AGENT_PORT}",
-            f"--metrics-port={AGENT_METRICS}", f"--cache-dir={work_dir / agent.name}",
-            "--insecure"], AGENT_PORT))
+        commands.append(
+            (
+                agent.name,
+                [
+                    *pac,
+                    "agent",
+                    f"--coordinator={mesh}:{COORDINATOR_PORT}",
+                    f"--name={agent.name}",
+                    f"--listen={address}:{AGENT_PORT}",
+                    f"--advertise={address}:{AGENT_PORT}",
+                    f"--metrics-port={AGENT_METRICS}",
+                    f"--cache-dir={work_dir / agent.name}",
+                    "--insecure",
+                ],
+                AGENT_PORT,
+            )
+        )
     return commands
 
 
@@ -336,15 +408,27 @@ def run(args: argparse.Namespace) -> int:
         with ShapedNetwork(hosts, args.prefix, args.subnet) as net:
             for host, argv, port in mesh_commands(net, agents, work_dir):
                 net.wait_for_port(host, port, process=net.spawn(host, argv, env=env))
-            write_prometheus_targets(args.prometheus_targets, [
-                ("pac-coordinator", f"{net.address(MESH_HOST)}:{COORDINATOR_METRICS}", "mesh"),
-                *[("pac-agent", f"{net.address(a.name)}:{AGENT_METRICS}", a.name)
-                  for a in agents]])
-            print(f"coordinator {net.address(MESH_HOST)}:{COORDINATOR_PORT}  planner "
-                  f"{net.address(MESH_HOST)}:{PLANNER_PORT}  logs {net.log_dir}", flush=True)
+            write_prometheus_targets(
+                args.prometheus_targets,
+                [
+                    ("pac-coordinator", f"{net.address(MESH_HOST)}:{COORDINATOR_METRICS}", "mesh"),
+                    *[
+                        ("pac-agent", f"{net.address(a.name)}:{AGENT_METRICS}", a.name)
+                        for a in agents
+                    ],
+                ],
+            )
+            print(
+                f"coordinator {net.address(MESH_HOST)}:{COORDINATOR_PORT}  planner "
+                f"{net.address(MESH_HOST)}:{PLANNER_PORT}  logs {net.log_dir}",
+                flush=True,
+            )
             for agent in agents:
-                print(f"agent {agent.name} {net.address(agent.name)}:{AGENT_PORT} "
-                      f"{agent.rate_mbit:g} Mbit/s", flush=True)
+                print(
+                    f"agent {agent.name} {net.address(agent.name)}:{AGENT_PORT} "
+                    f"{agent.rate_mbit:g} Mbit/s",
+                    flush=True,
+                )
             print("Ctrl-C stops the mesh and removes the namespaces", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
@@ -359,8 +443,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pac.cluster.netns",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pac.cluster.netns", description=__doc__.splitlines()[0]
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 
