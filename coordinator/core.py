@@ -111,15 +111,14 @@ class Coordinator:
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one at once, a running one at its next step (then it
         reads CANCELLED). Cancelling an ended job changes nothing."""
-        job = self.get(job_id)
-        if job.state.terminal:
-            return job
-        if job.state == JobState.QUEUED:
-            return self._update(job_id, lambda j: j.moved_to(JobState.CANCELLED, self._clock()))
         with self._changed:
+            job = self.get(job_id)
             event = self._cancel.get(job_id)
-        if event is not None:
-            event.set()
+            if event is not None:  # the runner has it: the driver stops at its next step
+                event.set()
+            elif job.state == JobState.QUEUED:
+                return self._update(job_id,
+                                    lambda j: j.moved_to(JobState.CANCELLED, self._clock()))
         return self.get(job_id)
 
     def subscribe(self, job_id: str, listener: JobListener) -> Callable[[], None]:
@@ -215,27 +214,35 @@ class Coordinator:
             job_id = self._queue.get()
             if job_id is None or self._stopping.is_set():
                 return
-            if self.get(job_id).state != JobState.QUEUED:
-                continue  # cancelled while queued
-            self._run_one(job_id)
+            try:
+                self._run_one(job_id)
+            except Exception:  # a bug here must not stop the jobs queued behind
+                log.exception("the runner failed on job %s", job_id)
+                self._end(job_id, JobState.FAILED, "internal error of the coordinator (see "
+                                                   "its log)")
+
+    def _end(self, job_id: str, state: JobState, reason: str = "") -> None:
+        """Move a job to an ending state unless it already ended."""
+        with self._changed:
+            if not self._jobs[job_id].state.terminal:
+                self._update(job_id, lambda j: j.moved_to(state, self._clock(), reason=reason))
 
     def _run_one(self, job_id: str) -> None:
         cancelled = threading.Event()
-        with self._changed:
+        with self._changed:  # atomically with cancel(): it sees QUEUED or the event
+            job = self._jobs[job_id]
+            if job.state != JobState.QUEUED:
+                return  # cancelled while queued
             self._cancel[job_id] = cancelled
-        job = self.get(job_id)
-        Path(job.output_dir).mkdir(parents=True, exist_ok=True)
         driver = self.drivers[job.spec.placement]
         try:
+            Path(job.output_dir).mkdir(parents=True, exist_ok=True)
             result = driver.run(job, self.agents(), lambda p: self._progress(job_id, p),
                                 cancelled)
         except Exception as error:  # any failure fails the job, with its text
-            if self._stopping.is_set():
-                return
-            log.exception("job %s failed", job_id)
-            reason = str(error) or type(error).__name__
-            self._update(job_id, lambda j: j.moved_to(JobState.FAILED, self._clock(),
-                                                      reason=reason))
+            if not self._stopping.is_set():
+                log.exception("job %s failed", job_id)
+                self._end(job_id, JobState.FAILED, str(error) or type(error).__name__)
             return
         finally:
             with self._changed:
@@ -243,7 +250,7 @@ class Coordinator:
         if self._stopping.is_set():
             return
         if cancelled.is_set():
-            self._update(job_id, lambda j: j.moved_to(JobState.CANCELLED, self._clock()))
+            self._end(job_id, JobState.CANCELLED)
             return
         metrics = result.metrics or self.get(job_id).metrics
         try:
@@ -251,8 +258,6 @@ class Coordinator:
                 j.moved_to(JobState.DONE, self._clock()), metrics=metrics, eta_seconds=0.0,
                 output_dir=result.output_dir or j.output_dir))
         except IllegalTransition as error:
-            reason = f"the driver returned before training ({error})"
-            self._update(job_id, lambda j: j.moved_to(JobState.FAILED, self._clock(),
-                                                      reason=reason))
+            self._end(job_id, JobState.FAILED, f"the driver returned before training ({error})")
             return
         log.info("job %s done: %s", job_id, metrics)

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
 from coordinator.driver import JobResult, LiveAgents, ProgressSink
 from coordinator.jobs import CACHE_DTYPES, Job, JobSpec, JobState, Progress
@@ -40,7 +41,7 @@ class LocalDriver:
         from pac.engine.dataset import DataFields
         from pac.engine.memory import peak_rss_bytes, rss_bytes
         from pac.engine.trainer import EpochReport, TrainConfig, Trainer
-        from pac.tasks import TaskSpec
+        from pac.tasks import HeadKind, TaskKind, TaskSpec
 
         spec = job.spec
         out = Path(job.output_dir)
@@ -49,8 +50,9 @@ class LocalDriver:
             model_dir=Path(spec.model_dir),
             train_path=Path(spec.data_path),
             eval_path=Path(spec.eval_path) if spec.eval_path else None,
-            task=TaskSpec(kind=spec.task, labels=spec.labels,  # type: ignore[arg-type]
-                          head=spec.head, max_length=spec.max_length,  # type: ignore[arg-type]
+            # kind and head were validated when the job was submitted
+            task=TaskSpec(kind=cast(TaskKind, spec.task), labels=spec.labels,
+                          head=cast(HeadKind, spec.head), max_length=spec.max_length,
                           max_target_length=spec.max_target_length),
             technique=spec.technique,
             technique_settings=technique_settings(spec),
@@ -64,6 +66,8 @@ class LocalDriver:
             fields=DataFields(spec.text_field, spec.pair_field, spec.label_field),
         )
         trainer = Trainer(config)
+        if cancelled.is_set():  # cancelled while the model loaded
+            return JobResult(output_dir=str(out))
         pace = _Pace(trainer.steps_per_epoch * spec.epochs, progress, cancelled)
         metrics: dict[str, float] = {}
         for epoch in range(1, spec.epochs + 1):

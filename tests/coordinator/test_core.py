@@ -11,7 +11,16 @@ from typing import Any
 import pytest
 
 from coordinator.core import Coordinator
-from coordinator.jobs import IllegalTransition, Job, JobSpec, JobSpecError, JobState, UnknownJob
+from coordinator.driver import JobResult
+from coordinator.jobs import (
+    IllegalTransition,
+    Job,
+    JobSpec,
+    JobSpecError,
+    JobState,
+    Progress,
+    UnknownJob,
+)
 
 
 def test_a_local_job_trains_to_done_with_progress_and_adapters(
@@ -138,3 +147,38 @@ def test_metrics_follow_the_contract(make_coordinator: Callable[..., Coordinator
     assert sample("pac_job_eval_metric", {"job": job.job_id, "metric": "accuracy"}) == 0.5
     done = coordinator.get(job.job_id)
     assert sample("pac_job_samples_total", {"job": job.job_id}) == 4.0 * done.step
+
+
+class _Idle:
+    """A driver that returns without ever training."""
+
+    def run(self, job: Job, agents: object, progress: Callable[[Progress], None],
+            cancelled: object) -> JobResult:
+        progress(Progress(state=JobState.LOADING))
+        return JobResult()
+
+
+class _Lawless:
+    """A driver that tries an illegal move (QUEUED -> DONE)."""
+
+    def run(self, job: Job, agents: object, progress: Callable[[Progress], None],
+            cancelled: object) -> JobResult:
+        progress(Progress(state=JobState.DONE))
+        return JobResult()
+
+
+def test_a_misbehaving_driver_fails_its_job_and_the_next_job_still_runs(
+        make_coordinator: Callable[..., Coordinator], spec: JobSpec, gated_driver: Any) -> None:
+    coordinator = make_coordinator(drivers={"idle": _Idle(), "lawless": _Lawless(),
+                                            "local": gated_driver})
+    idle = coordinator.submit(replace(spec, placement="idle"))
+    lawless = coordinator.submit(replace(spec, placement="lawless"))
+    gated_driver.release.set()
+    good = coordinator.submit(spec)
+    assert coordinator.wait(good.job_id, 10).state == JobState.DONE
+    failed = coordinator.get(idle.job_id)
+    assert failed.state == JobState.FAILED and "returned before training" in failed.reason
+    failed = coordinator.get(lawless.job_id)
+    assert failed.state == JobState.FAILED and "queued -> done is not a legal move" in failed.reason
+    with pytest.raises(JobSpecError, match="unknown placement 'gpu'"):
+        coordinator.submit(replace(spec, placement="gpu"))
