@@ -52,7 +52,7 @@ def test_unit_restarts_on_failure_as_a_dedicated_hardened_user() -> None:
     for setting in (
         "Restart=on-failure",
         "EnvironmentFile=/etc/pac/agent.env",
-        "DynamicUser=yes",
+        "Group=pac",
         "User=pac",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
