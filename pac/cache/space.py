@@ -49,8 +49,10 @@ def projected_bytes(
             total += 2 * len(point) + 2 * len(str(tokens)) + 2 * len(str(width))
         return total
 
-    if isinstance(token_counts, tuple) and len(token_counts) == 2 and isinstance(
-        token_counts[0], int
+    if (
+        isinstance(token_counts, tuple)
+        and len(token_counts) == 2
+        and isinstance(token_counts[0], int)
     ):
         n_samples, per_point = token_counts
         return n_samples * one_sample(per_point)

@@ -256,8 +256,7 @@ class ActivationCache:
         lengths: dict[str, Tensor] = {}
         for point in wanted:
             shapes = [
-                _point_shape(sid, rec, point)
-                for sid, rec in zip(sample_ids, records, strict=True)
+                _point_shape(sid, rec, point) for sid, rec in zip(sample_ids, records, strict=True)
             ]
             widths = {d for _, d in shapes}
             if len(widths) != 1:
@@ -397,9 +396,7 @@ class ActivationCache:
             record = pending.record
         return record
 
-    def _stored(
-        self, sample_id: str, record: EntryRecord, points: Sequence[str] | None
-    ) -> Stored:
+    def _stored(self, sample_id: str, record: EntryRecord, points: Sequence[str] | None) -> Stored:
         wanted = sorted(record.points) if points is None else list(points)
         pending = self._pending.get(sample_id)
         if pending is not None:

@@ -50,9 +50,7 @@ def collate(
         )
     decoder_inputs = _every([s.decoder_input_ids for s in samples], "decoder_input_ids")
     if decoder_inputs is not None:
-        batch["decoder_input_ids"], batch["decoder_attention_mask"] = _pad(
-            decoder_inputs, pad_id
-        )
+        batch["decoder_input_ids"], batch["decoder_attention_mask"] = _pad(decoder_inputs, pad_id)
     return batch
 
 

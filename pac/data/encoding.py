@@ -152,18 +152,22 @@ def encode(
 
 def _check_task(task: TaskSpec, is_encoder_decoder: bool, start: int | None) -> None:
     if is_encoder_decoder and start is None:
-        raise ValueError(
-            "an encoder-decoder model needs decoder_start_token_id (from its config)"
-        )
+        raise ValueError("an encoder-decoder model needs decoder_start_token_id (from its config)")
     if task.kind == "seq2seq" and not is_encoder_decoder:
-        raise ValueError("task seq2seq needs an encoder-decoder model (T5, BART); "
-                         "use task causal-lm for a decoder-only model")
+        raise ValueError(
+            "task seq2seq needs an encoder-decoder model (T5, BART); "
+            "use task causal-lm for a decoder-only model"
+        )
     if task.kind == "causal-lm" and is_encoder_decoder:
-        raise ValueError("task causal-lm needs a decoder-only model; "
-                         "use task seq2seq for an encoder-decoder model")
+        raise ValueError(
+            "task causal-lm needs a decoder-only model; "
+            "use task seq2seq for an encoder-decoder model"
+        )
     if task.kind == "classification" and task.head == "text" and not is_encoder_decoder:
-        raise ValueError("head 'text' (text-to-text classification) needs an "
-                         "encoder-decoder model; use head 'linear'")
+        raise ValueError(
+            "head 'text' (text-to-text classification) needs an "
+            "encoder-decoder model; use head 'linear'"
+        )
 
 
 def _tokenize_inputs(

@@ -154,16 +154,34 @@ def _tokenizer(family: str) -> PreTrainedTokenizerFast:
             single=single, pair=pair, special_tokens=[(t, ids[t]) for t in used]
         )
     roles: dict[str, dict[str, str]] = {
-        "bert": {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
-                 "sep_token": "[SEP]", "mask_token": "[MASK]"},
+        "bert": {
+            "pad_token": "[PAD]",
+            "unk_token": "[UNK]",
+            "cls_token": "[CLS]",
+            "sep_token": "[SEP]",
+            "mask_token": "[MASK]",
+        },
         "t5": {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"},
-        "bart": {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>",
-                 "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>",
-                 "mask_token": "<mask>"},
-        "gpt2": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
-                 "pad_token": "<|endoftext|>"},
-        "llama": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-                  "pad_token": "</s>"},
+        "bart": {
+            "bos_token": "<s>",
+            "pad_token": "<pad>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "cls_token": "<s>",
+            "sep_token": "</s>",
+            "mask_token": "<mask>",
+        },
+        "gpt2": {
+            "bos_token": "<|endoftext|>",
+            "eos_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
+        },
+        "llama": {
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "pad_token": "</s>",
+        },
         "qwen2": {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
     }
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="right", **roles[family])
@@ -191,42 +209,85 @@ def _model(family: str, size: str, tok: PreTrainedTokenizerFast) -> PreTrainedMo
     }
     if family == "bert":
         ids.pop("eos_token_id"), ids.pop("bos_token_id")
-        return BertModel(BertConfig(
-            vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64, max_position_embeddings=128,
-            initializer_range=TINY_INIT_STD, **ids,
-        ))
+        return BertModel(
+            BertConfig(
+                vocab_size=vocab,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                max_position_embeddings=128,
+                initializer_range=TINY_INIT_STD,
+                **ids,
+            )
+        )
     if family == "t5":
-        d, layers, heads, ff = {"tiny": (32, 2, 4, 64), "t5-small": (512, 6, 8, 2048),
-                                "t5-base": (768, 12, 12, 3072)}[size]
+        d, layers, heads, ff = {
+            "tiny": (32, 2, 4, 64),
+            "t5-small": (512, 6, 8, 2048),
+            "t5-base": (768, 12, 12, 3072),
+        }[size]
         ids.pop("bos_token_id")
         ids["decoder_start_token_id"] = tok.pad_token_id  # T5 starts decoding from <pad>
         buckets = (8, 16) if size == "tiny" else (32, 128)  # small buckets: log-bins in tests
-        return T5ForConditionalGeneration(T5Config(
-            vocab_size=vocab, d_model=d, d_kv=d // heads, d_ff=ff, num_layers=layers,
-            num_decoder_layers=layers, num_heads=heads, relative_attention_num_buckets=buckets[0],
-            relative_attention_max_distance=buckets[1], **ids,
-        ))
+        return T5ForConditionalGeneration(
+            T5Config(
+                vocab_size=vocab,
+                d_model=d,
+                d_kv=d // heads,
+                d_ff=ff,
+                num_layers=layers,
+                num_decoder_layers=layers,
+                num_heads=heads,
+                relative_attention_num_buckets=buckets[0],
+                relative_attention_max_distance=buckets[1],
+                **ids,
+            )
+        )
     if family == "bart":
-        model = BartForConditionalGeneration(BartConfig(
-            vocab_size=vocab, d_model=32, encoder_layers=2, decoder_layers=2,
-            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
-            decoder_ffn_dim=64, max_position_embeddings=128, scale_embedding=True,
-            decoder_start_token_id=tok.eos_token_id, forced_eos_token_id=tok.eos_token_id,
-            init_std=TINY_INIT_STD, **ids,
-        ))
+        model = BartForConditionalGeneration(
+            BartConfig(
+                vocab_size=vocab,
+                d_model=32,
+                encoder_layers=2,
+                decoder_layers=2,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=64,
+                decoder_ffn_dim=64,
+                max_position_embeddings=128,
+                scale_embedding=True,
+                decoder_start_token_id=tok.eos_token_id,
+                forced_eos_token_id=tok.eos_token_id,
+                init_std=TINY_INIT_STD,
+                **ids,
+            )
+        )
         # Non-zero, so that tests see it in the logits.
         model.final_logits_bias.normal_(std=0.1)
         return model
     if family == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(
-            vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128,
-            initializer_range=TINY_INIT_STD, **ids,
-        ))
+        return GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=vocab,
+                n_embd=32,
+                n_layer=2,
+                n_head=4,
+                n_positions=128,
+                initializer_range=TINY_INIT_STD,
+                **ids,
+            )
+        )
     common = dict(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        initializer_range=TINY_INIT_STD, **ids,
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=TINY_INIT_STD,
+        **ids,
     )
     if family == "llama":
         return LlamaForCausalLM(LlamaConfig(tie_word_embeddings=False, **common))
