@@ -182,3 +182,16 @@ def test_a_misbehaving_driver_fails_its_job_and_the_next_job_still_runs(
     assert failed.state == JobState.FAILED and "queued -> done is not a legal move" in failed.reason
     with pytest.raises(JobSpecError, match="unknown placement 'gpu'"):
         coordinator.submit(replace(spec, placement="gpu"))
+
+
+def test_cancel_stops_real_training_at_a_step_boundary(
+        make_coordinator: Callable[..., Coordinator], spec: JobSpec) -> None:
+    coordinator = make_coordinator()
+    job = coordinator.submit(replace(spec, epochs=200, eval_path=""))
+    coordinator.wait(job.job_id, 60, until=lambda j: j.step >= 2)
+    coordinator.cancel(job.job_id)
+    cancelled = coordinator.wait(job.job_id, 30)
+    assert cancelled.state == JobState.CANCELLED
+    assert 2 <= cancelled.step < cancelled.total_steps == 800
+    assert not (Path(cancelled.output_dir) / "adapters.safetensors").exists()
+    assert coordinator.cancel(job.job_id).state == JobState.CANCELLED  # idempotent

@@ -63,6 +63,12 @@ def test_job_rpcs_refuse_watch_and_list(make_coordinator: Callable[..., Coordina
                                                 metadata=AUTH)) == grpc.StatusCode.NOT_FOUND
             assert await code_of(stub.SubmitJob(pb.SubmitJobRequest(spec=spec_to_proto(spec)))
                                  ) == grpc.StatusCode.UNAUTHENTICATED
+            try:
+                [_ async for _ in stub.WatchJob(pb.WatchJobRequest(job_id="nope"),
+                                                metadata=AUTH)]
+                raise AssertionError("watching an unknown job succeeded")
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.NOT_FOUND
 
             job = await stub.SubmitJob(pb.SubmitJobRequest(spec=spec_to_proto(spec)),
                                        metadata=AUTH)
