@@ -89,26 +89,33 @@ def threads_per_agent(agents: int, cores: int | None = None) -> int:
     return max(1, (cores or available_cores()) // (agents + 1))
 
 
-def _start_ticks(pid: int) -> int:
-    """Field 22 of /proc/PID/stat (0 where there is no /proc)."""
+def _stat(pid: int) -> list[str]:
+    """Fields 3.. of /proc/PID/stat (state, ppid, ...); [] where there is none."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0
-    return int(stat.rpartition(")")[2].split()[19])
+        return []
+    return stat.rpartition(")")[2].split()
+
+
+def _start_ticks(pid: int) -> int:
+    """Field 22 of /proc/PID/stat (0 where there is no /proc)."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else 0
 
 
 def _alive(service: Service) -> bool:
+    """True if the service's process runs (a zombie has ended; a reused pid is not it)."""
     if service.pid <= 0:
         return False
-    ticks = _start_ticks(service.pid)
-    if ticks == 0 and not Path("/proc").is_dir():
+    if not Path("/proc").is_dir():
         try:
             os.kill(service.pid, 0)
         except OSError:
             return False
         return True
-    return ticks == service.start_ticks and ticks != 0
+    fields = _stat(service.pid)
+    return bool(fields) and fields[0] != "Z" and int(fields[19]) == service.start_ticks
 
 
 def _tail(path: str, lines: int = 15) -> str:
