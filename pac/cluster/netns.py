@@ -343,6 +343,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subnet", default=DEFAULT_SUBNET)
     parser.add_argument("--join-token", default=os.environ.get("PAC_JOIN_TOKEN", "netns-mesh"))
     parser.add_argument(
+        "--start-timeout", type=float, default=120.0, help="seconds each service may take to start"
+    )
+    parser.add_argument(
         "--prometheus-targets",
         type=Path,
         default=Path("/tmp/pac-prometheus/netns.json"),
@@ -350,48 +353,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def mesh_commands(
-    net: ShapedNetwork, agents: Sequence[Host], work_dir: Path
-) -> list[tuple[str, list[str], int]]:
-    """(host, argv, gRPC port to wait for) for the planner, the coordinator and the agents."""
+@dataclass(frozen=True)
+class MeshService:
+    """One process of the mesh: where it runs, its command, the ports that mean it is up."""
+
+    host: str
+    argv: list[str]
+    ports: tuple[int, ...]
+
+
+def mesh_services(net: ShapedNetwork, agents: Sequence[Host], work_dir: Path) -> list[MeshService]:
+    """The planner and the coordinator (in ``MESH_HOST``) and one agent per agent host."""
     pac = [sys.executable, "-m", "pac.cli"]
     mesh = net.address(MESH_HOST)
-    commands = [
-        (MESH_HOST, [*pac, "planner", "--listen", f"{mesh}:{PLANNER_PORT}"], PLANNER_PORT),
-        (
-            MESH_HOST,
-            [
-                *pac,
-                "coordinator",
-                f"--listen={mesh}:{COORDINATOR_PORT}",
-                f"--rest={mesh}:{REST_PORT}",
-                f"--metrics-port={COORDINATOR_METRICS}",
-                f"--state={work_dir / 'state'}",
-                "--insecure",
-            ],
-            COORDINATOR_PORT,
-        ),
+    services = [
+        MeshService(MESH_HOST, [*pac, "planner", f"--listen={mesh}:{PLANNER_PORT}"],
+                    (PLANNER_PORT,)),
+        MeshService(MESH_HOST, [
+            *pac, "coordinator", f"--listen={mesh}:{COORDINATOR_PORT}",
+            f"--rest={mesh}:{REST_PORT}", f"--metrics-port={COORDINATOR_METRICS}",
+            f"--state={work_dir / 'state'}", "--insecure",
+        ], (COORDINATOR_PORT, REST_PORT, COORDINATOR_METRICS)),
     ]
     for agent in agents:
         address = net.address(agent.name)
-        commands.append(
-            (
-                agent.name,
-                [
-                    *pac,
-                    "agent",
-                    f"--coordinator={mesh}:{COORDINATOR_PORT}",
-                    f"--name={agent.name}",
-                    f"--listen={address}:{AGENT_PORT}",
-                    f"--advertise={address}:{AGENT_PORT}",
-                    f"--metrics-port={AGENT_METRICS}",
-                    f"--cache-dir={work_dir / agent.name}",
-                    "--insecure",
-                ],
-                AGENT_PORT,
-            )
-        )
-    return commands
+        services.append(MeshService(agent.name, [
+            *pac, "agent", f"--coordinator={mesh}:{COORDINATOR_PORT}", f"--name={agent.name}",
+            f"--listen={address}:{AGENT_PORT}", f"--advertise={address}:{AGENT_PORT}",
+            f"--metrics-port={AGENT_METRICS}", f"--cache-dir={work_dir / agent.name}",
+            "--insecure",
+        ], (AGENT_PORT, AGENT_METRICS)))
+    return services
 
 
 def run(args: argparse.Namespace) -> int:
@@ -406,29 +398,23 @@ def run(args: argparse.Namespace) -> int:
     env = {**os.environ, "PAC_JOIN_TOKEN": args.join_token}
     try:
         with ShapedNetwork(hosts, args.prefix, args.subnet) as net:
-            for host, argv, port in mesh_commands(net, agents, work_dir):
-                net.wait_for_port(host, port, process=net.spawn(host, argv, env=env))
-            write_prometheus_targets(
-                args.prometheus_targets,
-                [
-                    ("pac-coordinator", f"{net.address(MESH_HOST)}:{COORDINATOR_METRICS}", "mesh"),
-                    *[
-                        ("pac-agent", f"{net.address(a.name)}:{AGENT_METRICS}", a.name)
-                        for a in agents
-                    ],
-                ],
-            )
-            print(
-                f"coordinator {net.address(MESH_HOST)}:{COORDINATOR_PORT}  planner "
-                f"{net.address(MESH_HOST)}:{PLANNER_PORT}  logs {net.log_dir}",
-                flush=True,
-            )
+            # All at once: agents retry registering until the coordinator is up.
+            services = mesh_services(net, agents, work_dir)
+            processes = [net.spawn(service.host, service.argv, env=env) for service in services]
+            for service, process in zip(services, processes, strict=True):
+                for port in service.ports:
+                    net.wait_for_port(service.host, port, args.start_timeout, process)
+            mesh = net.address(MESH_HOST)
+            write_prometheus_targets(args.prometheus_targets, [
+                ("pac-coordinator", f"{mesh}:{COORDINATOR_METRICS}", MESH_HOST),
+                *[("pac-agent", f"{net.address(a.name)}:{AGENT_METRICS}", a.name)
+                  for a in agents],
+            ])
+            print(f"coordinator {mesh}:{COORDINATOR_PORT} rest http://{mesh}:{REST_PORT} "
+                  f"planner {mesh}:{PLANNER_PORT} logs {net.log_dir}", flush=True)
             for agent in agents:
-                print(
-                    f"agent {agent.name} {net.address(agent.name)}:{AGENT_PORT} "
-                    f"{agent.rate_mbit:g} Mbit/s",
-                    flush=True,
-                )
+                print(f"agent {agent.name} {net.address(agent.name)}:{AGENT_PORT} "
+                      f"{agent.rate_mbit:g} Mbit/s", flush=True)
             print("Ctrl-C stops the mesh and removes the namespaces", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 while True:

@@ -1,13 +1,20 @@
-"""Agents in network namespaces on tbf-shaped links: a tensor between them travels at the
-link's rate (the shaping is in effect), shows in their metrics, and nothing is left behind."""
+"""A mesh in network namespaces on tbf-shaped links (`python -m pac.cluster.netns up`): the
+agents register with the coordinator in its own namespace, a tensor between two agents
+travels at the link's rate (the shaping is in effect) and shows in their metrics, and
+nothing the launcher made is left behind."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import queue
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +31,7 @@ pytestmark = [pytest.mark.root, pytest.mark.usefixtures("needs_root")]
 
 RATE_MBIT = 200.0
 TOKEN = "netns-test-token"
-AGENT_PORT, METRICS_PORT = 50061, 9101
+METRICS_PORT = 9101
 SUBNET = "10.77.200.0/24"
 
 
@@ -44,19 +51,8 @@ def qdisc_sent_bytes(device: str) -> int:
     return int(match.group(1))
 
 
-def start_agent(net: ShapedNetwork, name: str, cache: Path) -> None:
-    address = net.address(name)
-    process = net.spawn(name, [
-        sys.executable, "-m", "pac.cli", "agent", f"--name={name}",
-        f"--listen={address}:{AGENT_PORT}", f"--advertise={address}:{AGENT_PORT}",
-        f"--metrics-port={METRICS_PORT}", f"--cache-dir={cache}", "--insecure", "--threads=1",
-    ], env={**os.environ, "PAC_JOIN_TOKEN": TOKEN})
-    net.wait_for_port(name, METRICS_PORT, timeout=120, process=process)
-
-
-async def relay(net: ShapedNetwork, tensor: torch.Tensor) -> agent_pb2.InstructionResult:
+async def relay(a: str, b: str, tensor: torch.Tensor) -> agent_pb2.InstructionResult:
     """The test, as a coordinator, sends ``tensor`` to agent a, then has a SEND it to b."""
-    a, b = (f"{net.address(h)}:{AGENT_PORT}" for h in ("a", "b"))
     auth = token_metadata(TOKEN)
     plaintext = TransportSecurity(insecure=True)
     channels = [open_channel(a, plaintext), open_channel(b, plaintext)]
@@ -79,26 +75,66 @@ async def relay(net: ShapedNetwork, tensor: torch.Tensor) -> agent_pb2.Instructi
             await channel.close()
 
 
-def test_a_tensor_between_agents_travels_at_the_shaped_rate(tmp_path: Path,
-                                                            read_metric: Any) -> None:
-    tensor = torch.randint(0, 256, (64 << 20,), dtype=torch.uint8)  # 64 MiB
-    name = prefix()
-    hosts = [Host("a", RATE_MBIT), Host("b", RATE_MBIT)]
-    with ShapedNetwork(hosts, name, SUBNET) as net:
-        assert len(namespaces(name)) == 2 and f"{name}br" in links(name)
-        for host in ("a", "b"):
-            start_agent(net, host, tmp_path / host)
-        inbound_b = f"{name}h1"  # the bridge's end of b's link: what b receives crosses it
-        before = qdisc_sent_bytes(inbound_b)
-        sent = asyncio.run(relay(net, tensor))
-        through_b = qdisc_sent_bytes(inbound_b) - before
-        metrics_a = f"http://{net.address('a')}:{METRICS_PORT}/metrics"
-        metrics_b = f"http://{net.address('b')}:{METRICS_PORT}/metrics"
-        sent_by_a = read_metric(metrics_a, "pac_agent_sent_bytes_total",
-                                f'peer="{net.address("b")}:{AGENT_PORT}"')
-        received_by_b = read_metric(metrics_b, "pac_agent_received_bytes_total", 'peer="a"')
-        processes = list(net._processes)
+def launcher_lines(process: subprocess.Popen[str], until: str, timeout: float) -> list[str]:
+    """stdout lines of the launcher up to the one starting with ``until``."""
+    lines: queue.Queue[str] = queue.Queue()
+    stdout = process.stdout
+    assert stdout is not None
 
+    def pump() -> None:
+        for line in stdout:
+            lines.put(line)
+        lines.put("")  # end of output: the launcher exited
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    while not seen or not seen[-1].startswith(until):
+        try:
+            line = lines.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"the launcher did not print {until!r} within {timeout:.0f} s: {seen}")
+        if not line:
+            pytest.fail(f"the launcher exited ({process.wait()}): {seen}")
+        seen.append(line)
+    return seen
+
+
+def wait_registered(read_metric: Any, url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while read_metric(url, "pac_agent_registered", "") != 1:
+        assert time.monotonic() < deadline, f"{url}: the agent never registered"
+        time.sleep(0.5)
+
+
+def test_a_mesh_in_namespaces_moves_tensors_at_the_link_rate(tmp_path: Path,
+                                                              read_metric: Any) -> None:
+    name, targets = prefix(), tmp_path / "targets.json"
+    launcher = subprocess.Popen([
+        sys.executable, "-m", "pac.cluster.netns", "up", f"--prefix={name}",
+        f"--subnet={SUBNET}", f"--agent=a:{RATE_MBIT:g}", f"--agent=b:{RATE_MBIT:g}",
+        f"--join-token={TOKEN}", f"--prometheus-targets={targets}"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        lines = launcher_lines(launcher, "Ctrl-C", timeout=180)
+        agents = dict(re.findall(r"^agent (\S+) (\S+) ", "".join(lines), re.MULTILINE))
+        assert set(agents) == {"a", "b"}
+        metrics = {host: f"http://{address.rsplit(':', 1)[0]}:{METRICS_PORT}/metrics"
+                   for host, address in agents.items()}
+        for url in metrics.values():
+            wait_registered(read_metric, url)  # with the coordinator in its own namespace
+        inbound_b = f"{name}h2"  # hosts: mesh, a, b; the bridge's end of b's link
+        before = qdisc_sent_bytes(inbound_b)
+        sent = asyncio.run(relay(agents["a"], agents["b"],
+                                 torch.randint(0, 256, (64 << 20,), dtype=torch.uint8)))
+        through_b = qdisc_sent_bytes(inbound_b) - before
+        sent_by_a = read_metric(metrics["a"], "pac_agent_sent_bytes_total",
+                                f'peer="{agents["b"]}"')
+        received_by_b = read_metric(metrics["b"], "pac_agent_received_bytes_total", 'peer="a"')
+        scraped = {target for group in json.loads(targets.read_text())
+                   for target in group["targets"]}
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait(60)
     mbit_per_s = sent.bytes * 8 / sent.seconds / 1e6
     print(f"a -> b: {sent.bytes} bytes in {sent.seconds:.2f} s = {mbit_per_s:.0f} Mbit/s "
           f"on a {RATE_MBIT:g} Mbit/s tbf link")
@@ -108,8 +144,10 @@ def test_a_tensor_between_agents_travels_at_the_shaped_rate(tmp_path: Path,
     assert 0.5 * RATE_MBIT < mbit_per_s < 1.2 * RATE_MBIT
     assert through_b >= sent.bytes, "the message did not cross b's shaped link"
     assert sent_by_a == received_by_b == sent.bytes
-    assert all(process.poll() is not None for process in processes)
-    assert gone(name)
+    assert {url.split("/")[2] for url in metrics.values()} <= scraped
+    assert launcher.returncode == 0
+    assert gone(name), "the launcher left namespaces or links behind"
+    assert not targets.exists()
 
 
 def test_everything_is_removed_when_the_body_fails() -> None:
