@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -282,6 +282,37 @@ def run_dp(
     return TypeLayout(tuple(stages), m, value, slowest)
 
 
+def solve(
+    comps: Compositions,
+    tables: StageTables,
+    m: int,
+    threshold: float,
+    strict: bool = True,
+    bottleneck: bool = False,
+) -> TypeLayout | None:
+    """:func:`run_dp`, first without the later-stage counts when memory could bind.
+
+    The relaxation lets every stage hold one micro-batch in flight; its optimum is a lower
+    bound, and when it fits with the real in-flight counts it is the optimum itself. Only
+    otherwise the full DP (``C`` times the work) runs.
+    """
+    if tables.cap > 0:
+        relaxed = run_dp(comps, replace(tables, cap=0), m, threshold, strict, bottleneck)
+        if relaxed is None:
+            return None
+        count = len(relaxed.stages)
+        if all(
+            tables.max_inflight[_index(comps, counts), i, j] >= min(m, count - s)
+            for s, (counts, i, j) in enumerate(relaxed.stages)
+        ):
+            return relaxed
+    return run_dp(comps, tables, m, threshold, strict, bottleneck)
+
+
+def _index(comps: Compositions, counts: tuple[int, ...]) -> int:
+    return int(np.ravel_multi_index(counts, comps.shape))
+
+
 def _trace(
     comps: Compositions,
     bands: dict[int, tuple[np.ndarray, np.ndarray] | None],
@@ -344,31 +375,31 @@ def search(
         threshold = best / m if math.isfinite(best) else math.inf
         strict = math.isfinite(threshold)
         tables = _stage_tables(costs, types, single, m, b, threshold)
-        narrowest = run_dp(single, tables, m, threshold, strict, bottleneck=True)
+        narrowest = solve(single, tables, m, threshold, strict, bottleneck=True)
         if narrowest is not None:
-            offer(run_dp(single, tables, m, narrowest.slowest_s, strict=False))
+            offer(solve(single, tables, m, narrowest.slowest_s, strict=False))
     for m in ms:
         b = global_batch // m
         threshold = best / m if math.isfinite(best) else math.inf
         strict = math.isfinite(threshold)
         tables = _stage_tables(costs, types, comps, m, b, threshold)
         if m == 1:
-            offer(run_dp(comps, tables, m, threshold, strict))
+            offer(solve(comps, tables, m, threshold, strict))
             continue
         # The least bottleneck X0, then the least sum at X0: a strong incumbent at once.
-        narrowest = run_dp(comps, tables, m, threshold, strict, bottleneck=True)
+        narrowest = solve(comps, tables, m, threshold, strict, bottleneck=True)
         if narrowest is None:
             continue  # nothing under the threshold: no plan with m can win
         floor = narrowest.slowest_s
-        offer(run_dp(comps, tables, m, floor, strict=False))
+        offer(solve(comps, tables, m, floor, strict=False))
         # A better plan has sum >= its max >= X0, so its max is below (best - X0) / (m - 1).
         threshold = min(threshold, (best - floor) / (m - 1))
-        layout = run_dp(comps, tables, m, threshold)
+        layout = solve(comps, tables, m, threshold)
         # Walk the threshold down; every plan left has sum >= layout.sum_s, max >= floor.
         while layout is not None and layout.sum_s + (m - 1) * floor < best:
             offer(layout)
             threshold = min(layout.slowest_s, (best - layout.sum_s) / (m - 1))
-            layout = run_dp(comps, tables, m, threshold)
+            layout = solve(comps, tables, m, threshold)
         if layout is not None:
             offer(layout)
     return found
