@@ -119,7 +119,11 @@ def _stage_tables(
         frac = b / (counts @ (1.0 / per_sample))  # lower bound of the split's time
         is_group = np.zeros(G, dtype=bool)
         is_group[comps.groups] = True
-        candidate = (frac + latency < threshold) & is_group[:, None]
+        # A stage whose weights alone overflow a member can never be used.
+        room = np.where(present, types.memory[None, :], math.inf).min(axis=1)  # [G]
+        candidate = (
+            (frac + latency < threshold) & is_group[:, None] & (fixed[None, :] <= room[:, None])
+        )
     gi, ci = np.nonzero(candidate)
 
     # Exact whole-sample split by bisection, for each type as the one that finishes last.
