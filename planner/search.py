@@ -7,13 +7,20 @@ faster than a threshold ``t``. A transition adds one stage ``[i, j)`` on a group
 (counts per type) whose memory fits with ``min(M, c + 1)`` micro-batches in flight.
 
 The objective ``sum + (M - 1) * max`` is not a sum, so :func:`search` walks the threshold
-down: after a DP at ``t`` returns a plan with sum ``S`` and slowest stage ``X``, a better
-plan must have its slowest stage below ``min(X, (best - S) / (M - 1))``; the walk stops
-when no plan is left below the threshold. The first threshold comes from the best plan
-known so far (``best / M``, since ``sum >= max``).
+down, for each micro-batch count ``M``:
 
-The inner loop is vectorised over all device counts ``u`` of a level and over the layer
-ranges in a band ``i < j <= i + W`` where ``W`` is the longest stage under the threshold.
+1. the least bottleneck ``X0`` (a min-max DP) and the least sum among plans at ``X0``: a
+   strong incumbent at once;
+2. a better plan has ``sum >= max >= X0``, so its slowest stage is below
+   ``(best - X0) / (M - 1)``; the least-sum DP under that threshold gives ``(S, X)``;
+3. every plan left has sum ``>= S`` and slowest stage ``< X``: the next threshold is
+   ``min(X, (best - S) / (M - 1))``, and the walk stops once ``S + (M - 1) X0 >= best``.
+
+The first threshold is ``best / M`` from plans already in hand (baselines, and a quick
+one-device-per-stage search). Each DP first solves the relaxation that ignores how many
+micro-batches are in flight (``C = 1``); only when its optimum does not fit the full DP
+runs. The inner step is vectorised over all device counts ``u`` of a level and over a
+sliding window of stage lengths ``1..W`` (``W``: the longest stage under the threshold).
 """
 
 from __future__ import annotations
