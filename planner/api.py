@@ -90,10 +90,6 @@ def plan(
     return build_plan(costs, best[0], global_batch, strategy, tuple(notes))
 
 
-def _best(*options: tuple[Layout, float] | None) -> tuple[Layout, float] | None:
-    return _best_of(list(options))
-
-
 def _best_of(options: list[tuple[Layout, float] | None]) -> tuple[Layout, float] | None:
     found = [o for o in options if o is not None]
     return min(found, key=lambda o: o[1]) if found else None
