@@ -13,22 +13,31 @@ import torch
 from pac.families import ModelFamily
 
 
-def rss_bytes() -> int:
-    """The process's resident set size now (Linux ``/proc``; peak RSS elsewhere)."""
+def _status_bytes(field: str) -> int | None:
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return peak_rss_bytes()
+    return None
+
+
+def rss_bytes() -> int:
+    """The process's resident set size now (Linux ``/proc``; peak RSS elsewhere)."""
+    return _status_bytes("VmRSS") or peak_rss_bytes()
 
 
 def peak_rss_bytes() -> int:
-    """The process's peak resident set size so far."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
+    """The process's peak resident set size so far. On Linux this is ``VmHWM``: unlike
+    ``ru_maxrss``, which a child started by fork + exec inherits from its parent, it
+    starts afresh in every program."""
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(maxrss if sys.platform == "darwin" else maxrss * 1024)
 
 
 def _return_freed_memory() -> None:
