@@ -30,20 +30,21 @@ class LadderCache:
 
     def store(
         self,
-        samples: Sequence[EncodedSample],
+        sample_ids: Sequence[str],
         batch: dict[str, torch.Tensor],
         ladder: dict[str, torch.Tensor],
     ) -> None:
-        """Write each sample's points (those of ``self.points`` that ``ladder`` holds: a
-        pipeline stage computes only its own), unpadded, unless the cache holds it already."""
+        """Write each sample's points, keyed by ``sample_ids`` (the samples' fingerprints):
+        those of ``self.points`` that ``ladder`` holds (a pipeline stage computes only its
+        own), unpadded, unless the cache holds the sample already."""
         points = [point for point in self.points if point in ladder]
         keys = {self.mask_keys[point] for point in points}
         lengths = {key: batch[key].sum(dim=1).tolist() for key in keys}
-        for row, sample in enumerate(samples):
-            if sample.fingerprint in self.cache:
+        for row, sample_id in enumerate(sample_ids):
+            if sample_id in self.cache:
                 continue
             self.cache.put(
-                sample.fingerprint,
+                sample_id,
                 {
                     point: ladder[point][row, : int(lengths[self.mask_keys[point]][row])]
                     for point in points

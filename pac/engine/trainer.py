@@ -180,7 +180,7 @@ class Trainer:
                     "a sample is missing from the cache after the backbone was released"
                 )
             ladder = self.model.ladder(batch)
-            self.ladder_cache.store(samples, batch, ladder)
+            self.ladder_cache.store([s.fingerprint for s in samples], batch, ladder)
         return self.model.forward_from_ladder(ladder, batch)
 
     def _batches(

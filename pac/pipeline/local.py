@@ -56,9 +56,8 @@ class InProcessMesh:
 
         def run(device: str, worker: DeviceWorker) -> None:
             try:
-                results[device] = worker.run_step(
-                    step, batch, list(samples) if samples else None, count
-                )
+                ids = [s.fingerprint for s in samples] if samples else None
+                results[device] = worker.run_step(step, batch, ids, count)
             except BaseException as error:  # surfaced to the caller below
                 errors.append(error)
 

@@ -5,20 +5,36 @@ from __future__ import annotations
 import queue
 import threading
 from collections import defaultdict
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import torch
 
 Tensors = dict[str, torch.Tensor]
+MessageKind = Literal["batch", "act", "grad", "allreduce"]
+
+
+@dataclass(frozen=True)
+class MessageKey:
+    """Names one message of a step: what it holds, for which micro-batch, from whom to whom."""
+
+    step: int
+    kind: MessageKind
+    micro_batch: int
+    source: str
+    target: str
+
+    def __str__(self) -> str:
+        return f"{self.step}/{self.kind}/{self.micro_batch}/{self.source}>{self.target}"
 
 
 class Transport(Protocol):
-    """``send`` delivers a named dict of tensors to ``peer``; ``recv`` blocks until the
-    message ``key`` addressed to this device arrives."""
+    """``send`` delivers a named dict of tensors to ``key.target``; ``recv`` blocks until
+    the message ``key`` addressed to this device arrives."""
 
-    def send(self, peer: str, key: str, tensors: Tensors) -> None: ...
+    def send(self, key: MessageKey, tensors: Tensors) -> None: ...
 
-    def recv(self, key: str, timeout: float | None = None) -> Tensors: ...
+    def recv(self, key: MessageKey, timeout: float | None = None) -> Tensors: ...
 
 
 class InProcessHub:
@@ -42,16 +58,16 @@ class InProcessTransport:
         self.hub = hub
         self.device = device
 
-    def send(self, peer: str, key: str, tensors: Tensors) -> None:
+    def send(self, key: MessageKey, tensors: Tensors) -> None:
         # A copy, as a real wire would make: the receiver must not share the sender's memory.
         copied = {name: t.detach().clone() for name, t in tensors.items()}
-        self.hub.bytes_sent[(self.device, peer)] += sum(
+        self.hub.bytes_sent[(self.device, key.target)] += sum(
             t.numel() * t.element_size() for t in copied.values()
         )
-        self.hub.box(peer, key).put(copied)
+        self.hub.box(key.target, str(key)).put(copied)
 
-    def recv(self, key: str, timeout: float | None = 60.0) -> Tensors:
+    def recv(self, key: MessageKey, timeout: float | None = 60.0) -> Tensors:
         try:
-            return self.hub.box(self.device, key).get(timeout=timeout)
+            return self.hub.box(self.device, str(key)).get(timeout=timeout)
         except queue.Empty:
             raise TimeoutError(f"{self.device}: no message {key!r} within {timeout} s") from None

@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pac.data.encoding import EncodedSample
 from pac.engine.ladder_cache import LadderCache
 from pac.pipeline.layout import PipelineLayout, StageSpec
 from pac.pipeline.routing import Rows, device_rows, micro_batch_rows, overlap
 from pac.pipeline.schedule import one_f_one_b
 from pac.pipeline.stage import StageComputation, StageOutput, stage_computation
-from pac.pipeline.transport import Tensors, Transport
+from pac.pipeline.transport import MessageKey, MessageKind, Tensors, Transport
 from pac.techniques.base import TunedModel
 
 
@@ -79,13 +78,15 @@ class DeviceWorker:
         index = self.stage_index + offset
         return self.layout.stages[index] if 0 <= index < len(self.layout.stages) else None
 
-    def _key(self, step: int, kind: str, micro: int, source: str, target: str) -> str:
-        return f"{step}/{kind}/{micro}/{source}>{target}"
+    def _key(
+        self, step: int, kind: MessageKind, micro: int, source: str, target: str
+    ) -> MessageKey:
+        return MessageKey(step, kind, micro, source, target)
 
     def _send(
         self,
         step: int,
-        kind: str,
+        kind: MessageKind,
         micro: Rows,
         index: int,
         mine: Rows,
@@ -97,10 +98,10 @@ class DeviceWorker:
             if common is None:
                 continue
             piece = slice_rows(tensors, (common[0] - mine[0], common[1] - mine[0]))
-            self.transport.send(device, self._key(step, kind, index, self.device, device), piece)
+            self.transport.send(self._key(step, kind, index, self.device, device), piece)
 
     def _gather(
-        self, step: int, kind: str, micro: Rows, index: int, mine: Rows, other: StageSpec
+        self, step: int, kind: MessageKind, micro: Rows, index: int, mine: Rows, other: StageSpec
     ) -> Tensors:
         pieces = []
         for device, rows in zip(other.devices, device_rows(micro, other.shares), strict=True):
@@ -111,10 +112,10 @@ class DeviceWorker:
 
     # ---- one step --------------------------------------------------------------------
     def run_step(
-        self, step: int, batch: Tensors, samples: list[EncodedSample] | None, loss_count: int
+        self, step: int, batch: Tensors, sample_ids: list[str] | None, loss_count: int
     ) -> StepResult:
-        """``batch``: the whole mini-batch (the keys this stage needs); ``samples``: its
-        encoded samples (for cache keys), ``loss_count``: the mini-batch's loss count."""
+        """``batch``: the whole mini-batch (the keys this stage needs); ``sample_ids``: its
+        samples' fingerprints (cache keys); ``loss_count``: the mini-batch's loss count."""
         size = next(iter(batch.values())).shape[0]
         micro = micro_batch_rows(size, self.layout.micro_batches)
         mine = [device_rows(m, self.spec.shares)[self.rank] for m in micro]
@@ -134,9 +135,9 @@ class DeviceWorker:
                         if self.computation.carries_grad(key) and value.is_floating_point():
                             value.requires_grad_(True)
                 output = self.computation.forward(inputs, slice_rows(batch, rows))
-                if self.cache is not None and samples is not None and output.points:
+                if self.cache is not None and sample_ids is not None and output.points:
                     self.cache.store(
-                        samples[rows[0] : rows[1]], slice_rows(batch, rows), output.points
+                        sample_ids[rows[0] : rows[1]], slice_rows(batch, rows), output.points
                     )
                 if following is not None:
                     self._send(step, "act", micro[index], index, rows, following, output.outputs)
@@ -183,7 +184,7 @@ class DeviceWorker:
         own = {n: p.grad for n, p in params.items() if p.grad is not None}
         for peer in group:
             if peer != self.device:
-                self.transport.send(peer, self._key(step, "allreduce", 0, self.device, peer), own)
+                self.transport.send(self._key(step, "allreduce", 0, self.device, peer), own)
         contributions = [
             own
             if peer == self.device

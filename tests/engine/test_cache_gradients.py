@@ -68,7 +68,7 @@ def test_cache_gradients_equal_live(
 
     key = CacheKey("model", "tokenizer", ",".join(model.points), precision)
     cache = LadderCache(ActivationCache(tmp_path / "cache", key), loaded.family, model.points)
-    cache.store(samples, batch, live_ladder)
+    cache.store([s.fingerprint for s in samples], batch, live_ladder)
     cache.cache.flush()
     cached = side_gradients(model, cache.load(samples), batch)
 
