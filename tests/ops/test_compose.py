@@ -175,3 +175,20 @@ def test_pac_scrape_jobs_keep_the_training_job_label() -> None:
         for job in config["scrape_configs"]:
             if job["job_name"].startswith("pac-"):
                 assert job.get("honor_labels") is True, (name, job["job_name"])
+
+
+def test_the_image_copies_the_project_and_runs_pac() -> None:
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    ignore = (ROOT / "docker" / "Dockerfile.dockerignore").read_text().split()
+    copied = [source for line in dockerfile.splitlines() if line.startswith("COPY ")
+              for source in line.split()[1:-1]]
+    for source in copied:
+        assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is missing"
+        assert f"!{source}" in ignore or f"!{source}/" in ignore, (
+            f"{source} is excluded from the build context by Dockerfile.dockerignore")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    packages = re.search(r"include = \[(.*?)\]", pyproject).group(1)  # type: ignore[union-attr]
+    for package in re.findall(r'"(\w+)\*"', packages):
+        assert package in copied, f"the image lacks the package {package} that pip installs"
+    assert 'ENTRYPOINT ["pac"]' in dockerfile
+    assert '"torch==2.13.0"' in dockerfile and "whl/cpu" in dockerfile
