@@ -33,8 +33,15 @@ from planner.estimate import cluster_from_json, model_profile, model_shape  # no
 from planner.profiles import Cluster, ModelProfile  # noqa: E402
 from planner.synthetic import random_cluster, synthetic_model  # noqa: E402
 
-T5_LARGE = {"model_type": "t5", "d_model": 1024, "d_ff": 4096, "num_layers": 24,
-            "num_decoder_layers": 24, "num_heads": 16, "vocab_size": 32128}
+T5_LARGE = {
+    "model_type": "t5",
+    "d_model": 1024,
+    "d_ff": 4096,
+    "num_layers": 24,
+    "num_decoder_layers": 24,
+    "num_heads": 16,
+    "vocab_size": 32128,
+}
 HOUSEHOLD = {
     "devices": [
         {"name": "laptop", "gflops": 120, "memory_gb": 6},
@@ -72,23 +79,30 @@ def timed(
 
 def planning_time(quick: bool) -> None:
     print("\n## planning time (parallel-adapters, batch 32, M chosen among its divisors)")
-    print(f"{'devices x layers':>17} {'types':>6} {'runs':>5} {'median s':>9} {'min s':>7} "
-          f"{'max s':>7} {'target':>7}  plan")
+    print(
+        f"{'devices x layers':>17} {'types':>6} {'runs':>5} {'median s':>9} {'min s':>7} "
+        f"{'max s':>7} {'target':>7}  plan"
+    )
     cases = [(8, 48, 2, 3), (8, 48, 3, 3), (8, 48, 4, 3), (16, 96, 2, 1), (16, 96, 3, 1)]
     if not quick:
         cases.append((16, 96, 4, 1))
     for n, layers, kinds, runs in cases:
         rng = np.random.default_rng(7)
         model = synthetic_model(layers)
-        cluster = random_cluster(rng, n, model, num_types=kinds, memory_mib=(600, 2000),
-                                 bandwidth_mbps=(1000, 1000))
-        times, result = timed(cluster, model, runs, technique="parallel-adapters",
-                              global_batch=32)
+        cluster = random_cluster(
+            rng, n, model, num_types=kinds, memory_mib=(600, 2000), bandwidth_mbps=(1000, 1000)
+        )
+        times, result = timed(cluster, model, runs, technique="parallel-adapters", global_batch=32)
         target = 1.0 if n == 8 else 10.0
-        shape = (f"{len(result.stages)} stages, groups "
-                 f"{'/'.join(str(len(g)) for g in result.groups)}, M={result.micro_batches}")
-        print(f"{n:>7} x {layers:<7} {kinds:>6} {runs:>5} {statistics.median(times):>9.2f} "
-              f"{min(times):>7.2f} {max(times):>7.2f} {target:>6.0f}s  {shape}", flush=True)
+        shape = (
+            f"{len(result.stages)} stages, groups "
+            f"{'/'.join(str(len(g)) for g in result.groups)}, M={result.micro_batches}"
+        )
+        print(
+            f"{n:>7} x {layers:<7} {kinds:>6} {runs:>5} {statistics.median(times):>9.2f} "
+            f"{min(times):>7.2f} {max(times):>7.2f} {target:>6.0f}s  {shape}",
+            flush=True,
+        )
 
 
 def classes_vs_brute_force() -> None:
@@ -105,20 +119,25 @@ def classes_vs_brute_force() -> None:
         except PlanInfeasible:
             continue
         took = time.perf_counter() - start
-        exact = brute_force(CostModel(cluster, model, Technique.PARALLEL_ADAPTERS), 8,
-                            micro_batch_counts(8, None))
+        exact = brute_force(
+            CostModel(cluster, model, Technique.PARALLEL_ADAPTERS), 8, micro_batch_counts(8, None)
+        )
         assert exact is not None
         loss = got.step_time_s / exact[1] - 1
         losses.append(loss)
-        print(f"{'6 distinct x 6 layers #' + str(seed):>24} {took:>7.2f} "
-              f"{got.step_time_s * 1e3:>16.1f} {exact[1] * 1e3:>14.1f} {loss:>6.1%}")
+        print(
+            f"{'6 distinct x 6 layers #' + str(seed):>24} {took:>7.2f} "
+            f"{got.step_time_s * 1e3:>16.1f} {exact[1] * 1e3:>14.1f} {loss:>6.1%}"
+        )
     rng = np.random.default_rng(9)
     model = synthetic_model(48)
     cluster = random_cluster(rng, 12, model, memory_mib=(600, 2000), bandwidth_mbps=(1000, 1000))
     start = time.perf_counter()
     got = planner.plan(cluster, model, "parallel-adapters", 32)
-    print(f"{'12 distinct x 48 layers':>24} {time.perf_counter() - start:>7.2f} "
-          f"{got.step_time_s * 1e3:>16.1f} {'(too big)':>14} {'':>7}")
+    print(
+        f"{'12 distinct x 48 layers':>24} {time.perf_counter() - start:>7.2f} "
+        f"{got.step_time_s * 1e3:>16.1f} {'(too big)':>14} {'':>7}"
+    )
     if losses:
         print(f"classes vs exact: mean loss {np.mean(losses):.1%}, worst {max(losses):.1%}")
 
@@ -128,18 +147,27 @@ def strategies() -> float:
     shape = model_shape(T5_LARGE, "t5-large")
     model = model_profile(shape, 128)
     cluster = cluster_from_json(HOUSEHOLD, shape, 128)
-    print(f"\n## T5-Large (48 blocks, seq 128), household of {len(cluster.devices)} devices "
-          "(laptop, mini-pc, 4 jetsons, 2 phones), 500 Mbit/s, batch 32")
-    print(f"{'technique':>17} {'M':>5} {'strategy':>14} {'step s':>8} {'vs pac':>7} "
-          f"{'stages':>6}  devices per stage")
+    print(
+        f"\n## T5-Large (48 blocks, seq 128), household of {len(cluster.devices)} devices "
+        "(laptop, mini-pc, 4 jetsons, 2 phones), 500 Mbit/s, batch 32"
+    )
+    print(
+        f"{'technique':>17} {'M':>5} {'strategy':>14} {'step s':>8} {'vs pac':>7} "
+        f"{'stages':>6}  devices per stage"
+    )
     headline = 0.0
-    for technique, m in (("parallel-adapters", None), ("parallel-adapters", 8),
-                         ("parallel-adapters", 4), ("full", None)):
+    for technique, m in (
+        ("parallel-adapters", None),
+        ("parallel-adapters", 8),
+        ("parallel-adapters", 4),
+        ("full", None),
+    ):
         rows = {}
         for strategy in ("pac", "even-split", "data-parallel", "pipeline", "standalone"):
             try:
-                rows[strategy] = planner.plan(cluster, model, technique, 32, micro_batches=m,
-                                              strategy=strategy)
+                rows[strategy] = planner.plan(
+                    cluster, model, technique, 32, micro_batches=m, strategy=strategy
+                )
             except PlanInfeasible:
                 rows[strategy] = None
         pac = rows["pac"]
@@ -150,9 +178,11 @@ def strategies() -> float:
                 print(f"{technique:>17} {label:>5} {strategy:>14} {'infeasible':>8}")
                 continue
             sizes = "/".join(str(len(g)) for g in result.groups)
-            print(f"{technique:>17} {label:>5} {strategy:>14} {result.step_time_s:>8.2f} "
-                  f"{result.step_time_s / pac.step_time_s:>6.2f}x {len(result.stages):>6}  "
-                  f"{sizes} (M={result.micro_batches})")
+            print(
+                f"{technique:>17} {label:>5} {strategy:>14} {result.step_time_s:>8.2f} "
+                f"{result.step_time_s / pac.step_time_s:>6.2f}x {len(result.stages):>6}  "
+                f"{sizes} (M={result.micro_batches})"
+            )
         others = [r.step_time_s for s, r in rows.items() if s != "pac" and r is not None]
         ratio = min(others) / pac.step_time_s
         print(f"{'':>17} best baseline / pac: {ratio:.2f}x")
@@ -165,13 +195,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    print(f"cpu: {cpu_model()} ({os.cpu_count()} cores), numpy {np.__version__}, "
-          f"python {platform.python_version()}")
+    print(
+        f"cpu: {cpu_model()} ({os.cpu_count()} cores), numpy {np.__version__}, "
+        f"python {platform.python_version()}"
+    )
     planning_time(args.quick)
     classes_vs_brute_force()
     headline = strategies()
-    print(f"\npredicted step, best baseline plan / PAC's plan (T5-Large, household, "
-          f"parallel-adapters, 8 micro-batches): {headline:.2f}x")
+    print(
+        f"\npredicted step, best baseline plan / PAC's plan (T5-Large, household, "
+        f"parallel-adapters, 8 micro-batches): {headline:.2f}x"
+    )
     return 0
 
 
