@@ -135,19 +135,21 @@ def _stage_tables(
 
     # Exact whole-sample split by bisection, for each type as the one that finishes last.
     compute = np.full(len(gi), math.inf)
+    count = [comps.vectors[gi, k].astype(np.float64) for k in range(K)]  # members per type
+    ps = [per_sample[k, ci] for k in range(K)]
     for k in range(K):
-        has = comps.vectors[gi, k] > 0
+        has = count[k] > 0
         lo = np.ones(len(gi), dtype=np.int64)
         hi = np.full(len(gi), b, dtype=np.int64)
-        ck = per_sample[k, ci]
-        while True:
+        ck = ps[k]
+        while b > 1:
             active = lo < hi
             if not active.any():
                 break
             mid = (lo + hi) // 2
             capacity = np.zeros(len(gi))
             for k2 in range(K):
-                capacity += comps.vectors[gi, k2] * np.floor(mid * ck / per_sample[k2, ci] + EPS)
+                capacity += count[k2] * np.floor(mid * ck / ps[k2] + EPS)
             enough = capacity >= b
             hi = np.where(active & enough, mid, hi)
             lo = np.where(active & ~enough, mid + 1, lo)
@@ -155,20 +157,21 @@ def _stage_tables(
 
     # The most micro-batches in flight that fit on every member type.
     max_inflight = np.full(len(gi), m, dtype=np.int64)
+    fx, st = fixed[ci], stash[ci]
     for k in range(K):
-        has = comps.vectors[gi, k] > 0
-        cap_k = np.minimum(np.floor(compute / per_sample[k, ci] + EPS), b).astype(np.int64)
+        has = count[k] > 0
+        cap_k = np.minimum(np.floor(compute / ps[k] + EPS), b).astype(np.int64)
         mem = types.memory[k]
-        load = cap_k * stash[ci]
+        load = cap_k * st
         with np.errstate(divide="ignore", invalid="ignore"):
-            guess = np.where(load > 0, np.floor((mem - fixed[ci]) / load), m)
+            guess = np.where(load > 0, np.floor((mem - fx) / load), m)
         guess = np.clip(np.nan_to_num(guess, nan=-1, posinf=m, neginf=-1), -1, m).astype(np.int64)
         # Settle the float estimate with the reference's own comparison.
-        up = (guess < m) & (fixed[ci] + ((guess + 1) * cap_k) * stash[ci] <= mem)
+        up = (guess < m) & (fx + ((guess + 1) * cap_k) * st <= mem)
         guess = np.where(up, guess + 1, guess)
-        down = (guess >= 0) & ~(fixed[ci] + (guess * cap_k) * stash[ci] <= mem)
+        down = (guess >= 0) & ~(fx + (guess * cap_k) * st <= mem)
         guess = np.where(down, guess - 1, guess)
-        guess = np.where(fixed[ci] <= mem, np.maximum(guess, 0), -1)
+        guess = np.where(fx <= mem, np.maximum(guess, 0), -1)
         max_inflight = np.where(has, np.minimum(max_inflight, guess), max_inflight)
 
     n = size[gi].astype(np.float64)
