@@ -371,9 +371,16 @@ def search(
     strictly better plans are returned, None when there is none. ``max_group`` limits
     the devices per stage (1: one device per stage, the pure pipeline baseline).
     """
-    comps = Compositions(types.counts, max_group)
     best = best_known
     found: TypeLayout | None = None
+    built: dict[int, Compositions] = {}
+
+    def compositions(limit: int) -> Compositions:
+        """Groups of at most ``limit`` devices (and ``max_group``), built once per limit."""
+        limit = min(limit, max_group or limit, sum(types.counts))
+        if limit not in built:
+            built[limit] = Compositions(types.counts, limit)
+        return built[limit]
 
     def offer(layout: TypeLayout | None) -> None:
         nonlocal best, found
@@ -382,9 +389,9 @@ def search(
 
     # Many micro-batches first: they tend to win, and a good incumbent prunes the rest.
     ms = sorted(micro_batch_counts, reverse=True)
-    if max_group is None and ms[0] > 1 and len(comps.groups) > sum(types.counts):
+    if max_group is None and ms[0] > 1 and global_batch // ms[0] > 1:
         # A quick incumbent from the one-device-per-stage search (groups of one: cheap).
-        single = Compositions(types.counts, max_group=1)
+        single = compositions(1)
         m, b = ms[0], global_batch // ms[0]
         threshold = best / m if math.isfinite(best) else math.inf
         strict = math.isfinite(threshold)
@@ -394,6 +401,10 @@ def search(
             offer(solve(single, tables, m, narrowest.slowest_s, strict=False))
     for m in ms:
         b = global_batch // m
+        # A group of more than b devices does no better than its b fastest members alone
+        # (same split time, no slower all-reduce or latency, same memory on those members):
+        # searching groups of at most b devices loses nothing.
+        comps = compositions(b)
         threshold = best / m if math.isfinite(best) else math.inf
         strict = math.isfinite(threshold)
         tables = _stage_tables(costs, types, comps, m, b, threshold)
