@@ -33,6 +33,9 @@ from agent.errors import (
 from agent.metrics import AgentMetrics
 from agent.profiling import LayerTiming, profile_layers
 from agent.stage import Stage
+from agent.training import TrainingSession, WireTransport
+from pac.pipeline.job import MeshJobSettings, unpack_batch
+from pac.pipeline.worker import StepResult
 from pac.wire.compression import CompressionPolicy
 from pac.wire.mailbox import Mailbox, RoutingKey
 from protos.v1 import agent_pb2, tensors_pb2
@@ -58,6 +61,9 @@ class JobSession:
     stages: dict[int, Stage] = field(default_factory=dict)
     slots: dict[_SLOT, dict[str, torch.Tensor]] = field(default_factory=dict)
     step: int = 0
+    # A mesh training job's replica and worker (agent/training.py), when the job's settings
+    # carry mesh settings.
+    training: TrainingSession | None = None
 
     def stage(self, index: int) -> Stage:
         stage = self.stages.get(index)
@@ -149,6 +155,44 @@ class AgentRuntime:
         session = JobSession(job_id, settings_json, _compression(settings_json))
         self.jobs[job_id] = session
         return session
+
+    async def start_training(self, job_id: str) -> bool:
+        """Build the job's replica when its settings are a mesh job's (loads the model in a
+        worker thread); returns whether it did."""
+        session = self.job(job_id)
+        settings = MeshJobSettings.from_json(session.settings_json)
+        if settings is None or session.training is not None:
+            return False
+        transport = WireTransport(
+            job_id, self.name, settings, self.send, self.mailbox, asyncio.get_running_loop()
+        )
+        session.training = await asyncio.to_thread(
+            TrainingSession, job_id, self.name, settings, self.cache_dir, transport
+        )
+        return True
+
+    async def run_training_step(self, job_id: str, step: int, timeout: float) -> StepResult:
+        """One mesh training step on the mini-batch the coordinator sent for ``step``."""
+        session = self.job(job_id)
+        if session.training is None:
+            raise BadRequest(f"job {job_id!r} was not opened with mesh settings")
+        key = RoutingKey(job_id, step, 0, 0, tensors_pb2.TENSOR_KIND_BATCH)
+        try:
+            message = await self.mailbox.get(key, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no mini-batch arrived for {key} within {timeout} s") from None
+        batch, sample_ids, count = unpack_batch(dict(message.tensors))
+        session.step = step
+        self.metrics.current_step.labels(job_id).set(step)
+        started = time.perf_counter()
+        result = await asyncio.to_thread(
+            session.training.run_step, step, batch, sample_ids, count
+        )
+        stage = session.training.worker.stage_index
+        self.metrics.stage_compute_seconds.labels(job_id, str(stage)).observe(
+            time.perf_counter() - started
+        )
+        return result
 
     def close_job(self, job_id: str) -> None:
         self.job(job_id)

@@ -96,6 +96,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     ) -> agent_pb2.OpenJobReply:
         async def call() -> agent_pb2.OpenJobReply:
             self.runtime.open_job(request.job_id, request.settings_json)
+            await self.runtime.start_training(request.job_id)
             return agent_pb2.OpenJobReply()
 
         return await _answer(context, call)
@@ -142,7 +143,15 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         self, request: agent_pb2.RunStepRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.RunStepReply:
         async def call() -> agent_pb2.RunStepReply:
-            self.runtime.job(request.job_id)
+            session = self.runtime.job(request.job_id)
+            if session.training is not None and not request.instructions:
+                async with self.runtime.work():
+                    step = await self.runtime.run_training_step(
+                        request.job_id, request.step, request.recv_timeout_s or 300.0
+                    )
+                return agent_pb2.RunStepReply(
+                    loss_sum=step.loss_sum, loss_terms=step.count, samples=step.samples
+                )
             async with self.runtime.work():
                 results = await self.runtime.run_step(
                     request.job_id,

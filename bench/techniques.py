@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, median, run_child, torch_only_rss_mb
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import machine_line, median, run_child, torch_only_rss_mb
 
 BASELINES = ("full", "lora", "adapters")
 

@@ -54,7 +54,9 @@ def default_drivers(context: DriverContext | None = None) -> dict[str, JobDriver
     """Placement name -> driver. The mesh driver plugs in here with one line, e.g.
     ``"mesh": MeshDriver(context)``."""
     from coordinator.drivers.local import LocalDriver
+    from coordinator.drivers.mesh import MeshDriver
 
     return {
         "local": LocalDriver(),
+        "mesh": MeshDriver(context),
     }

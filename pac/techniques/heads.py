@@ -38,6 +38,16 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, last_token: bool) -> torch.Te
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
+def loss_count(task: TaskSpec, batch: dict[str, torch.Tensor]) -> int:
+    """How many terms a task's loss sums over ``batch``: samples, or target tokens."""
+    labels = batch["labels"]
+    if not task.generates_text:
+        return int(labels.shape[0])
+    if task.kind == "causal-lm":
+        labels = labels[:, 1:]
+    return int((labels != IGNORE_INDEX).sum())
+
+
 class TaskHead(nn.Module):
     """Maps the final hidden state ``[batch, seq, d]`` to the task's outputs."""
 
@@ -91,12 +101,7 @@ class TaskHead(nn.Module):
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         """How many terms :meth:`loss_terms` sums over the whole ``batch``."""
-        labels = batch["labels"]
-        if not self.task.generates_text:
-            return labels.shape[0]
-        if self.task.kind == "causal-lm":
-            labels = labels[:, 1:]
-        return int((labels != IGNORE_INDEX).sum())
+        return loss_count(self.task, batch)
 
     def predict(
         self, outputs: torch.Tensor, label_first_tokens: list[int] | None = None

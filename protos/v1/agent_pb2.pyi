@@ -390,6 +390,12 @@ Global___Instruction: _TypeAlias = Instruction  # noqa: Y015
 
 @_typing.final
 class RunStepRequest(_message.Message):
+    """Without instructions, on a job opened with mesh settings (pac.pipeline.job), the agent
+    runs its whole part of the step itself: its stage's forwards and backwards in 1F1B
+    order, the transfers to neighbouring stages, the group all-reduce and the optimizer step,
+    on the mini-batch the coordinator sent as TENSOR_KIND_BATCH (step, micro-batch 0, stage 0).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
@@ -452,7 +458,17 @@ class RunStepReply(_message.Message):
 
     RESULTS_FIELD_NUMBER: _builtins.int
     COMPUTE_SECONDS_FIELD_NUMBER: _builtins.int
+    LOSS_SUM_FIELD_NUMBER: _builtins.int
+    LOSS_TERMS_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
     compute_seconds: _builtins.float
+    loss_sum: _builtins.float
+    """A mesh training step (a RunStep without instructions on a job opened with mesh
+    settings): the summed loss terms of this agent's rows (last stage only), how many terms
+    they are, and how many samples it computed the loss of.
+    """
+    loss_terms: _builtins.int
+    samples: _builtins.int
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstructionResult]: ...
     def __init__(
@@ -460,10 +476,13 @@ class RunStepReply(_message.Message):
         *,
         results: _abc.Iterable[Global___InstructionResult] | None = ...,
         compute_seconds: _builtins.float = ...,
+        loss_sum: _builtins.float = ...,
+        loss_terms: _builtins.int = ...,
+        samples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_seconds", b"compute_seconds", "results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_seconds", b"compute_seconds", "loss_sum", b"loss_sum", "loss_terms", b"loss_terms", "results", b"results", "samples", b"samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,1 @@
+"""Benchmarks: side-by-side ratios, run as scripts (python bench/NAME.py)."""

@@ -1,0 +1,84 @@
+"""What every device of a mesh job is told when the job opens, and how a mini-batch
+travels from the coordinator to the devices."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from pac.pipeline.layout import PipelineLayout
+from pac.tasks import TaskSpec
+
+Tensors = dict[str, torch.Tensor]
+SAMPLE_IDS, LOSS_COUNT = "pac.sample_ids", "pac.loss_count"
+
+
+@dataclass(frozen=True)
+class MeshJobSettings:
+    """A mesh job as one device needs it: the model (a local copy on every device), the
+    task and technique, the layout, where the other devices listen, and the optimizer's
+    settings (equal everywhere, so that all replicas train alike)."""
+
+    model_dir: str
+    task: TaskSpec
+    technique: str
+    technique_settings: dict[str, Any]
+    layout: PipelineLayout
+    addresses: dict[str, str]
+    seed: int = 0
+    learning_rate: float = 1e-3
+    total_steps: int = 1
+    warmup_ratio: float = 0.06
+    cache_precision: str = "fp16"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["task"]["labels"] = list(self.task.labels)
+        data["layout"] = json.loads(self.layout.to_json())
+        return json.dumps({"mesh": data})
+
+    @classmethod
+    def from_json(cls, text: str) -> MeshJobSettings | None:
+        """The settings in a job's settings JSON, or None when it is not a mesh job."""
+        data = json.loads(text or "{}").get("mesh")
+        if data is None:
+            return None
+        task = dict(data["task"])
+        task["labels"] = tuple(task.get("labels", ()))
+        return cls(
+            model_dir=data["model_dir"],
+            task=TaskSpec(**task),
+            technique=data["technique"],
+            technique_settings=dict(data["technique_settings"]),
+            layout=PipelineLayout.from_json(json.dumps(data["layout"])),
+            addresses=dict(data["addresses"]),
+            seed=int(data["seed"]),
+            learning_rate=float(data["learning_rate"]),
+            total_steps=int(data["total_steps"]),
+            warmup_ratio=float(data["warmup_ratio"]),
+            cache_precision=str(data["cache_precision"]),
+            extra=dict(data.get("extra", {})),
+        )
+
+
+def pack_batch(batch: Tensors, sample_ids: list[str], loss_count: int) -> Tensors:
+    """One message of tensors: the collated mini-batch, its samples' fingerprints (as bytes)
+    and the number of loss terms of the whole mini-batch."""
+    width = max((len(s) for s in sample_ids), default=0)
+    ids = torch.zeros(len(sample_ids), width, dtype=torch.uint8)
+    for row, sample_id in enumerate(sample_ids):
+        ids[row, : len(sample_id)] = torch.tensor(
+            list(sample_id.encode("ascii")), dtype=torch.uint8
+        )
+    return {**batch, SAMPLE_IDS: ids, LOSS_COUNT: torch.tensor(loss_count, dtype=torch.int64)}
+
+
+def unpack_batch(message: Tensors) -> tuple[Tensors, list[str], int]:
+    """The inverse of :func:`pack_batch`."""
+    batch = {k: v for k, v in message.items() if k not in (SAMPLE_IDS, LOSS_COUNT)}
+    ids = [bytes(row.tolist()).rstrip(b"\0").decode("ascii") for row in message[SAMPLE_IDS]]
+    return batch, ids, int(message[LOSS_COUNT])
