@@ -88,9 +88,19 @@ class StageTables:
 
 
 def _stage_tables(
-    costs: CostModel, types: DeviceTypes, comps: Compositions, m: int, b: int, threshold: float
+    costs: CostModel,
+    types: DeviceTypes,
+    comps: Compositions,
+    m: int,
+    b: int,
+    threshold: float,
+    exact: bool = True,
 ) -> StageTables:
-    """Price every (group, [i, j)) whose stage time can be below ``threshold``."""
+    """Price every (group, [i, j)) whose stage time can be below ``threshold``.
+
+    With ``exact=False``, a relaxation that is cheap to build: the split's time is the
+    fractional lower bound and memory counts weights only (any DP on it gives lower bounds).
+    """
     L = costs.num_layers
     K = len(types)
     first, end = np.triu_indices(L + 1, k=1)  # cells: first < end <= L
@@ -133,46 +143,52 @@ def _stage_tables(
         )
     gi, ci = np.nonzero(candidate)
 
-    # Exact whole-sample split by bisection, for each type as the one that finishes last.
-    compute = np.full(len(gi), math.inf)
-    count = [comps.vectors[gi, k].astype(np.float64) for k in range(K)]  # members per type
-    ps = [per_sample[k, ci] for k in range(K)]
-    for k in range(K):
-        has = count[k] > 0
-        lo = np.ones(len(gi), dtype=np.int64)
-        hi = np.full(len(gi), b, dtype=np.int64)
-        ck = ps[k]
-        while b > 1:
-            active = lo < hi
-            if not active.any():
-                break
-            mid = (lo + hi) // 2
-            capacity = np.zeros(len(gi))
-            for k2 in range(K):
-                capacity += count[k2] * np.floor(mid * ck / ps[k2] + EPS)
-            enough = capacity >= b
-            hi = np.where(active & enough, mid, hi)
-            lo = np.where(active & ~enough, mid + 1, lo)
-        compute = np.where(has, np.minimum(compute, lo * ck), compute)
+    if not exact:
+        # A hair under the fractional bound, so that rounding never lifts it above the truth.
+        compute = frac[gi, ci] * (1 - 1e-12)
+        max_inflight = np.full(len(gi), m, dtype=np.int64)
+    else:
+        # Exact whole-sample split by bisection, for each type as the one that finishes last.
+        compute = np.full(len(gi), math.inf)
+        count = [comps.vectors[gi, k].astype(np.float64) for k in range(K)]  # members per type
+        ps = [per_sample[k, ci] for k in range(K)]
+        for k in range(K):
+            has = count[k] > 0
+            lo = np.ones(len(gi), dtype=np.int64)
+            hi = np.full(len(gi), b, dtype=np.int64)
+            ck = ps[k]
+            while b > 1:
+                active = lo < hi
+                if not active.any():
+                    break
+                mid = (lo + hi) // 2
+                capacity = np.zeros(len(gi))
+                for k2 in range(K):
+                    capacity += count[k2] * np.floor(mid * ck / ps[k2] + EPS)
+                enough = capacity >= b
+                hi = np.where(active & enough, mid, hi)
+                lo = np.where(active & ~enough, mid + 1, lo)
+            compute = np.where(has, np.minimum(compute, lo * ck), compute)
 
-    # The most micro-batches in flight that fit on every member type.
-    max_inflight = np.full(len(gi), m, dtype=np.int64)
-    fx, st = fixed[ci], stash[ci]
-    for k in range(K):
-        has = count[k] > 0
-        cap_k = np.minimum(np.floor(compute / ps[k] + EPS), b).astype(np.int64)
-        mem = types.memory[k]
-        load = cap_k * st
-        with np.errstate(divide="ignore", invalid="ignore"):
-            guess = np.where(load > 0, np.floor((mem - fx) / load), m)
-        guess = np.clip(np.nan_to_num(guess, nan=-1, posinf=m, neginf=-1), -1, m).astype(np.int64)
-        # Settle the float estimate with the reference's own comparison.
-        up = (guess < m) & (fx + ((guess + 1) * cap_k) * st <= mem)
-        guess = np.where(up, guess + 1, guess)
-        down = (guess >= 0) & ~(fx + (guess * cap_k) * st <= mem)
-        guess = np.where(down, guess - 1, guess)
-        guess = np.where(fx <= mem, np.maximum(guess, 0), -1)
-        max_inflight = np.where(has, np.minimum(max_inflight, guess), max_inflight)
+        # The most micro-batches in flight that fit on every member type.
+        max_inflight = np.full(len(gi), m, dtype=np.int64)
+        fx, st = fixed[ci], stash[ci]
+        for k in range(K):
+            has = count[k] > 0
+            cap_k = np.minimum(np.floor(compute / ps[k] + EPS), b).astype(np.int64)
+            mem = types.memory[k]
+            load = cap_k * st
+            with np.errstate(divide="ignore", invalid="ignore"):
+                guess = np.where(load > 0, np.floor((mem - fx) / load), m)
+            guess = np.nan_to_num(guess, nan=-1, posinf=m, neginf=-1)
+            guess = np.clip(guess, -1, m).astype(np.int64)
+            # Settle the float estimate with the reference's own comparison.
+            up = (guess < m) & (fx + ((guess + 1) * cap_k) * st <= mem)
+            guess = np.where(up, guess + 1, guess)
+            down = (guess >= 0) & ~(fx + (guess * cap_k) * st <= mem)
+            guess = np.where(down, guess - 1, guess)
+            guess = np.where(fx <= mem, np.maximum(guess, 0), -1)
+            max_inflight = np.where(has, np.minimum(max_inflight, guess), max_inflight)
 
     n = size[gi].astype(np.float64)
     ring = np.where(
@@ -407,6 +423,15 @@ def search(
         comps = compositions(b)
         threshold = best / m if math.isfinite(best) else math.inf
         strict = math.isfinite(threshold)
+        if strict and b > 1:
+            # Lower bounds from cheap tables first: skip m when even they cannot win.
+            bound = _stage_tables(costs, types, comps, m, b, threshold, exact=False)
+            least = run_dp(comps, bound, m, threshold, strict)
+            if least is None:
+                continue
+            narrow = run_dp(comps, bound, m, threshold, strict, bottleneck=True)
+            if narrow is None or least.sum_s + (m - 1) * narrow.slowest_s >= best:
+                continue
         tables = _stage_tables(costs, types, comps, m, b, threshold)
         if m == 1:
             offer(solve(comps, tables, m, threshold, strict))
