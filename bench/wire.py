@@ -1,6 +1,7 @@
 """Tensor to tensor over loopback: the agents' gRPC stream against two plain TCP baselines.
 
     python bench/wire.py [--sizes-mib 1 64 512] [--repeats 3]
+    sudo python bench/wire.py --sizes-mib 64 512 --link-mbit 1000   # a shaped link
 
 For each tensor size (float32, random, seed 0) three approaches run one after the other,
 each as its own pair of processes (a sender and a receiver, so peak memory is their own):
@@ -14,14 +15,21 @@ each as its own pair of processes (a sender and a receiver, so peak memory is th
 A transfer is timed at the sender from the sender's tensor to the receiver's ack, which the
 receiver sends once it holds the tensor. One untimed warm-up, then the median of the timed
 repeats (min and max beside it). After the timed transfers the receiver regenerates the
-tensor and checks every received one equal. Receiver peak extra memory is its peak RSS
+tensor and checks the last received one equal. Receiver peak extra memory is its peak RSS
 (ru_maxrss) after the transfers minus its RSS before the first one, over the tensor size.
+CPU s/GB is the user + system CPU of both processes per GB moved: on a shared, busy machine
+it is steadier than the throughput.
+
+With ``--link-mbit`` the two processes run in two network namespaces joined by a veth pair,
+the sender's side shaped with ``tc tbf``; the last line then also says which share of the
+link the gRPC stream used.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import platform
 import resource
@@ -31,7 +39,8 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +93,12 @@ def recv_exact(connection: socket.socket, view: memoryview) -> None:
         received += count
 
 
-def tcp_receiver(approach: str, size_mib: int, messages: int) -> None:
+def tcp_receiver(approach: str, size_mib: int, messages: int, host: str) -> None:
     import safetensors.torch
 
     from pac.wire.chunking import allocate
 
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener = socket.create_server((host, 0))
     print(f"PORT {listener.getsockname()[1]}", flush=True)
     connection, _ = listener.accept()
     connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -120,7 +129,7 @@ def tcp_receiver(approach: str, size_mib: int, messages: int) -> None:
     report({"peak_extra": peak_extra, "baseline_rss": baseline, "equal": equal, "cpu": cpu})
 
 
-def grpc_receiver(size_mib: int, messages: int) -> None:
+def grpc_receiver(size_mib: int, messages: int, host: str) -> None:
     from agent.server import AgentConfig, AgentServer
     from pac.wire.channel import TransportSecurity
     from pac.wire.mailbox import RoutingKey
@@ -130,7 +139,7 @@ def grpc_receiver(size_mib: int, messages: int) -> None:
         agent = await AgentServer.start(
             AgentConfig(
                 name="receiver",
-                listen="127.0.0.1:0",
+                listen=f"{host}:0",
                 cache_dir=Path("/tmp/pac-bench-receiver"),
                 join_token=TOKEN,
                 security=TransportSecurity(insecure=True),
@@ -161,11 +170,11 @@ def grpc_receiver(size_mib: int, messages: int) -> None:
 
 
 # ---- senders ---------------------------------------------------------------------------
-def tcp_sender(approach: str, size_mib: int, messages: int, port: int) -> None:
+def tcp_sender(approach: str, size_mib: int, messages: int, host: str, port: int) -> None:
     import safetensors.torch
 
     tensor = make_tensor(size_mib)
-    connection = socket.create_connection(("127.0.0.1", port))
+    connection = socket.create_connection((host, port))
     connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     times = []
     cpu_start = 0.0
@@ -188,7 +197,7 @@ def tcp_sender(approach: str, size_mib: int, messages: int, port: int) -> None:
     report({"times": times, "cpu": cpu})
 
 
-def grpc_sender(size_mib: int, messages: int, port: int, chunk_kib: int) -> None:
+def grpc_sender(size_mib: int, messages: int, host: str, port: int, chunk_kib: int) -> None:
     from agent.server import AgentConfig, AgentServer
     from pac.wire.channel import TransportSecurity
     from protos.v1 import tensors_pb2
@@ -199,7 +208,7 @@ def grpc_sender(size_mib: int, messages: int, port: int, chunk_kib: int) -> None
         agent = await AgentServer.start(
             AgentConfig(
                 name="sender",
-                listen="127.0.0.1:0",
+                listen="0.0.0.0:0",
                 cache_dir=Path("/tmp/pac-bench-sender"),
                 join_token=TOKEN,
                 security=TransportSecurity(insecure=True),
@@ -216,7 +225,7 @@ def grpc_sender(size_mib: int, messages: int, port: int, chunk_kib: int) -> None
                 job_id="bench", step=step, sender="sender", kind=tensors_pb2.TENSOR_KIND_ACTIVATION
             )
             started = time.perf_counter()
-            await agent.send_to(f"127.0.0.1:{port}", {"x": tensor}, routing)
+            await agent.send_to(f"{host}:{port}", {"x": tensor}, routing)
             times.append(time.perf_counter() - started)
         cpu = cpu_seconds() - cpu_start
         await agent.stop(1)
@@ -226,6 +235,72 @@ def grpc_sender(size_mib: int, messages: int, port: int, chunk_kib: int) -> None
 
 
 # ---- driver ----------------------------------------------------------------------------
+NETNS = {"send": "pac-bench-tx", "recv": "pac-bench-rx"}
+LINK_ADDRESSES = {"send": "10.77.0.1", "recv": "10.77.0.2"}
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@contextlib.contextmanager
+def shaped_link(mbit: int) -> Iterator[Topology]:
+    """Two namespaces joined by a veth pair; the sender's egress shaped to ``mbit`` with a
+    token bucket (burst sized for 10 ms at that rate, as a 1 Gbit/s home switch buffers)."""
+    for namespace in NETNS.values():
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+        _ip("netns", "add", namespace)
+    try:
+        _ip("link", "add", "pacb-tx", "type", "veth", "peer", "name", "pacb-rx")
+        for role, device in (("send", "pacb-tx"), ("recv", "pacb-rx")):
+            _ip("link", "set", device, "netns", NETNS[role])
+            _ip("-n", NETNS[role], "addr", "add", f"{LINK_ADDRESSES[role]}/24", "dev", device)
+            _ip("-n", NETNS[role], "link", "set", device, "up")
+            _ip("-n", NETNS[role], "link", "set", "lo", "up")
+        burst_bytes = max(mbit * 1_000_000 // 8 // 100, 64 * 1024)
+        subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                NETNS["send"],
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                "pacb-tx",
+                "root",
+                "tbf",
+                "rate",
+                f"{mbit}mbit",
+                "burst",
+                str(burst_bytes),
+                "latency",
+                "50ms",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        yield Topology(host=LINK_ADDRESSES["recv"], link_mbit=mbit)
+    finally:
+        for namespace in NETNS.values():
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where the two processes run: loopback, or two network namespaces joined by a veth
+    pair whose sender side is shaped with ``tc tbf`` to ``link_mbit``."""
+
+    host: str = "127.0.0.1"
+    link_mbit: int = 0
+
+    def prefix(self, role: str) -> list[str]:
+        if not self.link_mbit:
+            return []
+        return ["ip", "netns", "exec", NETNS[role]]
+
+
 def child(
     role: str,
     approach: str,
@@ -233,9 +308,11 @@ def child(
     messages: int,
     threads: int,
     chunk_kib: int,
+    topology: Topology,
     port: int = 0,
 ) -> subprocess.Popen[str]:
     command = [
+        *topology.prefix(role),
         sys.executable,
         __file__,
         "--role",
@@ -252,13 +329,15 @@ def child(
         str(port),
         "--chunk-kib",
         str(chunk_kib),
+        "--host",
+        topology.host,
     ]
     return subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
     )
 
 
@@ -271,16 +350,27 @@ def read_line(process: subprocess.Popen[str], prefix: str) -> str:
 
 
 def run_pair(
-    approach: str, size_mib: int, messages: int, threads: int, chunk_kib: int
+    approach: str, size_mib: int, messages: int, threads: int, chunk_kib: int, topology: Topology
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    receiver = child("recv", approach, size_mib, messages, threads, chunk_kib)
-    port = int(read_line(receiver, "PORT "))
-    sender = child("send", approach, size_mib, messages, threads, chunk_kib, port)
-    sent = json.loads(read_line(sender, "RESULT "))
-    received = json.loads(read_line(receiver, "RESULT "))
-    if sender.wait() != 0 or receiver.wait() != 0:
-        raise RuntimeError(f"approach {approach} at {size_mib} MiB failed")
-    return sent, received
+    receiver = child("recv", approach, size_mib, messages, threads, chunk_kib, topology)
+    sender: subprocess.Popen[str] | None = None
+    try:
+        port = int(read_line(receiver, "PORT "))
+        sender = child("send", approach, size_mib, messages, threads, chunk_kib, topology, port)
+        sent = json.loads(read_line(sender, "RESULT "))
+        received = json.loads(read_line(receiver, "RESULT "))
+        if sender.wait() != 0 or receiver.wait() != 0:
+            raise RuntimeError(f"approach {approach} at {size_mib} MiB failed")
+        return sent, received
+    finally:
+        for process in (sender, receiver):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def percent(ratio: float) -> str:
+    return "-" if ratio != ratio else f"{ratio:.0%}"  # NaN: B was not run
 
 
 def cpu_model() -> str:
@@ -305,7 +395,12 @@ def torch_only_rss() -> int:
 
 
 def drive(
-    sizes: list[int], repeats: int, threads: int, chunk_kib: int, approaches: list[str]
+    sizes: list[int],
+    repeats: int,
+    threads: int,
+    chunk_kib: int,
+    approaches: list[str],
+    topology: Topology,
 ) -> int:
     import transformers
 
@@ -313,6 +408,10 @@ def drive(
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
         f"threads {threads}, gRPC chunk {chunk_kib} KiB, CPU {cpu_model()}"
     )
+    where = "loopback"
+    if topology.link_mbit:
+        where = f"veth between two network namespaces, tbf {topology.link_mbit} Mbit/s"
+    print(f"path: {where}")
     print(f"RSS of a process that only imports torch: {torch_only_rss() / MiB:.0f} MiB")
     header = (
         f"{'size':>8} {'approach':<34} {'median GB/s':>11} {'min':>6} {'max':>6} "
@@ -321,13 +420,14 @@ def drive(
     print(header)
     print("-" * len(header))
     headline: dict[int, tuple[float, float, float]] = {}
+    headline_rates: dict[int, float] = {}
     failed = False
     for size in sizes:
         # Small messages vary more: more repeats, still a fraction of a second each.
         timed = max(repeats, min(50, 256 // size))
         rates: dict[str, float] = {}
         for approach in sorted({"A", *approaches}):
-            sent, received = run_pair(approach, size, timed + 1, threads, chunk_kib)
+            sent, received = run_pair(approach, size, timed + 1, threads, chunk_kib, topology)
             per_second = sorted(size * MiB / t / 1e9 for t in sent["times"][1:])
             rates[approach] = statistics.median(per_second)
             peak = received["peak_extra"] / (size * MiB)
@@ -338,18 +438,24 @@ def drive(
             print(
                 f"{size:>5} MiB {approach + ' ' + APPROACHES[approach]:<34} "
                 f"{rates[approach]:>11.3f} {per_second[0]:>6.3f} {per_second[-1]:>6.3f} "
-                f"{versus_a:>6.0%} {versus_b:>6.0%} {cpu_per_gb:>15.2f} {peak:>13.2f}x "
+                f"{versus_a:>6.0%} {percent(versus_b):>6} {cpu_per_gb:>15.2f} {peak:>13.2f}x "
                 f"{received['equal']}"
             )
             if approach == "C":
                 headline[size] = (versus_a, versus_b, peak)
+                headline_rates[size] = rates[approach]
     if not headline:
         return 1 if failed else 0
     largest = max(headline)
     versus_a, versus_b, peak = headline[largest]
+    link = ""
+    if topology.link_mbit:
+        rate = headline_rates[largest] * 8000 / topology.link_mbit
+        link = f", {rate:.0%} of the {topology.link_mbit} Mbit/s link"
     print(
         f"gRPC agent to agent at {largest} MiB: {versus_a:.0%} of raw TCP (A), "
-        f"{versus_b:.0%} of TCP + safetensors (B), receiver peak extra {peak:.2f}x the tensor"
+        f"{percent(versus_b)} of TCP + safetensors (B){link}, receiver peak extra "
+        f"{peak:.2f}x the tensor"
     )
     return 1 if failed else 0
 
@@ -372,17 +478,27 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=1)
     parser.add_argument("--messages", type=int, default=4)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--link-mbit",
+        type=int,
+        default=0,
+        help="run across two network namespaces joined by a veth pair shaped to this rate "
+        "with tc tbf (needs root), instead of loopback",
+    )
     args = parser.parse_args()
+    a = args
     torch.set_num_threads(args.threads)
     if args.role == "drive":
-        return drive(args.sizes_mib, args.repeats, args.threads, args.chunk_kib, args.approaches)
+        if not args.link_mbit:
+            return drive(a.sizes_mib, a.repeats, a.threads, a.chunk_kib, a.approaches, Topology())
+        with shaped_link(args.link_mbit) as topology:
+            return drive(a.sizes_mib, a.repeats, a.threads, a.chunk_kib, a.approaches, topology)
     roles: dict[tuple[str, bool], Callable[[], None]] = {
-        ("recv", False): lambda: tcp_receiver(args.approach, args.size_mib, args.messages),
-        ("recv", True): lambda: grpc_receiver(args.size_mib, args.messages),
-        ("send", False): lambda: tcp_sender(args.approach, args.size_mib, args.messages, args.port),
-        ("send", True): lambda: grpc_sender(
-            args.size_mib, args.messages, args.port, args.chunk_kib
-        ),
+        ("recv", False): lambda: tcp_receiver(a.approach, a.size_mib, a.messages, a.host),
+        ("recv", True): lambda: grpc_receiver(a.size_mib, a.messages, a.host),
+        ("send", False): lambda: tcp_sender(a.approach, a.size_mib, a.messages, a.host, a.port),
+        ("send", True): lambda: grpc_sender(a.size_mib, a.messages, a.host, a.port, a.chunk_kib),
     }
     roles[(args.role, args.approach == "C")]()
     return 0
