@@ -33,7 +33,7 @@ from agent.errors import (
 from agent.metrics import AgentMetrics
 from agent.profiling import LayerTiming, profile_layers
 from agent.stage import Stage
-from agent.training import TrainingSession, WireTransport
+from agent.training import TrainingSession, WireTransport, import_entries
 from pac.pipeline.job import MeshJobSettings, unpack_batch
 from pac.pipeline.worker import StepResult
 from pac.wire.compression import CompressionPolicy
@@ -107,6 +107,7 @@ class AgentRuntime:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._cache_lock = asyncio.Lock()
 
     # ---- work accounting (for drain) -----------------------------------------------
     @contextlib.asynccontextmanager
@@ -193,6 +194,43 @@ class AgentRuntime:
             time.perf_counter() - started
         )
         return result
+
+    def _training(self, job_id: str) -> TrainingSession:
+        training = self.job(job_id).training
+        if training is None:
+            raise BadRequest(f"job {job_id!r} was not opened with mesh settings")
+        return training
+
+    async def redistribute(self, job_id: str, owners: dict[str, str]) -> tuple[int, int]:
+        """Move this agent's cache entries to their samples' owners (worker thread)."""
+        return await asyncio.to_thread(self._training(job_id).redistribute, owners)
+
+    async def absorb_cache_entries(self) -> int:
+        """Store cache entries that peers sent (redistribution), as soon as they arrive."""
+        stored = 0
+        for key in self.mailbox.pending():
+            if key.kind != tensors_pb2.TENSOR_KIND_CACHE_ENTRY:
+                continue
+            try:
+                message = await self.mailbox.get(key, 0.0)
+            except TimeoutError:
+                continue  # another call took it
+            training = self._training(key.job_id)
+            async with self._cache_lock:
+                stored += await asyncio.to_thread(
+                    import_entries, training.cache, dict(message.tensors)
+                )
+        self.metrics.cache_bytes.set(
+            sum(s.training.cache.nbytes for s in self.jobs.values() if s.training is not None)
+        )
+        return stored
+
+    async def enter_cache_phase(self, job_id: str) -> tuple[int, int, int]:
+        """Gather the side network, release the backbone, train from the cache next."""
+        return await asyncio.to_thread(self._training(job_id).enter_cache_phase)
+
+    async def export_adapters(self, job_id: str) -> dict[str, torch.Tensor]:
+        return await asyncio.to_thread(self._training(job_id).export)
 
     def close_job(self, job_id: str) -> None:
         self.job(job_id)

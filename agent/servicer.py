@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
+import torch
 
 from agent.errors import AgentError, BadRequest, NotYetSupported
 from agent.runtime import AgentRuntime
+from pac.wire.chunking import ChunkStream
+from pac.wire.codec import encode
 from pac.wire.errors import WireError
 from pac.wire.receiver import TensorReceiver
 from protos.v1 import agent_pb2, agent_pb2_grpc, tensors_pb2
@@ -134,6 +138,10 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         async def call() -> tensors_pb2.TensorAck:
             async with self.runtime.work():
                 ack = await self.receiver.receive(request_iterator, context)
+                if ack.routing.kind == tensors_pb2.TENSOR_KIND_CACHE_ENTRY:
+                    # Stored before the ack: when a sender's Redistribute returns, its
+                    # entries are in their owners' caches.
+                    await self.runtime.absorb_cache_entries()
             self.runtime.metrics.mailbox_bytes.set(self.runtime.mailbox.bytes_waiting())
             return ack
 
@@ -182,7 +190,13 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     ) -> agent_pb2.RedistributeReply:
         async def call() -> agent_pb2.RedistributeReply:
             self.runtime.job(request.job_id)
-            raise NotYetSupported("cache redistribution arrives with the activation cache issue")
+            if not request.owners_json:
+                raise BadRequest("Redistribute needs owners_json (sample fingerprint -> agent)")
+            async with self.runtime.work():
+                sent_bytes, entries = await self.runtime.redistribute(
+                    request.job_id, json.loads(request.owners_json)
+                )
+            return agent_pb2.RedistributeReply(bytes_sent=sent_bytes, entries_sent=entries)
 
         return await _answer(context, call)
 
@@ -191,17 +205,27 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         request: agent_pb2.ExportAdaptersRequest,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
-        async def call() -> None:
-            self.runtime.job(request.job_id)
-            raise NotYetSupported("adapter export arrives with the side network issue")
+        async def call() -> dict[str, torch.Tensor]:
+            return await self.runtime.export_adapters(request.job_id)
 
-        await _answer(context, call)
-        yield b""  # pragma: no cover - unreachable, makes this an async generator
+        tensors = await _answer(context, call)
+        routing = tensors_pb2.Routing(
+            job_id=request.job_id, kind=tensors_pb2.TENSOR_KIND_ADAPTER, sender=self.runtime.name
+        )
+        for frame in ChunkStream(encode(tensors, {}), routing).frames():
+            yield frame
 
     async def ReleaseBackbone(
         self, request: agent_pb2.ReleaseBackboneRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.ReleaseBackboneReply:
         async def call() -> agent_pb2.ReleaseBackboneReply:
+            if self.runtime.job(request.job_id).training is not None:
+                async with self.runtime.work():
+                    freed, before, after = await self.runtime.enter_cache_phase(request.job_id)
+                self.runtime.metrics.rss.set(after)
+                return agent_pb2.ReleaseBackboneReply(
+                    freed_bytes=freed, rss_before_bytes=before, rss_after_bytes=after
+                )
             return agent_pb2.ReleaseBackboneReply(
                 freed_bytes=self.runtime.release_backbone(request.job_id)
             )

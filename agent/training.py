@@ -17,7 +17,10 @@ from pac.cache.key import CacheKey
 from pac.cache.store import ActivationCache
 from pac.engine.ladder_cache import LadderCache
 from pac.engine.loading import load_model
+from pac.engine.memory import release_backbone, rss_bytes
 from pac.engine.schedule import make_optimizer
+from pac.pipeline.cache_phase import DataParallelWorker, gather_state, owned_state
+from pac.pipeline.entries import split_part_id
 from pac.pipeline.job import MeshJobSettings
 from pac.pipeline.transport import MessageKey, Tensors
 from pac.pipeline.worker import DeviceWorker, StepResult
@@ -30,11 +33,15 @@ from protos.v1 import tensors_pb2
 Sender = Callable[[str, Tensors, tensors_pb2.Routing, torch.dtype | None], Awaitable[int]]
 
 KINDS = {
+    "cache": tensors_pb2.TENSOR_KIND_CACHE_ENTRY,
     "batch": tensors_pb2.TENSOR_KIND_BATCH,
     "act": tensors_pb2.TENSOR_KIND_ACTIVATION,
     "grad": tensors_pb2.TENSOR_KIND_GRADIENT,
     "allreduce": tensors_pb2.TENSOR_KIND_ADAPTER,
 }
+
+
+REDISTRIBUTION_STEP = -2  # the step number of redistribution messages
 
 
 class WireTransport:
@@ -119,8 +126,107 @@ class TrainingSession:
         self.worker = DeviceWorker(
             device, settings.layout, self.model, transport, optimizer, scheduler, cache
         )
+        self.device = device
+        self.transport = transport
+        self.owners: dict[str, str] = {}
+        self.data_parallel: DataParallelWorker | None = None
+
+    @property
+    def cache(self) -> ActivationCache:
+        if self.worker.cache is None:
+            raise ValueError("this job keeps no activation cache (not parallel adapters)")
+        return self.worker.cache.cache
 
     def run_step(
         self, step: int, batch: Tensors, sample_ids: list[str], loss_count: int
     ) -> StepResult:
-        return self.worker.run_step(step, batch, sample_ids, loss_count)
+        """Epoch 1: this device's pipeline part; later epochs: its data-parallel part."""
+        if self.data_parallel is None:
+            return self.worker.run_step(step, batch, sample_ids, loss_count)
+        loss_sum, terms, rows = self.data_parallel.run_step(step, batch, sample_ids, loss_count)
+        return StepResult(loss_sum=loss_sum, count=terms, samples=rows)
+
+    def redistribute(self, owners: dict[str, str]) -> tuple[int, int]:
+        """Send every cache entry whose sample another device owns to that device, then
+        drop it here (each entry ends with exactly one owner). Returns (bytes, entries)."""
+        self.owners = owners
+        outgoing: dict[str, list[str]] = {}
+        for entry in self.cache.sample_ids():
+            owner = owners[split_part_id(entry)[0]]
+            if owner != self.device:
+                outgoing.setdefault(owner, []).append(entry)
+        sent_bytes = 0
+        for peer, entries in sorted(outgoing.items()):
+            for number, message in enumerate(_entry_messages(self.cache, entries)):
+                key = MessageKey(REDISTRIBUTION_STEP, "cache", number, self.device, peer)
+                self.transport.send(key, message)
+                sent_bytes += sum(t.numel() * t.element_size() for t in message.values())
+        sent = [entry for entries in outgoing.values() for entry in entries]
+        self.cache.remove(sent)
+        return sent_bytes, len(sent)
+
+    def enter_cache_phase(self) -> tuple[int, int, int]:
+        """Gather the side network's state from every device, release the backbone, and
+        switch to data-parallel steps. Returns (freed bytes, RSS before, RSS after)."""
+        model = self.worker.model
+        if not isinstance(model, ParallelAdaptersModel) or self.worker.cache is None:
+            raise ValueError("only a parallel-adapters job has a cache phase")
+        devices = self.settings.layout.devices
+        gather_state(model, self.worker.optimizer, self.transport, devices, self.device)
+        self.data_parallel = DataParallelWorker(
+            self.device,
+            devices,
+            model,
+            self.worker.cache,
+            len(self.settings.layout.stages),
+            self.transport,
+            self.worker.optimizer,
+            self.worker.scheduler,
+            self.owners,
+        )
+        before = rss_bytes()
+        freed = release_backbone(self.loaded.family)
+        return freed, before, rss_bytes()
+
+    def export(self) -> Tensors:
+        """The parameters this replica trained (all of them after the cache phase's
+        gather; its own stage's before): the coordinator merges the agents' exports."""
+        trained = {
+            n for n in owned_state(self.worker.model, self.worker.optimizer) if "::" not in n
+        }
+        return {n: t for n, t in self.worker.model.trainable_state_dict().items() if n in trained}
+
+
+def _entry_messages(
+    cache: ActivationCache, entries: list[str], max_bytes: int = 8 << 20
+) -> list[Tensors]:
+    """Cache entries in their stored form, packed a few MiB to a message: tensors named
+    ``"{entry}|{point}"`` plus ``"{entry}|crc"``."""
+    messages: list[Tensors] = []
+    current: Tensors = {}
+    size = 0
+    for entry in entries:
+        stored, crc = cache.export_entry(entry)
+        for name, tensor in stored.items():
+            current[f"{entry}|{name}"] = tensor
+            size += tensor.numel() * tensor.element_size()
+        current[f"{entry}|crc"] = torch.tensor(crc, dtype=torch.int64)
+        if size >= max_bytes:
+            messages.append(current)
+            current, size = {}, 0
+    if current:
+        messages.append(current)
+    return messages
+
+
+def import_entries(cache: ActivationCache, tensors: Tensors) -> int:
+    """Store the entries of one redistribution message (verified by their crc)."""
+    grouped: dict[str, Tensors] = {}
+    for name, tensor in tensors.items():
+        entry, _, part = name.rpartition("|")
+        grouped.setdefault(entry, {})[part] = tensor
+    for entry, parts in grouped.items():
+        crc = int(parts.pop("crc"))
+        cache.import_entry(entry, parts, crc)
+    cache.flush()
+    return len(grouped)

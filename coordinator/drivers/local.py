@@ -36,8 +36,9 @@ def technique_settings(spec: JobSpec) -> dict[str, object]:
 class LocalDriver:
     """Runs a job on the coordinator's machine, ignoring the agents."""
 
-    def run(self, job: Job, agents: LiveAgents, progress: ProgressSink,
-            cancelled: threading.Event) -> JobResult:
+    def run(
+        self, job: Job, agents: LiveAgents, progress: ProgressSink, cancelled: threading.Event
+    ) -> JobResult:
         from pac.engine.dataset import DataFields
         from pac.engine.memory import peak_rss_bytes, rss_bytes
         from pac.engine.trainer import EpochReport, TrainConfig, Trainer
@@ -51,9 +52,13 @@ class LocalDriver:
             train_path=Path(spec.data_path),
             eval_path=Path(spec.eval_path) if spec.eval_path else None,
             # kind and head were validated when the job was submitted
-            task=TaskSpec(kind=cast(TaskKind, spec.task), labels=spec.labels,
-                          head=cast(HeadKind, spec.head), max_length=spec.max_length,
-                          max_target_length=spec.max_target_length),
+            task=TaskSpec(
+                kind=cast(TaskKind, spec.task),
+                labels=spec.labels,
+                head=cast(HeadKind, spec.head),
+                max_length=spec.max_length,
+                max_target_length=spec.max_target_length,
+            ),
             technique=spec.technique,
             technique_settings=technique_settings(spec),
             out_dir=out,
@@ -71,8 +76,14 @@ class LocalDriver:
         pace = _Pace(trainer.steps_per_epoch * spec.epochs, progress, cancelled)
         metrics: dict[str, float] = {}
         for epoch in range(1, spec.epochs + 1):
-            progress(Progress(state=JobState.TRAINING, epoch=epoch, step=pace.step,
-                              total_steps=pace.total_steps))
+            progress(
+                Progress(
+                    state=JobState.TRAINING,
+                    epoch=epoch,
+                    step=pace.step,
+                    total_steps=pace.total_steps,
+                )
+            )
             start = pace.start_epoch()
             try:
                 loss, phase = trainer.train_epoch(epoch, on_step=pace.on_step)
@@ -84,14 +95,21 @@ class LocalDriver:
             evaluation = trainer.evaluate()
             if trainer.ladder_cache is not None and not trainer.backbone_released:
                 trainer.release_backbone()
-            metrics = {name: float(value) for name, value in
-                       (evaluation.metrics if evaluation else {}).items()
-                       if isinstance(value, (int, float))}
-            report = EpochReport(epoch=epoch, phase=phase, loss=loss, seconds=seconds,
-                                 samples_per_second=len(trainer.train_samples) / max(seconds,
-                                                                                    1e-9),
-                                 rss_bytes=rss_bytes(), peak_rss_bytes=peak_rss_bytes(),
-                                 eval=metrics)
+            metrics = {
+                name: float(value)
+                for name, value in (evaluation.metrics if evaluation else {}).items()
+                if isinstance(value, (int, float))
+            }
+            report = EpochReport(
+                epoch=epoch,
+                phase=phase,
+                loss=loss,
+                seconds=seconds,
+                samples_per_second=len(trainer.train_samples) / max(seconds, 1e-9),
+                rss_bytes=rss_bytes(),
+                peak_rss_bytes=peak_rss_bytes(),
+                eval=metrics,
+            )
             _append_report(out, report.to_json())
             progress(Progress(loss=loss, metrics=metrics))
             if cancelled.is_set():
@@ -104,8 +122,9 @@ class _Pace:
     """Counts steps and turns them into progress: samples/s in this epoch, ETA from the
     mean step time so far. Raises _Cancelled at a step boundary once cancelled."""
 
-    def __init__(self, total_steps: int, progress: ProgressSink,
-                 cancelled: threading.Event) -> None:
+    def __init__(
+        self, total_steps: int, progress: ProgressSink, cancelled: threading.Event
+    ) -> None:
         self.total_steps = total_steps
         self.progress = progress
         self.cancelled = cancelled
@@ -127,9 +146,15 @@ class _Pace:
         self.step += 1
         in_epoch = max(time.perf_counter() - self.epoch_start, 1e-9)
         per_step = (self.seconds_before + in_epoch) / self.step
-        self.progress(Progress(step=self.step, loss=loss, samples_per_second=count / in_epoch,
-                               eta_seconds=max(0, self.total_steps - self.step) * per_step,
-                               samples=count - self.seen))
+        self.progress(
+            Progress(
+                step=self.step,
+                loss=loss,
+                samples_per_second=count / in_epoch,
+                eta_seconds=max(0, self.total_steps - self.step) * per_step,
+                samples=count - self.seen,
+            )
+        )
         self.seen = count
         if self.cancelled.is_set():
             raise _Cancelled

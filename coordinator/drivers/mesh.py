@@ -1,4 +1,4 @@
-"""``MeshDriver``: epoch 1 of a job across the registered agents.
+"""``MeshDriver``: a whole job across the registered agents.
 
 Profiles the agents (their measured matmul speed and memory), asks the planner for the cut
 and the groups (or takes the job's fixed ``layout``), opens the job on every agent (each
@@ -6,6 +6,13 @@ builds the same replica from the same seed), then drives the steps: the coordina
 holds the data, sends every agent the mini-batch and starts the step on all of them; the
 agents exchange activations, side-state gradients and group gradients among themselves,
 and the last stage's agents answer with their loss terms.
+
+After epoch 1 of a parallel-adapters job: redistribution (each sample gets one owner,
+shares proportional to the agents' speed; the agents move their cache entries peer to
+peer), then every agent gathers the side network, releases the backbone, and epochs 2..N
+run data-parallel from the caches. Baselines keep the pipeline for every epoch. After each
+epoch the coordinator merges the agents' trained parameters, evaluates them (backbone live,
+on the coordinator, which holds the evaluation data) and writes the adapters.
 """
 
 from __future__ import annotations
@@ -16,20 +23,20 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import cast
 
 import grpc
 
 from coordinator.driver import DriverContext, JobResult, LiveAgents, ProgressSink
-from coordinator.drivers.local import technique_settings
-from coordinator.jobs import CACHE_DTYPES, Job, JobSpec, JobState, Progress
+from coordinator.drivers.mesh_calls import MeshCalls
+from coordinator.drivers.mesh_job import JobData
+from coordinator.jobs import Job, JobSpec, JobState, Progress
 from coordinator.registry import AgentLiveness
-from pac.pipeline.job import MeshJobSettings, pack_batch
+from pac.pipeline.cache_phase import assign_owners
 from pac.pipeline.layout import PipelineLayout, StageSpec
+from pac.techniques.heads import loss_count
 from pac.wire.auth import token_metadata
 from pac.wire.channel import TransportSecurity, open_channel
-from pac.wire.client import send_tensors
-from protos.v1 import agent_pb2, agent_pb2_grpc, tensors_pb2
+from protos.v1 import agent_pb2
 
 log = logging.getLogger("pac.coordinator.mesh")
 
@@ -74,7 +81,7 @@ def plan_layout(spec: JobSpec, agents: list[tuple[str, agent_pb2.DeviceProfile]]
 
 
 class MeshDriver:
-    """Runs epoch 1 of a job on the live agents (see the module docstring)."""
+    """Runs a job on the live agents (see the module docstring)."""
 
     def __init__(self, context: DriverContext | None = None) -> None:
         self.context = context or DriverContext()
@@ -91,14 +98,6 @@ class MeshDriver:
     async def _run(
         self, job: Job, agents: LiveAgents, progress: ProgressSink, cancelled: threading.Event
     ) -> JobResult:
-        from pac.data.batches import batches
-        from pac.data.collate import collate
-        from pac.engine.dataset import DataFields, load_samples, pad_id, resolve_task
-        from pac.engine.loading import load_model
-        from pac.engine.schedule import DEFAULT_LEARNING_RATE
-        from pac.tasks import HeadKind, TaskKind, TaskSpec
-        from pac.techniques.heads import loss_count
-
         spec = job.spec
         live = sorted(
             (record for record, liveness in agents if liveness is AgentLiveness.ALIVE),
@@ -106,21 +105,19 @@ class MeshDriver:
         )
         if not live:
             raise MeshError("no live agent is registered: start agents (pac agent ...) first")
-        metadata = token_metadata(self.context.join_token)
         channels = {record.name: self._channel(record.address) for record in live}
-        stubs = {name: agent_pb2_grpc.AgentStub(ch) for name, ch in channels.items()}
-        opened: list[str] = []
+        calls: MeshCalls | None = None
         try:
             progress(Progress(state=JobState.PROFILING))
-            profiles = [
-                (record.name, agent_pb2.DeviceProfile.FromString(record.profile)) for record in live
-            ]
+            profiles = {
+                record.name: agent_pb2.DeviceProfile.FromString(record.profile) for record in live
+            }
             progress(Progress(state=JobState.PLANNING))
             fixed = spec.technique_settings.get("layout")
             layout = (
                 PipelineLayout.from_json(json.dumps(fixed))
                 if fixed
-                else plan_layout(spec, profiles)
+                else plan_layout(spec, list(profiles.items()))
             )
             unknown = set(layout.devices) - set(channels)
             if unknown:
@@ -128,111 +125,115 @@ class MeshDriver:
             log.info("job %s layout: %s", job.job_id, layout.to_json())
 
             progress(Progress(state=JobState.LOADING))
-            loaded = await asyncio.to_thread(load_model, spec.model_dir)
-            layout.validate(len(loaded.family.blocks()))
-            fields = DataFields(spec.text_field, spec.pair_field, spec.label_field)
-            task = resolve_task(
-                TaskSpec(
-                    kind=cast(TaskKind, spec.task),
-                    labels=spec.labels,
-                    head=cast(HeadKind, spec.head),
-                    max_length=spec.max_length,
-                    max_target_length=spec.max_target_length,
-                ),
-                Path(spec.data_path),
-                fields,
+            run = await asyncio.to_thread(
+                JobData.load, spec, layout, {r.name: r.address for r in live}
             )
-            samples = load_samples(Path(spec.data_path), loaded, task, fields)
-            steps_per_epoch = -(-len(samples) // spec.batch_size)
-            settings = technique_settings(spec)
-            settings.pop("layout", None)
-            mesh = MeshJobSettings(
-                model_dir=str(Path(spec.model_dir).resolve()),
-                task=task,
-                technique=spec.technique,
-                technique_settings=settings,
-                layout=layout,
-                addresses={record.name: record.address for record in live},
-                seed=spec.seed,
-                learning_rate=spec.learning_rate or DEFAULT_LEARNING_RATE[spec.technique],
-                total_steps=steps_per_epoch * spec.epochs,
-                cache_precision=CACHE_DTYPES.get(spec.cache_dtype, "fp16"),
+            layout.validate(len(run.loaded.family.blocks()))
+            calls = MeshCalls(
+                job.job_id,
+                channels,
+                list(layout.devices),
+                self.context.join_token,
+                token_metadata(self.context.join_token),
             )
-            await asyncio.gather(
-                *(
-                    stubs[name].OpenJob(
-                        agent_pb2.OpenJobRequest(job_id=job.job_id, settings_json=mesh.to_json()),
-                        metadata=metadata,
-                    )
-                    for name in layout.devices
-                )
-            )
-
-            progress(Progress(state=JobState.TRAINING, epoch=1))
-            started, done_samples, step = time.perf_counter(), 0, 0
-            pad = pad_id(loaded)
-            for step, group in enumerate(
-                batches(samples, spec.batch_size, shuffle=True, seed=spec.seed, epoch=1)
-            ):
-                if cancelled.is_set():
-                    break
-                batch = collate(group, pad, task=task)
-                count = loss_count(task, batch)
-                message = pack_batch(batch, [s.fingerprint for s in group], count)
-                routing = tensors_pb2.Routing(
-                    job_id=job.job_id,
-                    step=step,
-                    micro_batch=0,
-                    stage=0,
-                    kind=tensors_pb2.TENSOR_KIND_BATCH,
-                    sender="coordinator",
-                )
-                await asyncio.gather(
-                    *(
-                        send_tensors(
-                            channels[name],
-                            message,
-                            routing,
-                            token=self.context.join_token,
-                            peer=name,
-                        )
-                        for name in layout.devices
-                    )
-                )
-                replies = await asyncio.gather(
-                    *(
-                        stubs[name].RunStep(
-                            agent_pb2.RunStepRequest(
-                                job_id=job.job_id, step=step, recv_timeout_s=300
-                            ),
-                            metadata=metadata,
-                        )
-                        for name in layout.devices
-                    )
-                )
-                loss = sum(r.loss_sum for r in replies) / max(1, count)
-                done_samples += len(group)
-                elapsed = time.perf_counter() - started
-                rate = done_samples / max(elapsed, 1e-9)
-                progress(
-                    Progress(
-                        state=JobState.TRAINING,
-                        epoch=1,
-                        step=step + 1,
-                        loss=loss,
-                        samples=len(group),
-                        samples_per_second=rate,
-                        eta_seconds=(len(samples) - done_samples) / max(rate, 1e-9),
-                    )
-                )
-            return JobResult(metrics={"steps": float(step + 1)}, output_dir=job.output_dir)
+            await calls.open(run.settings)
+            metrics: dict[str, float] = {}
+            cache_phase = spec.technique == "parallel-adapters"
+            for epoch in range(1, spec.epochs + 1):
+                progress(Progress(state=JobState.TRAINING, epoch=epoch))
+                started = time.perf_counter()
+                if not await self._epoch(calls, run, epoch, progress, cancelled):
+                    return JobResult(output_dir=job.output_dir)
+                seconds = time.perf_counter() - started
+                if epoch == 1 and cache_phase:
+                    await self._redistribute(calls, run, layout, profiles, progress)
+                metrics = await self._evaluate(calls, run, job, epoch, seconds)
+                progress(Progress(state=JobState.TRAINING, epoch=epoch, metrics=metrics))
+            return JobResult(metrics=metrics, output_dir=job.output_dir)
         finally:
-            for name in opened:
-                try:
-                    await stubs[name].CloseJob(
-                        agent_pb2.CloseJobRequest(job_id=job.job_id), metadata=metadata
-                    )
-                except grpc.aio.AioRpcError as error:
-                    log.warning("closing job %s on %s: %s", job.job_id, name, error.details())
+            if calls is not None:
+                await calls.close()
             for channel in channels.values():
                 await channel.close()
+
+    async def _epoch(
+        self,
+        calls: MeshCalls,
+        run: JobData,
+        epoch: int,
+        progress: ProgressSink,
+        cancelled: threading.Event,
+    ) -> bool:
+        """One pass over the training data on the mesh; False when cancelled."""
+        started, done = time.perf_counter(), 0
+        for group in run.batches(epoch):
+            if cancelled.is_set():
+                return False
+            batch = run.collate(group)
+            count = loss_count(run.task, batch)
+            totals = await calls.step(run.step, batch, [s.fingerprint for s in group], count)
+            run.step += 1
+            done += len(group)
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            progress(
+                Progress(
+                    state=JobState.TRAINING,
+                    epoch=epoch,
+                    step=run.step,
+                    loss=totals.loss_sum / max(1, count),
+                    samples=len(group),
+                    samples_per_second=rate,
+                    eta_seconds=(len(run.samples) - done) / max(rate, 1e-9),
+                )
+            )
+        return True
+
+    async def _redistribute(
+        self,
+        calls: MeshCalls,
+        run: JobData,
+        layout: PipelineLayout,
+        profiles: dict[str, agent_pb2.DeviceProfile],
+        progress: ProgressSink,
+    ) -> None:
+        """Give every sample one owner, move the cache entries, switch to the cache phase."""
+        progress(Progress(state=JobState.REDISTRIBUTING, redistribution_progress=0.0))
+        devices = list(layout.devices)
+        shares = [max(profiles[d].matmul_gflops, 1.0) for d in devices]
+        fingerprints = list(dict.fromkeys(s.fingerprint for s in run.samples))
+        owners = assign_owners(fingerprints, devices, shares)
+        moved_bytes, entries = await calls.redistribute(owners)
+        progress(
+            Progress(
+                state=JobState.REDISTRIBUTING,
+                redistribution_progress=1.0,
+                redistribution_bytes=moved_bytes,
+            )
+        )
+        releases = await calls.release()
+        for device, reply in releases.items():
+            log.info(
+                "job %s: %s moved its share of %d entries (%d bytes in all); released the "
+                "backbone: RSS %.0f -> %.0f MiB",
+                calls.job_id,
+                device,
+                entries,
+                moved_bytes,
+                reply.rss_before_bytes / 2**20,
+                reply.rss_after_bytes / 2**20,
+            )
+        run.memory = {
+            device: (reply.rss_before_bytes, reply.rss_after_bytes)
+            for device, reply in releases.items()
+        }
+
+    async def _evaluate(
+        self, calls: MeshCalls, run: JobData, job: Job, epoch: int, seconds: float
+    ) -> dict[str, float]:
+        """Merge the trained parameters, write the adapters, evaluate them."""
+        trained = await calls.export()
+        metrics = await asyncio.to_thread(run.evaluate, trained)
+        metrics["epoch"] = float(epoch)
+        metrics["seconds"] = seconds
+        await asyncio.to_thread(run.save, Path(job.output_dir), metrics)
+        return metrics

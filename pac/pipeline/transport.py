@@ -11,7 +11,7 @@ from typing import Literal, Protocol
 import torch
 
 Tensors = dict[str, torch.Tensor]
-MessageKind = Literal["batch", "act", "grad", "allreduce"]
+MessageKind = Literal["batch", "act", "grad", "allreduce", "cache"]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pac.engine.ladder_cache import LadderCache
+from pac.pipeline.entries import part_id
 from pac.pipeline.layout import PipelineLayout, StageSpec
 from pac.pipeline.routing import Rows, device_rows, micro_batch_rows, overlap
 from pac.pipeline.schedule import one_f_one_b
@@ -136,9 +137,8 @@ class DeviceWorker:
                             value.requires_grad_(True)
                 output = self.computation.forward(inputs, slice_rows(batch, rows))
                 if self.cache is not None and sample_ids is not None and output.points:
-                    self.cache.store(
-                        sample_ids[rows[0] : rows[1]], slice_rows(batch, rows), output.points
-                    )
+                    entries = [part_id(s, self.stage_index) for s in sample_ids[rows[0] : rows[1]]]
+                    self.cache.store(entries, slice_rows(batch, rows), output.points)
                 if following is not None:
                     self._send(step, "act", micro[index], index, rows, following, output.outputs)
                 else:

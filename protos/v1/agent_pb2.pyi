@@ -519,7 +519,13 @@ class RedistributeRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     TRANSFERS_FIELD_NUMBER: _builtins.int
+    OWNERS_JSON_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    owners_json: _builtins.str
+    """For a mesh job: {sample fingerprint: owning agent} as JSON. The agent sends every
+    cache entry whose sample another agent owns to that agent (TENSOR_KIND_CACHE_ENTRY,
+    stored by the receiver on arrival) and drops its own copy.
+    """
     @_builtins.property
     def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___CacheTransfer]: ...
     def __init__(
@@ -527,10 +533,11 @@ class RedistributeRequest(_message.Message):
         *,
         job_id: _builtins.str = ...,
         transfers: _abc.Iterable[Global___CacheTransfer] | None = ...,
+        owners_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "transfers", b"transfers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "owners_json", b"owners_json", "transfers", b"transfers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -579,6 +586,10 @@ Global___ExportAdaptersRequest: _TypeAlias = ExportAdaptersRequest  # noqa: Y015
 
 @_typing.final
 class ReleaseBackboneRequest(_message.Message):
+    """For a mesh job this also ends epoch 1: the agents all-gather the side network's
+    parameters and optimizer state, then train data-parallel from their caches.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
@@ -601,15 +612,22 @@ class ReleaseBackboneReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FREED_BYTES_FIELD_NUMBER: _builtins.int
+    RSS_BEFORE_BYTES_FIELD_NUMBER: _builtins.int
+    RSS_AFTER_BYTES_FIELD_NUMBER: _builtins.int
     freed_bytes: _builtins.int
+    rss_before_bytes: _builtins.int
+    """The agent's resident memory right before and after the release."""
+    rss_after_bytes: _builtins.int
     def __init__(
         self,
         *,
         freed_bytes: _builtins.int = ...,
+        rss_before_bytes: _builtins.int = ...,
+        rss_after_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["freed_bytes", b"freed_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["freed_bytes", b"freed_bytes", "rss_after_bytes", b"rss_after_bytes", "rss_before_bytes", b"rss_before_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

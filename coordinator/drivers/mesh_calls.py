@@ -1,0 +1,109 @@
+"""The coordinator's calls to the agents of one mesh job, each on all agents at once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass
+
+import grpc
+import torch
+
+from pac.pipeline.job import MeshJobSettings, pack_batch
+from pac.wire.client import send_tensors
+from pac.wire.download import download
+from protos.v1 import agent_pb2, agent_pb2_grpc, tensors_pb2
+
+EXPORT_METHOD = "/pac.v1.Agent/ExportAdapters"
+
+
+@dataclass
+class StepTotals:
+    loss_sum: float
+    terms: int
+
+
+class MeshCalls:
+    def __init__(
+        self,
+        job_id: str,
+        channels: dict[str, grpc.aio.Channel],
+        devices: list[str],
+        token: str | None,
+        metadata: tuple[tuple[str, str], ...],
+    ) -> None:
+        self.job_id = job_id
+        self.channels = channels
+        self.devices = devices
+        self.token = token
+        self.metadata = metadata
+        self.stubs = {name: agent_pb2_grpc.AgentStub(channels[name]) for name in devices}
+
+    async def open(self, settings: MeshJobSettings) -> None:
+        request = agent_pb2.OpenJobRequest(job_id=self.job_id, settings_json=settings.to_json())
+        await asyncio.gather(
+            *(self.stubs[d].OpenJob(request, metadata=self.metadata) for d in self.devices)
+        )
+
+    async def step(
+        self, step: int, batch: dict[str, torch.Tensor], sample_ids: list[str], count: int
+    ) -> StepTotals:
+        """Send the mini-batch to every agent, run the step everywhere, sum the loss terms."""
+        message = pack_batch(batch, sample_ids, count)
+        routing = tensors_pb2.Routing(
+            job_id=self.job_id,
+            step=step,
+            micro_batch=0,
+            stage=0,
+            kind=tensors_pb2.TENSOR_KIND_BATCH,
+            sender="coordinator",
+        )
+        await asyncio.gather(
+            *(
+                send_tensors(self.channels[d], message, routing, token=self.token, peer=d)
+                for d in self.devices
+            )
+        )
+        request = agent_pb2.RunStepRequest(job_id=self.job_id, step=step, recv_timeout_s=300)
+        replies = await asyncio.gather(
+            *(self.stubs[d].RunStep(request, metadata=self.metadata) for d in self.devices)
+        )
+        return StepTotals(sum(r.loss_sum for r in replies), sum(r.loss_terms for r in replies))
+
+    async def redistribute(self, owners: dict[str, str]) -> tuple[int, int]:
+        """Every agent sends its entries to their owners; returns (bytes, entries) moved."""
+        request = agent_pb2.RedistributeRequest(job_id=self.job_id, owners_json=json.dumps(owners))
+        replies = await asyncio.gather(
+            *(self.stubs[d].Redistribute(request, metadata=self.metadata) for d in self.devices)
+        )
+        return sum(r.bytes_sent for r in replies), sum(r.entries_sent for r in replies)
+
+    async def release(self) -> dict[str, agent_pb2.ReleaseBackboneReply]:
+        request = agent_pb2.ReleaseBackboneRequest(job_id=self.job_id)
+        replies = await asyncio.gather(
+            *(self.stubs[d].ReleaseBackbone(request, metadata=self.metadata) for d in self.devices)
+        )
+        return dict(zip(self.devices, replies, strict=True))
+
+    async def export(self) -> dict[str, torch.Tensor]:
+        """The union of what the agents trained (each stage's owner sends its part)."""
+        request = agent_pb2.ExportAdaptersRequest(job_id=self.job_id).SerializeToString()
+        parts = await asyncio.gather(
+            *(
+                download(self.channels[d], EXPORT_METHOD, request, self.metadata)
+                for d in self.devices
+            )
+        )
+        merged: dict[str, torch.Tensor] = {}
+        for part in parts:
+            for name, tensor in part.items():
+                merged.setdefault(name, tensor)
+        return merged
+
+    async def close(self) -> None:
+        request = agent_pb2.CloseJobRequest(job_id=self.job_id)
+        for device in self.devices:
+            # An agent that went away has nothing left to close.
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self.stubs[device].CloseJob(request, metadata=self.metadata)

@@ -1,0 +1,132 @@
+"""What the coordinator holds of a mesh job: the model (tokenizer, and the backbone for
+evaluation), the encoded data, the settings every agent gets, and the step counter."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+import torch
+
+from coordinator.drivers.local import technique_settings
+from coordinator.jobs import CACHE_DTYPES, JobSpec
+from pac.cache.key import fingerprint_model_dir
+from pac.data.batches import batches
+from pac.data.collate import collate
+from pac.data.encoding import EncodedSample
+from pac.engine.dataset import DataFields, load_samples, pad_id, resolve_task
+from pac.engine.evaluation import evaluate_outputs
+from pac.engine.export import save_adapters
+from pac.engine.loading import LoadedModel, load_model
+from pac.engine.schedule import DEFAULT_LEARNING_RATE
+from pac.pipeline.job import MeshJobSettings
+from pac.pipeline.layout import PipelineLayout
+from pac.tasks import HeadKind, TaskKind, TaskSpec
+from pac.techniques import build_technique
+from pac.techniques.base import TunedModel
+
+
+@dataclass
+class JobData:
+    spec: JobSpec
+    loaded: LoadedModel
+    task: TaskSpec
+    samples: list[EncodedSample]
+    eval_samples: list[EncodedSample]
+    settings: MeshJobSettings
+    step: int = 0
+    memory: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _model: TunedModel | None = None
+
+    @classmethod
+    def load(cls, spec: JobSpec, layout: PipelineLayout, addresses: dict[str, str]) -> JobData:
+        loaded = load_model(spec.model_dir)
+        fields = DataFields(spec.text_field, spec.pair_field, spec.label_field)
+        task = resolve_task(
+            TaskSpec(
+                kind=cast(TaskKind, spec.task),
+                labels=spec.labels,
+                head=cast(HeadKind, spec.head),
+                max_length=spec.max_length,
+                max_target_length=spec.max_target_length,
+            ),
+            Path(spec.data_path),
+            fields,
+        )
+        samples = load_samples(Path(spec.data_path), loaded, task, fields)
+        eval_samples = (
+            load_samples(Path(spec.eval_path), loaded, task, fields) if spec.eval_path else []
+        )
+        settings = technique_settings(spec)
+        settings.pop("layout", None)
+        steps_per_epoch = -(-len(samples) // spec.batch_size)
+        mesh = MeshJobSettings(
+            model_dir=str(Path(spec.model_dir).resolve()),
+            task=task,
+            technique=spec.technique,
+            technique_settings=settings,
+            layout=layout,
+            addresses=addresses,
+            seed=spec.seed,
+            learning_rate=spec.learning_rate or DEFAULT_LEARNING_RATE[spec.technique],
+            total_steps=steps_per_epoch * spec.epochs,
+            cache_precision=CACHE_DTYPES.get(spec.cache_dtype, "fp16"),
+        )
+        return cls(spec, loaded, task, samples, eval_samples, mesh)
+
+    def batches(self, epoch: int) -> list[list[EncodedSample]]:
+        """The same order as single-device training (seeded per epoch)."""
+        return batches(
+            self.samples, self.spec.batch_size, shuffle=True, seed=self.spec.seed, epoch=epoch
+        )
+
+    def collate(self, group: list[EncodedSample]) -> dict[str, torch.Tensor]:
+        return collate(group, pad_id(self.loaded), task=self.task)
+
+    def model(self) -> TunedModel:
+        """The job's model on the coordinator (same seed: its untrained parts equal the
+        agents'), for evaluation and export."""
+        if self._model is None:
+            torch.manual_seed(self.spec.seed)
+            self._model = build_technique(
+                self.spec.technique,
+                self.loaded.family,
+                self.task,
+                self.settings.technique_settings,
+            )
+        return self._model
+
+    @torch.no_grad()
+    def evaluate(self, trained: dict[str, torch.Tensor]) -> dict[str, float]:
+        model = self.model()
+        model.load_state_dict(trained, strict=False)
+        if not self.eval_samples:
+            return {}
+        model.eval()
+        parts = []
+        for group in batches(
+            self.eval_samples, self.spec.batch_size, shuffle=False, seed=0, epoch=0
+        ):
+            batch = self.collate(group)
+            parts.append((batch, model(batch)))
+        return evaluate_outputs(model, parts, self.loaded.tokenizer).metrics
+
+    def save(self, out: Path, metrics: dict[str, float]) -> None:
+        model = self.model()
+        save_adapters(
+            out,
+            model.trainable_state_dict(),
+            technique=self.spec.technique,
+            settings=model.config_dict(),
+            task=self.task,
+            family=self.loaded.family.name,
+            model_fingerprint=fingerprint_model_dir(self.spec.model_dir),
+        )
+        record = dict(metrics)
+        for device, (before, after) in self.memory.items():
+            record[f"rss_mb_before_release.{device}"] = round(before / 2**20, 1)
+            record[f"rss_mb_after_release.{device}"] = round(after / 2**20, 1)
+        with open(out / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")

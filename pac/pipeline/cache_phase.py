@@ -1,0 +1,186 @@
+"""Epochs 2..N on the mesh: every device trains the whole side network from its cache.
+
+After epoch 1 each device holds, per sample it computed, the ladder points of its own
+stage (cache entry ``"{fingerprint}@{stage}"``). :func:`assign_owners` gives every sample
+one owner (shares proportional to the devices' speed); redistribution moves each entry to
+its sample's owner; :func:`gather_state` gives every device every stage's side-network
+parameters and optimizer state. Then a step is: each device computes the loss of the
+mini-batch's samples it owns (divided by the whole mini-batch's count), the gradients are
+summed by a ring all-reduce, and every device takes the same optimizer step, so that the
+result is the single-device result whatever the shares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from pac.engine.ladder_cache import LadderCache
+from pac.pipeline.entries import part_id
+from pac.pipeline.routing import contiguous, split_counts
+from pac.pipeline.transport import MessageKey, Tensors, Transport
+from pac.techniques.base import TunedModel
+from pac.techniques.parallel_adapters import ParallelAdaptersModel
+
+STATE_STEP = -1  # the step number of the messages that gather the side network's state
+
+
+def assign_owners(
+    fingerprints: Sequence[str], devices: Sequence[str], shares: Sequence[float]
+) -> dict[str, str]:
+    """Each sample's owner: contiguous runs of the data set, sized by ``shares``."""
+    owners: dict[str, str] = {}
+    ranges = contiguous(split_counts(len(fingerprints), shares))
+    for device, (start, stop) in zip(devices, ranges, strict=True):
+        for fingerprint in fingerprints[start:stop]:
+            owners[fingerprint] = device
+    return owners
+
+
+def ring_all_reduce(
+    transport: Transport,
+    devices: Sequence[str],
+    me: str,
+    step: int,
+    flat: torch.Tensor,
+    timeout: float | None = 300.0,
+) -> torch.Tensor:
+    """Sum ``flat`` (1-D) over ``devices`` with a ring: reduce-scatter then all-gather,
+    ``2 (n - 1)`` messages of ``1/n`` of the vector each per device. Every chunk's sum is
+    made once and then copied, so all devices end with the same bits."""
+    n = len(devices)
+    if n == 1:
+        return flat
+    rank = devices.index(me)
+    right, left = devices[(rank + 1) % n], devices[(rank - 1) % n]
+    chunks = list(flat.clone().tensor_split(n))
+    for phase, rounds in (("rs", range(n - 1)), ("ag", range(n - 1))):
+        for r in rounds:
+            if phase == "rs":
+                send_index, recv_index = (rank - r) % n, (rank - r - 1) % n
+            else:
+                send_index, recv_index = (rank + 1 - r) % n, (rank - r) % n
+            key = MessageKey(step, "allreduce", 1000 * (phase == "ag") + r, me, right)
+            transport.send(key, {"chunk": chunks[send_index]})
+            incoming = transport.recv(
+                MessageKey(step, "allreduce", key.micro_batch, left, me), timeout=timeout
+            )["chunk"]
+            chunks[recv_index] = (
+                chunks[recv_index] + incoming if phase == "rs" else incoming.clone()
+            )
+    return torch.cat(chunks)
+
+
+def owned_state(model: TunedModel, optimizer: torch.optim.Optimizer) -> Tensors:
+    """The parameters this device trained (those with optimizer state) and their state."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out: Tensors = {}
+    for param, state in optimizer.state.items():
+        name = names[id(param)]
+        out[name] = param.detach()
+        for key, value in state.items():
+            out[f"{name}::{key}"] = torch.as_tensor(value).detach()
+    return out
+
+
+def gather_state(
+    model: ParallelAdaptersModel,
+    optimizer: torch.optim.Optimizer,
+    transport: Transport,
+    devices: Sequence[str],
+    me: str,
+    timeout: float | None = 300.0,
+) -> int:
+    """All-gather every device's trained parameters and optimizer state; returns how many
+    parameters this device took from others."""
+    mine = owned_state(model, optimizer)
+    for peer in devices:
+        if peer != me:
+            transport.send(MessageKey(STATE_STEP, "allreduce", 0, me, peer), mine)
+    params = dict(model.named_parameters())
+    taken = 0
+    for peer in devices:
+        if peer == me:
+            continue
+        received = transport.recv(MessageKey(STATE_STEP, "allreduce", 0, peer, me), timeout)
+        for name, value in received.items():
+            if "::" in name:
+                continue
+            param = params[name]
+            if param in optimizer.state:
+                continue  # this device trained it too (a replica in its group): same bits
+            with torch.no_grad():
+                param.copy_(value)
+            optimizer.state[param] = {
+                key.split("::", 1)[1]: received[key].clone()
+                for key in received
+                if key.startswith(name + "::")
+            }
+            taken += 1
+    return taken
+
+
+class DataParallelWorker:
+    """One device in the cache phase (see the module docstring)."""
+
+    def __init__(
+        self,
+        device: str,
+        devices: Sequence[str],
+        model: ParallelAdaptersModel,
+        cache: LadderCache,
+        stages: int,
+        transport: Transport,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        owners: dict[str, str],
+    ) -> None:
+        self.device, self.devices = device, list(devices)
+        self.model, self.cache, self.stages = model, cache, stages
+        self.transport, self.optimizer, self.scheduler = transport, optimizer, scheduler
+        self.owners = owners
+
+    def ladder(self, fingerprints: Sequence[str], batch: Tensors) -> Tensors:
+        """The rows' ladder points from every stage's entry, padded to the batch's length."""
+        ladder: Tensors = {}
+        for stage in range(self.stages):
+            ids = [part_id(f, stage) for f in fingerprints]
+            points = self.cache.cache.shapes(ids[0])
+            padded, _ = self.cache.cache.get_batch(ids, list(points))
+            ladder.update(padded)
+        for point, value in ladder.items():
+            length = batch[self.cache.mask_keys[point]].shape[1]
+            ladder[point] = F.pad(value, (0, 0, 0, length - value.shape[1]))
+        return ladder
+
+    def run_step(
+        self, step: int, batch: Tensors, sample_ids: list[str], loss_count: int
+    ) -> tuple[float, int, int]:
+        """Train on this device's rows of the mini-batch; returns (loss sum, terms, rows)."""
+        rows = [i for i, s in enumerate(sample_ids) if self.owners[s] == self.device]
+        self.model.train()
+        loss_sum, terms = 0.0, 0
+        if rows:
+            index = torch.tensor(rows)
+            mine = {k: v[index] for k, v in batch.items()}
+            ladder = self.ladder([sample_ids[i] for i in rows], mine)
+            outputs = self.model.forward_from_ladder(ladder, mine)
+            loss, terms = self.model.loss_terms(outputs, mine)
+            (loss / loss_count).backward()
+            loss_sum = float(loss.detach())
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        flat = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]
+        )
+        total = ring_all_reduce(self.transport, self.devices, self.device, step, flat)
+        offset = 0
+        for p in params:
+            p.grad = total[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum, terms, len(rows)
