@@ -312,31 +312,35 @@ def run_dp(
     return TypeLayout(tuple(stages), m, value, slowest)
 
 
-def solve(
-    comps: Compositions,
-    tables: StageTables,
-    m: int,
-    threshold: float,
-    strict: bool = True,
-    bottleneck: bool = False,
-) -> TypeLayout | None:
+class Solver:
     """:func:`run_dp`, first without the later-stage counts when memory could bind.
 
     The relaxation lets every stage hold one micro-batch in flight; its optimum is a lower
     bound, and when it fits with the real in-flight counts it is the optimum itself. Only
-    otherwise the full DP (``C`` times the work) runs.
+    otherwise the full DP (``C`` times the work) runs; after the relaxation has failed once
+    for a table, memory binds there and the full DP is run directly.
     """
-    if tables.cap > 0:
-        relaxed = run_dp(comps, replace(tables, cap=0), m, threshold, strict, bottleneck)
-        if relaxed is None:
-            return None
-        count = len(relaxed.stages)
-        if all(
-            tables.max_inflight[_index(comps, counts), i, j] >= min(m, count - s)
-            for s, (counts, i, j) in enumerate(relaxed.stages)
-        ):
-            return relaxed
-    return run_dp(comps, tables, m, threshold, strict, bottleneck)
+
+    def __init__(self, comps: Compositions, tables: StageTables, m: int) -> None:
+        self.comps, self.tables, self.m = comps, tables, m
+        self.relax = tables.cap > 0
+
+    def __call__(
+        self, threshold: float, strict: bool = True, bottleneck: bool = False
+    ) -> TypeLayout | None:
+        comps, tables, m = self.comps, self.tables, self.m
+        if self.relax:
+            relaxed = run_dp(comps, replace(tables, cap=0), m, threshold, strict, bottleneck)
+            if relaxed is None:
+                return None
+            count = len(relaxed.stages)
+            if all(
+                tables.max_inflight[_index(comps, counts), i, j] >= min(m, count - s)
+                for s, (counts, i, j) in enumerate(relaxed.stages)
+            ):
+                return relaxed
+            self.relax = False
+        return run_dp(comps, tables, m, threshold, strict, bottleneck)
 
 
 def _index(comps: Compositions, counts: tuple[int, ...]) -> int:
@@ -411,10 +415,10 @@ def search(
         m, b = ms[0], global_batch // ms[0]
         threshold = best / m if math.isfinite(best) else math.inf
         strict = math.isfinite(threshold)
-        tables = _stage_tables(costs, types, single, m, b, threshold)
-        narrowest = solve(single, tables, m, threshold, strict, bottleneck=True)
+        solve = Solver(single, _stage_tables(costs, types, single, m, b, threshold), m)
+        narrowest = solve(threshold, strict, bottleneck=True)
         if narrowest is not None:
-            offer(solve(single, tables, m, narrowest.slowest_s, strict=False))
+            offer(solve(narrowest.slowest_s, strict=False))
     for m in ms:
         b = global_batch // m
         # A group of more than b devices does no better than its b fastest members alone
@@ -432,24 +436,24 @@ def search(
             narrow = run_dp(comps, bound, m, threshold, strict, bottleneck=True)
             if narrow is None or least.sum_s + (m - 1) * narrow.slowest_s >= best:
                 continue
-        tables = _stage_tables(costs, types, comps, m, b, threshold)
+        solve = Solver(comps, _stage_tables(costs, types, comps, m, b, threshold), m)
         if m == 1:
-            offer(solve(comps, tables, m, threshold, strict))
+            offer(solve(threshold, strict))
             continue
         # The least bottleneck X0, then the least sum at X0: a strong incumbent at once.
-        narrowest = solve(comps, tables, m, threshold, strict, bottleneck=True)
+        narrowest = solve(threshold, strict, bottleneck=True)
         if narrowest is None:
             continue  # nothing under the threshold: no plan with m can win
         floor = narrowest.slowest_s
-        offer(solve(comps, tables, m, floor, strict=False))
+        offer(solve(floor, strict=False))
         # A better plan has sum >= its max >= X0, so its max is below (best - X0) / (m - 1).
         threshold = min(threshold, (best - floor) / (m - 1))
-        layout = solve(comps, tables, m, threshold)
+        layout = solve(threshold)
         # Walk the threshold down; every plan left has sum >= layout.sum_s, max >= floor.
         while layout is not None and layout.sum_s + (m - 1) * floor < best:
             offer(layout)
             threshold = min(layout.slowest_s, (best - layout.sum_s) / (m - 1))
-            layout = solve(comps, tables, m, threshold)
+            layout = solve(threshold)
         if layout is not None:
             offer(layout)
     return found
