@@ -66,41 +66,50 @@ def cpu_model() -> str:
 
 def timed(
     cluster: Cluster, model: ModelProfile, runs: int, **kw: object
-) -> tuple[list[float], planner.Plan]:
-    times = []
+) -> tuple[list[float], list[float], planner.Plan]:
+    """Wall and CPU seconds of each run (CPU shows the work when the machine is shared)."""
+    walls, cpus = [], []
     result = None
     for _ in range(runs):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = planner.plan(cluster, model, **kw)  # type: ignore[arg-type]
-        times.append(time.perf_counter() - start)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
     assert result is not None
-    return times, result
+    return walls, cpus, result
 
 
 def planning_time(quick: bool) -> None:
-    print("\n## planning time (parallel-adapters, batch 32, M chosen among its divisors)")
+    print("\n## planning time (parallel-adapters, batch 32; M: the planner's choice among the")
+    print("## divisors of 32, or fixed, which makes groups of up to 32/M devices worth searching)")
     print(
-        f"{'devices x layers':>17} {'types':>6} {'runs':>5} {'median s':>9} {'min s':>7} "
-        f"{'max s':>7} {'target':>7}  plan"
+        f"{'devices x layers':>17} {'types':>6} {'M':>5} {'runs':>5} {'median s':>9} "
+        f"{'min s':>7} {'max s':>7} {'cpu s':>7} {'target':>7}  plan"
     )
-    cases = [(8, 48, 2, 3), (8, 48, 3, 3), (8, 48, 4, 3), (16, 96, 2, 1), (16, 96, 3, 1)]
+    cases: list[tuple[int, int, int, int | None, int]] = [
+        (8, 48, 2, None, 3), (8, 48, 3, None, 3), (8, 48, 4, None, 3), (8, 48, 4, 4, 3),
+        (16, 96, 2, None, 1), (16, 96, 3, None, 1), (16, 96, 3, 4, 1),
+    ]
     if not quick:
-        cases.append((16, 96, 4, 1))
-    for n, layers, kinds, runs in cases:
+        cases += [(16, 96, 4, None, 1), (16, 96, 4, 4, 1)]
+    for n, layers, kinds, m, runs in cases:
         rng = np.random.default_rng(7)
         model = synthetic_model(layers)
         cluster = random_cluster(
             rng, n, model, num_types=kinds, memory_mib=(600, 2000), bandwidth_mbps=(1000, 1000)
         )
-        times, result = timed(cluster, model, runs, technique="parallel-adapters", global_batch=32)
+        times, cpus, result = timed(cluster, model, runs, technique="parallel-adapters",
+                                    global_batch=32, micro_batches=m)
         target = 1.0 if n == 8 else 10.0
         shape = (
             f"{len(result.stages)} stages, groups "
             f"{'/'.join(str(len(g)) for g in result.groups)}, M={result.micro_batches}"
         )
+        label = "free" if m is None else str(m)
         print(
-            f"{n:>7} x {layers:<7} {kinds:>6} {runs:>5} {statistics.median(times):>9.2f} "
-            f"{min(times):>7.2f} {max(times):>7.2f} {target:>6.0f}s  {shape}",
+            f"{n:>7} x {layers:<7} {kinds:>6} {label:>5} {runs:>5} "
+            f"{statistics.median(times):>9.2f} {min(times):>7.2f} {max(times):>7.2f} "
+            f"{statistics.median(cpus):>7.2f} {target:>6.0f}s  {shape}",
             flush=True,
         )
 
