@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,7 @@ def test_sigterm_drains_work_in_flight_and_exits_zero(
             "--listen",
             "127.0.0.1:0",
             "--metrics-port",
-            "-1",
+            "0",
             "--cache-dir",
             str(tmp_path / "cache"),
             "--threads",
@@ -159,6 +160,11 @@ def test_sigterm_drains_work_in_flight_and_exits_zero(
         line = process.stdout.readline()
         assert "listening on" in line, (line, process.stderr.read() if process.stderr else "")
         address = line.split("listening on ")[1].split()[0]
+        metrics_url = f"http://127.0.0.1:{line.split(' metrics ')[1].split()[0]}/metrics"
+
+        def step_started() -> bool:
+            with urllib.request.urlopen(metrics_url, timeout=5) as response:
+                return 'pac_agent_current_step{job="j"} 1.0' in response.read().decode()
 
         async def scenario() -> grpc.StatusCode:
             async with grpc.aio.insecure_channel(address) as channel:
@@ -175,7 +181,9 @@ def test_sigterm_drains_work_in_flight_and_exits_zero(
                     metadata=auth,
                 )
                 task = asyncio.ensure_future(waiting)
-                await asyncio.sleep(0.3)
+                # SIGTERM only once the step runs (it sets the step gauge, then waits).
+                while not await asyncio.to_thread(step_started):
+                    await asyncio.sleep(0.05)
                 process.send_signal(signal.SIGTERM)
                 try:
                     await task
