@@ -90,43 +90,71 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Service]]:
             process.wait()
 
 
+@dataclass
+class Prometheus:
+    url: str
+    targets_dir: Path
+
+    def scrape(self, job: str, targets: list[str]) -> None:
+        """Add targets to scrape (file_sd: Prometheus picks the file up within a second)."""
+        groups = [{"targets": targets, "labels": {"job": job}}]
+        path = self.targets_dir / f"{job}.json"
+        path.with_suffix(".tmp").write_text(json.dumps(groups))
+        path.with_suffix(".tmp").replace(path)
+
+
 @pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[Callable[[dict[str, list[str]]], str]]:
-    """``prometheus({job: [host:port, ...]})`` -> the base URL of a real Prometheus that
-    scrapes those targets every second (temp storage; stopped at the end)."""
+def prometheus(tmp_path: Path) -> Iterator[Callable[[], Prometheus]]:
+    """``prometheus()`` -> a real Prometheus (temp storage, stopped at the end) scraping
+    every second the targets later given to ``.scrape(job, targets)``."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("the prometheus binary is missing: apt-get install -y "
                     "--no-install-recommends prometheus (.ci/run installs it)")
     processes: list[subprocess.Popen[bytes]] = []
 
-    def run(jobs: dict[str, list[str]]) -> str:
+    def run() -> Prometheus:
+        targets_dir = tmp_path / "targets"
+        targets_dir.mkdir()
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [{
-                "job_name": job, "static_configs": [{"targets": targets}],
+                "job_name": "pac",
+                "file_sd_configs": [{"files": [f"{targets_dir}/*.json"],
+                                     "refresh_interval": "1s"}],
                 "honor_labels": True,  # as docker/prometheus.yml: `job` is the training job
                 # The same `device` label as the compose config gives: the dashboards use it.
                 "relabel_configs": [{"source_labels": ["__address__"], "regex": "(.+)",
                                      "target_label": "device", "replacement": "$1"}],
-            } for job, targets in jobs.items()],
+            }],
         }
         config_path = tmp_path / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(config))
-        address = f"127.0.0.1:{free_port()}"
-        log = (tmp_path / "prometheus.log").open("wb")
-        processes.append(subprocess.Popen([
-            binary, f"--config.file={config_path}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address={address}", "--storage.tsdb.retention.time=1h"],
-            stdout=log, stderr=subprocess.STDOUT))
-        url = f"http://{address}"
-        wait_for(lambda: _get(f"{url}/-/ready") is not None, 30, "Prometheus to be ready")
-        return url
+        log_path = tmp_path / "prometheus.log"
+        for _ in range(3):  # a probed port can be taken before Prometheus binds it
+            url = f"http://127.0.0.1:{free_port()}"
+            with log_path.open("wb") as log:
+                process = subprocess.Popen([
+                    binary, f"--config.file={config_path}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address={url.removeprefix('http://')}",
+                    "--storage.tsdb.retention.time=1h"], stdout=log, stderr=subprocess.STDOUT)
+            processes.append(process)
+            if ready_or_exited(url, process):
+                return Prometheus(url, targets_dir)
+        pytest.fail(f"Prometheus did not start; see {log_path}")
 
     yield run
     for process in processes:
         process.terminate()
         process.wait(15)
+
+
+def ready_or_exited(url: str, process: subprocess.Popen[bytes]) -> bool:
+    """Wait until Prometheus at ``url`` is ready (True) or its process exited (False)."""
+    wait_for(lambda: _get(f"{url}/-/ready") is not None or process.poll() is not None, 30,
+             "Prometheus to be ready")
+    return process.poll() is None
 
 
 def _get(url: str) -> str | None:
@@ -177,7 +205,7 @@ def eventually(base: str, expr: str, label: str, check: Callable[[dict[str, floa
     return seen
 
 
-def toy_data(path: Path, count: int = 32) -> Path:
+def toy_data(path: Path, count: int = 64) -> Path:
     rows = [{"text": f"the film was {'good' if i % 2 else 'bad'} number {i}",
              "label": "pos" if i % 2 else "neg"} for i in range(count)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -209,7 +237,7 @@ async def relay(a: str, b: str, tensor: torch.Tensor, step: int = 1) -> int:
 
 def submit_job(rest: str, model_dir: Path, data: Path) -> str:
     body = {"model_dir": str(model_dir), "data_path": str(data), "eval_path": str(data),
-            "task": "classification", "technique": "parallel-adapters", "epochs": 2,
+            "task": "classification", "technique": "parallel-adapters", "epochs": 3,
             "batch_size": 4, "max_length": 16, "placement": "local"}
     request = urllib.request.Request(f"{rest}/v1/jobs", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -226,28 +254,33 @@ def dashboard_exprs() -> list[str]:
 
 
 def test_prometheus_scrapes_the_mesh_during_a_job(
-        start: Callable[..., Service], prometheus: Callable[[dict[str, list[str]]], str],
+        start: Callable[..., Service], prometheus: Callable[[], Prometheus],
         tiny_model_dir: Callable[[str], Path], tmp_path: Path) -> None:
     model_dir = tiny_model_dir("bert")
-    ports = {name: free_port() for name in ("grpc", "rest", "metrics", "a", "b")}
-    # Everything starts at once (agents retry registering until the coordinator is up).
-    services = [start("coordinator.cli", f"--listen=127.0.0.1:{ports['grpc']}",
-                      f"--rest=127.0.0.1:{ports['rest']}", f"--metrics-port={ports['metrics']}",
-                      "--metrics-addr=127.0.0.1", f"--state={tmp_path / 'state'}", "--insecure",
-                      "--heartbeat-interval=1")]
-    services += [start("agent.cli", f"--coordinator=127.0.0.1:{ports['grpc']}", f"--name={name}",
-                       "--listen=127.0.0.1:0", f"--metrics-port={ports[name]}",
-                       f"--cache-dir={tmp_path / name}", "--insecure", "--threads=1")
-                 for name in ("a", "b")]
-    agent_targets = {f"127.0.0.1:{ports[name]}" for name in ("a", "b")}
-    base = prometheus({"pac-coordinator": [f"127.0.0.1:{ports['metrics']}"],
-                       "pac-agent": sorted(agent_targets)})
-    services[0].first_line()
-    # A short job on the coordinator (LocalDriver), running while the rest is checked.
-    job = submit_job(f"http://127.0.0.1:{ports['rest']}", model_dir,
-                     toy_data(tmp_path / "t.jsonl"))
-    agents = {name: re.search(r"listening on (\S+) ", service.first_line()).group(1)  # type: ignore
-              for name, service in zip(("a", "b"), services[1:], strict=True)}
+    # Port 0 everywhere, read back from each service's first line: a port probed free
+    # beforehand may be taken by another process on a shared machine before it is bound.
+    coordinator = start("coordinator.cli", "--listen=127.0.0.1:0", "--rest=127.0.0.1:0",
+                        "--metrics-port=0", "--metrics-addr=127.0.0.1",
+                        f"--state={tmp_path / 'state'}", "--insecure")
+    scraper = prometheus()
+    grpc_port, rest_port, metrics_port = re.search(  # type: ignore[union-attr]
+        r":(\d+) rest (\d+) metrics (\d+)", coordinator.first_line()).groups()
+    started = [start("agent.cli", f"--coordinator=127.0.0.1:{grpc_port}", f"--name={name}",
+                     "--listen=127.0.0.1:0", "--metrics-port=0", f"--cache-dir={tmp_path / name}",
+                     "--insecure", "--threads=1") for name in ("a", "b")]
+    scraper.scrape("pac-coordinator", [f"127.0.0.1:{metrics_port}"])
+    base = scraper.url
+    eventually(base, 'up{job="pac-coordinator"}', "job", lambda seen: seen == {
+        "pac-coordinator": 1.0})
+    # A short job on the coordinator (LocalDriver), running while the agents start.
+    job = submit_job(f"http://127.0.0.1:{rest_port}", model_dir, toy_data(tmp_path / "t.jsonl"))
+    agents, agent_targets = {}, set()
+    for name, service in zip(("a", "b"), started, strict=True):
+        address, port = re.search(  # type: ignore[union-attr]
+            r"listening on (\S+) metrics (\d+)", service.first_line()).groups()
+        agents[name] = address
+        agent_targets.add(f"127.0.0.1:{port}")
+    scraper.scrape("pac-agent", sorted(agent_targets))
 
     # Liveness: both agents scraped, registered, and live at the coordinator.
     eventually(base, 'up{job="pac-agent"}', "instance",
@@ -277,8 +310,8 @@ def test_prometheus_scrapes_the_mesh_during_a_job(
     # Scraped while it trained, not only at the end.
     training = f'max_over_time(pac_job_state{{job="{job}",state="training"}}[10m])'
     assert values(base, training, "job") == {job: 1.0}
-    assert values(base, f'pac_job_epoch{{job="{job}"}}', "job")[job] == 2
-    assert values(base, f'pac_job_samples_total{{job="{job}"}}', "job")[job] == 2 * 32
+    assert values(base, f'pac_job_epoch{{job="{job}"}}', "job")[job] == 3
+    assert values(base, f'pac_job_samples_total{{job="{job}"}}', "job")[job] == 3 * 64
     assert values(base, f'pac_job_loss{{job="{job}"}}', "job")[job] > 0
     cache = values(base, "pac_agent_cache_bytes", "instance")
     assert set(cache) == agent_targets and all(v >= 0 for v in cache.values())
