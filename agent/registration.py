@@ -10,6 +10,7 @@ operator may fix the token file, and a crash loop under systemd helps nobody.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -81,6 +82,17 @@ class Registration:
             await self._heartbeat(reply.heartbeat_interval_s or 5.0)
             self.registered.clear()
             self.on_change(False)
+
+    async def announce_draining(self) -> None:
+        """One heartbeat with ``draining`` set, so the coordinator plans around this agent
+        at once instead of after its liveness timeout. Best effort: errors are ignored."""
+        if not self.registered.is_set():
+            return
+        request = self.status()
+        request.agent_id = self.agent_id
+        request.draining = True
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await self.stub.Heartbeat(request, metadata=self.metadata, timeout=2)
 
     async def _heartbeat(self, interval: float) -> None:
         """Heartbeat until the coordinator forgets this agent or cannot be reached."""

@@ -193,7 +193,10 @@ class AgentServer:
             return
         grace = self.config.drain_grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
-        left = await self.runtime.drain(grace)
+        drained = asyncio.ensure_future(self.runtime.drain(grace))
+        if self.registration is not None:
+            await self.registration.announce_draining()
+        left = await drained
         if left:
             log.warning("stopping with %d calls still running after %.0f s", left, grace)
         current = asyncio.current_task()

@@ -101,6 +101,9 @@ def test_agent_registers_heartbeats_and_reregisters_after_coordinator_restart(
                 [info] = (await list_agents(address, token)).agents
                 assert info.name == "agent-0"
                 assert info.agent_id == registration.agent_id
+            # Stopping (SIGTERM) tells the coordinator at once that the agent is draining.
+            [(_, state)] = coordinator.registry.agents()
+            assert state == AgentLiveness.DRAINING
         finally:
             await coordinator.stop(0)
 
