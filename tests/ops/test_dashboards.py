@@ -124,8 +124,11 @@ def test_provisioning_points_at_the_dashboards_and_the_data_source() -> None:
     provider = yaml.safe_load((GRAFANA / "provisioning/dashboards/pac.yml").read_text())
     [files] = provider["providers"]
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    mounts = compose["services"]["grafana"]["volumes"]
-    assert f"./docker/grafana/dashboards:{files['options']['path']}:ro" in mounts
+    grafana = compose["services"]["grafana"]
+    assert f"./docker/grafana/dashboards:{files['options']['path']}:ro" in grafana["volumes"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(files["options"]["path"] + "/")
+    assert (GRAFANA / "dashboards" / Path(home).name).is_file()
     uids = set()
     for file_name, dashboard in dashboards().items():
         assert dashboard["uid"] not in uids, f"{file_name}: duplicate uid"
