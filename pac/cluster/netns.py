@@ -342,6 +342,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", default=DEFAULT_PREFIX)
     parser.add_argument("--subnet", default=DEFAULT_SUBNET)
     parser.add_argument("--join-token", default=os.environ.get("PAC_JOIN_TOKEN", "netns-mesh"))
+    parser.add_argument("--placement", default="local",
+                        help="the coordinator's driver for jobs that name none (local, mesh)")
+    parser.add_argument("--agent-threads", type=int, default=None,
+                        help="torch threads per agent (default: the agent's own)")
     parser.add_argument(
         "--start-timeout", type=float, default=120.0, help="seconds each service may take to start"
     )
@@ -362,7 +366,9 @@ class MeshService:
     ports: tuple[int, ...]
 
 
-def mesh_services(net: ShapedNetwork, agents: Sequence[Host], work_dir: Path) -> list[MeshService]:
+def mesh_services(net: ShapedNetwork, agents: Sequence[Host], work_dir: Path,
+                  placement: str = "local", agent_threads: int | None = None
+                  ) -> list[MeshService]:
     """The planner and the coordinator (in ``MESH_HOST``) and one agent per agent host."""
     pac = [sys.executable, "-m", "pac.cli"]
     mesh = net.address(MESH_HOST)
@@ -372,7 +378,7 @@ def mesh_services(net: ShapedNetwork, agents: Sequence[Host], work_dir: Path) ->
         MeshService(MESH_HOST, [
             *pac, "coordinator", f"--listen={mesh}:{COORDINATOR_PORT}",
             f"--rest={mesh}:{REST_PORT}", f"--metrics-port={COORDINATOR_METRICS}",
-            f"--state={work_dir / 'state'}", "--insecure",
+            f"--state={work_dir / 'state'}", f"--placement={placement}", "--insecure",
         ], (COORDINATOR_PORT, REST_PORT, COORDINATOR_METRICS)),
     ]
     for agent in agents:
@@ -381,7 +387,7 @@ def mesh_services(net: ShapedNetwork, agents: Sequence[Host], work_dir: Path) ->
             *pac, "agent", f"--coordinator={mesh}:{COORDINATOR_PORT}", f"--name={agent.name}",
             f"--listen={address}:{AGENT_PORT}", f"--advertise={address}:{AGENT_PORT}",
             f"--metrics-port={AGENT_METRICS}", f"--cache-dir={work_dir / agent.name}",
-            "--insecure",
+            "--insecure", *([f"--threads={agent_threads}"] if agent_threads else []),
         ], (AGENT_PORT, AGENT_METRICS)))
     return services
 
@@ -399,7 +405,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with ShapedNetwork(hosts, args.prefix, args.subnet) as net:
             # All at once: agents retry registering until the coordinator is up.
-            services = mesh_services(net, agents, work_dir)
+            services = mesh_services(net, agents, work_dir, args.placement, args.agent_threads)
             processes = [net.spawn(service.host, service.argv, env=env) for service in services]
             for service, process in zip(services, processes, strict=True):
                 for port in service.ports:

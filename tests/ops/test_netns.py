@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,7 @@ def test_a_mesh_in_namespaces_moves_tensors_at_the_link_rate(tmp_path: Path,
     launcher = subprocess.Popen([
         sys.executable, "-m", "pac.cluster.netns", "up", f"--prefix={name}",
         f"--subnet={SUBNET}", f"--agent=a:{RATE_MBIT:g}", f"--agent=b:{RATE_MBIT:g}",
-        f"--join-token={TOKEN}", f"--prometheus-targets={targets}"],
+        f"--join-token={TOKEN}", f"--prometheus-targets={targets}", "--agent-threads=1"],
         stdout=subprocess.PIPE, text=True)
     try:
         lines = launcher_lines(launcher, "Ctrl-C", timeout=180)
@@ -122,6 +123,11 @@ def test_a_mesh_in_namespaces_moves_tensors_at_the_link_rate(tmp_path: Path,
                    for host, address in agents.items()}
         for url in metrics.values():
             wait_registered(read_metric, url)  # with the coordinator in its own namespace
+        # The coordinator's REST API answers from the root namespace (where jobs come from).
+        rest = re.search(r" rest (\S+) ", lines[0]).group(1)  # type: ignore[union-attr]
+        with urllib.request.urlopen(f"{rest}/v1/agents", timeout=10) as reply:
+            listed = {agent["name"]: agent["address"] for agent in json.loads(reply.read())}
+        assert listed == agents
         inbound_b = f"{name}h2"  # hosts: mesh, a, b; the bridge's end of b's link
         before = qdisc_sent_bytes(inbound_b)
         sent = asyncio.run(relay(agents["a"], agents["b"],
