@@ -33,7 +33,7 @@ from agent.errors import (
 from agent.metrics import AgentMetrics
 from agent.profiling import LayerTiming, profile_layers
 from agent.stage import Stage
-from agent.training import TrainingSession, WireTransport, import_entries
+from agent.training import TrainingSession, WireTransport
 from pac.pipeline.job import MeshJobSettings, unpack_batch
 from pac.pipeline.worker import StepResult
 from pac.wire.compression import CompressionPolicy
@@ -107,7 +107,6 @@ class AgentRuntime:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._cache_lock = asyncio.Lock()
 
     # ---- work accounting (for drain) -----------------------------------------------
     @contextlib.asynccontextmanager
@@ -216,10 +215,7 @@ class AgentRuntime:
             except TimeoutError:
                 continue  # another call took it
             training = self._training(key.job_id)
-            async with self._cache_lock:
-                stored += await asyncio.to_thread(
-                    import_entries, training.cache, dict(message.tensors)
-                )
+            stored += await asyncio.to_thread(training.import_entries, dict(message.tensors))
         self.metrics.cache_bytes.set(
             sum(s.training.cache.nbytes for s in self.jobs.values() if s.training is not None)
         )

@@ -8,6 +8,7 @@ hop onto the agent's event loop, where the gRPC client and the mailbox live.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -128,6 +129,9 @@ class TrainingSession:
         )
         self.device = device
         self.transport = transport
+        # The cache is written by this device's redistribution and by peers' entries
+        # arriving at the same time; one writer at a time.
+        self.cache_lock = threading.Lock()
         self.owners: dict[str, str] = {}
         self.data_parallel: DataParallelWorker | None = None
 
@@ -155,15 +159,27 @@ class TrainingSession:
             owner = owners[split_part_id(entry)[0]]
             if owner != self.device:
                 outgoing.setdefault(owner, []).append(entry)
+        with self.cache_lock:
+            messages = {
+                peer: _entry_messages(self.cache, entries) for peer, entries in outgoing.items()
+            }
         sent_bytes = 0
-        for peer, entries in sorted(outgoing.items()):
-            for number, message in enumerate(_entry_messages(self.cache, entries)):
+        # Not under the lock: the peers store what we send under theirs, and may be sending
+        # to us at the same time.
+        for peer, batch in sorted(messages.items()):
+            for number, message in enumerate(batch):
                 key = MessageKey(REDISTRIBUTION_STEP, "cache", number, self.device, peer)
                 self.transport.send(key, message)
                 sent_bytes += sum(t.numel() * t.element_size() for t in message.values())
         sent = [entry for entries in outgoing.values() for entry in entries]
-        self.cache.remove(sent)
+        with self.cache_lock:
+            self.cache.remove(sent)
         return sent_bytes, len(sent)
+
+    def import_entries(self, tensors: Tensors) -> int:
+        """Store cache entries a peer sent us."""
+        with self.cache_lock:
+            return import_entries(self.cache, tensors)
 
     def enter_cache_phase(self) -> tuple[int, int, int]:
         """Gather the side network's state from every device, release the backbone, and
@@ -208,7 +224,8 @@ def _entry_messages(
     for entry in entries:
         stored, crc = cache.export_entry(entry)
         for name, tensor in stored.items():
-            current[f"{entry}|{name}"] = tensor
+            # A copy: the stored tensors are views into a shard that remove() rewrites.
+            current[f"{entry}|{name}"] = tensor.clone()
             size += tensor.numel() * tensor.element_size()
         current[f"{entry}|crc"] = torch.tensor(crc, dtype=torch.int64)
         if size >= max_bytes:

@@ -145,7 +145,7 @@ class MeshDriver:
                 if not await self._epoch(calls, run, epoch, progress, cancelled):
                     return JobResult(output_dir=job.output_dir)
                 seconds = time.perf_counter() - started
-                if epoch == 1 and cache_phase:
+                if epoch == 1 and cache_phase and spec.epochs > 1:
                     await self._redistribute(calls, run, layout, profiles, progress)
                 metrics = await self._evaluate(calls, run, job, epoch, seconds)
                 progress(Progress(state=JobState.TRAINING, epoch=epoch, metrics=metrics))

@@ -18,6 +18,7 @@ from pac.engine.dataset import DataFields, load_samples, pad_id, resolve_task
 from pac.engine.ladder_cache import LadderCache
 from pac.engine.loading import LoadedModel, load_model
 from pac.engine.schedule import make_optimizer
+from pac.pipeline.entries import split_part_id
 from pac.pipeline.layout import PipelineLayout, StageSpec
 from pac.pipeline.local import InProcessMesh
 from pac.tasks import TaskSpec
@@ -154,9 +155,10 @@ def test_side_network_on_the_mesh_equals_one_device(
     for worker in mesh.workers.values():
         assert worker.cache is not None
         store = worker.cache.cache
-        for sample_id in store.sample_ids():
-            for point in store.shapes(sample_id):
-                held[(sample_id, point)] = held.get((sample_id, point), 0) + 1
+        for entry in store.sample_ids():
+            fingerprint, _stage = split_part_id(entry)
+            for point in store.shapes(entry):
+                held[(fingerprint, point)] = held.get((fingerprint, point), 0) + 1
     points = mesh.workers[layout.devices[0]].model.points  # type: ignore[attr-defined]
     expected = {(s.fingerprint, p) for s in samples for p in points}
     assert len({s.fingerprint for s in samples}) == len(samples)
