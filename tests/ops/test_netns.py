@@ -1,7 +1,8 @@
 """A mesh in network namespaces on tbf-shaped links (`python -m pac.cluster.netns up`): the
 agents register with the coordinator in its own namespace, a tensor between two agents
-travels at the link's rate (the shaping is in effect) and shows in their metrics, and
-nothing the launcher made is left behind."""
+travels at the link's rate (the shaping is in effect) and shows in their metrics, a PAC job
+trains across the links (activations and gradients counted per peer, through the shaped
+qdisc), and nothing the launcher made is left behind."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ import pytest
 import torch
 
 from pac.cluster.netns import Host, NetnsError, ShapedNetwork, cleanup, links, namespaces
+from pac.engine.loading import load_model
 from pac.wire.auth import token_metadata
 from pac.wire.channel import TransportSecurity, open_channel
 from pac.wire.client import send_tensors
@@ -32,7 +35,7 @@ pytestmark = [pytest.mark.root, pytest.mark.usefixtures("needs_root")]
 
 RATE_MBIT = 200.0
 TOKEN = "netns-test-token"
-METRICS_PORT = 9101
+METRICS_PORT, COORDINATOR_METRICS = 9101, 9100
 SUBNET = "10.77.200.0/24"
 
 
@@ -107,8 +110,38 @@ def wait_registered(read_metric: Any, url: str, timeout: float = 60.0) -> None:
         time.sleep(0.5)
 
 
-def test_a_mesh_in_namespaces_moves_tensors_at_the_link_rate(tmp_path: Path,
-                                                              read_metric: Any) -> None:
+def train_on_the_mesh(rest: str, model_dir: Path, tmp_path: Path) -> dict[str, Any]:
+    """A 2-epoch PAC job over REST: stage 0 on agent a, stage 1 on agent b (activations
+    a -> b, gradients b -> a), then the cache phase on both; returns the finished job."""
+    rows = [{"text": f"{'good fine' if i % 2 else 'bad dull'} story {i}",
+             "label": "pos" if i % 2 else "neg"} for i in range(16)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    blocks = len(load_model(model_dir).family.blocks())
+    layout = {"stages": [
+        {"begin": 0, "end": blocks // 2, "devices": ["a"], "shares": [1.0]},
+        {"begin": blocks // 2, "end": blocks, "devices": ["b"], "shares": [1.0]},
+    ], "micro_batches": 2}
+    body = {"model_dir": str(model_dir), "data_path": str(data), "task": "classification",
+            "technique": "parallel-adapters", "epochs": 2, "batch_size": 8,
+            "technique_settings": {"layout": layout, "reduction": 4}, "placement": "mesh",
+            "output_dir": str(tmp_path / "out")}
+    request = urllib.request.Request(f"{rest}/v1/jobs", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        job_id = json.loads(reply.read())["job_id"]
+    deadline = time.monotonic() + 180
+    while True:
+        with urllib.request.urlopen(f"{rest}/v1/jobs/{job_id}", timeout=10) as reply:
+            job: dict[str, Any] = json.loads(reply.read())
+        if job["state"] in ("done", "failed", "cancelled"):
+            return job
+        assert time.monotonic() < deadline, f"the mesh job is still {job['state']}"
+        time.sleep(0.5)
+
+
+def test_a_mesh_in_namespaces_moves_tensors_and_trains(
+        tmp_path: Path, read_metric: Any, tiny_model_dir: Callable[[str], Path]) -> None:
     name, targets = prefix(), tmp_path / "targets.json"
     launcher = subprocess.Popen([
         sys.executable, "-m", "pac.cluster.netns", "up", f"--prefix={name}",
@@ -138,6 +171,19 @@ def test_a_mesh_in_namespaces_moves_tensors_at_the_link_rate(tmp_path: Path,
         received_by_b = read_metric(metrics["b"], "pac_agent_received_bytes_total", 'peer="a"')
         scraped = {target for group in json.loads(targets.read_text())
                    for target in group["targets"]}
+
+        # An end-to-end PAC job across the two shaped links.
+        qdisc_before_job = qdisc_sent_bytes(inbound_b)
+        job = train_on_the_mesh(rest, tiny_model_dir("bert"), tmp_path)
+        a_to_b = read_metric(metrics["a"], "pac_agent_sent_bytes_total",
+                             f'peer="{agents["b"]}"') - sent_by_a
+        # (b sent nothing before the job: the relay went a -> b only.)
+        b_to_a = read_metric(metrics["b"], "pac_agent_sent_bytes_total",
+                             f'peer="{agents["a"]}"')
+        job_through_b = qdisc_sent_bytes(inbound_b) - qdisc_before_job
+        coordinator_metrics = f"{rest.rsplit(':', 1)[0]}:{COORDINATOR_METRICS}/metrics"
+        done = read_metric(coordinator_metrics, "pac_job_state",
+                           f'job="{job["job_id"]}",state="done"')
     finally:
         launcher.send_signal(signal.SIGTERM)
         launcher.wait(60)
@@ -152,6 +198,12 @@ def test_a_mesh_in_namespaces_moves_tensors_at_the_link_rate(tmp_path: Path,
     assert sent_by_a == received_by_b == sent.bytes
     assert {url.split("/")[2] for url in metrics.values()} <= scraped
     assert launcher.returncode == 0
+    print(f"mesh job {job['job_id']}: {a_to_b:.0f} bytes a -> b, {b_to_a:.0f} bytes b -> a")
+    assert job["state"] == "done", job["reason"]
+    assert done == 1
+    # Activations went a -> b and gradients b -> a, through b's shaped link.
+    assert a_to_b > 0 and b_to_a > 0
+    assert job_through_b >= a_to_b
     assert gone(name), "the launcher left namespaces or links behind"
     assert not targets.exists()
 
