@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 # name -> (module, one-line help). Order is the order shown in `pac --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("coordinator.commands.demo", "run the main job on a local mesh (real model, data)"),
     "train": ("pac.commands.train", "fine-tune a model on this device (standalone)"),
     "predict": ("pac.commands.predict", "predict with a backbone and trained adapters"),
     "plan": ("planner.cli", "plan stages and device groups for a cluster"),
