@@ -138,7 +138,7 @@ def test_side_network_on_the_mesh_equals_one_device(
     for device, worker in mesh.workers.items():
         for name, param in worker.model.named_parameters():
             if name in trained and not torch.equal(param, initial[name]):
-                error = float((param - trained[name]).abs().max())
+                error = float((param.detach() - trained[name].detach()).abs().max())
                 assert error < 1e-9, f"{device}: {name} differs by {error:.3g}"
                 owners[name].append(device)
     for name in changed:
