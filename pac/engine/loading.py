@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from pac.families import FamilyError, ModelFamily, family_for_dir
 
@@ -47,6 +48,7 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> Loa
     family_type = family_for_dir(path)
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise FamilyError(f"{path} has no tokenizer: expected one of {', '.join(TOKENIZER_FILES)}")
+    hf_logging.disable_progress_bar()  # the weights of a local model load in a blink
     model = family_type.load(path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return LoadedModel(model_dir=path, family=family_type(model), tokenizer=tokenizer)

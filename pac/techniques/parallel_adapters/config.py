@@ -11,12 +11,15 @@ class ParallelAdaptersConfig:
     """``reduction`` r: the side network's width is d_model / r (the paper's default 8).
     ``laddered_layers``: indices into the family's flattened blocks whose outputs feed the
     side network (``None`` = all). ``side_heads``: attention heads of a side block (one head
-    when the width is not divisible). ``mlp_ratio``: the side MLP's hidden size / width."""
+    when the width is not divisible). ``mlp_ratio``: the side MLP's hidden size / width.
+    ``dropout``: on the side blocks' residual branches (0 by default: with it, a mesh can
+    match single-device training only statistically, not step by step)."""
 
     reduction: int = 8
     laddered_layers: tuple[int, ...] | None = None
     side_heads: int = 4
     mlp_ratio: int = 4
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.reduction < 1:
@@ -40,4 +43,5 @@ class ParallelAdaptersConfig:
             laddered_layers=None if layers is None else tuple(int(i) for i in layers),
             side_heads=int(data.get("side_heads", 4)),
             mlp_ratio=int(data.get("mlp_ratio", 4)),
+            dropout=float(data.get("dropout", 0.0)),
         )

@@ -47,8 +47,11 @@ class SideBlock(nn.Module):
     """A pre-norm transformer block of the side network: self-attention, optional
     cross-attention to the side encoder's output, and an MLP."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: int, cross_attention: bool) -> None:
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: int, cross_attention: bool, dropout: float = 0.0
+    ) -> None:
         super().__init__()
+        self.dropout = nn.Dropout(dropout)
         self.norm_self = nn.LayerNorm(width)
         self.self_attention = SideAttention(width, heads)
         self.norm_cross: nn.LayerNorm | None = None
@@ -70,12 +73,12 @@ class SideBlock(nn.Module):
     ) -> torch.Tensor:
         """``x`` ``[batch, seq, w]`` -> ``[batch, seq, w]``."""
         normed = self.norm_self(x)
-        x = x + self.self_attention(normed, normed, self_mask)
+        x = x + self.dropout(self.self_attention(normed, normed, self_mask))
         if self.cross_attention is not None and self.norm_cross is not None:
             if memory is None or memory_mask is None:
                 raise ValueError("a cross-attending side block needs the side encoder's output")
-            x = x + self.cross_attention(self.norm_cross(x), memory, memory_mask)
-        return x + self.mlp(self.norm_mlp(x))
+            x = x + self.dropout(self.cross_attention(self.norm_cross(x), memory, memory_mask))
+        return x + self.dropout(self.mlp(self.norm_mlp(x)))
 
 
 class LadderGate(nn.Module):

@@ -67,6 +67,7 @@ class SideNetwork(nn.Module):
                     config.mlp_ratio,
                     cross_attention=self.first_decoder_block is not None
                     and i >= self.first_decoder_block,
+                    dropout=config.dropout,
                 )
                 for i in self.laddered
             }

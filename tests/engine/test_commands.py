@@ -1,0 +1,161 @@
+"""`pac train` and `pac predict` as a user runs them: results on disk, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pac.cache import space
+from pac.cli import main
+
+
+def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--eval",
+        str(data),
+        "--task",
+        "classification",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
+
+
+def test_train_then_predict(
+    tiny_model_dir: Callable[[str], Path],
+    toy_data: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model, data, out = tiny_model_dir("bert"), toy_data("classification", 24), tmp_path / "out"
+    assert main(train_args(model, data, out)) == 0
+    printed = capsys.readouterr().out
+    assert "activation cache:" in printed and "MiB projected" in printed
+    assert "backbone released after epoch 1" in printed
+    records = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert [r["phase"] for r in records] == ["backbone", "cache"]
+    assert all({"loss", "accuracy", "seconds"} <= r.keys() for r in records)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["technique"] == "parallel-adapters" and config["task"]["labels"] == ["neg", "pos"]
+
+    predictions = tmp_path / "predictions.jsonl"
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(model),
+                "--adapters",
+                str(out),
+                "--data",
+                str(data),
+                "--out",
+                str(predictions),
+            ]
+        )
+        == 0
+    )
+    rows = [json.loads(line) for line in predictions.open()]
+    assert len(rows) == 24 and {r["prediction"] for r in rows} <= {"neg", "pos"}
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["metrics"]
+    # pac predict reproduces the last epoch's evaluation exactly.
+    assert metrics["accuracy"] == pytest.approx(records[-1]["accuracy"])
+
+
+def test_predict_refuses_adapters_of_another_model(
+    tiny_model_dir: Callable[[str], Path],
+    toy_data: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data, out = toy_data("classification", 8), tmp_path / "out"
+    assert main(train_args(tiny_model_dir("bert"), data, out, "--epochs", "1")) == 0
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir("bert"), other)
+    (other / "model.safetensors").write_bytes(
+        (tiny_model_dir("gpt2") / "model.safetensors").read_bytes()
+    )
+    assert (
+        main(["predict", "--model", str(other), "--adapters", str(out), "--data", str(data)]) == 2
+    )
+    assert "trained on a different model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("family", "extra", "message"),
+    [
+        ("bert", ["--task", "seq2seq"], "seq2seq needs an encoder-decoder model"),
+        ("gpt2", ["--head", "text"], "needs an encoder-decoder model"),
+        ("bert", ["--technique", "parallel-adapters", "--ladder", "0,9"], "do not exist"),
+    ],
+)
+def test_a_technique_or_task_that_does_not_fit_is_a_clear_error(
+    family: str,
+    extra: list[str],
+    message: str,
+    tiny_model_dir: Callable[[str], Path],
+    toy_data: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = toy_data("seq2seq" if "seq2seq" in extra else "classification", 8)
+    args = train_args(tiny_model_dir(family), data, tmp_path / "out", *extra)
+    if "--task" in extra:  # the later --task wins in argparse
+        args = [a for a in args if a != "classification"]
+        args.remove("--task")
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "pac train: error:" in error and message in error
+    assert "Traceback" not in error
+
+
+def test_bad_inputs_are_clear_errors(
+    tiny_model_dir: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(train_args(tiny_model_dir("bert"), empty, tmp_path / "o1")) == 2
+    assert "empty" in capsys.readouterr().err
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine", "label": "a"}\n{"text": "oops", \n')
+    assert main(train_args(tiny_model_dir("bert"), broken, tmp_path / "o2")) == 2
+    assert "broken.jsonl:2" in capsys.readouterr().err
+
+    incomplete = tmp_path / "model"
+    shutil.copytree(tiny_model_dir("bert"), incomplete)
+    (incomplete / "model.safetensors").unlink()
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"text": "fine", "label": "a"}\n{"text": "bad", "label": "b"}\n')
+    assert main(train_args(incomplete, good, tmp_path / "o3")) == 2
+    assert "model.safetensors" in capsys.readouterr().err
+
+
+def test_a_full_disk_stops_training_before_it_starts(
+    tiny_model_dir: Callable[[str], Path],
+    toy_data: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(space, "free_bytes", lambda path: 1024)
+    out = tmp_path / "out"
+    assert main(train_args(tiny_model_dir("bert"), toy_data("classification", 8), out)) == 2
+    error = capsys.readouterr().err
+    assert "cache needs" in error and "free" in error
+    assert not (out / "metrics.jsonl").exists()  # nothing was trained
