@@ -1,5 +1,6 @@
 """A real Prometheus (Debian's package) scrapes a running coordinator and two agents during
-a transfer and a short job; its HTTP API then answers what the dashboards ask."""
+transfers and a short PAC job across both agents (pipeline epoch, redistribution, cache
+epochs); its HTTP API then answers what the dashboards ask, and runs every dashboard query."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import pytest
 import torch
 import yaml
 
+from pac.engine.loading import load_model
 from pac.wire.auth import token_metadata
 from pac.wire.channel import TransportSecurity, open_channel
 from pac.wire.client import send_tensors
@@ -106,7 +108,7 @@ class Prometheus:
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[Callable[[], Prometheus]]:
     """``prometheus()`` -> a real Prometheus (temp storage, stopped at the end) scraping
-    every second the targets later given to ``.scrape(job, targets)``."""
+    four times a second the targets later given to ``.scrape(job, targets)``."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("the prometheus binary is missing: apt-get install -y "
@@ -117,7 +119,9 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[], Prometheus]]:
         targets_dir = tmp_path / "targets"
         targets_dir.mkdir()
         config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            # Fast scrapes: the tiny job's phases last a few seconds at most.
+            "global": {"scrape_interval": "250ms", "scrape_timeout": "250ms",
+                       "evaluation_interval": "1s"},
             "scrape_configs": [{
                 "job_name": "pac",
                 "file_sd_configs": [{"files": [f"{targets_dir}/*.json"],
@@ -205,7 +209,7 @@ def eventually(base: str, expr: str, label: str, check: Callable[[dict[str, floa
     return seen
 
 
-def toy_data(path: Path, count: int = 64) -> Path:
+def toy_data(path: Path, count: int = 128) -> Path:
     rows = [{"text": f"the film was {'good' if i % 2 else 'bad'} number {i}",
              "label": "pos" if i % 2 else "neg"} for i in range(count)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -235,10 +239,18 @@ async def relay(a: str, b: str, tensor: torch.Tensor, step: int = 1) -> int:
             await channel.close()
 
 
-def submit_job(rest: str, model_dir: Path, data: Path) -> str:
+def submit_mesh_job(rest: str, model_dir: Path, data: Path) -> str:
+    """A 3-epoch PAC job on the mesh: stage 0 on agent a, stage 1 on agent b for epoch 1,
+    then the cache phase on both."""
+    blocks = len(load_model(model_dir).family.blocks())
+    layout = {"stages": [
+        {"begin": 0, "end": blocks // 2, "devices": ["a"], "shares": [1.0]},
+        {"begin": blocks // 2, "end": blocks, "devices": ["b"], "shares": [1.0]},
+    ], "micro_batches": 2}
     body = {"model_dir": str(model_dir), "data_path": str(data), "eval_path": str(data),
             "task": "classification", "technique": "parallel-adapters", "epochs": 3,
-            "batch_size": 4, "max_length": 16, "placement": "local"}
+            "batch_size": 4, "max_length": 16, "placement": "mesh",
+            "technique_settings": {"layout": layout, "reduction": 4}}
     request = urllib.request.Request(f"{rest}/v1/jobs", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -272,8 +284,6 @@ def test_prometheus_scrapes_the_mesh_during_a_job(
     base = scraper.url
     eventually(base, 'up{job="pac-coordinator"}', "job", lambda seen: seen == {
         "pac-coordinator": 1.0})
-    # A short job on the coordinator (LocalDriver), running while the agents start.
-    job = submit_job(f"http://127.0.0.1:{rest_port}", model_dir, toy_data(tmp_path / "t.jsonl"))
     agents, agent_targets = {}, set()
     for name, service in zip(("a", "b"), started, strict=True):
         address, port = re.search(  # type: ignore[union-attr]
@@ -302,7 +312,9 @@ def test_prometheus_scrapes_the_mesh_during_a_job(
     eventually(base, "8 * sum by (device, peer) (rate(pac_agent_sent_bytes_total[30s]))",
                "peer", lambda seen: seen.get(agents["b"], 0) > 0)
 
-    # The job's phase, speed, epoch, samples and loss.
+    # A short PAC job across the two agents; its phase, speed, epoch, samples and loss.
+    job = submit_mesh_job(f"http://127.0.0.1:{rest_port}", model_dir,
+                          toy_data(tmp_path / "t.jsonl"))
     done = eventually(base, f'pac_job_state{{job="{job}",state=~"done|failed"}}', "state",
                       lambda seen: max(seen.values(), default=0) == 1, timeout=120)
     assert done == {"done": 1.0, "failed": 0.0}
@@ -311,10 +323,16 @@ def test_prometheus_scrapes_the_mesh_during_a_job(
     training = f'max_over_time(pac_job_state{{job="{job}",state="training"}}[10m])'
     assert values(base, training, "job") == {job: 1.0}
     assert values(base, f'pac_job_epoch{{job="{job}"}}', "job")[job] == 3
-    assert values(base, f'pac_job_samples_total{{job="{job}"}}', "job")[job] == 3 * 64
+    assert values(base, f'pac_job_samples_total{{job="{job}"}}', "job")[job] == 3 * 128
     assert values(base, f'pac_job_loss{{job="{job}"}}', "job")[job] > 0
-    cache = values(base, "pac_agent_cache_bytes", "instance")
-    assert set(cache) == agent_targets and all(v >= 0 for v in cache.values())
+    assert values(base, f'pac_job_redistribution_progress{{job="{job}"}}', "job")[job] == 1
+    # Both agents ran the job's steps, hold a share of the cache, and traded activations.
+    steps = f'max_over_time(pac_agent_current_step{{job="{job}"}}[10m])'
+    assert set(values(base, steps, "instance")) == agent_targets
+    eventually(base, "pac_agent_cache_bytes", "instance",
+               lambda seen: set(seen) == agent_targets and min(seen.values()) > 0)
+    eventually(base, "sum by (peer) (pac_agent_sent_bytes_total)", "peer",
+               lambda seen: seen.get(agents["b"], 0) > 2 * sent and seen.get(agents["a"], 0) > 0)
 
     # Every dashboard query is valid PromQL against this Prometheus.
     for expr in dashboard_exprs():
