@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 import planner  # noqa: E402
-from planner import PlanInfeasible, Technique  # noqa: E402
+from planner import Plan, PlanInfeasible, Technique  # noqa: E402
 from planner.api import micro_batch_counts  # noqa: E402
 from planner.brute import brute_force  # noqa: E402
 from planner.costs import CostModel  # noqa: E402
@@ -171,7 +171,7 @@ def strategies() -> float:
         ("parallel-adapters", 4),
         ("full", None),
     ):
-        rows = {}
+        rows: dict[str, Plan | None] = {}
         for strategy in ("pac", "even-split", "data-parallel", "pipeline", "standalone"):
             try:
                 rows[strategy] = planner.plan(
