@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections import defaultdict
 from pathlib import Path
 
 Series = dict[str, list[tuple[float, float]]]
@@ -22,15 +23,16 @@ _TERMINAL = ("done", "failed", "cancelled")
 
 
 def query_range(base: str, expr: str, start: float, end: float, step: float,
-                label: str) -> Series:
-    """``expr`` over [start, end] -> {value of ``label``: [(unix time, value), ...]}."""
+                legend: str) -> Series:
+    """``expr`` over [start, end] -> {legend: [(unix time, value), ...]}, the legend a
+    format of the series' labels, e.g. ``"{peer} -> {device}"``."""
     query = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": step})
     with urllib.request.urlopen(f"{base}/api/v1/query_range?{query}", timeout=30) as reply:
         answer = json.loads(reply.read())
     if answer.get("status") != "success":
         raise RuntimeError(f"Prometheus refused {expr!r}: {answer.get('error')}")
-    return {row["metric"].get(label, ""): [(float(t), float(v)) for t, v in row["values"]]
-            for row in answer["data"]["result"]}
+    return {legend.format_map(defaultdict(str, row["metric"])):
+            [(float(t), float(v)) for t, v in row["values"]] for row in answer["data"]["result"]}
 
 
 def job_window(base: str, job: str, lookback_s: float) -> tuple[float, float]:
@@ -38,13 +40,28 @@ def job_window(base: str, job: str, lookback_s: float) -> tuple[float, float]:
     the last ``lookback_s`` seconds."""
     now = time.time()
     states = query_range(base, f'pac_job_state{{job="{job}"}} == 1', now - lookback_s, now,
-                         1.0, "state")
+                         1.0, "{state}")
     times = [t for points in states.values() for t, _ in points]
     if not times:
         raise RuntimeError(f"Prometheus has no pac_job_state for job {job!r} in the last "
                            f"{lookback_s:.0f} s: is it scraping the coordinator?")
     ended = [points[0][0] for state, points in states.items() if state in _TERMINAL]
     return min(times), min([max(times), *[t + 5.0 for t in ended]])
+
+
+def _with_gaps(points: list[tuple[float, float]], start: float,
+               step: float) -> tuple[list[float], list[float]]:
+    """Times (from ``start``) and values, with a NaN where points are missing, so that a
+    line breaks where the series had no samples (e.g. between epochs) instead of bridging."""
+    times: list[float] = []
+    values: list[float] = []
+    for t, v in points:
+        if times and t - start - times[-1] > 2.5 * step:
+            times.append(times[-1] + step)
+            values.append(float("nan"))
+        times.append(t - start)
+        values.append(v)
+    return times, values
 
 
 def plot(base: str, job: str, out: Path, lookback_s: float, step: float) -> None:
@@ -56,8 +73,8 @@ def plot(base: str, job: str, out: Path, lookback_s: float, step: float) -> None
     start, end = job_window(base, job, lookback_s)
     start, end = start - 2 * step, end + 2 * step
 
-    def series(expr: str, label: str = "job") -> Series:
-        return query_range(base, expr, start, end, step, label)
+    def series(expr: str, legend: str = "{job}") -> Series:
+        return query_range(base, expr, start, end, step, legend)
 
     # Only while training and after the first step: before it the gauges read 0.
     training = (f' and on(job) (pac_job_state{{job="{job}",state="training"}} == 1)'
@@ -65,20 +82,31 @@ def plot(base: str, job: str, out: Path, lookback_s: float, step: float) -> None
     loss = series(f'pac_job_loss{{job="{job}"}}' + training)
     speed = series(f'pac_job_samples_per_second{{job="{job}"}}' + training)
     epoch = series(f'pac_job_epoch{{job="{job}"}}')
-    phases = series(f'pac_job_state{{job="{job}"}} == 1', "state")
+    phases = series(f'pac_job_state{{job="{job}"}} == 1', "{state}")
 
-    figure, (top, middle, bottom) = plt.subplots(3, 1, figsize=(8, 7), sharex=True,
-                                                 height_ratios=[3, 3, 1])
-    for axis, data, name in ((top, loss, "training loss"), (middle, speed, "samples / s")):
-        for points in data.values():
-            axis.plot([t - start for t, _ in points], [v for _, v in points], marker=".")
+    # Agent to agent traffic (received, by sender), when agents were scraped too.
+    links = series(f"8e-6 * sum by (peer, device) (rate(pac_agent_received_bytes_total"
+                   f"[{max(4 * step, 2):g}s]))", "{peer} → {device}")
+
+    rows = [(loss, "training loss"), (speed, "samples / s")] + (
+        [(links, "Mbit/s received")] if links else [])
+    figure, axes = plt.subplots(len(rows) + 1, 1, figsize=(8, 2.6 * len(rows) + 1.5),
+                                sharex=True, height_ratios=[3] * len(rows) + [1])
+    top, bottom = axes[0], axes[-1]
+    for axis, (data, name) in zip(axes, rows, strict=False):
+        for legend, points in sorted(data.items()):
+            times, values = _with_gaps(points, start, step)
+            axis.plot(times, values, marker=".", markersize=3,
+                      label=legend if data is links else None)
         axis.set_ylabel(name)
         axis.grid(alpha=0.3)
+        if data is links:
+            axis.legend(fontsize=7, loc="upper right")
     for points in epoch.values():  # epoch boundaries: cached epochs start after the first
         previous = None
         for t, value in points:
             if previous is not None and value != previous:
-                for axis in (top, middle):
+                for axis in axes[:-1]:
                     axis.axvline(t - start, color="grey", linestyle="--", linewidth=0.8)
                 top.annotate(f"epoch {value:g}", (t - start, 1), xycoords=("data", "axes "
                              "fraction"), xytext=(3, -12), textcoords="offset points",
