@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from pac.cache.key import CacheKey
+from agent.errors import WeightsMismatch
+from pac.cache.key import CacheKey, fingerprint_model_dir
 from pac.cache.store import ActivationCache
 from pac.engine.ladder_cache import LadderCache
 from pac.engine.loading import load_model
@@ -106,6 +107,14 @@ class TrainingSession:
         transport: WireTransport,
     ) -> None:
         self.settings = settings
+        if settings.model_fingerprint:
+            local = fingerprint_model_dir(settings.model_dir)
+            if local != settings.model_fingerprint:
+                raise WeightsMismatch(
+                    f"agent {device!r}: the model at {settings.model_dir} is not the job's "
+                    f"(sha256 {local[:12]}..., the coordinator's {settings.model_fingerprint[:12]}"
+                    "...); copy the coordinator's model directory to this device"
+                )
         self.loaded = load_model(settings.model_dir)
         torch.manual_seed(settings.seed)
         self.model = build_technique(

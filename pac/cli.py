@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "jobs": ("coordinator.commands.jobs", "list the coordinator's jobs (or show one)"),
     "cancel": ("coordinator.commands.cancel", "cancel a job"),
     "cluster": ("pac.cluster.cli", "start or stop a local mesh (planner, coordinator, agents)"),
+    "netns": ("pac.cluster.netns", "run a mesh in network namespaces over shaped links (root)"),
 }
 
 

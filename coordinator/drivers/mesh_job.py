@@ -73,6 +73,7 @@ class JobData:
             learning_rate=spec.learning_rate or DEFAULT_LEARNING_RATE[spec.technique],
             total_steps=steps_per_epoch * spec.epochs,
             cache_precision=CACHE_DTYPES.get(spec.cache_dtype, "fp16"),
+            model_fingerprint=fingerprint_model_dir(spec.model_dir),
         )
         return cls(spec, loaded, task, samples, eval_samples, mesh)
 

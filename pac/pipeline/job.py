@@ -33,6 +33,9 @@ class MeshJobSettings:
     total_steps: int = 1
     warmup_ratio: float = 0.06
     cache_precision: str = "fp16"
+    # sha256 over the model's config and weights (pac.cache.key.fingerprint_model_dir):
+    # every device checks its local copy against it before loading ("" = do not check).
+    model_fingerprint: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -61,6 +64,7 @@ class MeshJobSettings:
             total_steps=int(data["total_steps"]),
             warmup_ratio=float(data["warmup_ratio"]),
             cache_precision=str(data["cache_precision"]),
+            model_fingerprint=str(data.get("model_fingerprint", "")),
             extra=dict(data.get("extra", {})),
         )
 
