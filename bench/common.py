@@ -30,8 +30,11 @@ def machine_line(threads: int) -> str:
 
 def torch_only_rss_mb() -> float:
     """Peak RSS of a process that only imports torch (the interpreter's floor)."""
+    # VmHWM, not ru_maxrss: a child inherits its parent's ru_maxrss across fork + exec.
     code = (
-        "import resource, torch; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        "import torch\n"
+        "for line in open('/proc/self/status'):\n"
+        "    if line.startswith('VmHWM:'): print(int(line.split()[1]) / 1024)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip())
