@@ -210,7 +210,7 @@ class TrainingSession:
             self.owners,
         )
         before = rss_bytes()
-        freed = release_backbone(self.loaded.family)
+        freed = release_backbone(self.loaded.family, keep_lm_head=self.settings.task.generates_text)
         return freed, before, rss_bytes()
 
     def export(self) -> Tensors:

@@ -47,11 +47,20 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def release_backbone(family: ModelFamily) -> int:
+def release_backbone(family: ModelFamily, keep_lm_head: bool = True) -> int:
     """Free every backbone weight the head does not need (after epoch 1 the side network
     trains from the cache). Returns the bytes of parameters released. The backbone can no
-    longer run afterwards."""
-    keep = {id(p) for module in family.head_modules() for p in module.parameters()}
+    longer run afterwards.
+
+    ``keep_lm_head=False`` (a task with a linear head): of the family's head modules only
+    the final norms are kept (their parameters are vectors); the LM head and the embedding
+    it may be tied to go too."""
+    keep = {
+        id(p)
+        for module in family.head_modules()
+        for p in module.parameters()
+        if keep_lm_head or p.dim() == 1
+    }
     released = 0
     for parameter in family.model.parameters():
         if id(parameter) in keep or parameter.numel() == 0:

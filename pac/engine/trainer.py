@@ -239,7 +239,9 @@ class Trainer:
     def release_backbone(self) -> None:
         """After epoch 1 (and its evaluation) every needed ladder point is cached."""
         self.rss_before_release = rss_bytes()
-        self.released_bytes = release_backbone(self.loaded.family)
+        self.released_bytes = release_backbone(
+            self.loaded.family, keep_lm_head=self.task.generates_text
+        )
         self.rss_after_release = rss_bytes()
         self.backbone_released = True
         log.info(

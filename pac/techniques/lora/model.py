@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from peft import LoraConfig, inject_adapter_in_model
-
 from pac.families import ModelFamily
 from pac.tasks import TaskSpec
 from pac.techniques.backbone_model import BackboneTunedModel
@@ -18,6 +16,9 @@ class LoraModel(BackboneTunedModel):
     def __init__(
         self, family: ModelFamily, task: TaskSpec, settings: LoraSettings | None = None
     ) -> None:
+        # Imported here: peft costs ~100 MB of memory, which no other technique should pay.
+        from peft import LoraConfig, inject_adapter_in_model
+
         super().__init__(family, task)
         self.settings = settings or LoraSettings()
         self.backbone.requires_grad_(False)
