@@ -11,6 +11,9 @@ agents can live in one test process); ``/metrics`` serves it.
 | pac_agent_received_tensors_total | counter | peer | tensors received |
 | pac_agent_stream_seconds | histogram | direction | one tensor message, first to last byte |
 | pac_agent_stage_compute_seconds | histogram | job, stage | one FORWARD of a stage |
+| pac_agent_stage_wait_seconds | histogram | job, stage | a step's time blocked on peers (bubble) |
+| pac_agent_backbone_released | gauge | job | 1 once the backbone is released |
+| pac_agent_redistributed_bytes_total | counter | peer | cache bytes sent to their owners |
 | pac_agent_cache_bytes | gauge | | bytes in the activation cache |
 | pac_agent_mailbox_bytes | gauge | | received bytes waiting for compute |
 | pac_agent_rss_bytes | gauge | | resident memory of the process |
@@ -68,6 +71,25 @@ class AgentMetrics:
             "Seconds per stage forward",
             ["job", "stage"],
             buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.stage_wait_seconds = Histogram(
+            "pac_agent_stage_wait_seconds",
+            "Seconds per step a stage waited for its neighbours' tensors (pipeline bubble)",
+            ["job", "stage"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.backbone_released = Gauge(
+            "pac_agent_backbone_released",
+            "1 once the job's backbone is released (the cache phase)",
+            ["job"],
+            registry=r,
+        )
+        self.redistributed_bytes = Counter(
+            "pac_agent_redistributed_bytes",
+            "Cache-entry bytes sent to their samples' owners after epoch 1",
+            ["peer"],
             registry=r,
         )
         self.cache_bytes = Gauge(

@@ -188,10 +188,12 @@ class AgentRuntime:
         result = await asyncio.to_thread(
             session.training.run_step, step, batch, sample_ids, count
         )
-        stage = session.training.worker.stage_index
-        self.metrics.stage_compute_seconds.labels(job_id, str(stage)).observe(
-            time.perf_counter() - started
+        stage = str(session.training.worker.stage_index)
+        elapsed = time.perf_counter() - started
+        self.metrics.stage_compute_seconds.labels(job_id, stage).observe(
+            max(0.0, elapsed - result.waited_seconds)
         )
+        self.metrics.stage_wait_seconds.labels(job_id, stage).observe(result.waited_seconds)
         return result
 
     def _training(self, job_id: str) -> TrainingSession:
@@ -202,7 +204,10 @@ class AgentRuntime:
 
     async def redistribute(self, job_id: str, owners: dict[str, str]) -> tuple[int, int]:
         """Move this agent's cache entries to their samples' owners (worker thread)."""
-        return await asyncio.to_thread(self._training(job_id).redistribute, owners)
+        by_peer, entries = await asyncio.to_thread(self._training(job_id).redistribute, owners)
+        for peer, nbytes in by_peer.items():
+            self.metrics.redistributed_bytes.labels(peer).inc(nbytes)
+        return sum(by_peer.values()), entries
 
     async def absorb_cache_entries(self) -> int:
         """Store cache entries that peers sent (redistribution), as soon as they arrive."""
@@ -223,7 +228,9 @@ class AgentRuntime:
 
     async def enter_cache_phase(self, job_id: str) -> tuple[int, int, int]:
         """Gather the side network, release the backbone, train from the cache next."""
-        return await asyncio.to_thread(self._training(job_id).enter_cache_phase)
+        released = await asyncio.to_thread(self._training(job_id).enter_cache_phase)
+        self.metrics.backbone_released.labels(job_id).set(1)
+        return released
 
     async def export_adapters(self, job_id: str) -> dict[str, torch.Tensor]:
         return await asyncio.to_thread(self._training(job_id).export)

@@ -159,9 +159,10 @@ class TrainingSession:
         loss_sum, terms, rows = self.data_parallel.run_step(step, batch, sample_ids, loss_count)
         return StepResult(loss_sum=loss_sum, count=terms, samples=rows)
 
-    def redistribute(self, owners: dict[str, str]) -> tuple[int, int]:
+    def redistribute(self, owners: dict[str, str]) -> tuple[dict[str, int], int]:
         """Send every cache entry whose sample another device owns to that device, then
-        drop it here (each entry ends with exactly one owner). Returns (bytes, entries)."""
+        drop it here (each entry ends with exactly one owner). Returns (bytes sent per
+        peer, entries sent)."""
         self.owners = owners
         outgoing: dict[str, list[str]] = {}
         for entry in self.cache.sample_ids():
@@ -172,14 +173,15 @@ class TrainingSession:
             messages = {
                 peer: _entry_messages(self.cache, entries) for peer, entries in outgoing.items()
             }
-        sent_bytes = 0
+        sent_bytes: dict[str, int] = {}
         # Not under the lock: the peers store what we send under theirs, and may be sending
         # to us at the same time.
         for peer, batch in sorted(messages.items()):
             for number, message in enumerate(batch):
                 key = MessageKey(REDISTRIBUTION_STEP, "cache", number, self.device, peer)
                 self.transport.send(key, message)
-                sent_bytes += sum(t.numel() * t.element_size() for t in message.values())
+                nbytes = sum(t.numel() * t.element_size() for t in message.values())
+                sent_bytes[peer] = sent_bytes.get(peer, 0) + nbytes
         sent = [entry for entries in outgoing.values() for entry in entries]
         with self.cache_lock:
             self.cache.remove(sent)

@@ -7,10 +7,6 @@ The dashboards are declared here, as data, so that a panel is three lines and ev
 looks alike; the JSON files are what Grafana reads (docker/grafana/provisioning). Every
 metric a panel queries must be exported by a service: tests/ops/test_dashboards.py checks
 it against the services' registries.
-
-Left out until the agent exports them (metrics contract, "later"):
-pac_agent_stage_wait_seconds (pipeline bubble: waiting next to compute),
-pac_agent_backbone_released, pac_agent_redistributed_bytes_total (per-peer redistribution).
 """
 
 from __future__ import annotations
@@ -171,6 +167,10 @@ PIPELINE = Dashboard(
              "{{device}} stage {{stage}}"),
         ], unit="percentunit",
             description="1 = the device computed all the time; the rest is waiting (bubble)."),
+        Panel("Stage waiting for peers (share of wall time)", [
+            ("sum by (device, stage) (rate(pac_agent_stage_wait_seconds_sum[1m]))",
+             "{{device}} stage {{stage}}"),
+        ], unit="percentunit", description="The pipeline bubble, as each device sees it."),
         Panel("Stage forward, p90", [
             ("histogram_quantile(0.9, sum by (le, stage) "
              "(rate(pac_agent_stage_compute_seconds_bucket[1m])))", "stage {{stage}}"),
@@ -219,6 +219,13 @@ CACHE = Dashboard(
         ], unit="Bps"),
         Panel("Agent memory (RSS)", [("pac_agent_rss_bytes", "{{device}}")], unit="bytes",
               description="Drops when the backbone is released after epoch 1."),
+        Panel("Backbone released", [
+            ('pac_agent_backbone_released{job=~"$job"}', "{{device}} {{job}}"),
+        ]),
+        Panel("Redistributed bytes per link", [
+            ("sum by (device, peer) (pac_agent_redistributed_bytes_total)",
+             "{{device}} → {{peer}}"),
+        ], unit="bytes"),
     ],
     job_variable=True,
 )

@@ -11,6 +11,7 @@ single-device gradient of the mini-batch.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -73,6 +74,7 @@ class DeviceWorker:
         self.scheduler = scheduler
         self.cache = cache
         self.timeout = timeout
+        self.waited = 0.0  # seconds blocked on peers during the current step
 
     # ---- routing ---------------------------------------------------------------------
     def _neighbour(self, offset: int) -> StageSpec | None:
@@ -105,10 +107,12 @@ class DeviceWorker:
         self, step: int, kind: MessageKind, micro: Rows, index: int, mine: Rows, other: StageSpec
     ) -> Tensors:
         pieces = []
+        started = time.perf_counter()
         for device, rows in zip(other.devices, device_rows(micro, other.shares), strict=True):
             if overlap(mine, rows) is not None:
                 key = self._key(step, kind, index, device, self.device)
                 pieces.append(self.transport.recv(key, timeout=self.timeout))
+        self.waited += time.perf_counter() - started
         return {name: torch.cat([p[name] for p in pieces]) for name in pieces[0]}
 
     # ---- one step --------------------------------------------------------------------
@@ -122,6 +126,7 @@ class DeviceWorker:
         mine = [device_rows(m, self.spec.shares)[self.rank] for m in micro]
         previous, following = self._neighbour(-1), self._neighbour(1)
         result = StepResult()
+        self.waited = 0.0
         flight: dict[int, _InFlight] = {}
         order = one_f_one_b(self.stage_index, len(self.layout.stages), len(micro))
         for action, index in order:
@@ -172,6 +177,7 @@ class DeviceWorker:
         self.optimizer.zero_grad(set_to_none=True)
         if self.cache is not None:
             self.cache.cache.flush()
+        result.waited_seconds = self.waited
         return result
 
     def _all_reduce(self, step: int) -> None:
