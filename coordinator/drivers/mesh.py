@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -38,6 +39,9 @@ from pac.wire.auth import token_metadata
 from pac.wire.channel import TransportSecurity, open_channel
 from protos.v1 import agent_pb2
 
+if TYPE_CHECKING:
+    from planner.plan import Plan
+
 log = logging.getLogger("pac.coordinator.mesh")
 
 
@@ -46,8 +50,23 @@ class MeshError(RuntimeError):
 
 
 def plan_layout(spec: JobSpec, agents: list[tuple[str, agent_pb2.DeviceProfile]]) -> PipelineLayout:
-    """The planner's cut and groups for these agents (estimated per-layer times from each
-    agent's measured matmul speed), as a :class:`PipelineLayout`."""
+    """The planner's cut and groups for these agents, as a :class:`PipelineLayout`."""
+    return layout_of(plan_for(spec, agents))
+
+
+def layout_of(chosen: Plan) -> PipelineLayout:
+    return PipelineLayout(
+        stages=tuple(
+            StageSpec(s.start, s.end, s.group.devices, tuple(float(x) for x in s.group.shares))
+            for s in chosen.stages
+        ),
+        micro_batches=chosen.micro_batches,
+    )
+
+
+def plan_for(spec: JobSpec, agents: list[tuple[str, agent_pb2.DeviceProfile]]) -> Plan:
+    """The planner's plan for these agents (per-layer times estimated from each agent's
+    measured matmul speed and the layers' FLOPs)."""
     from planner.api import plan
     from planner.estimate import device_profile, model_profile, model_shape, read_config
     from planner.profiles import Cluster
@@ -64,19 +83,12 @@ def plan_layout(spec: JobSpec, agents: list[tuple[str, agent_pb2.DeviceProfile]]
         )
         for name, profile in agents
     )
-    chosen = plan(
+    return plan(
         Cluster(devices),
         model_profile(shape, seq),
         technique=spec.technique,
         global_batch=spec.batch_size,
         micro_batches=spec.micro_batches if spec.micro_batches > 1 else None,
-    )
-    return PipelineLayout(
-        stages=tuple(
-            StageSpec(s.start, s.end, s.group.devices, tuple(float(x) for x in s.group.shares))
-            for s in chosen.stages
-        ),
-        micro_batches=chosen.micro_batches,
     )
 
 

@@ -1,0 +1,169 @@
+"""Epoch 1 of PAC on the local mesh (2 and 4 agents) against the same work on one device,
+with the pipeline's bubble and bytes per step, and the planner's prediction beside each.
+
+    python bench/mesh_epoch1.py [--samples 512] [--agents 2 4]
+
+Real all-MiniLM-L6-v2 on Rotten Tomatoes sentences. One device: `pac train` (standalone,
+all cores). The mesh: agents on loopback (each with cores // (agents + 1) threads), the
+planner's layout for their measured speed, the same data, batch and seed. The bubble is
+the share of a step an agent spent waiting for its neighbours (pac_agent_stage_wait_seconds
+against pac_agent_stage_compute_seconds, from each agent's /metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import machine_line
+
+BATCH, MICRO = 32, 4
+
+
+def metric_sum(text: str, name: str) -> float:
+    """Sum of every sample of ``name`` in a Prometheus exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            head = line.split(" ")[0]
+            if head == name or head.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def one_device(model: Path, data: Path, out: Path) -> float:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pac.cli",
+            "train",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--task",
+            "classification",
+            "--epochs",
+            "1",
+            "--batch-size",
+            str(BATCH),
+            "--max-length",
+            "64",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return float(json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["seconds"])
+
+
+def on_mesh(agents: int, model: Path, data: Path, work: Path) -> dict[str, Any]:
+    import grpc
+
+    from coordinator.drivers.mesh import layout_of, plan_for
+    from coordinator.job_messages import spec_to_proto
+    from coordinator.jobs import JobSpec
+    from pac.cluster.local_mesh import LocalMesh
+    from pac.wire.auth import token_metadata
+    from protos.v1 import coordinator_pb2 as pb
+    from protos.v1 import coordinator_pb2_grpc as pb_grpc
+
+    spec = JobSpec(
+        model_dir=str(model),
+        data_path=str(data),
+        task="classification",
+        technique="parallel-adapters",
+        epochs=1,
+        batch_size=BATCH,
+        micro_batches=MICRO,
+        max_length=64,
+        learning_rate=1e-3,
+        placement="mesh",
+        output_dir=str(work / "out"),
+    )
+    with LocalMesh(agents=agents, run_dir=work / "mesh", planner=False) as mesh:
+        infos = mesh.status()
+        plan = plan_for(spec, [(a.name, a.profile) for a in infos])
+        layout = layout_of(plan)
+        spec = JobSpec(
+            **{
+                **spec.to_json(),
+                "labels": (),
+                "technique_settings": {"layout": json.loads(layout.to_json())},
+            }
+        )
+        channel = grpc.insecure_channel(mesh.coordinator_address)
+        stub = pb_grpc.CoordinatorStub(channel)
+        metadata = token_metadata(mesh.join_token)
+        job = stub.SubmitJob(pb.SubmitJobRequest(spec=spec_to_proto(spec)), metadata=metadata)
+        final = None
+        for event in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), metadata=metadata):
+            final = event
+        channel.close()
+        if final is None or final.state != pb.JOB_STATE_DONE:
+            raise RuntimeError(f"the mesh job did not finish: {final}")
+        wait = compute = sent = 0.0
+        for name in mesh.agent_names():
+            port = mesh.services[name].ports["metrics"]
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            wait += metric_sum(text, "pac_agent_stage_wait_seconds_sum")
+            compute += metric_sum(text, "pac_agent_stage_compute_seconds_sum")
+            sent += metric_sum(text, "pac_agent_sent_bytes_total")
+    record = json.loads((work / "out" / "metrics.jsonl").read_text().splitlines()[0])
+    steps = final.step
+    stages = " | ".join(f"[{s.begin},{s.end})x{len(s.devices)}" for s in layout.stages)
+    return {
+        "seconds": float(record["seconds"]),
+        "predicted": plan.step_time_s * steps,
+        "bubble": wait / max(wait + compute, 1e-9),
+        "bytes_per_step": sent / max(steps, 1),
+        "layout": stages,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--agents", type=int, nargs="+", default=[2, 4])
+    args = parser.parse_args()
+    from coordinator.commands.demo import minilm_dir
+    from pac.data.rotten_tomatoes import write_rotten_tomatoes
+
+    work = Path(tempfile.mkdtemp(prefix="pac-bench-mesh-"))
+    data = write_rotten_tomatoes(work / "data", train=args.samples, dev=1, test=1)["train"]
+    model = minilm_dir()
+    print(
+        f"# bench/mesh_epoch1.py: MiniLM, {args.samples} Rotten Tomatoes sentences, batch "
+        f"{BATCH}, {MICRO} micro-batches; {machine_line(2)}"
+    )
+    started = time.perf_counter()
+    single = one_device(model, data, work / "single")
+    print(
+        f"{'setting':<12}{'layout':<28}{'epoch 1 s':>10}{'predicted s':>12}"
+        f"{'vs 1 device':>12}{'bubble':>8}{'MB/step':>9}"
+    )
+    print(f"{'1 device':<12}{'all blocks':<28}{single:>10.1f}{'':>12}{1.0:>11.2f}x")
+    for agents in args.agents:
+        row = on_mesh(agents, model, data, work / f"mesh{agents}")
+        print(
+            f"{f'{agents} agents':<12}{row['layout']:<28}{row['seconds']:>10.1f}"
+            f"{row['predicted']:>12.1f}{single / row['seconds']:>11.2f}x"
+            f"{100 * row['bubble']:>7.0f}%{row['bytes_per_step'] / 2**20:>9.2f}"
+        )
+    print(f"# {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
