@@ -48,6 +48,29 @@ def run_child(args: list[str]) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+def submit_and_watch(mesh: Any, spec: Any) -> Any:
+    """Submit ``spec`` (a coordinator JobSpec) to a running LocalMesh and follow it to the
+    end; returns the last progress event (raises unless the job is DONE)."""
+    import grpc
+
+    from coordinator.job_messages import spec_to_proto
+    from pac.wire.auth import token_metadata
+    from protos.v1 import coordinator_pb2 as pb
+    from protos.v1 import coordinator_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(mesh.coordinator_address)
+    stub = pb_grpc.CoordinatorStub(channel)
+    metadata = token_metadata(mesh.join_token)
+    job = stub.SubmitJob(pb.SubmitJobRequest(spec=spec_to_proto(spec)), metadata=metadata)
+    final = None
+    for event in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), metadata=metadata):
+        final = event
+    channel.close()
+    if final is None or final.state != pb.JOB_STATE_DONE:
+        raise RuntimeError(f"the mesh job did not finish: {final}")
+    return final
+
+
 def median(values: list[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import machine_line
+from bench.common import machine_line, submit_and_watch
 from bench.mesh_epoch1 import metric_sum
 
 BATCH = 32
@@ -78,14 +78,8 @@ def run(
     epochs: int,
     work: Path,
 ) -> dict[str, Any]:
-    import grpc
-
-    from coordinator.job_messages import spec_to_proto
     from coordinator.jobs import JobSpec
     from pac.cluster.local_mesh import LocalMesh
-    from pac.wire.auth import token_metadata
-    from protos.v1 import coordinator_pb2 as pb
-    from protos.v1 import coordinator_pb2_grpc as pb_grpc
 
     settings: dict[str, Any] = {"layout": fixed} if fixed else {}
     spec = JobSpec(
@@ -102,18 +96,9 @@ def run(
         output_dir=str(work / "out"),
     )
     with LocalMesh(agents=len(AGENTS), run_dir=work / "mesh", planner=False) as mesh:
-        channel = grpc.insecure_channel(mesh.coordinator_address)
-        stub = pb_grpc.CoordinatorStub(channel)
-        metadata = token_metadata(mesh.join_token)
         started = time.perf_counter()
-        job = stub.SubmitJob(pb.SubmitJobRequest(spec=spec_to_proto(spec)), metadata=metadata)
-        final = None
-        for event in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), metadata=metadata):
-            final = event
+        submit_and_watch(mesh, spec)
         seconds = time.perf_counter() - started
-        channel.close()
-        if final is None or final.state != pb.JOB_STATE_DONE:
-            raise RuntimeError(f"{name}: the job did not finish: {final}")
         used = fixed["stages"] if fixed else None
         devices = sorted({d for s in used for d in s["devices"]}) if used else AGENTS
         peaks = {a: peak_mb(mesh.services[a].pid) for a in devices}

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import machine_line
+from bench.common import machine_line, submit_and_watch
 
 BATCH, MICRO = 32, 4
 
@@ -69,15 +69,9 @@ def one_device(model: Path, data: Path, out: Path) -> float:
 
 
 def on_mesh(agents: int, model: Path, data: Path, work: Path) -> dict[str, Any]:
-    import grpc
-
     from coordinator.drivers.mesh import layout_of, plan_for
-    from coordinator.job_messages import spec_to_proto
     from coordinator.jobs import JobSpec
     from pac.cluster.local_mesh import LocalMesh
-    from pac.wire.auth import token_metadata
-    from protos.v1 import coordinator_pb2 as pb
-    from protos.v1 import coordinator_pb2_grpc as pb_grpc
 
     spec = JobSpec(
         model_dir=str(model),
@@ -103,16 +97,7 @@ def on_mesh(agents: int, model: Path, data: Path, work: Path) -> dict[str, Any]:
                 "technique_settings": {"layout": json.loads(layout.to_json())},
             }
         )
-        channel = grpc.insecure_channel(mesh.coordinator_address)
-        stub = pb_grpc.CoordinatorStub(channel)
-        metadata = token_metadata(mesh.join_token)
-        job = stub.SubmitJob(pb.SubmitJobRequest(spec=spec_to_proto(spec)), metadata=metadata)
-        final = None
-        for event in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), metadata=metadata):
-            final = event
-        channel.close()
-        if final is None or final.state != pb.JOB_STATE_DONE:
-            raise RuntimeError(f"the mesh job did not finish: {final}")
+        final = submit_and_watch(mesh, spec)
         wait = compute = sent = 0.0
         for name in mesh.agent_names():
             port = mesh.services[name].ports["metrics"]

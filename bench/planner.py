@@ -87,8 +87,13 @@ def planning_time(quick: bool) -> None:
         f"{'min s':>7} {'max s':>7} {'cpu s':>7} {'target':>7}  plan"
     )
     cases: list[tuple[int, int, int, int | None, int]] = [
-        (8, 48, 2, None, 3), (8, 48, 3, None, 3), (8, 48, 4, None, 3), (8, 48, 4, 4, 3),
-        (16, 96, 2, None, 1), (16, 96, 3, None, 1), (16, 96, 3, 4, 1),
+        (8, 48, 2, None, 3),
+        (8, 48, 3, None, 3),
+        (8, 48, 4, None, 3),
+        (8, 48, 4, 4, 3),
+        (16, 96, 2, None, 1),
+        (16, 96, 3, None, 1),
+        (16, 96, 3, 4, 1),
     ]
     if not quick:
         cases += [(16, 96, 4, None, 1), (16, 96, 4, 4, 1)]
@@ -98,8 +103,9 @@ def planning_time(quick: bool) -> None:
         cluster = random_cluster(
             rng, n, model, num_types=kinds, memory_mib=(600, 2000), bandwidth_mbps=(1000, 1000)
         )
-        times, cpus, result = timed(cluster, model, runs, technique="parallel-adapters",
-                                    global_batch=32, micro_batches=m)
+        times, cpus, result = timed(
+            cluster, model, runs, technique="parallel-adapters", global_batch=32, micro_batches=m
+        )
         target = 1.0 if n == 8 else 10.0
         shape = (
             f"{len(result.stages)} stages, groups "

@@ -14,6 +14,7 @@ from pac.cache.key import CacheKey
 from pac.cache.store import ActivationCache
 from pac.data.batches import batches
 from pac.data.collate import collate
+from pac.data.encoding import EncodedSample
 from pac.engine.dataset import DataFields, load_samples, pad_id, resolve_task
 from pac.engine.ladder_cache import LadderCache
 from pac.engine.loading import LoadedModel, load_model
@@ -84,6 +85,23 @@ def optimizer_for(
     return make_optimizer(model.trainable_parameters(), 1e-2, total_steps=STEPS, warmup_ratio=0.0)
 
 
+def train_one_device(
+    model: TunedModel, loaded: LoadedModel, task: TaskSpec, order: list[list[EncodedSample]]
+) -> list[float]:
+    """The reference: the same mini-batches, in order, on one device; the losses."""
+    optimizer, scheduler = optimizer_for(model)
+    losses = []
+    for group in order:
+        batch = collate(group, pad_id(loaded), task=task)
+        loss = model.loss(model(batch), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+    return losses
+
+
 CASES = [
     ("t5", "seq2seq"),
     ("t5", "classification"),
@@ -106,16 +124,7 @@ def test_side_network_on_the_mesh_equals_one_device(
 
     reference = new_model(loaded, task, "parallel-adapters")
     initial = {n: p.detach().clone() for n, p in reference.named_parameters() if p.requires_grad}
-    optimizer, scheduler = optimizer_for(reference)
-    reference_losses = []
-    for group in order:
-        batch = collate(group, pad_id(loaded), task=task)
-        loss = reference.loss(reference(batch), batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        reference_losses.append(loss.item())
+    reference_losses = train_one_device(reference, loaded, task, order)
 
     def make_cache(device: str, model: TunedModel) -> LadderCache:
         key = CacheKey("m", "t", "ladder", "fp32")
@@ -206,16 +215,7 @@ def test_baselines_on_the_mesh_equal_one_device(
         return without_dropout(new_model(copy, task, technique))
 
     reference = replica()
-    optimizer, scheduler = optimizer_for(reference)
-    expected = []
-    for group in order:
-        batch = collate(group, pad_id(loaded), task=task)
-        loss = reference.loss(reference(batch), batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        expected.append(loss.item())
+    expected = train_one_device(reference, loaded, task, order)
     mesh = InProcessMesh(layout, replica, optimizer_for)
     got = [
         mesh.step(step, collate(group, pad_id(loaded), task=task))
