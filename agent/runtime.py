@@ -185,9 +185,7 @@ class AgentRuntime:
         session.step = step
         self.metrics.current_step.labels(job_id).set(step)
         started = time.perf_counter()
-        result = await asyncio.to_thread(
-            session.training.run_step, step, batch, sample_ids, count
-        )
+        result = await asyncio.to_thread(session.training.run_step, step, batch, sample_ids, count)
         stage = str(session.training.worker.stage_index)
         elapsed = time.perf_counter() - started
         self.metrics.stage_compute_seconds.labels(job_id, stage).observe(

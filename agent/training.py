@@ -17,6 +17,7 @@ import torch
 from agent.errors import WeightsMismatch
 from pac.cache.key import CacheKey, fingerprint_model_dir
 from pac.cache.store import ActivationCache
+from pac.engine.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from pac.engine.ladder_cache import LadderCache
 from pac.engine.loading import load_model
 from pac.engine.memory import release_backbone, rss_bytes
@@ -138,6 +139,7 @@ class TrainingSession:
         )
         self.device = device
         self.transport = transport
+        self.checkpoint_path = cache_root / job_id / CHECKPOINT_FILE
         # The cache is written by this device's redistribution and by peers' entries
         # arriving at the same time; one writer at a time.
         self.cache_lock = threading.Lock()
@@ -153,11 +155,25 @@ class TrainingSession:
     def run_step(
         self, step: int, batch: Tensors, sample_ids: list[str], loss_count: int
     ) -> StepResult:
-        """Epoch 1: this device's pipeline part; later epochs: its data-parallel part."""
+        """Epoch 1: this device's pipeline part; later epochs: its data-parallel part. Then
+        a checkpoint at the end of every epoch and every ``checkpoint_every`` steps."""
         if self.data_parallel is None:
-            return self.worker.run_step(step, batch, sample_ids, loss_count)
-        loss_sum, terms, rows = self.data_parallel.run_step(step, batch, sample_ids, loss_count)
-        return StepResult(loss_sum=loss_sum, count=terms, samples=rows)
+            result = self.worker.run_step(step, batch, sample_ids, loss_count)
+        else:
+            loss_sum, terms, rows = self.data_parallel.run_step(step, batch, sample_ids, loss_count)
+            result = StepResult(loss_sum=loss_sum, count=terms, samples=rows)
+        done = step + 1
+        per_epoch = int(self.settings.extra.get("steps_per_epoch", 0))
+        every = int(self.settings.extra.get("checkpoint_every", 0))
+        if (per_epoch and done % per_epoch == 0) or (every and done % every == 0):
+            save_checkpoint(
+                self.checkpoint_path,
+                self.worker.model,
+                self.worker.optimizer,
+                done,
+                done // per_epoch if per_epoch else 0,
+            )
+        return result
 
     def redistribute(self, owners: dict[str, str]) -> tuple[dict[str, int], int]:
         """Send every cache entry whose sample another device owns to that device, then

@@ -60,7 +60,8 @@ class JobData:
             load_samples(Path(spec.eval_path), loaded, task, fields) if spec.eval_path else []
         )
         settings = technique_settings(spec)
-        settings.pop("layout", None)
+        settings.pop("layout", None)  # driver settings, not the technique's
+        settings.pop("checkpoint_every", None)
         steps_per_epoch = -(-len(samples) // spec.batch_size)
         mesh = MeshJobSettings(
             model_dir=str(Path(spec.model_dir).resolve()),
@@ -74,6 +75,10 @@ class JobData:
             total_steps=steps_per_epoch * spec.epochs,
             cache_precision=CACHE_DTYPES.get(spec.cache_dtype, "fp16"),
             model_fingerprint=fingerprint_model_dir(spec.model_dir),
+            extra={
+                "steps_per_epoch": steps_per_epoch,
+                "checkpoint_every": int(spec.technique_settings.get("checkpoint_every", 0)),
+            },
         )
         return cls(spec, loaded, task, samples, eval_samples, mesh)
 

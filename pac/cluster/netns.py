@@ -342,10 +342,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", default=DEFAULT_PREFIX)
     parser.add_argument("--subnet", default=DEFAULT_SUBNET)
     parser.add_argument("--join-token", default=os.environ.get("PAC_JOIN_TOKEN", "netns-mesh"))
-    parser.add_argument("--placement", default="local",
-                        help="the coordinator's driver for jobs that name none (local, mesh)")
-    parser.add_argument("--agent-threads", type=int, default=None,
-                        help="torch threads per agent (default: the agent's own)")
+    parser.add_argument(
+        "--placement",
+        default="local",
+        help="the coordinator's driver for jobs that name none (local, mesh)",
+    )
+    parser.add_argument(
+        "--agent-threads",
+        type=int,
+        default=None,
+        help="torch threads per agent (default: the agent's own)",
+    )
     parser.add_argument(
         "--start-timeout", type=float, default=120.0, help="seconds each service may take to start"
     )
@@ -366,29 +373,55 @@ class MeshService:
     ports: tuple[int, ...]
 
 
-def mesh_services(net: ShapedNetwork, agents: Sequence[Host], work_dir: Path,
-                  placement: str = "local", agent_threads: int | None = None
-                  ) -> list[MeshService]:
+def mesh_services(
+    net: ShapedNetwork,
+    agents: Sequence[Host],
+    work_dir: Path,
+    placement: str = "local",
+    agent_threads: int | None = None,
+) -> list[MeshService]:
     """The planner and the coordinator (in ``MESH_HOST``) and one agent per agent host."""
     pac = [sys.executable, "-m", "pac.cli"]
     mesh = net.address(MESH_HOST)
     services = [
-        MeshService(MESH_HOST, [*pac, "planner", f"--listen={mesh}:{PLANNER_PORT}"],
-                    (PLANNER_PORT,)),
-        MeshService(MESH_HOST, [
-            *pac, "coordinator", f"--listen={mesh}:{COORDINATOR_PORT}",
-            f"--rest={mesh}:{REST_PORT}", f"--metrics-port={COORDINATOR_METRICS}",
-            f"--state={work_dir / 'state'}", f"--placement={placement}", "--insecure",
-        ], (COORDINATOR_PORT, REST_PORT, COORDINATOR_METRICS)),
+        MeshService(
+            MESH_HOST, [*pac, "planner", f"--listen={mesh}:{PLANNER_PORT}"], (PLANNER_PORT,)
+        ),
+        MeshService(
+            MESH_HOST,
+            [
+                *pac,
+                "coordinator",
+                f"--listen={mesh}:{COORDINATOR_PORT}",
+                f"--rest={mesh}:{REST_PORT}",
+                f"--metrics-port={COORDINATOR_METRICS}",
+                f"--state={work_dir / 'state'}",
+                f"--placement={placement}",
+                "--insecure",
+            ],
+            (COORDINATOR_PORT, REST_PORT, COORDINATOR_METRICS),
+        ),
     ]
     for agent in agents:
         address = net.address(agent.name)
-        services.append(MeshService(agent.name, [
-            *pac, "agent", f"--coordinator={mesh}:{COORDINATOR_PORT}", f"--name={agent.name}",
-            f"--listen={address}:{AGENT_PORT}", f"--advertise={address}:{AGENT_PORT}",
-            f"--metrics-port={AGENT_METRICS}", f"--cache-dir={work_dir / agent.name}",
-            "--insecure", *([f"--threads={agent_threads}"] if agent_threads else []),
-        ], (AGENT_PORT, AGENT_METRICS)))
+        services.append(
+            MeshService(
+                agent.name,
+                [
+                    *pac,
+                    "agent",
+                    f"--coordinator={mesh}:{COORDINATOR_PORT}",
+                    f"--name={agent.name}",
+                    f"--listen={address}:{AGENT_PORT}",
+                    f"--advertise={address}:{AGENT_PORT}",
+                    f"--metrics-port={AGENT_METRICS}",
+                    f"--cache-dir={work_dir / agent.name}",
+                    "--insecure",
+                    *([f"--threads={agent_threads}"] if agent_threads else []),
+                ],
+                (AGENT_PORT, AGENT_METRICS),
+            )
+        )
     return services
 
 
@@ -411,16 +444,27 @@ def run(args: argparse.Namespace) -> int:
                 for port in service.ports:
                     net.wait_for_port(service.host, port, args.start_timeout, process)
             mesh = net.address(MESH_HOST)
-            write_prometheus_targets(args.prometheus_targets, [
-                ("pac-coordinator", f"{mesh}:{COORDINATOR_METRICS}", MESH_HOST),
-                *[("pac-agent", f"{net.address(a.name)}:{AGENT_METRICS}", a.name)
-                  for a in agents],
-            ])
-            print(f"coordinator {mesh}:{COORDINATOR_PORT} rest http://{mesh}:{REST_PORT} "
-                  f"planner {mesh}:{PLANNER_PORT} logs {net.log_dir}", flush=True)
+            write_prometheus_targets(
+                args.prometheus_targets,
+                [
+                    ("pac-coordinator", f"{mesh}:{COORDINATOR_METRICS}", MESH_HOST),
+                    *[
+                        ("pac-agent", f"{net.address(a.name)}:{AGENT_METRICS}", a.name)
+                        for a in agents
+                    ],
+                ],
+            )
+            print(
+                f"coordinator {mesh}:{COORDINATOR_PORT} rest http://{mesh}:{REST_PORT} "
+                f"planner {mesh}:{PLANNER_PORT} logs {net.log_dir}",
+                flush=True,
+            )
             for agent in agents:
-                print(f"agent {agent.name} {net.address(agent.name)}:{AGENT_PORT} "
-                      f"{agent.rate_mbit:g} Mbit/s", flush=True)
+                print(
+                    f"agent {agent.name} {net.address(agent.name)}:{AGENT_PORT} "
+                    f"{agent.rate_mbit:g} Mbit/s",
+                    flush=True,
+                )
             print("Ctrl-C stops the mesh and removes the namespaces", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 while True:

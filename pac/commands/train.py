@@ -50,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="parallel adapters without the cache: run the backbone every epoch",
     )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="checkpoint every K steps too (always after each epoch)",
+    )
     parser.add_argument("--max-train-samples", type=int)
     parser.add_argument("--max-eval-samples", type=int)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -101,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             fields=DataFields(args.text_field, args.pair_field, args.target_field),
             max_train_samples=args.max_train_samples,
             max_eval_samples=args.max_eval_samples,
+            checkpoint_every=args.checkpoint_every,
             progress=not args.quiet and sys.stderr.isatty(),
         )
         trainer = Trainer(config)

@@ -23,7 +23,8 @@ CONFIG_FILE = "adapter_config.json"
 FORMAT = "pac-mesh-adapters/1"
 
 
-def _atomic(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -56,8 +57,8 @@ def save_adapters(
     }
     contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
     weights = out_dir / WEIGHTS_FILE
-    _atomic(weights, lambda tmp: save_file(contiguous, tmp, metadata={"format": FORMAT}))
-    _atomic(
+    atomic_write(weights, lambda tmp: save_file(contiguous, tmp, metadata={"format": FORMAT}))
+    atomic_write(
         out_dir / CONFIG_FILE,
         lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"),
     )

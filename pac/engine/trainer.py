@@ -24,6 +24,7 @@ from pac.cache.store import ActivationCache
 from pac.data.batches import batches
 from pac.data.collate import collate
 from pac.data.encoding import EncodedSample
+from pac.engine.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from pac.engine.dataset import DataFields, load_samples, pad_id, resolve_task
 from pac.engine.evaluation import Evaluation, evaluate_outputs
 from pac.engine.export import save_adapters
@@ -63,6 +64,9 @@ class TrainConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     progress: bool = False
+    # Checkpoint (trained parameters + optimizer state) every K optimizer steps (0 = only at
+    # the end of each epoch); written to OUT/checkpoint.safetensors.
+    checkpoint_every: int = 0
 
 
 @dataclass
@@ -130,6 +134,8 @@ class Trainer:
         )
         self.ladder_cache = self._open_cache()
         self.backbone_released = False
+        self.global_step = 0
+        self.epoch = 0
         self.released_bytes = 0
         self.rss_before_release = 0
         self.rss_after_release = 0
@@ -197,6 +203,7 @@ class Trainer:
     ) -> tuple[float, str]:
         """One pass over the training set; returns (mean loss, phase)."""
         phase = "cache" if self.backbone_released else "backbone"
+        self.epoch = epoch
         self.model.train()
         total, count = 0.0, 0
         steps = self._batches(self.train_samples, epoch, shuffle=True)
@@ -214,6 +221,10 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
+            self.global_step += 1
+            every = self.config.checkpoint_every
+            if every and self.global_step % every == 0:
+                self.checkpoint()
             value = loss.detach().item()
             total += value * len(samples)
             count += len(samples)
@@ -258,6 +269,7 @@ class Trainer:
             loss, phase = self.train_epoch(epoch)
             seconds = time.perf_counter() - start
             evaluation = self.evaluate()
+            self.checkpoint()
             if self.ladder_cache is not None and not self.backbone_released:
                 self.release_backbone()
             report = EpochReport(
@@ -276,6 +288,18 @@ class Trainer:
                 on_epoch(report)
         self.export()
         return reports
+
+    def checkpoint(self) -> Path | None:
+        """Write OUT/checkpoint.safetensors (atomically); None without an output dir."""
+        if self.config.out_dir is None:
+            return None
+        return save_checkpoint(
+            self.config.out_dir / CHECKPOINT_FILE,
+            self.model,
+            self.optimizer,
+            self.global_step,
+            self.epoch,
+        )
 
     def _write_report(self, report: EpochReport) -> None:
         if self.config.out_dir is None:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from pac.engine.checkpoint import trained_state
 from pac.engine.ladder_cache import LadderCache
 from pac.pipeline.entries import part_id
 from pac.pipeline.routing import contiguous, split_counts
@@ -75,14 +76,7 @@ def ring_all_reduce(
 
 def owned_state(model: TunedModel, optimizer: torch.optim.Optimizer) -> Tensors:
     """The parameters this device trained (those with optimizer state) and their state."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    out: Tensors = {}
-    for param, state in optimizer.state.items():
-        name = names[id(param)]
-        out[name] = param.detach()
-        for key, value in state.items():
-            out[f"{name}::{key}"] = torch.as_tensor(value).detach()
-    return out
+    return trained_state(model, optimizer)
 
 
 def gather_state(

@@ -40,7 +40,9 @@ async def receive_frames(frames: AsyncIterator[bytes]) -> dict[str, torch.Tensor
 
 
 async def download(
-    channel: grpc.aio.Channel, method: str, request: bytes,
+    channel: grpc.aio.Channel,
+    method: str,
+    request: bytes,
     metadata: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, torch.Tensor]:
     """Call a unary-request, framed-stream-response ``method`` and decode its message."""

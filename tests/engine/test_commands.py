@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from pac.cache import space
 from pac.cli import main
@@ -159,3 +160,40 @@ def test_a_full_disk_stops_training_before_it_starts(
     error = capsys.readouterr().err
     assert "cache needs" in error and "free" in error
     assert not (out / "metrics.jsonl").exists()  # nothing was trained
+
+
+def test_checkpoints_hold_the_trained_state_and_restore_it(
+    tiny_model_dir: Callable[[str], Path], toy_data: Callable[..., Path], tmp_path: Path
+) -> None:
+    from safetensors import safe_open
+
+    from pac.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint
+    from pac.engine.export import load_adapters, task_from_config
+    from pac.engine.loading import load_model
+    from pac.engine.schedule import make_optimizer
+    from pac.techniques import build_technique
+
+    model_dir, out = tiny_model_dir("bert"), tmp_path / "out"
+    assert (
+        main(train_args(model_dir, toy_data("classification", 24), out, "--checkpoint-every", "2"))
+        == 0
+    )
+    checkpoint = out / CHECKPOINT_FILE
+    with safe_open(str(checkpoint), framework="pt") as handle:
+        assert handle.metadata() == {"step": "6", "epoch": "2"}  # 3 steps x 2 epochs
+        names = set(handle.keys())
+    assert any(n.endswith("::exp_avg_sq") for n in names)
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no torn temp
+    config, adapters = load_adapters(out)
+    model = build_technique(
+        "parallel-adapters",
+        load_model(model_dir).family,
+        task_from_config(config),
+        config["settings"],
+    )
+    optimizer, _ = make_optimizer(model.trainable_parameters(), 1e-3, total_steps=1)
+    load_checkpoint(checkpoint, model, optimizer)
+    restored = model.trainable_state_dict()
+    for name, value in adapters.items():
+        assert torch.equal(restored[name], value), name
+    assert len(optimizer.state) == len(adapters)

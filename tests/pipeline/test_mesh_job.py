@@ -18,6 +18,7 @@ from coordinator.jobs import JobSpec
 from pac.cache.key import CacheKey
 from pac.cache.store import ActivationCache
 from pac.cluster.local_mesh import LocalMesh
+from pac.engine.checkpoint import CHECKPOINT_FILE
 from pac.engine.export import WEIGHTS_FILE
 from pac.engine.trainer import TrainConfig, Trainer
 from pac.pipeline.entries import split_part_id
@@ -126,6 +127,14 @@ def test_three_epochs_on_the_mesh_equal_one_device(
     assert set(entries) == {f"{f}@{stage}" for f in fingerprints for stage in (0, 1)}
     assert all(count == 1 for count in entries.values())
     assert len({next(iter(a)) for a in holders.values()}) == 4  # every agent owns samples
+
+    # Every agent checkpointed the whole side network and its optimizer state at the end of
+    # the last epoch (after the cache phase's gather, every agent trains all of it).
+    for agent in mesh.agent_names():
+        saved = load_file(str(mesh.run_dir / "cache" / agent / job.job_id / CHECKPOINT_FILE))
+        for name, value in expected.items():
+            torch.testing.assert_close(saved[name], value, atol=2e-5, rtol=1e-4, msg=name)
+        assert any(name.endswith("::exp_avg") for name in saved)
 
     # Releasing the backbone lowered every agent's resident memory.
     records = [json.loads(line) for line in (tmp_path / "mesh-out" / "metrics.jsonl").open()]
