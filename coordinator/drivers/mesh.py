@@ -37,7 +37,7 @@ from pac.pipeline.layout import PipelineLayout, StageSpec
 from pac.techniques.heads import loss_count
 from pac.wire.auth import token_metadata
 from pac.wire.channel import TransportSecurity, open_channel
-from protos.v1 import agent_pb2
+from protos.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:
     from planner.plan import Plan
@@ -49,9 +49,13 @@ class MeshError(RuntimeError):
     """The mesh cannot run this job (no agents, a bad layout, an agent failed)."""
 
 
-def plan_layout(spec: JobSpec, agents: list[tuple[str, agent_pb2.DeviceProfile]]) -> PipelineLayout:
+def plan_layout(
+    spec: JobSpec,
+    agents: list[tuple[str, agent_pb2.DeviceProfile]],
+    measured: dict[str, float] | None = None,
+) -> PipelineLayout:
     """The planner's cut and groups for these agents, as a :class:`PipelineLayout`."""
-    return layout_of(plan_for(spec, agents))
+    return layout_of(plan_for(spec, agents, measured))
 
 
 def layout_of(chosen: Plan) -> PipelineLayout:
@@ -64,9 +68,14 @@ def layout_of(chosen: Plan) -> PipelineLayout:
     )
 
 
-def plan_for(spec: JobSpec, agents: list[tuple[str, agent_pb2.DeviceProfile]]) -> Plan:
-    """The planner's plan for these agents (per-layer times estimated from each agent's
-    measured matmul speed and the layers' FLOPs)."""
+def plan_for(
+    spec: JobSpec,
+    agents: list[tuple[str, agent_pb2.DeviceProfile]],
+    measured: dict[str, float] | None = None,
+) -> Plan:
+    """The planner's plan for these agents. Per-layer times: scaled from ``measured[name]``
+    (the agent's mean seconds per sample through one of the job's blocks, from its
+    Profile) where given, else from the agent's matmul GFLOPS and the layers' FLOPs."""
     from planner.api import plan
     from planner.estimate import device_profile, model_profile, model_shape, read_config
     from planner.profiles import Cluster
@@ -80,6 +89,7 @@ def plan_for(spec: JobSpec, agents: list[tuple[str, agent_pb2.DeviceProfile]]) -
             seq,
             memory_bytes=int(profile.available_memory_bytes or profile.memory_bytes),
             gflops=max(profile.matmul_gflops, 1.0),
+            layer_forward_s=(measured or {}).get(name),
         )
         for name, profile in agents
     )
@@ -124,12 +134,13 @@ class MeshDriver:
             profiles = {
                 record.name: agent_pb2.DeviceProfile.FromString(record.profile) for record in live
             }
-            progress(Progress(state=JobState.PLANNING))
             fixed = spec.technique_settings.get("layout")
+            measured = {} if fixed else await self._profile(channels, spec)
+            progress(Progress(state=JobState.PLANNING))
             layout = (
                 PipelineLayout.from_json(json.dumps(fixed))
                 if fixed
-                else plan_layout(spec, list(profiles.items()))
+                else plan_layout(spec, list(profiles.items()), measured)
             )
             unknown = set(layout.devices) - set(channels)
             if unknown:
@@ -167,6 +178,34 @@ class MeshDriver:
                 await calls.close()
             for channel in channels.values():
                 await channel.close()
+
+    async def _profile(
+        self, channels: dict[str, grpc.aio.Channel], spec: JobSpec
+    ) -> dict[str, float]:
+        """Each agent times the job's blocks on its own hardware: its mean seconds per
+        sample through one block, at the micro-batch size the job will use."""
+        micro = max(1, spec.batch_size // max(1, spec.micro_batches))
+        request = agent_pb2.ProfileRequest(
+            model_dir=str(Path(spec.model_dir).resolve()),
+            batch_size=micro,
+            seq_len=min(spec.max_length, 64),
+            repeats=2,
+        )
+        metadata = token_metadata(self.context.join_token)
+        names = list(channels)
+        replies = await asyncio.gather(
+            *(
+                agent_pb2_grpc.AgentStub(channels[n]).Profile(request, metadata=metadata)
+                for n in names
+            )
+        )
+        measured = {}
+        for name, reply in zip(names, replies, strict=True):
+            times = [layer.forward_seconds for layer in reply.layers]
+            if times:
+                measured[name] = sum(times) / len(times) / micro
+        log.info("per-sample block seconds by agent: %s", measured)
+        return measured
 
     async def _epoch(
         self,
