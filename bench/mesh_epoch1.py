@@ -7,7 +7,9 @@ Real all-MiniLM-L6-v2 on Rotten Tomatoes sentences. One device: `pac train` (sta
 all cores). The mesh: agents on loopback (each with cores // (agents + 1) threads), the
 planner's layout for their measured speed, the same data, batch and seed. The bubble is
 the share of a step an agent spent waiting for its neighbours (pac_agent_stage_wait_seconds
-against pac_agent_stage_compute_seconds, from each agent's /metrics).
+against pac_agent_stage_compute_seconds, from each agent's /metrics). The prediction is
+the planner's, made by the coordinator from the agents' own Profile of the job's blocks
+(all agents profiling at once, as they will train).
 """
 
 from __future__ import annotations
@@ -69,9 +71,9 @@ def one_device(model: Path, data: Path, out: Path) -> float:
 
 
 def on_mesh(agents: int, model: Path, data: Path, work: Path) -> dict[str, Any]:
-    from coordinator.drivers.mesh import layout_of, plan_for
     from coordinator.jobs import JobSpec
     from pac.cluster.local_mesh import LocalMesh
+    from pac.pipeline.layout import PipelineLayout
 
     spec = JobSpec(
         model_dir=str(model),
@@ -87,16 +89,6 @@ def on_mesh(agents: int, model: Path, data: Path, work: Path) -> dict[str, Any]:
         output_dir=str(work / "out"),
     )
     with LocalMesh(agents=agents, run_dir=work / "mesh", planner=False) as mesh:
-        infos = mesh.status()
-        plan = plan_for(spec, [(a.name, a.profile) for a in infos])
-        layout = layout_of(plan)
-        spec = JobSpec(
-            **{
-                **spec.to_json(),
-                "labels": (),
-                "technique_settings": {"layout": json.loads(layout.to_json())},
-            }
-        )
         final = submit_and_watch(mesh, spec)
         wait = compute = sent = 0.0
         for name in mesh.agent_names():
@@ -107,10 +99,12 @@ def on_mesh(agents: int, model: Path, data: Path, work: Path) -> dict[str, Any]:
             sent += metric_sum(text, "pac_agent_sent_bytes_total")
     record = json.loads((work / "out" / "metrics.jsonl").read_text().splitlines()[0])
     steps = final.step
+    log = (work / "mesh" / "logs" / "coordinator.log").read_text()
+    layout = PipelineLayout.from_json(log.split(" layout: ", 1)[1].splitlines()[0])
     stages = " | ".join(f"[{s.begin},{s.end})x{len(s.devices)}" for s in layout.stages)
     return {
         "seconds": float(record["seconds"]),
-        "predicted": plan.step_time_s * steps,
+        "predicted": float(record["predicted_seconds"]),
         "bubble": wait / max(wait + compute, 1e-9),
         "bytes_per_step": sent / max(steps, 1),
         "layout": stages,

@@ -51,8 +51,9 @@ def connect(args: argparse.Namespace) -> Connection:
     if args.cluster is not None:
         described = args.cluster / "cluster.json"
         if not described.is_file():
-            raise ClientSetupError(f"{described} does not exist: is the cluster up "
-                                   "(pac cluster up --dir ...)?")
+            raise ClientSetupError(
+                f"{described} does not exist: is the cluster up (pac cluster up --dir ...)?"
+            )
         cluster = json.loads(described.read_text())
         address = address or cluster["coordinator"]["address"]
         token_file = token_file or cluster["join_token_file"]
@@ -61,11 +62,13 @@ def connect(args: argparse.Namespace) -> Connection:
         cert=Path(args.tls_cert) if args.tls_cert else None,
         key=Path(args.tls_key) if args.tls_key else None,
         ca=Path(args.tls_ca) if args.tls_ca else None,
-        insecure=insecure)
+        insecure=insecure,
+    )
     token = read_join_token(token_file)
     if not token:
-        raise ClientSetupError("no join token: pass --join-token-file, set PAC_JOIN_TOKEN or "
-                               "use --cluster RUN_DIR")
+        raise ClientSetupError(
+            "no join token: pass --join-token-file, set PAC_JOIN_TOKEN or use --cluster RUN_DIR"
+        )
     address = address or DEFAULT_COORDINATOR
     credentials = security.channel_credentials()
     if credentials is None:
@@ -87,8 +90,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain text table, columns as wide as their widest cell."""
     cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in cells)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
 
 
 def job_rows(jobs: Sequence[pb.Job]) -> tuple[list[str], list[list[object]]]:
@@ -97,25 +101,54 @@ def job_rows(jobs: Sequence[pb.Job]) -> tuple[list[str], list[list[object]]]:
     headers = ["JOB", "STATE", "EPOCH", "STEP", "LOSS", "TECHNIQUE", "TASK", "MODEL", "REASON"]
     rows: list[list[object]] = []
     for job in jobs:
-        rows.append([job.job_id, state_name(job.state),
-                     f"{job.epoch}/{job.spec.training.epochs}",
-                     f"{job.step}/{job.total_steps}", f"{job.loss:.4f}", job.spec.technique,
-                     job.spec.task.kind, Path(job.spec.model_dir).name, job.error])
+        rows.append(
+            [
+                job.job_id,
+                state_name(job.state),
+                f"{job.epoch}/{job.spec.training.epochs}",
+                f"{job.step}/{job.total_steps}",
+                f"{job.loss:.4f}",
+                job.spec.technique,
+                job.spec.task.kind,
+                Path(job.spec.model_dir).name,
+                job.error,
+            ]
+        )
     return headers, rows
 
 
 def agent_rows(agents: Sequence[pb.AgentInfo]) -> tuple[list[str], list[list[object]]]:
-    headers = ["AGENT", "STATE", "ADDRESS", "DEVICE", "CORES", "THREADS", "MEMORY",
-               "HEARTBEAT", "JOB"]
+    headers = [
+        "AGENT",
+        "STATE",
+        "ADDRESS",
+        "DEVICE",
+        "CORES",
+        "THREADS",
+        "MEMORY",
+        "HEARTBEAT",
+        "JOB",
+    ]
     now = time.time()
-    names = {pb.AGENT_STATE_ALIVE: "alive", pb.AGENT_STATE_LOST: "lost",
-             pb.AGENT_STATE_DRAINING: "draining"}
+    names = {
+        pb.AGENT_STATE_ALIVE: "alive",
+        pb.AGENT_STATE_LOST: "lost",
+        pb.AGENT_STATE_DRAINING: "draining",
+    }
     rows: list[list[object]] = []
     for agent in agents:
         profile = agent.profile
-        rows.append([agent.name, names.get(agent.state, "?"), agent.address,
-                     profile.accelerator or "?", profile.cpu_cores, profile.threads,
-                     f"{profile.memory_bytes / 2**30:.1f} GiB",
-                     f"{max(0.0, now - agent.last_heartbeat_unix):.1f} s ago",
-                     agent.job_id or "-"])
+        rows.append(
+            [
+                agent.name,
+                names.get(agent.state, "?"),
+                agent.address,
+                profile.accelerator or "?",
+                profile.cpu_cores,
+                profile.threads,
+                f"{profile.memory_bytes / 2**30:.1f} GiB",
+                f"{max(0.0, now - agent.last_heartbeat_unix):.1f} s ago",
+                agent.job_id or "-",
+            ]
+        )
     return headers, rows

@@ -17,18 +17,20 @@ SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_n
 JOB_LIST_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["JobList"].full_name
 
 
-async def serve_coordinator(coordinator: Coordinator, listen: str, join_token: str,
-                            security: TransportSecurity) -> tuple[grpc.aio.Server, int]:
+async def serve_coordinator(
+    coordinator: Coordinator, listen: str, join_token: str, security: TransportSecurity
+) -> tuple[grpc.aio.Server, int]:
     """A started server for ``coordinator`` on ``listen`` (port 0 = any); and its port."""
-    server = grpc.aio.server(interceptors=[JoinTokenInterceptor(join_token)],
-                             options=SERVER_OPTIONS)
-    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(coordinator),
-                                                           server)
+    server = grpc.aio.server(
+        interceptors=[JoinTokenInterceptor(join_token)], options=SERVER_OPTIONS
+    )
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(coordinator), server)
     coordinator_pb2_grpc.add_JobListServicer_to_server(JobListServicer(coordinator), server)
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, JOB_LIST_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        (SERVICE_NAME, JOB_LIST_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     port = bind(server, listen, security)
     await server.start()
     await checker.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)

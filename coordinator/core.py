@@ -43,16 +43,22 @@ class Coordinator:
     in its state on disk and is failed by the next coordinator on this ``state_dir``.
     """
 
-    def __init__(self, state_dir: Path, registry: AgentRegistry | None = None,
-                 drivers: Mapping[str, JobDriver] | None = None,
-                 default_placement: str = "local",
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        registry: AgentRegistry | None = None,
+        drivers: Mapping[str, JobDriver] | None = None,
+        default_placement: str = "local",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.registry = registry or AgentRegistry()
         self.drivers = dict(drivers) if drivers is not None else default_drivers()
         if default_placement not in self.drivers:
-            raise ValueError(f"default placement {default_placement!r} has no driver; "
-                             f"known: {', '.join(self.drivers)}")
+            raise ValueError(
+                f"default placement {default_placement!r} has no driver; "
+                f"known: {', '.join(self.drivers)}"
+            )
         self.default_placement = default_placement
         self.metrics = CoordinatorMetrics(self.registry)
         self._clock = clock
@@ -64,8 +70,10 @@ class Coordinator:
         self._stopping = threading.Event()
         interrupted = self.store.fail_interrupted(clock())
         if interrupted:
-            log.warning("jobs %s were running when the last coordinator stopped: failed",
-                        ", ".join(interrupted))
+            log.warning(
+                "jobs %s were running when the last coordinator stopped: failed",
+                ", ".join(interrupted),
+            )
         self._jobs = {job.job_id: job for job in self.store.jobs()}
         for job in self._jobs.values():
             self.metrics.observe(job)
@@ -100,12 +108,10 @@ class Coordinator:
         job_id = uuid.uuid4().hex[:12]
         output_dir = spec.output_dir or str(self.state_dir / "jobs" / job_id)
         now = self._clock()
-        job = Job(job_id=job_id, spec=spec, output_dir=output_dir, created_at=now,
-                  updated_at=now)
+        job = Job(job_id=job_id, spec=spec, output_dir=output_dir, created_at=now, updated_at=now)
         self._record(job)
         self._queue.put(job_id)
-        log.info("job %s queued: %s %s on %s", job_id, spec.technique, spec.task,
-                 spec.model_dir)
+        log.info("job %s queued: %s %s on %s", job_id, spec.technique, spec.task, spec.model_dir)
         return job
 
     def cancel(self, job_id: str) -> Job:
@@ -117,8 +123,7 @@ class Coordinator:
             if event is not None:  # the runner has it: the driver stops at its next step
                 event.set()
             elif job.state == JobState.QUEUED:
-                return self._update(job_id,
-                                    lambda j: j.moved_to(JobState.CANCELLED, self._clock()))
+                return self._update(job_id, lambda j: j.moved_to(JobState.CANCELLED, self._clock()))
         return self.get(job_id)
 
     def subscribe(self, job_id: str, listener: JobListener) -> Callable[[], None]:
@@ -136,8 +141,12 @@ class Coordinator:
 
         return unsubscribe
 
-    def wait(self, job_id: str, timeout: float | None = None,
-             until: Callable[[Job], bool] = lambda job: job.state.terminal) -> Job:
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        until: Callable[[Job], bool] = lambda job: job.state.terminal,
+    ) -> Job:
         """Block until ``until(job)`` holds (default: the job ended) or ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
@@ -176,8 +185,9 @@ class Coordinator:
             except Exception:  # a watcher that went away must not stop the job
                 log.exception("a listener of job %s failed", job.job_id)
 
-    def _update(self, job_id: str, change: Callable[[Job], Job],
-                progress: Progress | None = None) -> Job:
+    def _update(
+        self, job_id: str, change: Callable[[Job], Job], progress: Progress | None = None
+    ) -> Job:
         with self._changed:
             job = change(self._jobs[job_id])
             self._record(job, progress)
@@ -218,8 +228,9 @@ class Coordinator:
                 self._run_one(job_id)
             except Exception:  # a bug here must not stop the jobs queued behind
                 log.exception("the runner failed on job %s", job_id)
-                self._end(job_id, JobState.FAILED, "internal error of the coordinator (see "
-                                                   "its log)")
+                self._end(
+                    job_id, JobState.FAILED, "internal error of the coordinator (see its log)"
+                )
 
     def _end(self, job_id: str, state: JobState, reason: str = "") -> None:
         """Move a job to an ending state unless it already ended."""
@@ -237,8 +248,7 @@ class Coordinator:
         driver = self.drivers[job.spec.placement]
         try:
             Path(job.output_dir).mkdir(parents=True, exist_ok=True)
-            result = driver.run(job, self.agents(), lambda p: self._progress(job_id, p),
-                                cancelled)
+            result = driver.run(job, self.agents(), lambda p: self._progress(job_id, p), cancelled)
         except Exception as error:  # any failure fails the job, with its text
             if not self._stopping.is_set():
                 log.exception("job %s failed", job_id)
@@ -254,9 +264,15 @@ class Coordinator:
             return
         metrics = result.metrics or self.get(job_id).metrics
         try:
-            self._update(job_id, lambda j: replace(
-                j.moved_to(JobState.DONE, self._clock()), metrics=metrics, eta_seconds=0.0,
-                output_dir=result.output_dir or j.output_dir))
+            self._update(
+                job_id,
+                lambda j: replace(
+                    j.moved_to(JobState.DONE, self._clock()),
+                    metrics=metrics,
+                    eta_seconds=0.0,
+                    output_dir=result.output_dir or j.output_dir,
+                ),
+            )
         except IllegalTransition as error:
             self._end(job_id, JobState.FAILED, f"the driver returned before training ({error})")
             return

@@ -32,8 +32,9 @@ class JobResult:
 
 
 class JobDriver(Protocol):
-    def run(self, job: Job, agents: LiveAgents, progress: ProgressSink,
-            cancelled: threading.Event) -> JobResult:
+    def run(
+        self, job: Job, agents: LiveAgents, progress: ProgressSink, cancelled: threading.Event
+    ) -> JobResult:
         """Execute ``job`` (its ``output_dir`` is set and exists) on ``agents`` (the live
         ones when the job starts)."""
         ...

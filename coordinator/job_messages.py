@@ -24,7 +24,7 @@ STATE_FROM_PROTO = {value: state for state, value in STATE_TO_PROTO.items()}
 
 
 def state_name(value: int) -> str:
-    """"training" for JOB_STATE_TRAINING (and "unspecified" for 0)."""
+    """ "training" for JOB_STATE_TRAINING (and "unspecified" for 0)."""
     state = STATE_FROM_PROTO.get(value)  # type: ignore[call-overload]
     return state.value if state is not None else "unspecified"
 
@@ -70,17 +70,33 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
     fields = [spec.text_field] + ([spec.pair_field] if spec.pair_field != "text_pair" else [])
     return pb.JobSpec(
         model_dir=spec.model_dir,
-        data=pb.DataSpec(path=spec.data_path, format=spec.data_format, text_fields=fields,
-                         label_field=spec.label_field, eval_path=spec.eval_path),
-        task=pb.TaskSpec(kind=spec.task, labels=list(spec.labels), head=spec.head,
-                         max_length=spec.max_length, max_target_length=spec.max_target_length),
+        data=pb.DataSpec(
+            path=spec.data_path,
+            format=spec.data_format,
+            text_fields=fields,
+            label_field=spec.label_field,
+            eval_path=spec.eval_path,
+        ),
+        task=pb.TaskSpec(
+            kind=spec.task,
+            labels=list(spec.labels),
+            head=spec.head,
+            max_length=spec.max_length,
+            max_target_length=spec.max_target_length,
+        ),
         technique=spec.technique,
         technique_json=json.dumps(spec.technique_settings) if spec.technique_settings else "",
         training=pb.TrainingSettings(
-            epochs=spec.epochs, batch_size=spec.batch_size, micro_batches=spec.micro_batches,
-            learning_rate=spec.learning_rate, seed=spec.seed,
-            side_reduction=spec.side_reduction, cache_dtype=spec.cache_dtype,
-            weight_decay=spec.weight_decay, dropout=spec.dropout),
+            epochs=spec.epochs,
+            batch_size=spec.batch_size,
+            micro_batches=spec.micro_batches,
+            learning_rate=spec.learning_rate,
+            seed=spec.seed,
+            side_reduction=spec.side_reduction,
+            cache_dtype=spec.cache_dtype,
+            weight_decay=spec.weight_decay,
+            dropout=spec.dropout,
+        ),
         output_dir=spec.output_dir,
         placement=spec.placement,
     )
@@ -88,16 +104,33 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
 
 def job_to_proto(job: Job) -> pb.Job:
     return pb.Job(
-        job_id=job.job_id, spec=spec_to_proto(job.spec), state=STATE_TO_PROTO[job.state],
-        epoch=job.epoch, step=job.step, total_steps=job.total_steps, loss=job.loss,
-        error=job.reason, created_unix=job.created_at, updated_unix=job.updated_at,
-        metrics=job.metrics, samples_per_second=job.samples_per_second,
-        eta_seconds=job.eta_seconds)
+        job_id=job.job_id,
+        spec=spec_to_proto(job.spec),
+        state=STATE_TO_PROTO[job.state],
+        epoch=job.epoch,
+        step=job.step,
+        total_steps=job.total_steps,
+        loss=job.loss,
+        error=job.reason,
+        created_unix=job.created_at,
+        updated_unix=job.updated_at,
+        metrics=job.metrics,
+        samples_per_second=job.samples_per_second,
+        eta_seconds=job.eta_seconds,
+    )
 
 
 def progress_to_proto(job: Job) -> pb.JobProgress:
     return pb.JobProgress(
-        job_id=job.job_id, state=STATE_TO_PROTO[job.state], epoch=job.epoch, step=job.step,
-        total_steps=job.total_steps, loss=job.loss,
-        samples_per_second=job.samples_per_second, eta_seconds=job.eta_seconds,
-        unix_time=job.updated_at, metrics=job.metrics, error=job.reason)
+        job_id=job.job_id,
+        state=STATE_TO_PROTO[job.state],
+        epoch=job.epoch,
+        step=job.step,
+        total_steps=job.total_steps,
+        loss=job.loss,
+        samples_per_second=job.samples_per_second,
+        eta_seconds=job.eta_seconds,
+        unix_time=job.updated_at,
+        metrics=job.metrics,
+        error=job.reason,
+    )

@@ -26,8 +26,9 @@ class CoordinatorServicer(RegistryServicer):
         super().__init__(coordinator.registry)
         self.coordinator = coordinator
 
-    async def SubmitJob(self, request: pb.SubmitJobRequest,
-                        context: grpc.aio.ServicerContext) -> pb.Job:
+    async def SubmitJob(
+        self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Job:
         try:
             spec = spec_from_proto(request.spec)
             job = self.coordinator.submit(spec)
@@ -42,17 +43,18 @@ class CoordinatorServicer(RegistryServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
             raise  # pragma: no cover - abort raises
 
-    async def GetJob(self, request: pb.GetJobRequest,
-                     context: grpc.aio.ServicerContext) -> pb.Job:
+    async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
         return job_to_proto(await self._job(request.job_id, context))
 
-    async def CancelJob(self, request: pb.CancelJobRequest,
-                        context: grpc.aio.ServicerContext) -> pb.Job:
+    async def CancelJob(
+        self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Job:
         await self._job(request.job_id, context)
         return job_to_proto(self.coordinator.cancel(request.job_id))
 
-    async def WatchJob(self, request: pb.WatchJobRequest,
-                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.JobProgress]:
+    async def WatchJob(
+        self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.JobProgress]:
         """The job now, then every change, until it ends."""
         await self._job(request.job_id, context)
         loop = asyncio.get_running_loop()
@@ -76,6 +78,7 @@ class JobListServicer(pb_grpc.JobListServicer):
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
 
-    async def ListJobs(self, request: pb.ListJobsRequest,
-                       context: grpc.aio.ServicerContext) -> pb.ListJobsReply:
+    async def ListJobs(
+        self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListJobsReply:
         return pb.ListJobsReply(jobs=[job_to_proto(job) for job in self.coordinator.jobs()])

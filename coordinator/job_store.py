@@ -47,9 +47,22 @@ CREATE TABLE IF NOT EXISTS progress (
 );
 CREATE INDEX IF NOT EXISTS progress_by_job ON progress(job_id, id);
 """
-_COLUMNS = ("job_id", "spec", "state", "epoch", "step", "total_steps", "loss",
-            "samples_per_second", "eta_seconds", "metrics", "reason", "output_dir",
-            "created_at", "updated_at")
+_COLUMNS = (
+    "job_id",
+    "spec",
+    "state",
+    "epoch",
+    "step",
+    "total_steps",
+    "loss",
+    "samples_per_second",
+    "eta_seconds",
+    "metrics",
+    "reason",
+    "output_dir",
+    "created_at",
+    "updated_at",
+)
 
 
 class JobStore:
@@ -71,10 +84,22 @@ class JobStore:
 
     @staticmethod
     def _row(job: Job) -> tuple[object, ...]:
-        return (job.job_id, json.dumps(job.spec.to_json()), job.state.value, job.epoch,
-                job.step, job.total_steps, job.loss, job.samples_per_second, job.eta_seconds,
-                json.dumps(job.metrics), job.reason, job.output_dir, job.created_at,
-                job.updated_at)
+        return (
+            job.job_id,
+            json.dumps(job.spec.to_json()),
+            job.state.value,
+            job.epoch,
+            job.step,
+            job.total_steps,
+            job.loss,
+            job.samples_per_second,
+            job.eta_seconds,
+            json.dumps(job.metrics),
+            job.reason,
+            job.output_dir,
+            job.created_at,
+            job.updated_at,
+        )
 
     @staticmethod
     def _job(row: tuple[object, ...]) -> Job:
@@ -100,21 +125,33 @@ class JobStore:
         """Insert or replace the job's row; with ``event`` also append a progress event."""
         marks = ", ".join("?" for _ in _COLUMNS)
         with self._lock:
-            self._db.execute(f"INSERT OR REPLACE INTO jobs ({', '.join(_COLUMNS)}) "
-                             f"VALUES ({marks})", self._row(job))
+            self._db.execute(
+                f"INSERT OR REPLACE INTO jobs ({', '.join(_COLUMNS)}) VALUES ({marks})",
+                self._row(job),
+            )
             if event:
                 self._db.execute(
                     "INSERT INTO progress (job_id, time, state, epoch, step, loss, "
                     "samples_per_second, eta_seconds, metrics) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (job.job_id, job.updated_at, job.state.value, job.epoch, job.step,
-                     job.loss, job.samples_per_second, job.eta_seconds,
-                     json.dumps(job.metrics)))
+                    (
+                        job.job_id,
+                        job.updated_at,
+                        job.state.value,
+                        job.epoch,
+                        job.step,
+                        job.loss,
+                        job.samples_per_second,
+                        job.eta_seconds,
+                        json.dumps(job.metrics),
+                    ),
+                )
             self._db.commit()
 
     def get(self, job_id: str) -> Job:
         with self._lock:
-            row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE job_id = ?",
-                                   (job_id,)).fetchone()
+            row = self._db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE job_id = ?", (job_id,)
+            ).fetchone()
         if row is None:
             raise UnknownJob(job_id)
         return self._job(row)
@@ -122,15 +159,17 @@ class JobStore:
     def jobs(self) -> list[Job]:
         """Every job, oldest first."""
         with self._lock:
-            rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs "
-                                    "ORDER BY created_at, job_id").fetchall()
+            rows = self._db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY created_at, job_id"
+            ).fetchall()
         return [self._job(row) for row in rows]
 
     def events(self, job_id: str) -> list[tuple[str, int, int]]:
         """(state, epoch, step) of each recorded progress event of a job, in order."""
         with self._lock:
-            rows = self._db.execute("SELECT state, epoch, step FROM progress WHERE job_id = ? "
-                                    "ORDER BY id", (job_id,)).fetchall()
+            rows = self._db.execute(
+                "SELECT state, epoch, step FROM progress WHERE job_id = ? ORDER BY id", (job_id,)
+            ).fetchall()
         return [(str(state), int(epoch), int(step)) for state, epoch, step in rows]
 
     def fail_interrupted(self, now: float) -> list[str]:

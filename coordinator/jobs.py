@@ -23,8 +23,15 @@ from pac.tasks import TASK_KINDS
 TECHNIQUES = ("parallel-adapters", "full", "lora", "adapters")
 DATA_SUFFIXES = (".jsonl", ".csv", ".tsv")
 # Cache precisions as the proto spells them, and as the engine does.
-CACHE_DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "int8": "int8",
-                "fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
+CACHE_DTYPES = {
+    "float16": "fp16",
+    "bfloat16": "bf16",
+    "float32": "fp32",
+    "int8": "int8",
+    "fp16": "fp16",
+    "bf16": "bf16",
+    "fp32": "fp32",
+}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
@@ -136,15 +143,23 @@ def validate_spec(spec: JobSpec, placements: tuple[str, ...] = ("local",)) -> No
     if model is None:
         bad("model_dir", "missing: give a local Hugging Face model directory")
     elif not model.is_dir():
-        bad("model_dir", f"{model} is not a directory on the coordinator's machine: give a "
-                         "local Hugging Face model directory (config.json, weights, tokenizer)")
+        bad(
+            "model_dir",
+            f"{model} is not a directory on the coordinator's machine: give a "
+            "local Hugging Face model directory (config.json, weights, tokenizer)",
+        )
     elif not (model / "config.json").is_file():
         bad("model_dir", f"{model} has no config.json: it is not a Hugging Face model directory")
     elif not any((model / name).is_file() for name in WEIGHT_FILES):
-        bad("model_dir", f"{model} holds no weights ({', '.join(WEIGHT_FILES)}): save the "
-                         "model with save_pretrained")
-    for name, value, required in (("data_path", spec.data_path, True),
-                                  ("eval_path", spec.eval_path, False)):
+        bad(
+            "model_dir",
+            f"{model} holds no weights ({', '.join(WEIGHT_FILES)}): save the "
+            "model with save_pretrained",
+        )
+    for name, value, required in (
+        ("data_path", spec.data_path, True),
+        ("eval_path", spec.eval_path, False),
+    ):
         if not value:
             if required:
                 bad(name, "missing: give a JSONL, CSV or TSV file on the coordinator's machine")
@@ -161,8 +176,10 @@ def validate_spec(spec: JobSpec, placements: tuple[str, ...] = ("local",)) -> No
     if spec.head not in ("linear", "text"):
         bad("head", f"unknown head {spec.head!r}; choose 'linear' or 'text'")
     if spec.technique not in TECHNIQUES:
-        bad("technique", f"unknown technique {spec.technique!r}; choose one of "
-                         f"{', '.join(TECHNIQUES)}")
+        bad(
+            "technique",
+            f"unknown technique {spec.technique!r}; choose one of {', '.join(TECHNIQUES)}",
+        )
     if spec.epochs < 1:
         bad("epochs", f"{spec.epochs}: train for at least 1 epoch")
     if spec.batch_size < 1:
@@ -170,9 +187,12 @@ def validate_spec(spec: JobSpec, placements: tuple[str, ...] = ("local",)) -> No
     if spec.micro_batches < 1:
         bad("micro_batches", f"{spec.micro_batches}: use at least 1 micro-batch")
     elif spec.batch_size >= 1 and spec.batch_size < spec.micro_batches:
-        bad("batch_size", f"{spec.batch_size} is smaller than the micro-batch count "
-                          f"{spec.micro_batches}: every micro-batch needs a sample; raise "
-                          "the batch size or lower the micro-batches")
+        bad(
+            "batch_size",
+            f"{spec.batch_size} is smaller than the micro-batch count "
+            f"{spec.micro_batches}: every micro-batch needs a sample; raise "
+            "the batch size or lower the micro-batches",
+        )
     if not math.isfinite(spec.learning_rate) or spec.learning_rate < 0:
         bad("learning_rate", f"{spec.learning_rate}: use a positive rate (0 = the default)")
     if spec.side_reduction < 1:
@@ -180,13 +200,14 @@ def validate_spec(spec: JobSpec, placements: tuple[str, ...] = ("local",)) -> No
     if spec.max_length < 1:
         bad("max_length", f"{spec.max_length}: keep at least 1 input token")
     if spec.cache_dtype not in CACHE_DTYPES:
-        bad("cache_dtype", f"unknown precision {spec.cache_dtype!r}; use float16, bfloat16 "
-                           "or int8")
+        bad("cache_dtype", f"unknown precision {spec.cache_dtype!r}; use float16, bfloat16 or int8")
     if not 0.0 <= spec.dropout < 1.0:
         bad("dropout", f"{spec.dropout}: use a probability in [0, 1)")
     if spec.placement and spec.placement not in placements:
-        bad("placement", f"unknown placement {spec.placement!r}; this coordinator runs "
-                         f"{', '.join(placements)}")
+        bad(
+            "placement",
+            f"unknown placement {spec.placement!r}; this coordinator runs {', '.join(placements)}",
+        )
     if problems:
         raise JobSpecError(problems)
 
@@ -200,7 +221,7 @@ def parse_technique_json(text: str) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise JobSpecError([("technique_json", f"not valid JSON ({error})")]) from None
     if not isinstance(value, dict):
-        raise JobSpecError([("technique_json", "must be a JSON object, e.g. {\"rank\": 8}")])
+        raise JobSpecError([("technique_json", 'must be a JSON object, e.g. {"rank": 8}')])
     return value
 
 
@@ -224,20 +245,23 @@ class Job:
     created_at: float = 0.0
     updated_at: float = 0.0
 
-    def moved_to(self, state: JobState, now: float, *, epoch: int | None = None,
-                 reason: str = "") -> Job:
+    def moved_to(
+        self, state: JobState, now: float, *, epoch: int | None = None, reason: str = ""
+    ) -> Job:
         """The job in ``state``; IllegalTransition when the state machine has no such edge
         (a same-state move that is not a new epoch changes nothing)."""
         new_epoch = self.epoch if epoch is None else epoch
         if state == self.state and not (state == JobState.TRAINING and new_epoch != self.epoch):
             return self
         if state not in TRANSITIONS[self.state]:
-            raise IllegalTransition(f"job {self.job_id}: {self.state.value} -> {state.value} "
-                                    "is not a legal move")
+            raise IllegalTransition(
+                f"job {self.job_id}: {self.state.value} -> {state.value} is not a legal move"
+            )
         if state == JobState.FAILED and not reason:
             raise IllegalTransition(f"job {self.job_id}: a failed job needs a reason")
-        return replace(self, state=state, epoch=new_epoch, reason=reason or self.reason,
-                       updated_at=now)
+        return replace(
+            self, state=state, epoch=new_epoch, reason=reason or self.reason, updated_at=now
+        )
 
 
 @dataclass(frozen=True)

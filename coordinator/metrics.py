@@ -37,15 +37,18 @@ class _AgentCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         listed = self.registry.agents(include_lost=True)
-        by_state = GaugeMetricFamily("pac_coordinator_agents", "Agents by state",
-                                     labels=["state"])
+        by_state = GaugeMetricFamily("pac_coordinator_agents", "Agents by state", labels=["state"])
         counts = Tally(liveness.value for _, liveness in listed)
         for liveness in AgentLiveness:
             by_state.add_metric([_state_name(liveness)], counts.get(liveness.value, 0))
-        up = GaugeMetricFamily("pac_coordinator_agent_up", "1 if the agent is live",
-                               labels=["agent"])
-        last = GaugeMetricFamily("pac_coordinator_agent_last_heartbeat_seconds",
-                                 "Unix time of the agent's last heartbeat", labels=["agent"])
+        up = GaugeMetricFamily(
+            "pac_coordinator_agent_up", "1 if the agent is live", labels=["agent"]
+        )
+        last = GaugeMetricFamily(
+            "pac_coordinator_agent_last_heartbeat_seconds",
+            "Unix time of the agent's last heartbeat",
+            labels=["agent"],
+        )
         for record, liveness in listed:
             up.add_metric([record.name], 0 if liveness == AgentLiveness.LOST else 1)
             last.add_metric([record.name], record.last_heartbeat)
@@ -65,22 +68,26 @@ class CoordinatorMetrics:
         if agents is not None:
             r.register(_AgentCollector(agents))
         self.jobs = Gauge("pac_coordinator_jobs", "Jobs by state", ["state"], registry=r)
-        self.job_state = Gauge("pac_job_state", "1 for the job's current state",
-                               ["job", "state"], registry=r)
+        self.job_state = Gauge(
+            "pac_job_state", "1 for the job's current state", ["job", "state"], registry=r
+        )
         self.epoch = Gauge("pac_job_epoch", "Epoch being trained", ["job"], registry=r)
         self.step = Gauge("pac_job_step", "Global optimizer step", ["job"], registry=r)
         self.loss = Gauge("pac_job_loss", "Last training loss", ["job"], registry=r)
-        self.eval_metric = Gauge("pac_job_eval_metric", "Last evaluation metrics",
-                                 ["job", "metric"], registry=r)
-        self.samples_per_second = Gauge("pac_job_samples_per_second", "Training speed",
-                                        ["job"], registry=r)
+        self.eval_metric = Gauge(
+            "pac_job_eval_metric", "Last evaluation metrics", ["job", "metric"], registry=r
+        )
+        self.samples_per_second = Gauge(
+            "pac_job_samples_per_second", "Training speed", ["job"], registry=r
+        )
         self.eta = Gauge("pac_job_eta_seconds", "Estimated seconds left", ["job"], registry=r)
-        self.samples = Counter("pac_job_samples", "Training samples processed", ["job"],
-                               registry=r)
-        self.redistribution_progress = Gauge("pac_job_redistribution_progress",
-                                             "Redistribution done, 0..1", ["job"], registry=r)
-        self.redistribution_bytes = Counter("pac_job_redistribution_bytes",
-                                            "Cache bytes redistributed", ["job"], registry=r)
+        self.samples = Counter("pac_job_samples", "Training samples processed", ["job"], registry=r)
+        self.redistribution_progress = Gauge(
+            "pac_job_redistribution_progress", "Redistribution done, 0..1", ["job"], registry=r
+        )
+        self.redistribution_bytes = Counter(
+            "pac_job_redistribution_bytes", "Cache bytes redistributed", ["job"], registry=r
+        )
         self._states: dict[str, JobState] = {}
 
     def observe(self, job: Job, progress: Progress | None = None) -> None:

@@ -23,12 +23,15 @@ class EmbeddedServer(uvicorn.Server):
         task = asyncio.create_task(self.serve())
         while not self.started:
             if task.done():
-                raise OSError(f"cannot serve the REST API on {self.config.host}:"
-                              f"{self.config.port}: is the port taken?")
+                raise OSError(
+                    f"cannot serve the REST API on {self.config.host}:"
+                    f"{self.config.port}: is the port taken?"
+                )
             await asyncio.sleep(0.02)
         return task, int(self.servers[0].sockets[0].getsockname()[1])
 
 
 def rest_server(app: FastAPI, host: str, port: int) -> EmbeddedServer:
-    return EmbeddedServer(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                         lifespan="off"))
+    return EmbeddedServer(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    )

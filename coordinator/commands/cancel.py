@@ -27,8 +27,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"pac cancel: {error}", file=sys.stderr)
         return 2
     try:
-        job = connection.coordinator.CancelJob(pb.CancelJobRequest(job_id=args.job),
-                                               metadata=connection.metadata, timeout=10)
+        job = connection.coordinator.CancelJob(
+            pb.CancelJobRequest(job_id=args.job), metadata=connection.metadata, timeout=10
+        )
     except grpc.RpcError as error:
         print(f"pac cancel: {describe_rpc_error(error, connection.address)}", file=sys.stderr)
         return 1

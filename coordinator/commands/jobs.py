@@ -28,12 +28,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.job:
-            job = connection.coordinator.GetJob(pb.GetJobRequest(job_id=args.job),
-                                                metadata=connection.metadata, timeout=10)
+            job = connection.coordinator.GetJob(
+                pb.GetJobRequest(job_id=args.job), metadata=connection.metadata, timeout=10
+            )
             print(MessageToJson(job, preserving_proto_field_name=True))
             return 0
-        jobs = connection.job_list.ListJobs(pb.ListJobsRequest(), metadata=connection.metadata,
-                                            timeout=10).jobs
+        jobs = connection.job_list.ListJobs(
+            pb.ListJobsRequest(), metadata=connection.metadata, timeout=10
+        ).jobs
     except grpc.RpcError as error:
         print(f"pac jobs: {describe_rpc_error(error, connection.address)}", file=sys.stderr)
         return 1

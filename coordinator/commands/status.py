@@ -35,9 +35,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         agents = connection.coordinator.ListAgents(
             pb.ListAgentsRequest(include_lost=args.include_lost),
-            metadata=connection.metadata, timeout=10).agents
-        jobs = connection.job_list.ListJobs(pb.ListJobsRequest(), metadata=connection.metadata,
-                                            timeout=10).jobs
+            metadata=connection.metadata,
+            timeout=10,
+        ).agents
+        jobs = connection.job_list.ListJobs(
+            pb.ListJobsRequest(), metadata=connection.metadata, timeout=10
+        ).jobs
     except grpc.RpcError as error:
         print(f"pac status: {describe_rpc_error(error, connection.address)}", file=sys.stderr)
         return 1

@@ -26,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="training data file")
     parser.add_argument("--eval", type=Path, help="evaluation data, evaluated every epoch")
     parser.add_argument("--task", required=True, help=f"one of {', '.join(TASK_KINDS)}")
-    parser.add_argument("--technique", default="parallel-adapters",
-                        help=f"one of {', '.join(TECHNIQUES)}")
+    parser.add_argument(
+        "--technique", default="parallel-adapters", help=f"one of {', '.join(TECHNIQUES)}"
+    )
     parser.add_argument("--technique-json", default="", help="technique settings as JSON")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -42,14 +43,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--pair-field", default="")
     parser.add_argument("--target-field", default="label")
-    parser.add_argument("--cache-precision", default="float16",
-                        choices=("float16", "bfloat16", "int8"))
-    parser.add_argument("--out", type=Path, help="where the adapters go (default: the "
-                                                 "coordinator's state directory)")
-    parser.add_argument("--placement", default="", help="local or mesh (default: the "
-                                                        "coordinator's)")
-    parser.add_argument("--watch", action="store_true",
-                        help="follow the job with a progress bar until it ends")
+    parser.add_argument(
+        "--cache-precision", default="float16", choices=("float16", "bfloat16", "int8")
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where the adapters go (default: the coordinator's state directory)",
+    )
+    parser.add_argument(
+        "--placement", default="", help="local or mesh (default: the coordinator's)"
+    )
+    parser.add_argument(
+        "--watch", action="store_true", help="follow the job with a progress bar until it ends"
+    )
     add_connection_arguments(parser)
 
 
@@ -64,20 +71,30 @@ def build_spec(args: argparse.Namespace) -> pb.JobSpec:
     text_fields = [args.text_field] + ([args.pair_field] if args.pair_field else [])
     return pb.JobSpec(
         model_dir=_absolute(args.model),
-        data=pb.DataSpec(path=_absolute(args.data), eval_path=_absolute(args.eval),
-                         text_fields=text_fields, label_field=args.target_field),
-        task=pb.TaskSpec(kind=args.task,
-                         labels=[n for n in args.labels.split(",") if n],
-                         head=args.head, max_length=args.max_length,
-                         max_target_length=args.max_target_length),
+        data=pb.DataSpec(
+            path=_absolute(args.data),
+            eval_path=_absolute(args.eval),
+            text_fields=text_fields,
+            label_field=args.target_field,
+        ),
+        task=pb.TaskSpec(
+            kind=args.task,
+            labels=[n for n in args.labels.split(",") if n],
+            head=args.head,
+            max_length=args.max_length,
+            max_target_length=args.max_target_length,
+        ),
         technique=args.technique,
         technique_json=args.technique_json,
-        training=pb.TrainingSettings(epochs=max(0, args.epochs),
-                                     batch_size=max(0, args.batch_size),
-                                     micro_batches=max(0, args.micro_batches),
-                                     learning_rate=args.lr, seed=args.seed,
-                                     side_reduction=max(0, args.reduction),
-                                     cache_dtype=args.cache_precision),
+        training=pb.TrainingSettings(
+            epochs=max(0, args.epochs),
+            batch_size=max(0, args.batch_size),
+            micro_batches=max(0, args.micro_batches),
+            learning_rate=args.lr,
+            seed=args.seed,
+            side_reduction=max(0, args.reduction),
+            cache_dtype=args.cache_precision,
+        ),
         output_dir=_absolute(args.out),
         placement=args.placement,
     )
@@ -99,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         job = connection.coordinator.SubmitJob(
-            pb.SubmitJobRequest(spec=build_spec(args)),
-            metadata=connection.metadata, timeout=30)
+            pb.SubmitJobRequest(spec=build_spec(args)), metadata=connection.metadata, timeout=30
+        )
         print(f"job {job.job_id} queued on {connection.address}", flush=True)
         if not args.watch:
             return 0

@@ -17,13 +17,15 @@ def watch(connection: Connection, job_id: str) -> int:
 
     Lines on stdout (``job ID training epoch 2``, ``job ID done accuracy 0.9``) are for
     scripts; the bar (stderr, on a terminal) shows step, loss, samples/s and the ETA."""
-    bar = tqdm(total=0, unit="step", file=sys.stderr, disable=not sys.stderr.isatty(),
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=0, unit="step", file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True
+    )
     last: pb.JobProgress | None = None
     shown = ("", -1)
     try:
-        for event in connection.coordinator.WatchJob(pb.WatchJobRequest(job_id=job_id),
-                                                     metadata=connection.metadata):
+        for event in connection.coordinator.WatchJob(
+            pb.WatchJobRequest(job_id=job_id), metadata=connection.metadata
+        ):
             state = state_name(event.state)
             if (state, event.epoch) != shown:
                 shown = (state, event.epoch)
@@ -34,13 +36,17 @@ def watch(connection: Connection, job_id: str) -> int:
                 bar.total = event.total_steps
             bar.set_description(f"epoch {event.epoch} {state}")
             bar.update(max(0, event.step - bar.n))
-            bar.set_postfix(loss=f"{event.loss:.4f}",
-                            samples_s=f"{event.samples_per_second:.1f}",
-                            eta=f"{event.eta_seconds:.0f}s")
+            bar.set_postfix(
+                loss=f"{event.loss:.4f}",
+                samples_s=f"{event.samples_per_second:.1f}",
+                eta=f"{event.eta_seconds:.0f}s",
+            )
             last = event
     except KeyboardInterrupt:
-        print(f"stopped watching; job {job_id} goes on (pac cancel {job_id} stops it)",
-              file=sys.stderr)
+        print(
+            f"stopped watching; job {job_id} goes on (pac cancel {job_id} stops it)",
+            file=sys.stderr,
+        )
         return 130
     finally:
         bar.close()
@@ -49,6 +55,8 @@ def watch(connection: Connection, job_id: str) -> int:
     state = state_name(last.state)
     metrics = " ".join(f"{name} {value:.4f}" for name, value in sorted(last.metrics.items()))
     detail = f": {last.error}" if last.error else ""
-    print(f"job {job_id} {state}{detail} (step {last.step}, loss {last.loss:.4f}) {metrics}"
-          .rstrip(), flush=True)
+    print(
+        f"job {job_id} {state}{detail} (step {last.step}, loss {last.loss:.4f}) {metrics}".rstrip(),
+        flush=True,
+    )
     return 0 if last.state == pb.JOB_STATE_DONE else 1

@@ -49,15 +49,6 @@ class MeshError(RuntimeError):
     """The mesh cannot run this job (no agents, a bad layout, an agent failed)."""
 
 
-def plan_layout(
-    spec: JobSpec,
-    agents: list[tuple[str, agent_pb2.DeviceProfile]],
-    measured: dict[str, float] | None = None,
-) -> PipelineLayout:
-    """The planner's cut and groups for these agents, as a :class:`PipelineLayout`."""
-    return layout_of(plan_for(spec, agents, measured))
-
-
 def layout_of(chosen: Plan) -> PipelineLayout:
     return PipelineLayout(
         stages=tuple(
@@ -137,11 +128,12 @@ class MeshDriver:
             fixed = spec.technique_settings.get("layout")
             measured = {} if fixed else await self._profile(channels, spec)
             progress(Progress(state=JobState.PLANNING))
-            layout = (
-                PipelineLayout.from_json(json.dumps(fixed))
-                if fixed
-                else plan_layout(spec, list(profiles.items()), measured)
-            )
+            predicted_step_s = 0.0
+            if fixed:
+                layout = PipelineLayout.from_json(json.dumps(fixed))
+            else:
+                chosen = plan_for(spec, list(profiles.items()), measured)
+                layout, predicted_step_s = layout_of(chosen), chosen.step_time_s
             unknown = set(layout.devices) - set(channels)
             if unknown:
                 raise MeshError(f"the layout names agents that are not live: {sorted(unknown)}")
@@ -152,6 +144,7 @@ class MeshDriver:
                 JobData.load, spec, layout, {r.name: r.address for r in live}
             )
             layout.validate(len(run.loaded.family.blocks()))
+            run.predicted_step_s = predicted_step_s
             calls = MeshCalls(
                 job.job_id,
                 channels,
@@ -286,5 +279,8 @@ class MeshDriver:
         metrics = await asyncio.to_thread(run.evaluate, trained)
         metrics["epoch"] = float(epoch)
         metrics["seconds"] = seconds
+        if epoch == 1 and run.predicted_step_s:
+            # The planner's prediction for the pipeline epoch, beside the measurement.
+            metrics["predicted_seconds"] = run.predicted_step_s * len(run.batches(1))
         await asyncio.to_thread(run.save, Path(job.output_dir), metrics)
         return metrics

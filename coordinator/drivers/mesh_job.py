@@ -38,6 +38,8 @@ class JobData:
     settings: MeshJobSettings
     step: int = 0
     memory: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # The planner's predicted step time of the pipeline epoch (0 = a fixed layout).
+    predicted_step_s: float = 0.0
     _model: TunedModel | None = None
 
     @classmethod
