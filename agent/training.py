@@ -17,12 +17,12 @@ import torch
 from agent.errors import WeightsMismatch
 from pac.cache.key import CacheKey, fingerprint_model_dir
 from pac.cache.store import ActivationCache
-from pac.engine.checkpoint import CHECKPOINT_FILE, save_checkpoint
+from pac.engine.checkpoint import CHECKPOINT_FILE, save_checkpoint, trained_state
 from pac.engine.ladder_cache import LadderCache
 from pac.engine.loading import load_model
 from pac.engine.memory import release_backbone, rss_bytes
 from pac.engine.schedule import make_optimizer
-from pac.pipeline.cache_phase import DataParallelWorker, gather_state, owned_state
+from pac.pipeline.cache_phase import DataParallelWorker, gather_state
 from pac.pipeline.entries import split_part_id
 from pac.pipeline.job import MeshJobSettings
 from pac.pipeline.transport import MessageKey, Tensors
@@ -235,7 +235,7 @@ class TrainingSession:
         """The parameters this replica trained (all of them after the cache phase's
         gather; its own stage's before): the coordinator merges the agents' exports."""
         trained = {
-            n for n in owned_state(self.worker.model, self.worker.optimizer) if "::" not in n
+            n for n in trained_state(self.worker.model, self.worker.optimizer) if "::" not in n
         }
         return {n: t for n, t in self.worker.model.trainable_state_dict().items() if n in trained}
 

@@ -62,13 +62,6 @@ APPROACHES: dict[str, tuple[str, dict[str, Any] | None]] = {
 }
 
 
-def peak_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def run(
     name: str,
     technique: str,
@@ -78,6 +71,7 @@ def run(
     epochs: int,
     work: Path,
 ) -> dict[str, Any]:
+    from coordinator.commands.demo import peak_rss_mb
     from coordinator.jobs import JobSpec
     from pac.cluster.local_mesh import LocalMesh
 
@@ -101,7 +95,7 @@ def run(
         seconds = time.perf_counter() - started
         used = fixed["stages"] if fixed else None
         devices = sorted({d for s in used for d in s["devices"]}) if used else AGENTS
-        peaks = {a: peak_mb(mesh.services[a].pid) for a in devices}
+        peaks = {a: peak_rss_mb(mesh.services[a].pid) for a in devices}
         ends = {}
         for agent in devices:
             port = mesh.services[agent].ports["metrics"]

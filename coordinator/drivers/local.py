@@ -17,6 +17,7 @@ from typing import cast
 
 from coordinator.driver import JobResult, LiveAgents, ProgressSink
 from coordinator.jobs import CACHE_DTYPES, Job, JobSpec, JobState, Progress
+from pac.tasks import HeadKind, TaskKind, TaskSpec
 
 log = logging.getLogger("pac.coordinator")
 
@@ -25,12 +26,30 @@ class _Cancelled(Exception):
     """Raised from the step callback to leave the epoch at a step boundary."""
 
 
+# Keys of a job's technique_settings that steer the driver, not the technique.
+DRIVER_SETTINGS = ("layout", "checkpoint_every")
+
+
 def technique_settings(spec: JobSpec) -> dict[str, object]:
-    """The technique's settings: the user's JSON, plus the side width for PAC."""
-    settings: dict[str, object] = dict(spec.technique_settings)
+    """The technique's settings: the user's JSON (less the driver's keys), plus the side
+    width for PAC."""
+    settings: dict[str, object] = {
+        k: v for k, v in spec.technique_settings.items() if k not in DRIVER_SETTINGS
+    }
     if spec.technique == "parallel-adapters":
         settings.setdefault("reduction", spec.side_reduction)
     return settings
+
+
+def task_spec(spec: JobSpec) -> TaskSpec:
+    """The job's task as the engine's value (kind and head were validated at submission)."""
+    return TaskSpec(
+        kind=cast(TaskKind, spec.task),
+        labels=spec.labels,
+        head=cast(HeadKind, spec.head),
+        max_length=spec.max_length,
+        max_target_length=spec.max_target_length,
+    )
 
 
 class LocalDriver:
@@ -42,7 +61,6 @@ class LocalDriver:
         from pac.engine.dataset import DataFields
         from pac.engine.memory import peak_rss_bytes, rss_bytes
         from pac.engine.trainer import EpochReport, TrainConfig, Trainer
-        from pac.tasks import HeadKind, TaskKind, TaskSpec
 
         spec = job.spec
         out = Path(job.output_dir)
@@ -52,13 +70,7 @@ class LocalDriver:
             train_path=Path(spec.data_path),
             eval_path=Path(spec.eval_path) if spec.eval_path else None,
             # kind and head were validated when the job was submitted
-            task=TaskSpec(
-                kind=cast(TaskKind, spec.task),
-                labels=spec.labels,
-                head=cast(HeadKind, spec.head),
-                max_length=spec.max_length,
-                max_target_length=spec.max_target_length,
-            ),
+            task=task_spec(spec),
             technique=spec.technique,
             technique_settings=technique_settings(spec),
             out_dir=out,

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 import torch
 
-from coordinator.drivers.local import technique_settings
+from coordinator.drivers.local import task_spec, technique_settings
 from coordinator.jobs import CACHE_DTYPES, JobSpec
 from pac.cache.key import fingerprint_model_dir
 from pac.data.batches import batches
@@ -23,7 +22,7 @@ from pac.engine.loading import LoadedModel, load_model
 from pac.engine.schedule import DEFAULT_LEARNING_RATE
 from pac.pipeline.job import MeshJobSettings
 from pac.pipeline.layout import PipelineLayout
-from pac.tasks import HeadKind, TaskKind, TaskSpec
+from pac.tasks import TaskSpec
 from pac.techniques import build_technique
 from pac.techniques.base import TunedModel
 
@@ -47,13 +46,7 @@ class JobData:
         loaded = load_model(spec.model_dir)
         fields = DataFields(spec.text_field, spec.pair_field, spec.label_field)
         task = resolve_task(
-            TaskSpec(
-                kind=cast(TaskKind, spec.task),
-                labels=spec.labels,
-                head=cast(HeadKind, spec.head),
-                max_length=spec.max_length,
-                max_target_length=spec.max_target_length,
-            ),
+            task_spec(spec),
             Path(spec.data_path),
             fields,
         )
@@ -62,8 +55,6 @@ class JobData:
             load_samples(Path(spec.eval_path), loaded, task, fields) if spec.eval_path else []
         )
         settings = technique_settings(spec)
-        settings.pop("layout", None)  # driver settings, not the technique's
-        settings.pop("checkpoint_every", None)
         steps_per_epoch = -(-len(samples) // spec.batch_size)
         mesh = MeshJobSettings(
             model_dir=str(Path(spec.model_dir).resolve()),

@@ -22,7 +22,6 @@ from pac.engine.ladder_cache import LadderCache
 from pac.pipeline.entries import part_id
 from pac.pipeline.routing import contiguous, split_counts
 from pac.pipeline.transport import MessageKey, Tensors, Transport
-from pac.techniques.base import TunedModel
 from pac.techniques.parallel_adapters import ParallelAdaptersModel
 
 STATE_STEP = -1  # the step number of the messages that gather the side network's state
@@ -74,11 +73,6 @@ def ring_all_reduce(
     return torch.cat(chunks)
 
 
-def owned_state(model: TunedModel, optimizer: torch.optim.Optimizer) -> Tensors:
-    """The parameters this device trained (those with optimizer state) and their state."""
-    return trained_state(model, optimizer)
-
-
 def gather_state(
     model: ParallelAdaptersModel,
     optimizer: torch.optim.Optimizer,
@@ -89,7 +83,7 @@ def gather_state(
 ) -> int:
     """All-gather every device's trained parameters and optimizer state; returns how many
     parameters this device took from others."""
-    mine = owned_state(model, optimizer)
+    mine = trained_state(model, optimizer)
     for peer in devices:
         if peer != me:
             transport.send(MessageKey(STATE_STEP, "allreduce", 0, me, peer), mine)

@@ -12,7 +12,7 @@ single-device gradient of the mini-batch.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -34,7 +34,6 @@ class StepResult:
     count: int = 0
     samples: int = 0
     waited_seconds: float = 0.0
-    sent_bytes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
