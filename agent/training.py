@@ -22,6 +22,7 @@ from pac.engine.ladder_cache import LadderCache
 from pac.engine.loading import load_model
 from pac.engine.memory import release_backbone, rss_bytes
 from pac.engine.schedule import make_optimizer
+from pac.pipeline.all_reduce import DEFAULT_BUCKET_BYTES
 from pac.pipeline.cache_phase import DataParallelWorker, gather_state
 from pac.pipeline.entries import split_part_id
 from pac.pipeline.job import MeshJobSettings
@@ -226,6 +227,7 @@ class TrainingSession:
             self.worker.optimizer,
             self.worker.scheduler,
             self.owners,
+            bucket_bytes=int(self.settings.extra.get("bucket_bytes", DEFAULT_BUCKET_BYTES)),
         )
         before = rss_bytes()
         freed = release_backbone(self.loaded.family, keep_lm_head=self.settings.task.generates_text)

@@ -20,6 +20,7 @@ from pac.engine.evaluation import evaluate_outputs
 from pac.engine.export import save_adapters
 from pac.engine.loading import LoadedModel, load_model
 from pac.engine.schedule import DEFAULT_LEARNING_RATE
+from pac.pipeline.all_reduce import DEFAULT_BUCKET_BYTES
 from pac.pipeline.job import MeshJobSettings
 from pac.pipeline.layout import PipelineLayout
 from pac.tasks import TaskSpec
@@ -71,6 +72,9 @@ class JobData:
             extra={
                 "steps_per_epoch": steps_per_epoch,
                 "checkpoint_every": int(spec.technique_settings.get("checkpoint_every", 0)),
+                "bucket_bytes": int(
+                    spec.technique_settings.get("bucket_bytes", DEFAULT_BUCKET_BYTES)
+                ),
             },
         )
         return cls(spec, loaded, task, samples, eval_samples, mesh)

@@ -6,8 +6,9 @@ one owner (shares proportional to the devices' speed); redistribution moves each
 its sample's owner; :func:`gather_state` gives every device every stage's side-network
 parameters and optimizer state. Then a step is: each device computes the loss of the
 mini-batch's samples it owns (divided by the whole mini-batch's count), the gradients are
-summed by a ring all-reduce, and every device takes the same optimizer step, so that the
-result is the single-device result whatever the shares.
+summed by a bucketed ring all-reduce (:mod:`pac.pipeline.all_reduce`), and every device
+takes the same optimizer step, so that the result is the single-device result whatever
+the shares.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from pac.engine.checkpoint import trained_state
 from pac.engine.ladder_cache import LadderCache
+from pac.pipeline.all_reduce import DEFAULT_BUCKET_BYTES, all_reduce_gradients
 from pac.pipeline.entries import part_id
 from pac.pipeline.routing import contiguous, split_counts
 from pac.pipeline.transport import MessageKey, Tensors, Transport
@@ -37,40 +39,6 @@ def assign_owners(
         for fingerprint in fingerprints[start:stop]:
             owners[fingerprint] = device
     return owners
-
-
-def ring_all_reduce(
-    transport: Transport,
-    devices: Sequence[str],
-    me: str,
-    step: int,
-    flat: torch.Tensor,
-    timeout: float | None = 300.0,
-) -> torch.Tensor:
-    """Sum ``flat`` (1-D) over ``devices`` with a ring: reduce-scatter then all-gather,
-    ``2 (n - 1)`` messages of ``1/n`` of the vector each per device. Every chunk's sum is
-    made once and then copied, so all devices end with the same bits."""
-    n = len(devices)
-    if n == 1:
-        return flat
-    rank = devices.index(me)
-    right, left = devices[(rank + 1) % n], devices[(rank - 1) % n]
-    chunks = list(flat.clone().tensor_split(n))
-    for phase, rounds in (("rs", range(n - 1)), ("ag", range(n - 1))):
-        for r in rounds:
-            if phase == "rs":
-                send_index, recv_index = (rank - r) % n, (rank - r - 1) % n
-            else:
-                send_index, recv_index = (rank + 1 - r) % n, (rank - r) % n
-            key = MessageKey(step, "allreduce", 1000 * (phase == "ag") + r, me, right)
-            transport.send(key, {"chunk": chunks[send_index]})
-            incoming = transport.recv(
-                MessageKey(step, "allreduce", key.micro_batch, left, me), timeout=timeout
-            )["chunk"]
-            chunks[recv_index] = (
-                chunks[recv_index] + incoming if phase == "rs" else incoming.clone()
-            )
-    return torch.cat(chunks)
 
 
 def gather_state(
@@ -124,8 +92,10 @@ class DataParallelWorker:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         owners: dict[str, str],
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     ) -> None:
         self.device, self.devices = device, list(devices)
+        self.bucket_bytes = bucket_bytes
         self.model, self.cache, self.stages = model, cache, stages
         self.transport, self.optimizer, self.scheduler = transport, optimizer, scheduler
         self.owners = owners
@@ -159,14 +129,9 @@ class DataParallelWorker:
             (loss / loss_count).backward()
             loss_sum = float(loss.detach())
         params = [p for p in self.model.parameters() if p.requires_grad]
-        flat = torch.cat(
-            [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]
+        all_reduce_gradients(
+            self.transport, self.devices, self.device, step, params, self.bucket_bytes
         )
-        total = ring_all_reduce(self.transport, self.devices, self.device, step, flat)
-        offset = 0
-        for p in params:
-            p.grad = total[offset : offset + p.numel()].view_as(p).clone()
-            offset += p.numel()
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()

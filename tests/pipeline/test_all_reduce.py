@@ -1,0 +1,104 @@
+"""The bucketed ring all-reduce: sums right, identical bits everywhere, bounded messages."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from pac.pipeline.all_reduce import all_reduce_gradients, gradient_buckets, ring_all_reduce
+from pac.pipeline.transport import InProcessHub, MessageKey, Tensors
+
+
+class _Recording:
+    """An in-process transport that remembers the largest message it sent."""
+
+    def __init__(self, hub: InProcessHub, device: str) -> None:
+        self.inner = hub.transport(device)
+        self.largest = 0
+        self.messages = 0
+
+    def send(self, key: MessageKey, tensors: Tensors) -> None:
+        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        self.largest = max(self.largest, nbytes)
+        self.messages += 1
+        self.inner.send(key, tensors)
+
+    def recv(self, key: MessageKey, timeout: float | None = None) -> Tensors:
+        return self.inner.recv(key, timeout)
+
+
+def _params(
+    seed: int, shapes: list[tuple[int, ...]], missing: set[int]
+) -> list[torch.nn.Parameter]:
+    generator = torch.Generator().manual_seed(seed)
+    params = []
+    for i, shape in enumerate(shapes):
+        p = torch.nn.Parameter(torch.zeros(shape))
+        p.grad = None if i in missing else torch.randn(shape, generator=generator)
+        params.append(p)
+    return params
+
+
+@pytest.mark.parametrize("devices", [2, 3, 4])
+def test_every_device_gets_the_same_sum_of_every_bucket(devices: int) -> None:
+    names = [f"d{i}" for i in range(devices)]
+    shapes = [(7, 5), (13,), (3, 3, 3), (1,), (40,)]
+    # device 1 has no gradient for parameter 2: it counts as zeros
+    replicas = {n: _params(i, shapes, {2} if i == 1 else set()) for i, n in enumerate(names)}
+    expected = [
+        torch.stack(
+            [
+                g if (g := p[k].grad) is not None else torch.zeros(shapes[k])
+                for p in replicas.values()
+            ]
+        ).sum(0)
+        for k in range(len(shapes))
+    ]
+    hub = InProcessHub()
+    transports = {n: _Recording(hub, n) for n in names}
+    bucket_bytes = 30 * 4  # several buckets; the 40-float parameter is one of its own
+    with ThreadPoolExecutor(devices) as pool:
+        counts = list(
+            pool.map(
+                lambda n: all_reduce_gradients(
+                    transports[n], names, n, 5, replicas[n], bucket_bytes, timeout=30
+                ),
+                names,
+            )
+        )
+    assert counts == [len(gradient_buckets(replicas[names[0]], bucket_bytes))] * devices
+    assert counts[0] >= 3
+    for k in range(len(shapes)):
+        first = replicas[names[0]][k].grad
+        assert first is not None
+        torch.testing.assert_close(first, expected[k], rtol=1e-6, atol=1e-6)
+        for n in names[1:]:
+            other = replicas[n][k].grad
+            assert other is not None and torch.equal(other, first)  # the same bits, not just close
+    # no message carries more than a bucket's chunk (the largest bucket is 40 floats)
+    largest_chunk = -(-40 // devices) * 4
+    assert max(t.largest for t in transports.values()) <= largest_chunk
+    # 2 (n - 1) rounds, one message per bucket per round
+    assert {t.messages for t in transports.values()} == {2 * (devices - 1) * counts[0]}
+
+
+def test_buckets_keep_every_parameter_once_last_first_and_bounded() -> None:
+    params = [torch.nn.Parameter(torch.zeros(n)) for n in (10, 20, 5, 100, 3)]
+    buckets = gradient_buckets(params, bucket_bytes=25 * 4)
+    flat = [p for bucket in buckets for p in bucket]
+    assert [id(p) for p in flat] == [id(p) for p in reversed(params)]
+    for bucket in buckets:
+        size = sum(p.numel() for p in bucket)
+        assert size <= 25 or len(bucket) == 1
+    with pytest.raises(ValueError, match="bucket size"):
+        gradient_buckets(params, 0)
+
+
+def test_a_ring_of_one_returns_its_input_and_a_stranger_is_refused() -> None:
+    vector = torch.arange(5.0)
+    hub = InProcessHub()
+    assert ring_all_reduce(hub.transport("a"), ["a"], "a", 0, [vector])[0] is vector
+    with pytest.raises(ValueError, match="not one of the ring"):
+        ring_all_reduce(hub.transport("z"), ["a", "b"], "z", 0, [vector])
