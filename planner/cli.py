@@ -9,10 +9,26 @@ from pathlib import Path
 
 from planner.profiles import Technique
 
+CLUSTER_FILE = """\
+cluster file (JSON):
+  {"devices": [{"name": "laptop", "gflops": 120, "memory_gb": 6,
+                "micro_batch_overhead_ms": 3},
+               {"name": "jetson", "layer_forward_ms": 9.5, "memory_gb": 2, "count": 2}],
+   "links": {"default": {"bandwidth_mbps": 1000, "latency_ms": 0.3},
+             "overrides": [{"between": ["laptop", "jetson-1"], "bandwidth_mbps": 200}]}}
+  a device: name, memory_gb, gflops or layer_forward_ms (one layer, per sample),
+  optional count (copies named name-1, name-2, ...) and micro_batch_overhead_ms (fixed
+  milliseconds per micro-batch and stage whatever its size: launches, dispatch, messages;
+  default 0, which makes small micro-batches look as cheap as large ones).
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = CLUSTER_FILE
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--cluster", required=True, type=Path,
-                        help="cluster file (devices, links): see planner/examples/household.json")
+                        help="cluster file (devices, links): see below and "
+                        "planner/examples/household.json")
     parser.add_argument("--model", required=True, type=Path,
                         help="local Hugging Face model directory (only config.json is read)")
     parser.add_argument("--technique", default=Technique.PARALLEL_ADAPTERS.value,

@@ -40,6 +40,7 @@ def cluster_from_proto(msg: pb.Cluster) -> Cluster:
             memory_bytes=d.memory_bytes,
             backward_s=tuple(sorted((k, tuple(v.seconds)) for k, v in d.backward_s.items())),
             gflops=d.gflops,
+            micro_batch_overhead_s=d.micro_batch_overhead_s,
         )
         for d in msg.devices
     )
@@ -81,7 +82,8 @@ def cluster_to_proto(cluster: Cluster) -> pb.Cluster:
     msg = pb.Cluster()
     for d in cluster.devices:
         device = msg.devices.add(name=d.name, forward_s=d.forward_s, side_s=d.side_s,
-                                 memory_bytes=d.memory_bytes, gflops=d.gflops)
+                                 memory_bytes=d.memory_bytes, gflops=d.gflops,
+                                 micro_batch_overhead_s=d.micro_batch_overhead_s)
         for technique, times in d.backward_s:
             device.backward_s[technique].seconds.extend(times)
     default = cluster.network.default

@@ -14,6 +14,10 @@ Modelling choices (they are also printed in every plan's notes):
   and each end is charged at its own rate, so the slower end's stage carries the cost).
   Transfers do not overlap compute. Each message also costs the group's worst access
   latency (a device's least latency in the matrix).
+- Every micro-batch of a stage also costs a fixed time whatever its size (kernel launches,
+  dispatch, message handling): the group's largest ``micro_batch_overhead_s``, added to
+  ``t_s`` (so it counts ``M`` times per stage and weighs on the bottleneck too). The split
+  inside the group ignores it (an upper bound, like the latency).
 - The group all-reduces its trainable parameters once per iteration, after gradient
   accumulation (ring: ``2 (n-1)/n * bytes / slowest link + 2 (n-1) * latency``). The groups'
   all-reduces are charged one after another (an upper bound that keeps the objective a sum).
@@ -41,8 +45,9 @@ MODEL_NOTES = (
     "all-reduce once per iteration after gradient accumulation, groups charged in turn",
     "boundary transfers not overlapped with compute, each end at its own access rate",
     "links independent (switched), symmetric; shares are whole samples",
-    "time is linear in a device's share (no fixed cost per micro-batch): small micro-batches "
-    "look as efficient as large ones",
+    "stage time per micro-batch = slowest member's share x its per-sample time + the group's "
+    "largest fixed cost per micro-batch (micro_batch_overhead_s; 0 = small micro-batches look "
+    "as efficient as large ones) + message latencies",
 )
 
 
@@ -117,6 +122,9 @@ class CostModel:
             works.append(work)
         self.work_prefix = _prefix(np.array(works, dtype=np.float64), axis=1)  # [D, L+1]
         self.memory = np.array([d.memory_bytes for d in cluster.devices], dtype=np.float64)
+        self.overhead = np.array(
+            [d.micro_batch_overhead_s for d in cluster.devices], dtype=np.float64
+        )  # [D] seconds per micro-batch and stage
         n = len(cluster.devices)
         self.bandwidth = np.full((n, n), math.inf)
         self.latency = np.zeros((n, n))
@@ -180,6 +188,7 @@ class CostModel:
         )
         compute = makespan(per_sample, b)
         latency = 2 * self.boundaries(i, j) * float(self.access_latency[idx].max())
+        overhead = float(self.overhead[idx].max())
         capacity, shares = split_samples(per_sample, b, compute)
         fixed = self.fixed_memory(i, j)
         stash = self.stash(i, j)
@@ -188,7 +197,7 @@ class CostModel:
         worst = int(np.argmin(headroom))
         memory = tuple(round(float(fixed + inflight * s * stash)) for s in shares)
         return StageCost(
-            time_s=compute + latency,
+            time_s=compute + latency + overhead,
             allreduce_s=self.allreduce(group, self.trainable(i, j)),
             shares=tuple(int(s) for s in shares),
             memory_bytes=memory,

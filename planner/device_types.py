@@ -1,10 +1,11 @@
 """Interchangeable devices: types (exact) and, for many distinct devices, classes.
 
 The search works on *counts per type*, which is exact when the devices of a type are
-interchangeable: same per-layer times, memory, access link, and the same links to every
-other type. Choosing balanced groups among many distinct devices is 3-PARTITION-hard, so
-more than ``MAX_TYPES`` types are clustered into classes, each priced as its slowest,
-smallest, worst-connected member (a conservative bound); the plan is then re-priced and its
+interchangeable: same per-layer times, memory, fixed cost per micro-batch, access link,
+and the same links to every other type. Choosing balanced groups among many distinct
+devices is 3-PARTITION-hard, so more than ``MAX_TYPES`` types are clustered into classes,
+each priced as its slowest, smallest, worst-connected member with the largest fixed cost
+per micro-batch (a conservative bound); the plan is then re-priced and its
 memory checked on the real devices.
 """
 
@@ -29,6 +30,7 @@ class DeviceTypes:
     rate: np.ndarray  # [K] bytes/s of each type's access link
     access_latency: np.ndarray  # [K]
     memory: np.ndarray  # [K] bytes
+    overhead: np.ndarray  # [K] seconds per micro-batch and stage (a class: its largest)
     bandwidth: np.ndarray  # [K, K] slowest link between (distinct) members of two types
     latency: np.ndarray  # [K, K]
     clustered: bool
@@ -49,6 +51,7 @@ def device_types(costs: CostModel, max_types: int = MAX_TYPES) -> DeviceTypes:
         key = (
             costs.work_prefix[d].tobytes(),
             float(costs.memory[d]),
+            float(costs.overhead[d]),
             float(costs.rate[d]),
             float(costs.access_latency[d]),
         )
@@ -132,6 +135,7 @@ def _build(costs: CostModel, members: list[tuple[int, ...]], clustered: bool) ->
         rate=np.array([costs.rate[list(m)].min() for m in members]),
         access_latency=np.array([costs.access_latency[list(m)].max() for m in members]),
         memory=np.array([costs.memory[list(m)].min() for m in members]),
+        overhead=np.array([costs.overhead[list(m)].max() for m in members]),
         bandwidth=bandwidth,
         latency=latency,
         clustered=clustered,

@@ -9,6 +9,7 @@ activations and optimizer state are fp32 (4 bytes). The side network has width `
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,8 +153,13 @@ def model_profile(shape: ModelShape, seq: int) -> ModelProfile:
 def device_profile(
     name: str, shape: ModelShape, seq: int, memory_bytes: int,
     gflops: float | None = None, layer_forward_s: float | None = None,
+    micro_batch_overhead_s: float = 0.0,
 ) -> DeviceProfile:
-    """Per-layer times from a throughput (GFLOP/s) or one measured mean layer time."""
+    """Per-layer times from a throughput (GFLOP/s) or one measured mean layer time.
+
+    ``micro_batch_overhead_s``: the device's fixed seconds per micro-batch and stage (see
+    :class:`DeviceProfile`), passed through.
+    """
     flops = [layer_flops(layer, seq) for layer in shape.layers]
     if layer_forward_s is not None:
         rate = (sum(flops) / len(flops)) / layer_forward_s
@@ -178,6 +184,7 @@ def device_profile(
             ("adapters", tuple(1.1 * f for f in forward)),
         ),
         gflops=rate / 1e9,
+        micro_batch_overhead_s=micro_batch_overhead_s,
     )
 
 
@@ -191,8 +198,32 @@ def _link(spec: dict[str, Any], where: str) -> LinkProfile:
     return LinkProfile(mbps * 1e6 / 8, float(spec.get("latency_ms", 0.0)) / 1e3)
 
 
+def _overhead_s(spec: dict[str, Any], where: str) -> float:
+    """A device's fixed cost per micro-batch from ``micro_batch_overhead_ms`` (or ``_s``)."""
+    given = [k for k in ("micro_batch_overhead_ms", "micro_batch_overhead_s") if k in spec]
+    if not given:
+        return 0.0
+    if len(given) > 1:
+        raise ValueError(f"{where}: give micro_batch_overhead_ms or micro_batch_overhead_s, "
+                         "not both")
+    try:
+        value = float(spec[given[0]])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: {given[0]} must be a number") from error
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{where}: {given[0]} must be a finite number >= 0, got {value}")
+    return value / 1e3 if given[0].endswith("_ms") else value
+
+
 def cluster_from_json(data: dict[str, Any], shape: ModelShape, seq: int) -> Cluster:
-    """The cluster file's devices (``count`` copies named ``name-1``...) and links."""
+    """The cluster file's devices (``count`` copies named ``name-1``...) and links.
+
+    A device: ``name``, ``memory_gb``, ``gflops`` or ``layer_forward_ms`` (measured mean
+    time of one layer per sample), optional ``count`` and ``micro_batch_overhead_ms``
+    (fixed milliseconds per micro-batch and stage; ``micro_batch_overhead_s`` in seconds
+    also works). Links: ``default`` and ``overrides`` (``between``: [device, device]),
+    each with ``bandwidth_mbps`` and ``latency_ms``.
+    """
     specs = data.get("devices")
     if not isinstance(specs, list) or not specs:
         raise ValueError("the cluster file needs a non-empty 'devices' list")
@@ -202,12 +233,14 @@ def cluster_from_json(data: dict[str, Any], shape: ModelShape, seq: int) -> Clus
             raise ValueError(f"devices[{n}] needs 'name' and 'memory_gb'")
         count = int(spec.get("count", 1))
         forward_ms = spec.get("layer_forward_ms")
+        overhead = _overhead_s(spec, f"devices[{n}]")
         for k in range(count):
             name = str(spec["name"]) if count == 1 else f"{spec['name']}-{k + 1}"
             devices.append(device_profile(
                 name, shape, seq, int(float(spec["memory_gb"]) * (1 << 30)),
                 gflops=spec.get("gflops"),
                 layer_forward_s=None if forward_ms is None else float(forward_ms) / 1e3,
+                micro_batch_overhead_s=overhead,
             ))
     links = data.get("links", {})
     default = _link(links.get("default", {"bandwidth_mbps": 1000, "latency_ms": 0.2}),

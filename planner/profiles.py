@@ -2,12 +2,14 @@
 
 All values are frozen dataclasses (printable, comparable, hashable). Times are seconds per
 *sample* per layer; sizes are bytes. A device that processes ``k`` samples of a layer takes
-``k`` times the per-sample time (the cost model is linear in the share).
+``k`` times the per-sample time, plus a fixed cost per micro-batch and stage
+(``DeviceProfile.micro_batch_overhead_s``).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 
@@ -41,6 +43,10 @@ class DeviceProfile:
     pairs, e.g. ``(("full", (...)), ("lora", (...)))``; a technique missing here cannot be
     planned on this device.
     ``memory_bytes``: memory usable for training; ``gflops`` is informational.
+    ``micro_batch_overhead_s``: seconds the device spends on every micro-batch of a stage
+    whatever its share (kernel launches, Python dispatch, message handling): what makes
+    many small micro-batches dearer than a few large ones. Estimated from profiling at two
+    batch sizes (the intercept of time against samples); 0 when unknown.
     """
 
     name: str
@@ -49,6 +55,14 @@ class DeviceProfile:
     memory_bytes: int
     backward_s: tuple[tuple[str, tuple[float, ...]], ...] = ()
     gflops: float = 0.0
+    micro_batch_overhead_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.micro_batch_overhead_s) and self.micro_batch_overhead_s >= 0):
+            raise ValueError(
+                f"device {self.name!r}: micro_batch_overhead_s must be a finite number of "
+                f"seconds >= 0, got {self.micro_batch_overhead_s}"
+            )
 
     def backward_for(self, technique: Technique) -> tuple[float, ...]:
         """Per-layer backward seconds per sample through the backbone for a baseline."""

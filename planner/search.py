@@ -122,6 +122,8 @@ def _stage_tables(
     counts = comps.vectors.astype(np.float64)  # [G, K]
     present = comps.vectors > 0
     lat = np.where(present, types.access_latency[None, :], 0.0).max(axis=1)  # [G]
+    # Fixed seconds per micro-batch: the group's largest, like the latency.
+    overhead = np.where(present, types.overhead[None, :], 0.0).max(axis=1)  # [G]
     size = comps.level
     bw = np.full(G, math.inf)
     pair_lat = np.zeros(G)
@@ -139,7 +141,9 @@ def _stage_tables(
         # A stage whose weights alone overflow a member can never be used.
         room = np.where(present, types.memory[None, :], math.inf).min(axis=1)  # [G]
         candidate = (
-            (frac + latency < threshold) & is_group[:, None] & (fixed[None, :] <= room[:, None])
+            (frac + latency + overhead[:, None] < threshold)
+            & is_group[:, None]
+            & (fixed[None, :] <= room[:, None])
         )
     gi, ci = np.nonzero(candidate)
 
@@ -199,7 +203,7 @@ def _stage_tables(
     time = np.full((G, L, L + 1), math.inf)
     allreduce = np.zeros((G, L, L + 1))
     inflight = np.full((G, L, L + 1), -1, dtype=np.int64)
-    time[gi, first[ci], end[ci]] = compute + latency[gi, ci]
+    time[gi, first[ci], end[ci]] = compute + latency[gi, ci] + overhead[gi]
     allreduce[gi, first[ci], end[ci]] = ring
     inflight[gi, first[ci], end[ci]] = max_inflight
     binding = max_inflight[(max_inflight >= 1) & (max_inflight < m)]

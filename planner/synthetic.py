@@ -37,9 +37,13 @@ def synthetic_model(num_layers: int, hidden: int = 768, seq: int = 128) -> Model
 
 
 def device(
-    name: str, num_layers: int, seconds: float, memory_bytes: int, jitter: np.ndarray | None = None
+    name: str, num_layers: int, seconds: float, memory_bytes: int, jitter: np.ndarray | None = None,
+    overhead_s: float = 0.0,
 ) -> DeviceProfile:
-    """A device whose backbone layer takes ``seconds`` per sample (times ``jitter[l]``)."""
+    """A device whose backbone layer takes ``seconds`` per sample (times ``jitter[l]``).
+
+    ``overhead_s``: its fixed seconds per micro-batch and stage.
+    """
     scale = np.ones(num_layers) if jitter is None else jitter
     forward = tuple(float(seconds * x) for x in scale)
     return DeviceProfile(
@@ -53,6 +57,7 @@ def device(
             ("adapters", tuple(1.7 * f for f in forward)),
         ),
         gflops=1.0 / seconds,
+        micro_batch_overhead_s=overhead_s,
     )
 
 
@@ -63,20 +68,26 @@ def random_cluster(
     num_types: int | None = None,
     memory_mib: tuple[float, float] = (300, 3000),
     bandwidth_mbps: tuple[float, float] = (50, 1000),
+    overhead_ms: tuple[float, float] | None = None,
 ) -> Cluster:
     """Heterogeneous devices (speed within 8x, memory, per-pair links), seeded.
 
     With ``num_types`` the devices are copies of that many kinds and share one link
-    speed, so that they form exact types.
+    speed, so that they form exact types. With ``overhead_ms`` each kind draws a fixed
+    cost per micro-batch in that range (milliseconds); without, it has none (and the
+    random draws are those of a cluster without overheads).
     """
     L = len(model.layers)
     kinds = num_types or num_devices
     speeds = 10 ** rng.uniform(-3, -2.1, size=kinds)
     memories = rng.uniform(*memory_mib, size=kinds) * MIB
     jitters = [rng.uniform(0.8, 1.25, size=L) for _ in range(kinds)]
+    overheads = (
+        rng.uniform(*overhead_ms, size=kinds) / 1e3 if overhead_ms else np.zeros(kinds)
+    )
     kind_of = [k % kinds for k in range(num_devices)] if num_types else list(range(num_devices))
     devices = tuple(
-        device(f"dev{d}", L, speeds[k], int(memories[k]), jitters[k])
+        device(f"dev{d}", L, speeds[k], int(memories[k]), jitters[k], float(overheads[k]))
         for d, k in enumerate(kind_of)
     )
     default = LinkProfile(float(rng.uniform(*bandwidth_mbps)) * 1e6 / 8, 2e-4)

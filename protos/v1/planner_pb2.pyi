@@ -84,11 +84,16 @@ class PlannerDeviceProfile(_message.Message):
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     BACKWARD_S_FIELD_NUMBER: _builtins.int
     GFLOPS_FIELD_NUMBER: _builtins.int
+    MICRO_BATCH_OVERHEAD_S_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     memory_bytes: _builtins.int
     """usable for training"""
     gflops: _builtins.float
     """informational"""
+    micro_batch_overhead_s: _builtins.float
+    """Seconds spent on every micro-batch of a stage whatever its share (kernel launches,
+    dispatch, message handling); 0 when unknown.
+    """
     @_builtins.property
     def forward_s(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """backbone forward, per layer"""
@@ -112,10 +117,11 @@ class PlannerDeviceProfile(_message.Message):
         memory_bytes: _builtins.int = ...,
         backward_s: _abc.Mapping[_builtins.str, Global___LayerTimes] | None = ...,
         gflops: _builtins.float = ...,
+        micro_batch_overhead_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backward_s", b"backward_s", "forward_s", b"forward_s", "gflops", b"gflops", "memory_bytes", b"memory_bytes", "name", b"name", "side_s", b"side_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backward_s", b"backward_s", "forward_s", b"forward_s", "gflops", b"gflops", "memory_bytes", b"memory_bytes", "micro_batch_overhead_s", b"micro_batch_overhead_s", "name", b"name", "side_s", b"side_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,8 +22,11 @@ def _instances(seed: int, count: int):  # type: ignore[no-untyped-def]
         model = synthetic_model(layers, hidden=256, seq=32)
         # Every third instance has repeated device kinds (exact types with counts > 1).
         kinds = int(rng.integers(1, 3)) if trial % 3 == 0 else None
+        # Every other instance has fixed costs per micro-batch (against 1-8 ms per sample
+        # and layer: enough to change the best micro-batch count).
+        overhead = (0.0, 20.0) if trial % 2 else None
         cluster = random_cluster(rng, devices, model, num_types=kinds, memory_mib=(3, 40),
-                                 bandwidth_mbps=(100, 2000))
+                                 bandwidth_mbps=(100, 2000), overhead_ms=overhead)
         batch = int(rng.choice([1, 2, 4, 6, 8, 12]))
         yield trial, cluster, model, TECHNIQUES[trial % 4], batch
 
