@@ -34,7 +34,8 @@ from agent.metrics import AgentMetrics
 from agent.profiling import LayerTiming, profile_layers
 from agent.stage import Stage
 from agent.training import TrainingSession, WireTransport
-from pac.pipeline.job import MeshJobSettings, unpack_batch
+from pac.pipeline.batch_part import BatchPart
+from pac.pipeline.job import MeshJobSettings
 from pac.pipeline.worker import StepResult
 from pac.wire.compression import CompressionPolicy
 from pac.wire.mailbox import Mailbox, RoutingKey
@@ -181,11 +182,11 @@ class AgentRuntime:
             message = await self.mailbox.get(key, timeout)
         except TimeoutError:
             raise TimeoutError(f"no mini-batch arrived for {key} within {timeout} s") from None
-        batch, sample_ids, count = unpack_batch(dict(message.tensors))
+        part = BatchPart.unpack(message.tensors)
         session.step = step
         self.metrics.current_step.labels(job_id).set(step)
         started = time.perf_counter()
-        result = await asyncio.to_thread(session.training.run_step, step, batch, sample_ids, count)
+        result = await asyncio.to_thread(session.training.run_step, step, part)
         stage = str(session.training.worker.stage_index)
         elapsed = time.perf_counter() - started
         self.metrics.stage_compute_seconds.labels(job_id, stage).observe(

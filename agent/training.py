@@ -23,6 +23,7 @@ from pac.engine.loading import load_model
 from pac.engine.memory import release_backbone, rss_bytes
 from pac.engine.schedule import make_optimizer
 from pac.pipeline.all_reduce import DEFAULT_BUCKET_BYTES
+from pac.pipeline.batch_part import BatchPart
 from pac.pipeline.cache_phase import DataParallelWorker, gather_state
 from pac.pipeline.entries import split_part_id
 from pac.pipeline.job import MeshJobSettings
@@ -153,15 +154,16 @@ class TrainingSession:
             raise ValueError("this job keeps no activation cache (not parallel adapters)")
         return self.worker.cache.cache
 
-    def run_step(
-        self, step: int, batch: Tensors, sample_ids: list[str], loss_count: int
-    ) -> StepResult:
-        """Epoch 1: this device's pipeline part; later epochs: its data-parallel part. Then
-        a checkpoint at the end of every epoch and every ``checkpoint_every`` steps."""
+    def run_step(self, step: int, part: BatchPart) -> StepResult:
+        """Epoch 1: this device's pipeline part; later epochs: its data-parallel part, on
+        ``part`` (the rows the coordinator sent this device). Then a checkpoint at the end
+        of every epoch and every ``checkpoint_every`` steps."""
         if self.data_parallel is None:
-            result = self.worker.run_step(step, batch, sample_ids, loss_count)
+            result = self.worker.run_step(step, part)
         else:
-            loss_sum, terms, rows = self.data_parallel.run_step(step, batch, sample_ids, loss_count)
+            loss_sum, terms, rows = self.data_parallel.run_step(
+                step, part.tensors, list(part.sample_ids or ()), part.loss_count
+            )
             result = StepResult(loss_sum=loss_sum, count=terms, samples=rows)
         done = step + 1
         per_epoch = int(self.settings.extra.get("steps_per_epoch", 0))

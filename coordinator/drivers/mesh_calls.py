@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import grpc
 import torch
 
-from pac.pipeline.job import MeshJobSettings, pack_batch
+from pac.pipeline.batch_part import BatchPart, owned_part, pipeline_part
+from pac.pipeline.job import MeshJobSettings
+from pac.pipeline.layout import PipelineLayout
 from pac.wire.client import send_tensors
 from pac.wire.download import download
 from protos.v1 import agent_pb2, agent_pb2_grpc, tensors_pb2
@@ -39,18 +41,40 @@ class MeshCalls:
         self.token = token
         self.metadata = metadata
         self.stubs = {name: agent_pb2_grpc.AgentStub(channels[name]) for name in devices}
+        self.layout: PipelineLayout | None = None
+        # Each sample's owner once the cache is redistributed: the cache phase has begun.
+        self.owners: dict[str, str] = {}
+        # Tensor bytes of the mini-batch parts this coordinator sent (all steps, all agents).
+        self.batch_bytes = 0
 
     async def open(self, settings: MeshJobSettings) -> None:
+        self.layout = settings.layout
         request = agent_pb2.OpenJobRequest(job_id=self.job_id, settings_json=settings.to_json())
         await asyncio.gather(
             *(self.stubs[d].OpenJob(request, metadata=self.metadata) for d in self.devices)
         )
 
+    def parts(
+        self, batch: dict[str, torch.Tensor], sample_ids: list[str], count: int
+    ) -> dict[str, BatchPart]:
+        """What each agent is sent for a step: in epoch 1 its share's rows with its stage's
+        keys; in the cache phase the rows of the samples it owns, with masks and labels."""
+        whole = BatchPart.whole(batch, sample_ids, count)
+        if self.owners:
+            return {d: owned_part(self.owners, d, whole) for d in self.devices}
+        if self.layout is None:
+            raise RuntimeError("open the job (MeshCalls.open) before its steps")
+        return {d: pipeline_part(self.layout, d, whole) for d in self.devices}
+
     async def step(
         self, step: int, batch: dict[str, torch.Tensor], sample_ids: list[str], count: int
     ) -> StepTotals:
-        """Send the mini-batch to every agent, run the step everywhere, sum the loss terms."""
-        message = pack_batch(batch, sample_ids, count)
+        """Send every agent its part of the mini-batch, run the step everywhere, sum the
+        loss terms."""
+        messages = {d: part.pack() for d, part in self.parts(batch, sample_ids, count).items()}
+        self.batch_bytes += sum(
+            t.numel() * t.element_size() for m in messages.values() for t in m.values()
+        )
         routing = tensors_pb2.Routing(
             job_id=self.job_id,
             step=step,
@@ -61,7 +85,7 @@ class MeshCalls:
         )
         await asyncio.gather(
             *(
-                send_tensors(self.channels[d], message, routing, token=self.token, peer=d)
+                send_tensors(self.channels[d], messages[d], routing, token=self.token, peer=d)
                 for d in self.devices
             )
         )
@@ -72,7 +96,9 @@ class MeshCalls:
         return StepTotals(sum(r.loss_sum for r in replies), sum(r.loss_terms for r in replies))
 
     async def redistribute(self, owners: dict[str, str]) -> tuple[int, int]:
-        """Every agent sends its entries to their owners; returns (bytes, entries) moved."""
+        """Every agent sends its entries to their owners; returns (bytes, entries) moved.
+        From then on each agent is sent only the rows it owns."""
+        self.owners = dict(owners)
         request = agent_pb2.RedistributeRequest(job_id=self.job_id, owners_json=json.dumps(owners))
         replies = await asyncio.gather(
             *(self.stubs[d].Redistribute(request, metadata=self.metadata) for d in self.devices)

@@ -116,8 +116,15 @@ class DataParallelWorker:
     def run_step(
         self, step: int, batch: Tensors, sample_ids: list[str], loss_count: int
     ) -> tuple[float, int, int]:
-        """Train on this device's rows of the mini-batch; returns (loss sum, terms, rows)."""
-        rows = [i for i, s in enumerate(sample_ids) if self.owners[s] == self.device]
+        """Train on ``batch``: the rows of the mini-batch whose samples this device owns
+        (the coordinator sends each device only those); returns (loss sum, terms, rows)."""
+        strangers = [s for s in sample_ids if self.owners.get(s) != self.device]
+        if strangers:
+            raise ValueError(
+                f"{self.device} was sent {len(strangers)} rows of samples it does not own "
+                f"(e.g. {strangers[0][:12]}...); send each device only its owned rows"
+            )
+        rows = list(range(len(sample_ids)))
         self.model.train()
         loss_sum, terms = 0.0, 0
         if rows:

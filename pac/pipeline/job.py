@@ -1,5 +1,5 @@
-"""What every device of a mesh job is told when the job opens, and how a mini-batch
-travels from the coordinator to the devices."""
+"""What every device of a mesh job is told when the job opens (a mini-batch's part for
+one device travels as :class:`pac.pipeline.batch_part.BatchPart`)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
-
 from pac.pipeline.layout import PipelineLayout
 from pac.tasks import TaskSpec
-
-Tensors = dict[str, torch.Tensor]
-SAMPLE_IDS, LOSS_COUNT = "pac.sample_ids", "pac.loss_count"
 
 
 @dataclass(frozen=True)
@@ -67,22 +62,3 @@ class MeshJobSettings:
             model_fingerprint=str(data.get("model_fingerprint", "")),
             extra=dict(data.get("extra", {})),
         )
-
-
-def pack_batch(batch: Tensors, sample_ids: list[str], loss_count: int) -> Tensors:
-    """One message of tensors: the collated mini-batch, its samples' fingerprints (as bytes)
-    and the number of loss terms of the whole mini-batch."""
-    width = max((len(s) for s in sample_ids), default=0)
-    ids = torch.zeros(len(sample_ids), width, dtype=torch.uint8)
-    for row, sample_id in enumerate(sample_ids):
-        ids[row, : len(sample_id)] = torch.tensor(
-            list(sample_id.encode("ascii")), dtype=torch.uint8
-        )
-    return {**batch, SAMPLE_IDS: ids, LOSS_COUNT: torch.tensor(loss_count, dtype=torch.int64)}
-
-
-def unpack_batch(message: Tensors) -> tuple[Tensors, list[str], int]:
-    """The inverse of :func:`pack_batch`."""
-    batch = {k: v for k, v in message.items() if k not in (SAMPLE_IDS, LOSS_COUNT)}
-    ids = [bytes(row.tolist()).rstrip(b"\0").decode("ascii") for row in message[SAMPLE_IDS]]
-    return batch, ids, int(message[LOSS_COUNT])

@@ -10,6 +10,7 @@ import torch
 
 from pac.data.encoding import EncodedSample
 from pac.engine.ladder_cache import LadderCache
+from pac.pipeline.batch_part import BatchPart, pipeline_part
 from pac.pipeline.layout import PipelineLayout
 from pac.pipeline.transport import InProcessHub, Tensors
 from pac.pipeline.worker import DeviceWorker, StepResult
@@ -48,16 +49,18 @@ class InProcessMesh:
     def step(
         self, step: int, batch: Tensors, samples: Sequence[EncodedSample] | None = None
     ) -> float:
-        """One mini-batch on every device at once; returns the mini-batch's mean loss."""
+        """One mini-batch on every device at once, each given only its rows and its stage's
+        keys (as the coordinator sends them); returns the mini-batch's mean loss."""
         head = next(iter(self.workers.values())).model.head
         count = head.count(batch)
+        ids = [s.fingerprint for s in samples] if samples else None
+        whole = BatchPart.whole(batch, ids, count)
         results: dict[str, StepResult] = {}
         errors: list[BaseException] = []
 
         def run(device: str, worker: DeviceWorker) -> None:
             try:
-                ids = [s.fingerprint for s in samples] if samples else None
-                results[device] = worker.run_step(step, batch, ids, count)
+                results[device] = worker.run_step(step, pipeline_part(self.layout, device, whole))
             except BaseException as error:  # surfaced to the caller below
                 errors.append(error)
 

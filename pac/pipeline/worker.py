@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from pac.engine.ladder_cache import LadderCache
+from pac.pipeline.batch_part import BatchPart
 from pac.pipeline.entries import part_id
 from pac.pipeline.layout import PipelineLayout, StageSpec
 from pac.pipeline.routing import Rows, device_rows, micro_batch_rows, overlap
@@ -115,13 +116,12 @@ class DeviceWorker:
         return {name: torch.cat([p[name] for p in pieces]) for name in pieces[0]}
 
     # ---- one step --------------------------------------------------------------------
-    def run_step(
-        self, step: int, batch: Tensors, sample_ids: list[str] | None, loss_count: int
-    ) -> StepResult:
-        """``batch``: the whole mini-batch (the keys this stage needs); ``sample_ids``: its
-        samples' fingerprints (cache keys); ``loss_count``: the mini-batch's loss count."""
-        size = next(iter(batch.values())).shape[0]
-        micro = micro_batch_rows(size, self.layout.micro_batches)
+    def run_step(self, step: int, part: BatchPart) -> StepResult:
+        """``part``: this device's rows of the mini-batch (at least its share of every
+        micro-batch, with the keys this stage reads), their samples' fingerprints (cache
+        keys, or None) and the whole mini-batch's size and loss count."""
+        loss_count = part.loss_count
+        micro = micro_batch_rows(part.size, self.layout.micro_batches)
         mine = [device_rows(m, self.spec.shares)[self.rank] for m in micro]
         previous, following = self._neighbour(-1), self._neighbour(1)
         result = StepResult()
@@ -139,10 +139,12 @@ class DeviceWorker:
                     for key, value in inputs.items():
                         if self.computation.carries_grad(key) and value.is_floating_point():
                             value.requires_grad_(True)
-                output = self.computation.forward(inputs, slice_rows(batch, rows))
+                batch = part.rows(rows)
+                output = self.computation.forward(inputs, batch)
+                sample_ids = part.ids(rows)
                 if self.cache is not None and sample_ids is not None and output.points:
-                    entries = [part_id(s, self.stage_index) for s in sample_ids[rows[0] : rows[1]]]
-                    self.cache.store(entries, slice_rows(batch, rows), output.points)
+                    entries = [part_id(s, self.stage_index) for s in sample_ids]
+                    self.cache.store(entries, batch, output.points)
                 if following is not None:
                     self._send(step, "act", micro[index], index, rows, following, output.outputs)
                 else:

@@ -1,0 +1,183 @@
+"""The part of a mini-batch that one device is sent: the rows it computes, and only the
+keys its stage reads.
+
+The coordinator holds the user's data. In epoch 1 a device computes, per micro-batch, the
+contiguous rows its share gives it (:mod:`pac.pipeline.routing`); it is sent the union of
+those rows over the micro-batches. In the cache phase a device is sent the rows of the
+samples it owns. Either way the part keeps each row's position in the mini-batch and the
+mini-batch's size, so the device places its rows exactly where the whole batch would, and
+the whole mini-batch's loss count, so its loss terms add up to the single-device loss.
+
+Which keys each stage reads (checked against ``pac/families/*.py``, ``stage.py``, the side
+network and the heads): the embedding (first stage only) reads the ids and the masks,
+decoder ids included (an encoder-decoder family embeds both stacks in ``embed``, and the
+decoder's embedded input travels in the state); every stage's side blocks, its cache
+writes and the head read the masks; only the head (last stage) reads ``labels``. Nothing
+in training reads ``sample_index`` or ``class_labels`` (evaluation does, on the
+coordinator). Keys not named here go to the first stage, which is where a family reads
+its inputs.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from pac.pipeline.layout import PipelineLayout
+from pac.pipeline.routing import Rows, device_rows, micro_batch_rows
+
+Tensors = dict[str, torch.Tensor]
+
+MASKS = ("attention_mask", "decoder_attention_mask")
+TARGETS = ("labels",)
+EVALUATION_ONLY = ("sample_index", "class_labels")
+SAMPLE_IDS, LOSS_COUNT = "pac.sample_ids", "pac.loss_count"
+POSITIONS, BATCH_SIZE = "pac.positions", "pac.batch_size"
+
+
+def stage_keys(keys: Iterable[str], first: bool, last: bool) -> list[str]:
+    """The batch keys a pipeline stage reads (see the module docstring)."""
+    wanted = []
+    for key in keys:
+        if key in EVALUATION_ONLY:
+            continue
+        if key in TARGETS:
+            if last:
+                wanted.append(key)
+        elif key in MASKS or first:
+            wanted.append(key)
+    return wanted
+
+
+def cache_phase_keys(keys: Iterable[str]) -> list[str]:
+    """The batch keys a cache-phase step reads: the ladder comes from the cache, so only
+    the masks (to pad it and for the side network) and the labels."""
+    return [key for key in keys if key in MASKS or key in TARGETS]
+
+
+def pipeline_positions(layout: PipelineLayout, device: str, size: int) -> list[int]:
+    """The mini-batch rows ``device`` computes in epoch 1: its share of every micro-batch
+    (ascending)."""
+    stage, rank = layout.locate(device)
+    shares = layout.stages[stage].shares
+    positions: list[int] = []
+    for micro in micro_batch_rows(size, layout.micro_batches):
+        start, stop = device_rows(micro, shares)[rank]
+        positions.extend(range(start, stop))
+    return positions
+
+
+@dataclass(frozen=True)
+class BatchPart:
+    """Rows of one mini-batch: ``tensors[k]`` ``[len(positions), ...]`` is the mini-batch's
+    row ``positions[k]`` (ascending); ``size`` rows in the whole mini-batch, whose loss
+    sums ``loss_count`` terms; ``sample_ids``: the rows' fingerprints (None: not cached)."""
+
+    tensors: Tensors
+    positions: tuple[int, ...]
+    size: int
+    loss_count: int
+    sample_ids: tuple[str, ...] | None = None
+
+    @classmethod
+    def whole(cls, batch: Tensors, sample_ids: Sequence[str] | None, loss_count: int) -> BatchPart:
+        size = next(iter(batch.values())).shape[0]
+        ids = tuple(sample_ids) if sample_ids is not None else None
+        return cls(dict(batch), tuple(range(size)), size, loss_count, ids)
+
+    def select(self, positions: Sequence[int], keys: Iterable[str]) -> BatchPart:
+        """The part holding mini-batch rows ``positions`` (ascending; each held here) and
+        only ``keys``."""
+        local = [self._local(p) for p in positions]
+        index = torch.tensor(local, dtype=torch.long)
+        tensors = {key: self.tensors[key].index_select(0, index) for key in keys}
+        ids = None if self.sample_ids is None else tuple(self.sample_ids[i] for i in local)
+        return BatchPart(tensors, tuple(positions), self.size, self.loss_count, ids)
+
+    def _local(self, position: int) -> int:
+        local = bisect_left(self.positions, position)
+        if local == len(self.positions) or self.positions[local] != position:
+            raise KeyError(
+                f"row {position} of the mini-batch is not in this part (it holds "
+                f"{len(self.positions)} rows); the coordinator sent another device's rows"
+            )
+        return local
+
+    def _span(self, rows: Rows) -> tuple[int, int]:
+        start = self._local(rows[0])
+        stop = start + rows[1] - rows[0]
+        if stop > len(self.positions) or self.positions[stop - 1] != rows[1] - 1:
+            raise KeyError(f"rows [{rows[0]}, {rows[1]}) of the mini-batch are not all here")
+        return start, stop
+
+    def rows(self, rows: Rows) -> Tensors:
+        """The tensors of mini-batch rows ``[start, stop)`` (all held here)."""
+        start, stop = self._span(rows)
+        return {key: value[start:stop] for key, value in self.tensors.items()}
+
+    def ids(self, rows: Rows) -> list[str] | None:
+        if self.sample_ids is None:
+            return None
+        start, stop = self._span(rows)
+        return list(self.sample_ids[start:stop])
+
+    def pack(self) -> Tensors:
+        """One tensor message: the rows' tensors, their positions, the mini-batch's size and
+        loss count, and the fingerprints as ASCII bytes ``[rows, width]`` uint8."""
+        message = {
+            **self.tensors,
+            POSITIONS: torch.tensor(self.positions, dtype=torch.int64),
+            BATCH_SIZE: torch.tensor(self.size, dtype=torch.int64),
+            LOSS_COUNT: torch.tensor(self.loss_count, dtype=torch.int64),
+        }
+        if self.sample_ids is not None:
+            width = max((len(s) for s in self.sample_ids), default=0)
+            ids = torch.zeros(len(self.sample_ids), width, dtype=torch.uint8)
+            for row, sample_id in enumerate(self.sample_ids):
+                ids[row, : len(sample_id)] = torch.tensor(
+                    list(sample_id.encode("ascii")), dtype=torch.uint8
+                )
+            message[SAMPLE_IDS] = ids
+        return message
+
+    @classmethod
+    def unpack(cls, message: Mapping[str, torch.Tensor]) -> BatchPart:
+        """The inverse of :meth:`pack`."""
+        reserved = (SAMPLE_IDS, LOSS_COUNT, POSITIONS, BATCH_SIZE)
+        missing = [key for key in reserved[1:] if key not in message]
+        if missing:
+            raise ValueError(f"a batch message lacks {missing}; pack it with BatchPart.pack")
+        tensors = {k: v for k, v in message.items() if k not in reserved}
+        ids = None
+        if SAMPLE_IDS in message:
+            ids = tuple(
+                bytes(row.tolist()).rstrip(b"\0").decode("ascii") for row in message[SAMPLE_IDS]
+            )
+        return cls(
+            tensors,
+            tuple(int(p) for p in message[POSITIONS].tolist()),
+            int(message[BATCH_SIZE]),
+            int(message[LOSS_COUNT]),
+            ids,
+        )
+
+
+def pipeline_part(layout: PipelineLayout, device: str, whole: BatchPart) -> BatchPart:
+    """What ``device`` is sent for an epoch-1 step: its rows, its stage's keys."""
+    stage, _ = layout.locate(device)
+    keys = stage_keys(whole.tensors, stage == 0, stage == len(layout.stages) - 1)
+    return whole.select(pipeline_positions(layout, device, whole.size), keys)
+
+
+def owned_part(owners: Mapping[str, str], device: str, whole: BatchPart) -> BatchPart:
+    """What ``device`` is sent for a cache-phase step: the rows of the samples it owns
+    (``owners``: fingerprint -> device), with their masks and labels."""
+    if whole.sample_ids is None:
+        raise ValueError("a cache-phase step needs the samples' fingerprints")
+    positions = [
+        whole.positions[i] for i, s in enumerate(whole.sample_ids) if owners[s] == device
+    ]
+    return whole.select(positions, cache_phase_keys(whole.tensors))
