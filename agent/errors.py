@@ -43,3 +43,9 @@ class MissingInput(AgentError):
     """A FORWARD or SEND whose micro-batch has no state yet (no RECV before it)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PeerUnreachable(AgentError):
+    """A peer this agent must reach (to probe a link) does not answer."""
+
+    code = grpc.StatusCode.UNAVAILABLE

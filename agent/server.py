@@ -23,14 +23,16 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from agent.device import measure_device, pick_device
+from agent.errors import PeerUnreachable
 from agent.metrics import AgentMetrics, rss_bytes
 from agent.registration import Registration
 from agent.runtime import AgentRuntime
 from agent.servicer import AgentServicer
-from pac.wire.auth import JoinTokenInterceptor
+from pac.wire.auth import JoinTokenInterceptor, token_metadata
 from pac.wire.channel import SERVER_OPTIONS, ChannelPool, TransportSecurity, bind, open_channel
 from pac.wire.client import send_tensors
 from pac.wire.limits import DEFAULT_CHUNK_BYTES, WireLimits
+from pac.wire.link_probe import LinkMeasurement, probe_link
 from pac.wire.receiver import TensorReceiver
 from pac.wire.service import service_handler
 from protos.v1 import agent_pb2, coordinator_pb2, tensors_pb2
@@ -111,6 +113,25 @@ class AgentServer:
         )
         return int(ack.received_bytes)
 
+    async def probe_links(
+        self, peers: list[str], payload_bytes: int, repeats: int
+    ) -> list[LinkMeasurement]:
+        """This device's links to ``peers`` (agent addresses), measured one after another
+        so that the probes do not share the links."""
+        metadata = token_metadata(self.config.join_token)
+        measured = []
+        for peer in peers:
+            try:
+                measured.append(
+                    await probe_link(self.peers.get(peer), peer, metadata, payload_bytes, repeats)
+                )
+            except grpc.aio.AioRpcError as error:
+                raise PeerUnreachable(
+                    f"agent {self.config.name!r} cannot probe its link to {peer}: "
+                    f"{error.code().name} {error.details()}"
+                ) from None
+        return measured
+
     def _status(self) -> coordinator_pb2.HeartbeatRequest:
         step = max((job.step for job in self.runtime.jobs.values()), default=0)
         job_id = next(iter(self.runtime.jobs), "")
@@ -124,7 +145,9 @@ class AgentServer:
     @classmethod
     async def start(cls, config: AgentConfig) -> AgentServer:
         self = cls(config)
-        servicer = AgentServicer(self.runtime, self.receiver, self._describe, self.request_shutdown)
+        servicer = AgentServicer(
+            self.runtime, self.receiver, self._describe, self.request_shutdown, self.probe_links
+        )
         agent_service = agent_pb2.DESCRIPTOR.services_by_name["Agent"]
         self.server.add_generic_rpc_handlers(
             (

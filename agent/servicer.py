@@ -21,10 +21,17 @@ from agent.runtime import AgentRuntime
 from pac.wire.chunking import ChunkStream
 from pac.wire.codec import encode
 from pac.wire.errors import WireError
+from pac.wire.limits import MAX_CHUNK_BYTES
+from pac.wire.link_probe import DEFAULT_PAYLOAD_BYTES, DEFAULT_REPEATS, LinkMeasurement
 from pac.wire.receiver import TensorReceiver
 from protos.v1 import agent_pb2, agent_pb2_grpc, tensors_pb2
 
 T = TypeVar("T")
+
+# probe_links(peer addresses, payload bytes, repeats) -> one measurement per peer
+LinkProber = Callable[[list[str], int, int], Awaitable[list[LinkMeasurement]]]
+# A probe payload travels as one unary message: at most one chunk of the tensor wire.
+MAX_PROBE_BYTES = MAX_CHUNK_BYTES
 
 
 async def _answer(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
@@ -51,16 +58,50 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         receiver: TensorReceiver,
         describe: Callable[[], agent_pb2.DeviceProfile],
         shutdown: Callable[[float], None],
+        probe_links: LinkProber,
     ) -> None:
         self.runtime = runtime
         self.receiver = receiver
         self._describe = describe
         self._shutdown = shutdown
+        self._probe_links = probe_links
 
     async def Describe(
         self, request: agent_pb2.DescribeRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.DeviceProfile:
         return self._describe()
+
+    async def Ping(
+        self, request: agent_pb2.PingRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.PingReply:
+        return agent_pb2.PingReply(received_bytes=len(request.payload))
+
+    async def ProbeLinks(
+        self, request: agent_pb2.ProbeLinksRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.ProbeLinksReply:
+        async def call() -> agent_pb2.ProbeLinksReply:
+            if not request.peers:
+                raise BadRequest("ProbeLinks needs at least one peer address")
+            if request.payload_bytes > MAX_PROBE_BYTES:
+                raise BadRequest(
+                    f"a probe payload of {request.payload_bytes} bytes is over the limit of "
+                    f"{MAX_PROBE_BYTES}; probe with a smaller payload"
+                )
+            links = await self._probe_links(
+                list(request.peers),
+                request.payload_bytes or DEFAULT_PAYLOAD_BYTES,
+                request.repeats or DEFAULT_REPEATS,
+            )
+            return agent_pb2.ProbeLinksReply(
+                links=[
+                    agent_pb2.LinkMeasurement(
+                        peer=link.peer, latency_s=link.latency_s, bandwidth_bps=link.bandwidth_bps
+                    )
+                    for link in links
+                ]
+            )
+
+        return await _answer(context, call)
 
     async def Profile(
         self, request: agent_pb2.ProfileRequest, context: grpc.aio.ServicerContext

@@ -45,6 +45,16 @@ class AgentStub:
                 request_serializer=protos_dot_v1_dot_agent__pb2.ProfileRequest.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_agent__pb2.ProfileReply.FromString,
                 _registered_method=True)
+        self.Ping = channel.unary_unary(
+                '/pac.v1.Agent/Ping',
+                request_serializer=protos_dot_v1_dot_agent__pb2.PingRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_agent__pb2.PingReply.FromString,
+                _registered_method=True)
+        self.ProbeLinks = channel.unary_unary(
+                '/pac.v1.Agent/ProbeLinks',
+                request_serializer=protos_dot_v1_dot_agent__pb2.ProbeLinksRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_agent__pb2.ProbeLinksReply.FromString,
+                _registered_method=True)
         self.OpenJob = channel.unary_unary(
                 '/pac.v1.Agent/OpenJob',
                 request_serializer=protos_dot_v1_dot_agent__pb2.OpenJobRequest.SerializeToString,
@@ -109,6 +119,20 @@ class AgentServicer:
 
     def Profile(self, request, context):
         """Time and memory of a job's layers on this device, for the planner.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Ping(self, request, context):
+        """Swallow a payload and answer at once: what a peer times to measure the link.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProbeLinks(self, request, context):
+        """Measure this device's links to the given peers (latency and bandwidth), for the planner.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -196,6 +220,16 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.Profile,
                     request_deserializer=protos_dot_v1_dot_agent__pb2.ProfileRequest.FromString,
                     response_serializer=protos_dot_v1_dot_agent__pb2.ProfileReply.SerializeToString,
+            ),
+            'Ping': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ping,
+                    request_deserializer=protos_dot_v1_dot_agent__pb2.PingRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_agent__pb2.PingReply.SerializeToString,
+            ),
+            'ProbeLinks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProbeLinks,
+                    request_deserializer=protos_dot_v1_dot_agent__pb2.ProbeLinksRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_agent__pb2.ProbeLinksReply.SerializeToString,
             ),
             'OpenJob': grpc.unary_unary_rpc_method_handler(
                     servicer.OpenJob,
@@ -302,6 +336,60 @@ class Agent:
             '/pac.v1.Agent/Profile',
             protos_dot_v1_dot_agent__pb2.ProfileRequest.SerializeToString,
             protos_dot_v1_dot_agent__pb2.ProfileReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pac.v1.Agent/Ping',
+            protos_dot_v1_dot_agent__pb2.PingRequest.SerializeToString,
+            protos_dot_v1_dot_agent__pb2.PingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProbeLinks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pac.v1.Agent/ProbeLinks',
+            protos_dot_v1_dot_agent__pb2.ProbeLinksRequest.SerializeToString,
+            protos_dot_v1_dot_agent__pb2.ProbeLinksReply.FromString,
             options,
             channel_credentials,
             insecure,

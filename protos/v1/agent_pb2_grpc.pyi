@@ -46,6 +46,10 @@ class AgentStub:
     """What this device is: cores, memory, disk, accelerator, a matmul benchmark."""
     Profile: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ProfileRequest, _agent_pb2.ProfileReply]
     """Time and memory of a job's layers on this device, for the planner."""
+    Ping: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PingRequest, _agent_pb2.PingReply]
+    """Swallow a payload and answer at once: what a peer times to measure the link."""
+    ProbeLinks: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ProbeLinksRequest, _agent_pb2.ProbeLinksReply]
+    """Measure this device's links to the given peers (latency and bandwidth), for the planner."""
     OpenJob: _grpc.UnaryUnaryMultiCallable[_agent_pb2.OpenJobRequest, _agent_pb2.OpenJobReply]
     """Make a job known: the agent accepts tensors for it from then on."""
     LoadStage: _grpc.UnaryUnaryMultiCallable[_agent_pb2.LoadStageRequest, _agent_pb2.LoadStageReply]
@@ -74,6 +78,10 @@ class AgentAsyncStub(AgentStub):
     """What this device is: cores, memory, disk, accelerator, a matmul benchmark."""
     Profile: _aio.UnaryUnaryMultiCallable[_agent_pb2.ProfileRequest, _agent_pb2.ProfileReply]  # type: ignore[assignment]
     """Time and memory of a job's layers on this device, for the planner."""
+    Ping: _aio.UnaryUnaryMultiCallable[_agent_pb2.PingRequest, _agent_pb2.PingReply]  # type: ignore[assignment]
+    """Swallow a payload and answer at once: what a peer times to measure the link."""
+    ProbeLinks: _aio.UnaryUnaryMultiCallable[_agent_pb2.ProbeLinksRequest, _agent_pb2.ProbeLinksReply]  # type: ignore[assignment]
+    """Measure this device's links to the given peers (latency and bandwidth), for the planner."""
     OpenJob: _aio.UnaryUnaryMultiCallable[_agent_pb2.OpenJobRequest, _agent_pb2.OpenJobReply]  # type: ignore[assignment]
     """Make a job known: the agent accepts tensors for it from then on."""
     LoadStage: _aio.UnaryUnaryMultiCallable[_agent_pb2.LoadStageRequest, _agent_pb2.LoadStageReply]  # type: ignore[assignment]
@@ -111,6 +119,22 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.ProfileReply, _abc.Awaitable[_agent_pb2.ProfileReply]]:
         """Time and memory of a job's layers on this device, for the planner."""
+
+    @_abc_1.abstractmethod
+    def Ping(
+        self,
+        request: _agent_pb2.PingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.PingReply, _abc.Awaitable[_agent_pb2.PingReply]]:
+        """Swallow a payload and answer at once: what a peer times to measure the link."""
+
+    @_abc_1.abstractmethod
+    def ProbeLinks(
+        self,
+        request: _agent_pb2.ProbeLinksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ProbeLinksReply, _abc.Awaitable[_agent_pb2.ProbeLinksReply]]:
+        """Measure this device's links to the given peers (latency and bandwidth), for the planner."""
 
     @_abc_1.abstractmethod
     def OpenJob(

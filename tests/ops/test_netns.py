@@ -79,6 +79,19 @@ async def relay(a: str, b: str, tensor: torch.Tensor) -> agent_pb2.InstructionRe
             await channel.close()
 
 
+async def probe(a: str, b: str) -> agent_pb2.LinkMeasurement:
+    """Agent a measures its link to agent b (2 MiB payloads: past tbf's burst)."""
+    channel = open_channel(a, TransportSecurity(insecure=True))
+    try:
+        reply = await agent_pb2_grpc.AgentStub(channel).ProbeLinks(
+            agent_pb2.ProbeLinksRequest(peers=[b], payload_bytes=2 << 20, repeats=3),
+            metadata=token_metadata(TOKEN), timeout=60)
+        link: agent_pb2.LinkMeasurement = reply.links[0]
+        return link
+    finally:
+        await channel.close()
+
+
 def launcher_lines(process: subprocess.Popen[str], until: str, timeout: float) -> list[str]:
     """stdout lines of the launcher up to the one starting with ``until``."""
     lines: queue.Queue[str] = queue.Queue()
@@ -166,6 +179,7 @@ def test_a_mesh_in_namespaces_moves_tensors_and_trains(
         sent = asyncio.run(relay(agents["a"], agents["b"],
                                  torch.randint(0, 256, (64 << 20,), dtype=torch.uint8)))
         through_b = qdisc_sent_bytes(inbound_b) - before
+        probed = asyncio.run(probe(agents["a"], agents["b"]))
         sent_by_a = read_metric(metrics["a"], "pac_agent_sent_bytes_total",
                                 f'peer="{agents["b"]}"')
         received_by_b = read_metric(metrics["b"], "pac_agent_received_bytes_total", 'peer="a"')
@@ -191,6 +205,12 @@ def test_a_mesh_in_namespaces_moves_tensors_and_trains(
     print(f"a -> b: {sent.bytes} bytes in {sent.seconds:.2f} s = {mbit_per_s:.0f} Mbit/s "
           f"on a {RATE_MBIT:g} Mbit/s tbf link")
     assert sent.bytes > 64 << 20
+    # The agents' own link probe (what the planner is given) sees the shaped rate too.
+    probed_mbit = probed.bandwidth_bps * 8 / 1e6
+    print(f"a's probe of its link to b: {probed_mbit:.0f} Mbit/s, "
+          f"{probed.latency_s * 1e3:.2f} ms one way")
+    assert 0.5 * RATE_MBIT < probed_mbit < 1.3 * RATE_MBIT
+    assert 0 < probed.latency_s < 0.05
     # Below the link's rate (plus slack for the token bucket): the shaping holds the
     # transfer; above half of it: the transfer fills the link.
     assert 0.5 * RATE_MBIT < mbit_per_s < 1.2 * RATE_MBIT
