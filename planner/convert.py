@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from planner.plan import Action, Plan
+from planner.plan import Action, DeviceGroup, Instruction, Plan, Stage
 from planner.profiles import (
     Cluster,
     DeviceProfile,
@@ -134,3 +134,39 @@ def plan_to_proto(plan: Plan) -> pb.Plan:
             schedule.instructions.add(action=_ACTIONS[op.action], stage=op.stage,
                                       micro_batch=op.micro_batch, peer=op.peer)
     return msg
+
+
+def plan_from_proto(msg: pb.Plan) -> Plan:
+    """The inverse of :func:`plan_to_proto` (what a client of the Planner service gets)."""
+    return Plan(
+        technique=msg.technique,
+        global_batch=msg.global_batch,
+        micro_batches=msg.micro_batches,
+        stages=tuple(
+            Stage(
+                index=s.index,
+                start=s.start,
+                end=s.end,
+                group=DeviceGroup(tuple(s.group.devices), tuple(s.group.shares)),
+                time_s=s.time_s,
+                allreduce_s=s.allreduce_s,
+            )
+            for s in msg.stages
+        ),
+        step_time_s=msg.step_time_s,
+        memory_bytes=tuple((a.device, a.value) for a in msg.memory_bytes),
+        memory_limit_bytes=tuple((a.device, a.value) for a in msg.memory_limit_bytes),
+        cache_shares=tuple((a.device, a.value) for a in msg.cache_shares),
+        instructions=tuple(
+            (
+                schedule.device,
+                tuple(
+                    Instruction(ACTION_FROM_PROTO[i.action], i.stage, i.micro_batch, i.peer)
+                    for i in schedule.instructions
+                ),
+            )
+            for schedule in msg.schedules
+        ),
+        notes=tuple(msg.notes),
+        strategy=msg.strategy,
+    )

@@ -30,10 +30,19 @@ import grpc
 from coordinator.driver import DriverContext, JobResult, LiveAgents, ProgressSink
 from coordinator.drivers.mesh_calls import MeshCalls
 from coordinator.drivers.mesh_job import JobData
-from coordinator.jobs import Job, JobSpec, JobState, Progress
-from coordinator.registry import AgentLiveness
+from coordinator.drivers.mesh_plan import (
+    PlanningError,
+    layout_of,
+    measure_links,
+    plan_report,
+    planner_inputs,
+    profile_agents,
+    request_plan,
+)
+from coordinator.jobs import Job, JobState, Progress
+from coordinator.registry import AgentLiveness, AgentRecord
 from pac.pipeline.cache_phase import assign_owners
-from pac.pipeline.layout import PipelineLayout, StageSpec
+from pac.pipeline.layout import PipelineLayout
 from pac.techniques.heads import loss_count
 from pac.wire.auth import token_metadata
 from pac.wire.channel import TransportSecurity, open_channel
@@ -47,50 +56,6 @@ log = logging.getLogger("pac.coordinator.mesh")
 
 class MeshError(RuntimeError):
     """The mesh cannot run this job (no agents, a bad layout, an agent failed)."""
-
-
-def layout_of(chosen: Plan) -> PipelineLayout:
-    return PipelineLayout(
-        stages=tuple(
-            StageSpec(s.start, s.end, s.group.devices, tuple(float(x) for x in s.group.shares))
-            for s in chosen.stages
-        ),
-        micro_batches=chosen.micro_batches,
-    )
-
-
-def plan_for(
-    spec: JobSpec,
-    agents: list[tuple[str, agent_pb2.DeviceProfile]],
-    measured: dict[str, float] | None = None,
-) -> Plan:
-    """The planner's plan for these agents. Per-layer times: scaled from ``measured[name]``
-    (the agent's mean seconds per sample through one of the job's blocks, from its
-    Profile) where given, else from the agent's matmul GFLOPS and the layers' FLOPs."""
-    from planner.api import plan
-    from planner.estimate import device_profile, model_profile, model_shape, read_config
-    from planner.profiles import Cluster
-
-    shape = model_shape(read_config(spec.model_dir), Path(spec.model_dir).name)
-    seq = spec.max_length
-    devices = tuple(
-        device_profile(
-            name,
-            shape,
-            seq,
-            memory_bytes=int(profile.available_memory_bytes or profile.memory_bytes),
-            gflops=max(profile.matmul_gflops, 1.0),
-            layer_forward_s=(measured or {}).get(name),
-        )
-        for name, profile in agents
-    )
-    return plan(
-        Cluster(devices),
-        model_profile(shape, seq),
-        technique=spec.technique,
-        global_batch=spec.batch_size,
-        micro_batches=spec.micro_batches if spec.micro_batches > 1 else None,
-    )
 
 
 class MeshDriver:
@@ -126,14 +91,13 @@ class MeshDriver:
                 record.name: agent_pb2.DeviceProfile.FromString(record.profile) for record in live
             }
             fixed = spec.technique_settings.get("layout")
-            measured = {} if fixed else await self._profile(channels, spec)
-            progress(Progress(state=JobState.PLANNING))
-            predicted_step_s = 0.0
+            chosen: Plan | None = None
             if fixed:
+                progress(Progress(state=JobState.PLANNING))
                 layout = PipelineLayout.from_json(json.dumps(fixed))
             else:
-                chosen = plan_for(spec, list(profiles.items()), measured)
-                layout, predicted_step_s = layout_of(chosen), chosen.step_time_s
+                chosen = await self._plan(job, live, channels, profiles, progress)
+                layout = layout_of(chosen)
             unknown = set(layout.devices) - set(channels)
             if unknown:
                 raise MeshError(f"the layout names agents that are not live: {sorted(unknown)}")
@@ -144,7 +108,8 @@ class MeshDriver:
                 JobData.load, spec, layout, {r.name: r.address for r in live}
             )
             layout.validate(len(run.loaded.family.blocks()))
-            run.predicted_step_s = predicted_step_s
+            run.plan = chosen
+            run.predicted_step_s = chosen.step_time_s if chosen else 0.0
             calls = MeshCalls(
                 job.job_id,
                 channels,
@@ -172,33 +137,32 @@ class MeshDriver:
             for channel in channels.values():
                 await channel.close()
 
-    async def _profile(
-        self, channels: dict[str, grpc.aio.Channel], spec: JobSpec
-    ) -> dict[str, float]:
-        """Each agent times the job's blocks on its own hardware: its mean seconds per
-        sample through one block, at the micro-batch size the job will use."""
-        micro = max(1, spec.batch_size // max(1, spec.micro_batches))
-        request = agent_pb2.ProfileRequest(
-            model_dir=str(Path(spec.model_dir).resolve()),
-            batch_size=micro,
-            seq_len=min(spec.max_length, 64),
-            repeats=2,
-        )
+    async def _plan(
+        self,
+        job: Job,
+        live: list[AgentRecord],
+        channels: dict[str, grpc.aio.Channel],
+        profiles: dict[str, agent_pb2.DeviceProfile],
+        progress: ProgressSink,
+    ) -> Plan:
+        """Measure the agents' blocks and links, then have the planner cut and group; the
+        plan and what it was made from go to ``plan.txt`` in the job's output."""
+        spec = job.spec
         metadata = token_metadata(self.context.join_token)
-        names = list(channels)
-        replies = await asyncio.gather(
-            *(
-                agent_pb2_grpc.AgentStub(channels[n]).Profile(request, metadata=metadata)
-                for n in names
-            )
-        )
-        measured = {}
-        for name, reply in zip(names, replies, strict=True):
-            times = [layer.forward_seconds for layer in reply.layers]
-            if times:
-                measured[name] = sum(times) / len(times) / micro
-        log.info("per-sample block seconds by agent: %s", measured)
-        return measured
+        stubs = {name: agent_pb2_grpc.AgentStub(channel) for name, channel in channels.items()}
+        timings = await profile_agents(stubs, spec, metadata)
+        links = await measure_links(stubs, {r.name: r.address for r in live}, metadata)
+        progress(Progress(state=JobState.PLANNING))
+        cluster, model = await asyncio.to_thread(planner_inputs, spec, profiles, timings, links)
+        try:
+            chosen = await request_plan(spec, cluster, model, self.context.planner_address)
+        except PlanningError as error:
+            raise MeshError(str(error)) from None
+        planner = self.context.planner_address or "the planner library in the coordinator"
+        log.info("job %s planned by %s:\n%s", job.job_id, planner, chosen)
+        text = plan_report(chosen, planner, timings, links)
+        await asyncio.to_thread(_write_text, Path(job.output_dir) / "plan.txt", text)
+        return chosen
 
     async def _epoch(
         self,
@@ -284,3 +248,8 @@ class MeshDriver:
             metrics["predicted_seconds"] = run.predicted_step_s * len(run.batches(1))
         await asyncio.to_thread(run.save, Path(job.output_dir), metrics)
         return metrics
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

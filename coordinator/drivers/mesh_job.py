@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,6 +28,9 @@ from pac.tasks import TaskSpec
 from pac.techniques import build_technique
 from pac.techniques.base import TunedModel
 
+if TYPE_CHECKING:
+    from planner.plan import Plan
+
 
 @dataclass
 class JobData:
@@ -40,6 +44,8 @@ class JobData:
     memory: dict[str, tuple[int, int]] = field(default_factory=dict)
     # The planner's predicted step time of the pipeline epoch (0 = a fixed layout).
     predicted_step_s: float = 0.0
+    # The planner's plan (None = a fixed layout).
+    plan: Plan | None = None
     _model: TunedModel | None = None
 
     @classmethod

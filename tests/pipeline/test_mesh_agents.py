@@ -4,6 +4,7 @@ single-device training (same seed, data order and global batch), for each layout
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,7 +31,7 @@ BATCH, SEED, LR, ROWS = 8, 3, 1e-2, 24
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
-    with LocalMesh(agents=4, run_dir=tmp_path_factory.mktemp("mesh"), planner=False) as running:
+    with LocalMesh(agents=4, run_dir=tmp_path_factory.mktemp("mesh")) as running:
         yield running
 
 
@@ -135,7 +136,8 @@ def test_epoch_one_on_agents_equals_one_device(
 def test_the_planner_places_the_job(
     mesh: LocalMesh, tiny_model_dir: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    """Without a fixed layout the planner cuts and groups; training is still exact."""
+    """Without a fixed layout the agents measure their blocks and links, the planner
+    service cuts and groups, and training is still exact."""
     model_dir = tiny_model_dir("bert")
     data = rows_file(tmp_path / "train.jsonl")
     spec = JobSpec(
@@ -154,3 +156,11 @@ def test_the_planner_places_the_job(
     )
     expected = reference_losses(model_dir, data)
     assert run_on_mesh(mesh, spec) == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    report = (tmp_path / "out" / "plan.txt").read_text()
+    assert f"planned by {mesh.services['planner'].address}" in report
+    agents = re.findall(r"agent (\S+): ([\d.]+) ms per sample per block", report)
+    assert sorted(name for name, _ in agents) == sorted(mesh.agent_names())
+    assert all(float(ms) > 0 for _, ms in agents)
+    links = re.findall(r"link (\S+) - (\S+): (\d+) Mbit/s", report)
+    assert len({frozenset((a, b)) for a, b, _ in links}) == 6  # every pair of 4, once
+    assert all(int(mbit) > 0 for _, _, mbit in links)

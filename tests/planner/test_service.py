@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from planner import Cluster, LinkProfile, Network, plan
-from planner.convert import ACTION_FROM_PROTO, cluster_to_proto, model_to_proto
+from planner.convert import (
+    ACTION_FROM_PROTO,
+    cluster_to_proto,
+    model_to_proto,
+    plan_from_proto,
+)
 from planner.serve import start_server
 from planner.synthetic import MIB, device, random_cluster, synthetic_model
 from protos.v1 import planner_pb2 as pb
@@ -62,6 +67,8 @@ def test_plan_over_grpc_matches_library_and_reports_errors() -> None:
     assert schedules == {n: [(i.action, i.micro_batch, i.peer) for i in ops]
                          for n, ops in expected.instructions}
     assert answer.table == str(expected)
+    # A client gets the library's value back, field for field.
+    assert plan_from_proto(got) == expected
 
     assert isinstance(refused, grpc.aio.AioRpcError)
     assert refused.code() is grpc.StatusCode.FAILED_PRECONDITION

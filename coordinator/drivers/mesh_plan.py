@@ -1,0 +1,238 @@
+"""The mesh driver's plan: measure the agents, then ask the planner.
+
+Each agent times the job's blocks on its own hardware at two micro-batch sizes (the slope
+is its seconds per sample, the intercept its fixed cost per micro-batch), and measures its
+links to the agents after it in the list (latency and bandwidth, one pair at a time). The
+planner gets those numbers: the Planner service when the coordinator was given one
+(``--planner``), else the library in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+
+from coordinator.jobs import JobSpec
+from pac.pipeline.layout import PipelineLayout, StageSpec
+from protos.v1 import agent_pb2, agent_pb2_grpc
+
+if TYPE_CHECKING:
+    from planner.plan import Plan
+    from planner.profiles import Cluster, LinkProfile, ModelProfile, Network
+
+log = logging.getLogger("pac.coordinator.mesh")
+
+PROFILE_SEQ_LEN = 64
+PROFILE_REPEATS = 2
+LINK_PAYLOAD_BYTES = 1 << 20
+LINK_REPEATS = 3
+
+
+class PlanningError(RuntimeError):
+    """The planner refused the job or could not be reached; the message says why."""
+
+
+@dataclass(frozen=True)
+class BlockTiming:
+    """An agent's measured cost of the job's blocks: ``per_sample_s`` of one block (mean
+    over blocks), ``overhead_s`` per micro-batch through all blocks, whatever its size."""
+
+    per_sample_s: float
+    overhead_s: float
+
+
+def fit_timing(small: tuple[int, list[float]], large: tuple[int, list[float]]) -> BlockTiming:
+    """A line through two profiles ``(batch size, per-block seconds)``: the slope per
+    sample, the intercept per micro-batch (neither below zero; noise can tilt a line)."""
+    (b1, t1), (b2, t2) = small, large
+    if not t1 or len(t1) != len(t2):
+        raise ValueError("the two profiles must time the same, non-empty list of blocks")
+    total1, total2 = sum(t1), sum(t2)
+    if b2 > b1 and total2 > total1:
+        slope = (total2 - total1) / (b2 - b1)
+        intercept = max(0.0, total1 - slope * b1)
+    else:  # one size, or a larger batch measured faster: no fixed cost can be told apart
+        slope, intercept = total2 / b2, 0.0
+    return BlockTiming(per_sample_s=slope / len(t1), overhead_s=intercept)
+
+
+async def profile_agents(
+    stubs: dict[str, agent_pb2_grpc.AgentStub],
+    spec: JobSpec,
+    metadata: tuple[tuple[str, str], ...],
+) -> dict[str, BlockTiming]:
+    """Every agent times the job's blocks at one sample and at the job's micro-batch size
+    (all agents at once, as they will train at once)."""
+    micro = max(2, spec.batch_size // max(1, spec.micro_batches))
+    names = list(stubs)
+
+    async def at(batch_size: int) -> list[agent_pb2.ProfileReply]:
+        request = agent_pb2.ProfileRequest(
+            model_dir=str(Path(spec.model_dir).resolve()),
+            batch_size=batch_size,
+            seq_len=min(spec.max_length, PROFILE_SEQ_LEN),
+            repeats=PROFILE_REPEATS,
+        )
+        return list(
+            await asyncio.gather(*(stubs[n].Profile(request, metadata=metadata) for n in names))
+        )
+
+    small, large = await at(1), await at(micro)
+    timings = {}
+    for name, one, many in zip(names, small, large, strict=True):
+        t1 = [layer.forward_seconds for layer in one.layers]
+        t2 = [layer.forward_seconds for layer in many.layers]
+        if t1 and len(t1) == len(t2):
+            timings[name] = fit_timing((1, t1), (micro, t2))
+    log.info("measured blocks by agent: %s", timings)
+    return timings
+
+
+async def measure_links(
+    stubs: dict[str, agent_pb2_grpc.AgentStub],
+    addresses: dict[str, str],
+    metadata: tuple[tuple[str, str], ...],
+) -> dict[tuple[str, str], LinkProfile]:
+    """Every pair of agents' link, measured once (by the pair's first agent), one agent at
+    a time so that no two probes share a link or the machine."""
+    from planner.profiles import LinkProfile
+
+    names = list(stubs)
+    by_address = {addresses[n]: n for n in names}
+    links: dict[tuple[str, str], LinkProfile] = {}
+    for i, name in enumerate(names[:-1]):
+        peers = [addresses[n] for n in names[i + 1 :]]
+        request = agent_pb2.ProbeLinksRequest(
+            peers=peers, payload_bytes=LINK_PAYLOAD_BYTES, repeats=LINK_REPEATS
+        )
+        reply = await stubs[name].ProbeLinks(request, metadata=metadata, timeout=120)
+        for link in reply.links:
+            links[(name, by_address[link.peer])] = LinkProfile(link.bandwidth_bps, link.latency_s)
+    log.info(
+        "measured links: %s",
+        {f"{a}-{b}": f"{x.bandwidth_bps * 8 / 1e6:.0f} Mbit/s, {x.latency_s * 1e3:.2f} ms"
+         for (a, b), x in links.items()},
+    )
+    return links
+
+
+def network_of(links: dict[tuple[str, str], LinkProfile]) -> Network:
+    """The measured pairs as the planner's network; any other pair is taken to be as slow
+    as the slowest measured link."""
+    from planner.profiles import LinkProfile, Network
+
+    if not links:
+        return Network(LinkProfile(125e6, 1e-4))
+    slowest = LinkProfile(
+        min(x.bandwidth_bps for x in links.values()), max(x.latency_s for x in links.values())
+    )
+    return Network(slowest, tuple((a, b, x) for (a, b), x in sorted(links.items())))
+
+
+def planner_inputs(
+    spec: JobSpec,
+    profiles: dict[str, agent_pb2.DeviceProfile],
+    timings: dict[str, BlockTiming],
+    links: dict[tuple[str, str], LinkProfile],
+) -> tuple[Cluster, ModelProfile]:
+    """The planner's view of the job: per-layer times scaled from each agent's measured
+    block time by the layers' FLOPs (from the agent's matmul speed where it has none)."""
+    from planner.estimate import device_profile, model_profile, model_shape, read_config
+    from planner.profiles import Cluster
+
+    shape = model_shape(read_config(spec.model_dir), Path(spec.model_dir).name)
+    seq = spec.max_length
+    devices = []
+    for name, profile in profiles.items():
+        timing = timings.get(name)
+        devices.append(
+            device_profile(
+                name,
+                shape,
+                seq,
+                memory_bytes=int(profile.available_memory_bytes or profile.memory_bytes),
+                gflops=max(profile.matmul_gflops, 1.0),
+                layer_forward_s=timing.per_sample_s if timing else None,
+                micro_batch_overhead_s=timing.overhead_s if timing else 0.0,
+            )
+        )
+    return Cluster(tuple(devices), network_of(links)), model_profile(shape, seq)
+
+
+async def request_plan(
+    spec: JobSpec, cluster: Cluster, model: ModelProfile, planner_address: str = ""
+) -> Plan:
+    """The plan for the job: from the Planner service at ``planner_address``, else from the
+    library. A refusal or an unreachable planner is a :class:`PlanningError`."""
+    micro_batches = spec.micro_batches if spec.micro_batches > 1 else None
+    if not planner_address:
+        from planner.api import plan
+        from planner.errors import PlanInfeasible
+
+        try:
+            return await asyncio.to_thread(
+                plan,
+                cluster,
+                model,
+                technique=spec.technique,
+                global_batch=spec.batch_size,
+                micro_batches=micro_batches,
+            )
+        except (PlanInfeasible, ValueError) as error:
+            raise PlanningError(f"the planner cannot place this job: {error}") from None
+    from planner.convert import cluster_to_proto, model_to_proto, plan_from_proto
+    from protos.v1 import planner_pb2, planner_pb2_grpc
+
+    request = planner_pb2.PlanRequest(
+        cluster=cluster_to_proto(cluster),
+        model=model_to_proto(model),
+        technique=spec.technique,
+        global_batch=spec.batch_size,
+        micro_batches=micro_batches or 0,
+    )
+    async with grpc.aio.insecure_channel(planner_address) as channel:
+        try:
+            reply = await planner_pb2_grpc.PlannerStub(channel).Plan(request, timeout=120)
+        except grpc.aio.AioRpcError as error:
+            raise PlanningError(
+                f"the planner at {planner_address} answered {error.code().name}: "
+                f"{error.details()}"
+            ) from None
+    return plan_from_proto(reply.plan)
+
+
+def layout_of(chosen: Plan) -> PipelineLayout:
+    """The plan's stages, groups and shares as the agents' pipeline layout."""
+    return PipelineLayout(
+        stages=tuple(
+            StageSpec(s.start, s.end, s.group.devices, tuple(float(x) for x in s.group.shares))
+            for s in chosen.stages
+        ),
+        micro_batches=chosen.micro_batches,
+    )
+
+
+def plan_report(
+    chosen: Plan,
+    planner: str,
+    timings: dict[str, BlockTiming],
+    links: dict[tuple[str, str], LinkProfile],
+) -> str:
+    """The plan as ``pac plan`` prints it, then what it was made from."""
+    lines = [str(chosen), "", f"planned by {planner} from these measurements:"]
+    for name, timing in timings.items():
+        lines.append(
+            f"  agent {name}: {timing.per_sample_s * 1e3:.3f} ms per sample per block, "
+            f"{timing.overhead_s * 1e3:.3f} ms per micro-batch"
+        )
+    for (a, b), link in links.items():
+        lines.append(
+            f"  link {a} - {b}: {link.bandwidth_bps * 8 / 1e6:.0f} Mbit/s, "
+            f"{link.latency_s * 1e3:.3f} ms"
+        )
+    return "\n".join(lines) + "\n"
