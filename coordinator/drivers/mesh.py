@@ -39,9 +39,14 @@ from coordinator.drivers.mesh_plan import (
     profile_agents,
     request_plan,
 )
+from coordinator.drivers.mesh_redistribution import (
+    assign_owners,
+    cache_shares,
+    layer_cache_bytes,
+    predicted_bytes,
+)
 from coordinator.jobs import Job, JobState, Progress
 from coordinator.registry import AgentLiveness, AgentRecord
-from pac.pipeline.cache_phase import assign_owners
 from pac.pipeline.layout import PipelineLayout
 from pac.techniques.heads import loss_count
 from pac.wire.auth import token_metadata
@@ -206,11 +211,23 @@ class MeshDriver:
     ) -> None:
         """Give every sample one owner, move the cache entries, switch to the cache phase."""
         progress(Progress(state=JobState.REDISTRIBUTING, redistribution_progress=0.0))
-        devices = list(layout.devices)
-        shares = [max(profiles[d].matmul_gflops, 1.0) for d in devices]
-        fingerprints = list(dict.fromkeys(s.fingerprint for s in run.samples))
-        owners = assign_owners(fingerprints, devices, shares)
+        shares = cache_shares(run.plan, layout, profiles)
+        owners = await asyncio.to_thread(assign_owners, layout, run.batches(1), shares)
+        per_layer = await asyncio.to_thread(
+            layer_cache_bytes, run, run.batches(1), run.settings.cache_precision
+        )
+        predicted = predicted_bytes(
+            layout, run.spec.batch_size, shares, per_layer, len(run.samples)
+        )
         moved_bytes, entries = await calls.redistribute(owners)
+        run.redistribution_bytes = (moved_bytes, predicted)
+        log.info(
+            "job %s: redistribution moved %d bytes (%d entries); the planner predicted %d",
+            calls.job_id,
+            moved_bytes,
+            entries,
+            predicted,
+        )
         progress(
             Progress(
                 state=JobState.REDISTRIBUTING,
@@ -243,6 +260,10 @@ class MeshDriver:
         metrics = await asyncio.to_thread(run.evaluate, trained)
         metrics["epoch"] = float(epoch)
         metrics["seconds"] = seconds
+        if epoch == 1 and run.redistribution_bytes:
+            measured, predicted = run.redistribution_bytes
+            metrics["redistribution_bytes"] = float(measured)
+            metrics["predicted_redistribution_bytes"] = float(predicted)
         if epoch == 1 and run.predicted_step_s:
             # The planner's prediction for the pipeline epoch, beside the measurement.
             metrics["predicted_seconds"] = run.predicted_step_s * len(run.batches(1))

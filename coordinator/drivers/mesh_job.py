@@ -46,6 +46,8 @@ class JobData:
     predicted_step_s: float = 0.0
     # The planner's plan (None = a fixed layout).
     plan: Plan | None = None
+    # Bytes redistribution moved, and the planner's prediction (None before it ran).
+    redistribution_bytes: tuple[int, int] | None = None
     _model: TunedModel | None = None
 
     @classmethod

@@ -1,8 +1,8 @@
 """Epochs 2..N on the mesh: every device trains the whole side network from its cache.
 
 After epoch 1 each device holds, per sample it computed, the ladder points of its own
-stage (cache entry ``"{fingerprint}@{stage}"``). :func:`assign_owners` gives every sample
-one owner (shares proportional to the devices' speed); redistribution moves each entry to
+stage (cache entry ``"{fingerprint}@{stage}"``). :mod:`pac.pipeline.ownership` gives every
+sample one owner (shares proportional to the devices' speed); redistribution moves each entry to
 its sample's owner; :func:`gather_state` gives every device every stage's side-network
 parameters and optimizer state. Then a step is: each device computes the loss of the
 mini-batch's samples it owns (divided by the whole mini-batch's count), the gradients are
@@ -22,23 +22,10 @@ from pac.engine.checkpoint import trained_state
 from pac.engine.ladder_cache import LadderCache
 from pac.pipeline.all_reduce import DEFAULT_BUCKET_BYTES, all_reduce_gradients
 from pac.pipeline.entries import part_id
-from pac.pipeline.routing import contiguous, split_counts
 from pac.pipeline.transport import MessageKey, Tensors, Transport
 from pac.techniques.parallel_adapters import ParallelAdaptersModel
 
 STATE_STEP = -1  # the step number of the messages that gather the side network's state
-
-
-def assign_owners(
-    fingerprints: Sequence[str], devices: Sequence[str], shares: Sequence[float]
-) -> dict[str, str]:
-    """Each sample's owner: contiguous runs of the data set, sized by ``shares``."""
-    owners: dict[str, str] = {}
-    ranges = contiguous(split_counts(len(fingerprints), shares))
-    for device, (start, stop) in zip(devices, ranges, strict=True):
-        for fingerprint in fingerprints[start:stop]:
-            owners[fingerprint] = device
-    return owners
 
 
 def gather_state(

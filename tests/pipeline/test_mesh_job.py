@@ -139,6 +139,12 @@ def test_three_epochs_on_the_mesh_equal_one_device(
     # Releasing the backbone lowered every agent's resident memory.
     records = [json.loads(line) for line in (tmp_path / "mesh-out" / "metrics.jsonl").open()]
     assert [r["epoch"] for r in records] == [1.0, 2.0, 3.0]
+    # The bytes redistribution moved, and the planner's estimate of them (from the mean
+    # token count: the samples' lengths differ, so it is close, not exact).
+    moved = records[0]["redistribution_bytes"]
+    predicted = records[0]["predicted_redistribution_bytes"]
+    print(f"redistribution: {moved:.0f} bytes moved, {predicted:.0f} predicted")
+    assert moved > 0 and abs(predicted - moved) <= 0.25 * moved
     for agent in mesh.agent_names():
         before = records[-1][f"rss_mb_before_release.{agent}"]
         after = records[-1][f"rss_mb_after_release.{agent}"]
