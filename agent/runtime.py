@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from agent.metrics import AgentMetrics
 from agent.profiling import LayerTiming, profile_layers
 from agent.stage import Stage
 from agent.training import TrainingSession, WireTransport
-from pac.pipeline.batch_part import BatchPart
+from pac.pipeline.batch_part import BatchPart, unpack_steps
 from pac.pipeline.job import MeshJobSettings
 from pac.pipeline.worker import StepResult
 from pac.wire.compression import CompressionPolicy
@@ -194,6 +194,38 @@ class AgentRuntime:
         )
         self.metrics.stage_wait_seconds.labels(job_id, stage).observe(result.waited_seconds)
         return result
+
+    async def run_training_steps(
+        self, job_id: str, first_step: int, steps: int, timeout: float
+    ) -> AsyncGenerator[tuple[int, StepResult]]:
+        """Steps ``first_step ..`` of a mesh job back to back, on the parts the coordinator
+        sent for the whole range in one message; yields each step's result as it ends (a
+        caller that stops iterating stops the range after the current step)."""
+        session = self.job(job_id)
+        training = self._training(job_id)
+        if steps < 1:
+            raise BadRequest("RunSteps needs steps >= 1")
+        key = RoutingKey(job_id, first_step, 1, 0, tensors_pb2.TENSOR_KIND_BATCH)
+        try:
+            message = await self.mailbox.get(key, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no mini-batches arrived for {key} within {timeout} s") from None
+        try:
+            parts = unpack_steps(message.tensors, steps)
+        except (KeyError, ValueError) as error:
+            raise BadRequest(f"the range message for {key} is malformed: {error}") from None
+        stage = str(training.worker.stage_index)
+        for offset, part in enumerate(parts):
+            step = first_step + offset
+            session.step = step
+            self.metrics.current_step.labels(job_id).set(step)
+            started = time.perf_counter()
+            result = await asyncio.to_thread(training.run_step, step, part)
+            elapsed = time.perf_counter() - started
+            self.metrics.stage_compute_seconds.labels(job_id, stage).observe(
+                max(0.0, elapsed - result.waited_seconds)
+            )
+            yield step, result
 
     def _training(self, job_id: str) -> TrainingSession:
         training = self.job(job_id).training

@@ -18,6 +18,7 @@ import torch
 
 from agent.errors import AgentError, BadRequest, NotYetSupported
 from agent.runtime import AgentRuntime
+from pac.pipeline.worker import StepResult
 from pac.wire.chunking import ChunkStream
 from pac.wire.codec import encode
 from pac.wire.errors import WireError
@@ -225,6 +226,29 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             return reply
 
         return await _answer(context, call)
+
+    async def RunSteps(
+        self, request: agent_pb2.RunStepsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[agent_pb2.StepReport]:
+        steps = self.runtime.run_training_steps(
+            request.job_id, request.first_step, request.steps, request.recv_timeout_s or 300.0
+        )
+
+        async def next_step() -> tuple[int, StepResult] | None:
+            try:
+                return await anext(steps)
+            except StopAsyncIteration:
+                return None
+
+        async with contextlib.aclosing(steps), self.runtime.work():
+            while (item := await _answer(context, next_step)) is not None:
+                step, result = item
+                yield agent_pb2.StepReport(
+                    step=step,
+                    loss_sum=result.loss_sum,
+                    loss_terms=result.count,
+                    samples=result.samples,
+                )
 
     async def Redistribute(
         self, request: agent_pb2.RedistributeRequest, context: grpc.aio.ServicerContext

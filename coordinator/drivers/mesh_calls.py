@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 
 import grpc
 import torch
 
-from pac.pipeline.batch_part import BatchPart, owned_part, pipeline_part
+from pac.pipeline.batch_part import BatchPart, owned_part, pack_steps, pipeline_part
 from pac.pipeline.job import MeshJobSettings
 from pac.pipeline.layout import PipelineLayout
 from pac.wire.client import send_tensors
@@ -18,12 +20,25 @@ from pac.wire.download import download
 from protos.v1 import agent_pb2, agent_pb2_grpc, tensors_pb2
 
 EXPORT_METHOD = "/pac.v1.Agent/ExportAdapters"
+# Cache-phase steps sent to the agents per RunSteps call: the mini-batch parts of a window
+# travel in one message, and the agents report each step as it ends.
+STEPS_PER_CALL = 64
 
 
 @dataclass
 class StepTotals:
     loss_sum: float
     terms: int
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """One mini-batch as the coordinator holds it: collated, its samples' fingerprints and
+    its loss count."""
+
+    batch: dict[str, torch.Tensor]
+    sample_ids: list[str]
+    loss_count: int
 
 
 class MeshCalls:
@@ -44,8 +59,10 @@ class MeshCalls:
         self.layout: PipelineLayout | None = None
         # Each sample's owner once the cache is redistributed: the cache phase has begun.
         self.owners: dict[str, str] = {}
-        # Tensor bytes of the mini-batch parts this coordinator sent (all steps, all agents).
+        # Tensor bytes of the mini-batch parts this coordinator sent (all steps, all agents),
+        # and how many calls to agents the steps took.
         self.batch_bytes = 0
+        self.step_calls = 0
 
     async def open(self, settings: MeshJobSettings) -> None:
         self.layout = settings.layout
@@ -72,28 +89,91 @@ class MeshCalls:
         """Send every agent its part of the mini-batch, run the step everywhere, sum the
         loss terms."""
         messages = {d: part.pack() for d, part in self.parts(batch, sample_ids, count).items()}
+        await self._send_batches(step, 0, messages)
+        request = agent_pb2.RunStepRequest(job_id=self.job_id, step=step, recv_timeout_s=300)
+        self.step_calls += len(self.devices)
+        replies = await asyncio.gather(
+            *(self.stubs[d].RunStep(request, metadata=self.metadata) for d in self.devices)
+        )
+        return StepTotals(sum(r.loss_sum for r in replies), sum(r.loss_terms for r in replies))
+
+    async def _send_batches(
+        self, step: int, micro_batch: int, messages: dict[str, dict[str, torch.Tensor]]
+    ) -> None:
         self.batch_bytes += sum(
             t.numel() * t.element_size() for m in messages.values() for t in m.values()
         )
+        self.step_calls += len(messages)
         routing = tensors_pb2.Routing(
             job_id=self.job_id,
             step=step,
-            micro_batch=0,
+            micro_batch=micro_batch,
             stage=0,
             kind=tensors_pb2.TENSOR_KIND_BATCH,
             sender="coordinator",
         )
         await asyncio.gather(
             *(
-                send_tensors(self.channels[d], messages[d], routing, token=self.token, peer=d)
-                for d in self.devices
+                send_tensors(self.channels[d], message, routing, token=self.token, peer=d)
+                for d, message in messages.items()
             )
         )
-        request = agent_pb2.RunStepRequest(job_id=self.job_id, step=step, recv_timeout_s=300)
-        replies = await asyncio.gather(
-            *(self.stubs[d].RunStep(request, metadata=self.metadata) for d in self.devices)
+
+    async def steps(
+        self, first_step: int, inputs: Iterable[StepInput]
+    ) -> AsyncGenerator[tuple[StepInput, StepTotals]]:
+        """Run ``inputs`` as steps ``first_step ..``, yielding each with its loss terms.
+        Epoch 1 is one round trip per step; the cache phase sends ``STEPS_PER_CALL`` steps
+        per call. Closing the iterator early stops the agents after their current step."""
+        pending = iter(inputs)
+        step = first_step
+        if not self.owners:
+            for item in pending:
+                yield item, await self.step(step, item.batch, item.sample_ids, item.loss_count)
+                step += 1
+            return
+        while window := list(itertools.islice(pending, STEPS_PER_CALL)):
+            async with contextlib.aclosing(self.run_steps(step, window)) as totals:
+                async for offset, total in totals:
+                    yield window[offset], total
+            step += len(window)
+
+    async def run_steps(
+        self, first_step: int, window: Sequence[StepInput]
+    ) -> AsyncGenerator[tuple[int, StepTotals]]:
+        """Cache phase: every agent gets its parts of the window's mini-batches in one
+        message and runs them back to back (the ring all-reduce keeps the agents in
+        lockstep); yields (offset in the window, summed loss terms) as every agent has
+        reported that step."""
+        parts = [self.parts(i.batch, i.sample_ids, i.loss_count) for i in window]
+        messages = {d: pack_steps([p[d] for p in parts]) for d in self.devices}
+        await self._send_batches(first_step, 1, messages)
+        request = agent_pb2.RunStepsRequest(
+            job_id=self.job_id, first_step=first_step, steps=len(window), recv_timeout_s=300
         )
-        return StepTotals(sum(r.loss_sum for r in replies), sum(r.loss_terms for r in replies))
+        self.step_calls += len(self.devices)
+        streams = {d: self.stubs[d].RunSteps(request, metadata=self.metadata) for d in self.devices}
+
+        async def report(device: str, step: int) -> agent_pb2.StepReport:
+            reply = await streams[device].read()
+            if reply is grpc.aio.EOF or reply.step != step:
+                raise RuntimeError(
+                    f"agent {device!r} ended its range of steps before step {step}; "
+                    "see its log"
+                )
+            return reply
+
+        try:
+            for offset in range(len(window)):
+                replies = await asyncio.gather(
+                    *(report(d, first_step + offset) for d in self.devices)
+                )
+                yield offset, StepTotals(
+                    sum(r.loss_sum for r in replies), sum(r.loss_terms for r in replies)
+                )
+        finally:
+            for stream in streams.values():
+                stream.cancel()
 
     async def redistribute(self, owners: dict[str, str]) -> tuple[int, int]:
         """Every agent sends its entries to their owners; returns (bytes, entries) moved.

@@ -181,3 +181,20 @@ def owned_part(owners: Mapping[str, str], device: str, whole: BatchPart) -> Batc
         whole.positions[i] for i, s in enumerate(whole.sample_ids) if owners[s] == device
     ]
     return whole.select(positions, cache_phase_keys(whole.tensors))
+
+
+def pack_steps(parts: Sequence[BatchPart]) -> Tensors:
+    """The parts of consecutive steps as one tensor message: step ``i``'s packed tensors
+    under ``"{i}|{name}"`` (a cache-phase range travels in one message)."""
+    return {f"{i}|{name}": t for i, part in enumerate(parts) for name, t in part.pack().items()}
+
+
+def unpack_steps(message: Mapping[str, torch.Tensor], steps: int) -> list[BatchPart]:
+    """The inverse of :func:`pack_steps`, for a message of ``steps`` steps."""
+    grouped: list[Tensors] = [{} for _ in range(steps)]
+    for name, tensor in message.items():
+        index, _, key = name.partition("|")
+        if not index.isdigit() or int(index) >= steps:
+            raise ValueError(f"tensor {name!r} names no step of a {steps}-step range")
+        grouped[int(index)][key] = tensor
+    return [BatchPart.unpack(tensors) for tensors in grouped]

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from protos.v1 import tensors_pb2 as protos_dot_v1_dot_tensors__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/v1/agent.proto\x12\x06pac.v1\x1a\x17protos/v1/tensors.proto\"\x11\n\x0f\x44\x65scribeRequest\"\xa0\x02\n\rDeviceProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tcpu_cores\x18\x03 \x01(\r\x12\x0f\n\x07threads\x18\x04 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x1e\n\x16\x61vailable_memory_bytes\x18\x06 \x01(\x04\x12\x17\n\x0f\x66ree_disk_bytes\x18\x07 \x01(\x04\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x08 \x01(\t\x12\x18\n\x10\x61\x63\x63\x65lerator_name\x18\t \x01(\t\x12 \n\x18\x61\x63\x63\x65lerator_memory_bytes\x18\n \x01(\x04\x12\x15\n\rmatmul_gflops\x18\x0b \x01(\x01\x12\x15\n\rtorch_version\x18\x0c \x01(\t\"\x91\x01\n\x0eProfileRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tmodel_dir\x18\x02 \x01(\t\x12\x13\n\x0blayer_start\x18\x03 \x01(\r\x12\x11\n\tlayer_end\x18\x04 \x01(\r\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\x0f\n\x07seq_len\x18\x06 \x01(\r\x12\x0f\n\x07repeats\x18\x07 \x01(\r\"i\n\x0cLayerProfile\x12\r\n\x05index\x18\x01 \x01(\r\x12\x17\n\x0f\x66orward_seconds\x18\x02 \x01(\x01\x12\x17\n\x0fparameter_bytes\x18\x03 \x01(\x04\x12\x18\n\x10\x61\x63tivation_bytes\x18\x04 \x01(\x04\"r\n\x0cProfileReply\x12%\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x15.pac.v1.DeviceProfile\x12$\n\x06layers\x18\x02 \x03(\x0b\x32\x14.pac.v1.LayerProfile\x12\x15\n\rembed_seconds\x18\x03 \x01(\x01\"\x1e\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"#\n\tPingReply\x12\x16\n\x0ereceived_bytes\x18\x01 \x01(\x04\"J\n\x11ProbeLinksRequest\x12\r\n\x05peers\x18\x01 \x03(\t\x12\x15\n\rpayload_bytes\x18\x02 \x01(\r\x12\x0f\n\x07repeats\x18\x03 \x01(\r\"I\n\x0fLinkMeasurement\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x11\n\tlatency_s\x18\x02 \x01(\x01\x12\x15\n\rbandwidth_bps\x18\x03 \x01(\x01\"9\n\x0fProbeLinksReply\x12&\n\x05links\x18\x01 \x03(\x0b\x32\x17.pac.v1.LinkMeasurement\"7\n\x0eOpenJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rsettings_json\x18\x02 \x01(\t\"\x0e\n\x0cOpenJobReply\"\xc9\x01\n\x10LoadStageRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\r\x12\x13\n\tmodel_dir\x18\x03 \x01(\tH\x00\x12\x1e\n\x14streamed_config_json\x18\x04 \x01(\tH\x00\x12\x13\n\x0blayer_start\x18\x05 \x01(\r\x12\x11\n\tlayer_end\x18\x06 \x01(\r\x12\x16\n\x0etechnique_json\x18\x07 \x01(\t\x12\x17\n\x0f\x65xpected_sha256\x18\x08 \x01(\tB\x08\n\x06source\"W\n\x0eLoadStageReply\x12\x17\n\x0fparameter_bytes\x18\x01 \x01(\x04\x12\x14\n\x0cload_seconds\x18\x02 \x01(\x01\x12\x16\n\x0eweights_sha256\x18\x03 \x01(\t\"\x93\x01\n\x0bInstruction\x12\x1e\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x0e.pac.v1.Action\x12\x13\n\x0bmicro_batch\x18\x02 \x01(\r\x12\r\n\x05stage\x18\x03 \x01(\r\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12 \n\x04kind\x18\x05 \x01(\x0e\x32\x12.pac.v1.TensorKind\x12\x10\n\x08to_stage\x18\x06 \x01(\x05\"q\n\x0eRunStepRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12)\n\x0cinstructions\x18\x03 \x03(\x0b\x32\x13.pac.v1.Instruction\x12\x16\n\x0erecv_timeout_s\x18\x04 \x01(\x01\"h\n\x11InstructionResult\x12\x1e\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x0e.pac.v1.Action\x12\x13\n\x0bmicro_batch\x18\x02 \x01(\r\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\"\x8a\x01\n\x0cRunStepReply\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.pac.v1.InstructionResult\x12\x17\n\x0f\x63ompute_seconds\x18\x02 \x01(\x01\x12\x10\n\x08loss_sum\x18\x03 \x01(\x01\x12\x12\n\nloss_terms\x18\x04 \x01(\x04\x12\x0f\n\x07samples\x18\x05 \x01(\x04\".\n\rCacheTransfer\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x0f\n\x07samples\x18\x02 \x03(\x04\"d\n\x13RedistributeRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12(\n\ttransfers\x18\x02 \x03(\x0b\x32\x15.pac.v1.CacheTransfer\x12\x13\n\x0bowners_json\x18\x03 \x01(\t\"=\n\x11RedistributeReply\x12\x12\n\nbytes_sent\x18\x01 \x01(\x04\x12\x14\n\x0c\x65ntries_sent\x18\x02 \x01(\x04\"\'\n\x15\x45xportAdaptersRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"(\n\x16ReleaseBackboneRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"^\n\x14ReleaseBackboneReply\x12\x13\n\x0b\x66reed_bytes\x18\x01 \x01(\x04\x12\x18\n\x10rss_before_bytes\x18\x02 \x01(\x04\x12\x17\n\x0frss_after_bytes\x18\x03 \x01(\x04\"!\n\x0f\x43loseJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x0f\n\rCloseJobReply\"!\n\x0c\x44rainRequest\x12\x11\n\ttimeout_s\x18\x01 \x01(\x01\"\x1f\n\nDrainReply\x12\x11\n\tin_flight\x18\x01 \x01(\r\"$\n\x0fShutdownRequest\x12\x11\n\ttimeout_s\x18\x01 \x01(\x01\"\x0f\n\rShutdownReply*\x9c\x01\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41\x43TION_FORWARD\x10\x01\x12\x13\n\x0f\x41\x43TION_BACKWARD\x10\x02\x12\x0f\n\x0b\x41\x43TION_SEND\x10\x03\x12\x0f\n\x0b\x41\x43TION_RECV\x10\x04\x12\x14\n\x10\x41\x43TION_ALLREDUCE\x10\x05\x12\x19\n\x15\x41\x43TION_OPTIMIZER_STEP\x10\x06\x32\xe4\x06\n\x05\x41gent\x12:\n\x08\x44\x65scribe\x12\x17.pac.v1.DescribeRequest\x1a\x15.pac.v1.DeviceProfile\x12\x37\n\x07Profile\x12\x16.pac.v1.ProfileRequest\x1a\x14.pac.v1.ProfileReply\x12.\n\x04Ping\x12\x13.pac.v1.PingRequest\x1a\x11.pac.v1.PingReply\x12@\n\nProbeLinks\x12\x19.pac.v1.ProbeLinksRequest\x1a\x17.pac.v1.ProbeLinksReply\x12\x37\n\x07OpenJob\x12\x16.pac.v1.OpenJobRequest\x1a\x14.pac.v1.OpenJobReply\x12=\n\tLoadStage\x12\x18.pac.v1.LoadStageRequest\x1a\x16.pac.v1.LoadStageReply\x12\x37\n\x0bSendTensors\x12\x13.pac.v1.TensorChunk\x1a\x11.pac.v1.TensorAck(\x01\x12\x37\n\x07RunStep\x12\x16.pac.v1.RunStepRequest\x1a\x14.pac.v1.RunStepReply\x12\x46\n\x0cRedistribute\x12\x1b.pac.v1.RedistributeRequest\x1a\x19.pac.v1.RedistributeReply\x12\x46\n\x0e\x45xportAdapters\x12\x1d.pac.v1.ExportAdaptersRequest\x1a\x13.pac.v1.TensorChunk0\x01\x12O\n\x0fReleaseBackbone\x12\x1e.pac.v1.ReleaseBackboneRequest\x1a\x1c.pac.v1.ReleaseBackboneReply\x12:\n\x08\x43loseJob\x12\x17.pac.v1.CloseJobRequest\x1a\x15.pac.v1.CloseJobReply\x12\x31\n\x05\x44rain\x12\x14.pac.v1.DrainRequest\x1a\x12.pac.v1.DrainReply\x12:\n\x08Shutdown\x12\x17.pac.v1.ShutdownRequest\x1a\x15.pac.v1.ShutdownReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/v1/agent.proto\x12\x06pac.v1\x1a\x17protos/v1/tensors.proto\"\x11\n\x0f\x44\x65scribeRequest\"\xa0\x02\n\rDeviceProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tcpu_cores\x18\x03 \x01(\r\x12\x0f\n\x07threads\x18\x04 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x1e\n\x16\x61vailable_memory_bytes\x18\x06 \x01(\x04\x12\x17\n\x0f\x66ree_disk_bytes\x18\x07 \x01(\x04\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x08 \x01(\t\x12\x18\n\x10\x61\x63\x63\x65lerator_name\x18\t \x01(\t\x12 \n\x18\x61\x63\x63\x65lerator_memory_bytes\x18\n \x01(\x04\x12\x15\n\rmatmul_gflops\x18\x0b \x01(\x01\x12\x15\n\rtorch_version\x18\x0c \x01(\t\"\x91\x01\n\x0eProfileRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tmodel_dir\x18\x02 \x01(\t\x12\x13\n\x0blayer_start\x18\x03 \x01(\r\x12\x11\n\tlayer_end\x18\x04 \x01(\r\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\x0f\n\x07seq_len\x18\x06 \x01(\r\x12\x0f\n\x07repeats\x18\x07 \x01(\r\"i\n\x0cLayerProfile\x12\r\n\x05index\x18\x01 \x01(\r\x12\x17\n\x0f\x66orward_seconds\x18\x02 \x01(\x01\x12\x17\n\x0fparameter_bytes\x18\x03 \x01(\x04\x12\x18\n\x10\x61\x63tivation_bytes\x18\x04 \x01(\x04\"r\n\x0cProfileReply\x12%\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x15.pac.v1.DeviceProfile\x12$\n\x06layers\x18\x02 \x03(\x0b\x32\x14.pac.v1.LayerProfile\x12\x15\n\rembed_seconds\x18\x03 \x01(\x01\"\x1e\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"#\n\tPingReply\x12\x16\n\x0ereceived_bytes\x18\x01 \x01(\x04\"J\n\x11ProbeLinksRequest\x12\r\n\x05peers\x18\x01 \x03(\t\x12\x15\n\rpayload_bytes\x18\x02 \x01(\r\x12\x0f\n\x07repeats\x18\x03 \x01(\r\"I\n\x0fLinkMeasurement\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x11\n\tlatency_s\x18\x02 \x01(\x01\x12\x15\n\rbandwidth_bps\x18\x03 \x01(\x01\"9\n\x0fProbeLinksReply\x12&\n\x05links\x18\x01 \x03(\x0b\x32\x17.pac.v1.LinkMeasurement\"7\n\x0eOpenJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rsettings_json\x18\x02 \x01(\t\"\x0e\n\x0cOpenJobReply\"\xc9\x01\n\x10LoadStageRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\r\x12\x13\n\tmodel_dir\x18\x03 \x01(\tH\x00\x12\x1e\n\x14streamed_config_json\x18\x04 \x01(\tH\x00\x12\x13\n\x0blayer_start\x18\x05 \x01(\r\x12\x11\n\tlayer_end\x18\x06 \x01(\r\x12\x16\n\x0etechnique_json\x18\x07 \x01(\t\x12\x17\n\x0f\x65xpected_sha256\x18\x08 \x01(\tB\x08\n\x06source\"W\n\x0eLoadStageReply\x12\x17\n\x0fparameter_bytes\x18\x01 \x01(\x04\x12\x14\n\x0cload_seconds\x18\x02 \x01(\x01\x12\x16\n\x0eweights_sha256\x18\x03 \x01(\t\"\x93\x01\n\x0bInstruction\x12\x1e\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x0e.pac.v1.Action\x12\x13\n\x0bmicro_batch\x18\x02 \x01(\r\x12\r\n\x05stage\x18\x03 \x01(\r\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12 \n\x04kind\x18\x05 \x01(\x0e\x32\x12.pac.v1.TensorKind\x12\x10\n\x08to_stage\x18\x06 \x01(\x05\"q\n\x0eRunStepRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12)\n\x0cinstructions\x18\x03 \x03(\x0b\x32\x13.pac.v1.Instruction\x12\x16\n\x0erecv_timeout_s\x18\x04 \x01(\x01\"\\\n\x0fRunStepsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nfirst_step\x18\x02 \x01(\x03\x12\r\n\x05steps\x18\x03 \x01(\r\x12\x16\n\x0erecv_timeout_s\x18\x04 \x01(\x01\"Q\n\nStepReport\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x10\n\x08loss_sum\x18\x02 \x01(\x01\x12\x12\n\nloss_terms\x18\x03 \x01(\x04\x12\x0f\n\x07samples\x18\x04 \x01(\x04\"h\n\x11InstructionResult\x12\x1e\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x0e.pac.v1.Action\x12\x13\n\x0bmicro_batch\x18\x02 \x01(\r\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\"\x8a\x01\n\x0cRunStepReply\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.pac.v1.InstructionResult\x12\x17\n\x0f\x63ompute_seconds\x18\x02 \x01(\x01\x12\x10\n\x08loss_sum\x18\x03 \x01(\x01\x12\x12\n\nloss_terms\x18\x04 \x01(\x04\x12\x0f\n\x07samples\x18\x05 \x01(\x04\".\n\rCacheTransfer\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x0f\n\x07samples\x18\x02 \x03(\x04\"d\n\x13RedistributeRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12(\n\ttransfers\x18\x02 \x03(\x0b\x32\x15.pac.v1.CacheTransfer\x12\x13\n\x0bowners_json\x18\x03 \x01(\t\"=\n\x11RedistributeReply\x12\x12\n\nbytes_sent\x18\x01 \x01(\x04\x12\x14\n\x0c\x65ntries_sent\x18\x02 \x01(\x04\"\'\n\x15\x45xportAdaptersRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"(\n\x16ReleaseBackboneRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"^\n\x14ReleaseBackboneReply\x12\x13\n\x0b\x66reed_bytes\x18\x01 \x01(\x04\x12\x18\n\x10rss_before_bytes\x18\x02 \x01(\x04\x12\x17\n\x0frss_after_bytes\x18\x03 \x01(\x04\"!\n\x0f\x43loseJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x0f\n\rCloseJobReply\"!\n\x0c\x44rainRequest\x12\x11\n\ttimeout_s\x18\x01 \x01(\x01\"\x1f\n\nDrainReply\x12\x11\n\tin_flight\x18\x01 \x01(\r\"$\n\x0fShutdownRequest\x12\x11\n\ttimeout_s\x18\x01 \x01(\x01\"\x0f\n\rShutdownReply*\x9c\x01\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41\x43TION_FORWARD\x10\x01\x12\x13\n\x0f\x41\x43TION_BACKWARD\x10\x02\x12\x0f\n\x0b\x41\x43TION_SEND\x10\x03\x12\x0f\n\x0b\x41\x43TION_RECV\x10\x04\x12\x14\n\x10\x41\x43TION_ALLREDUCE\x10\x05\x12\x19\n\x15\x41\x43TION_OPTIMIZER_STEP\x10\x06\x32\x9f\x07\n\x05\x41gent\x12:\n\x08\x44\x65scribe\x12\x17.pac.v1.DescribeRequest\x1a\x15.pac.v1.DeviceProfile\x12\x37\n\x07Profile\x12\x16.pac.v1.ProfileRequest\x1a\x14.pac.v1.ProfileReply\x12.\n\x04Ping\x12\x13.pac.v1.PingRequest\x1a\x11.pac.v1.PingReply\x12@\n\nProbeLinks\x12\x19.pac.v1.ProbeLinksRequest\x1a\x17.pac.v1.ProbeLinksReply\x12\x37\n\x07OpenJob\x12\x16.pac.v1.OpenJobRequest\x1a\x14.pac.v1.OpenJobReply\x12=\n\tLoadStage\x12\x18.pac.v1.LoadStageRequest\x1a\x16.pac.v1.LoadStageReply\x12\x37\n\x0bSendTensors\x12\x13.pac.v1.TensorChunk\x1a\x11.pac.v1.TensorAck(\x01\x12\x37\n\x07RunStep\x12\x16.pac.v1.RunStepRequest\x1a\x14.pac.v1.RunStepReply\x12\x39\n\x08RunSteps\x12\x17.pac.v1.RunStepsRequest\x1a\x12.pac.v1.StepReport0\x01\x12\x46\n\x0cRedistribute\x12\x1b.pac.v1.RedistributeRequest\x1a\x19.pac.v1.RedistributeReply\x12\x46\n\x0e\x45xportAdapters\x12\x1d.pac.v1.ExportAdaptersRequest\x1a\x13.pac.v1.TensorChunk0\x01\x12O\n\x0fReleaseBackbone\x12\x1e.pac.v1.ReleaseBackboneRequest\x1a\x1c.pac.v1.ReleaseBackboneReply\x12:\n\x08\x43loseJob\x12\x17.pac.v1.CloseJobRequest\x1a\x15.pac.v1.CloseJobReply\x12\x31\n\x05\x44rain\x12\x14.pac.v1.DrainRequest\x1a\x12.pac.v1.DrainReply\x12:\n\x08Shutdown\x12\x17.pac.v1.ShutdownRequest\x1a\x15.pac.v1.ShutdownReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACTION']._serialized_start=2464
-  _globals['_ACTION']._serialized_end=2620
+  _globals['_ACTION']._serialized_start=2641
+  _globals['_ACTION']._serialized_end=2797
   _globals['_DESCRIBEREQUEST']._serialized_start=58
   _globals['_DESCRIBEREQUEST']._serialized_end=75
   _globals['_DEVICEPROFILE']._serialized_start=78
@@ -66,34 +66,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INSTRUCTION']._serialized_end=1532
   _globals['_RUNSTEPREQUEST']._serialized_start=1534
   _globals['_RUNSTEPREQUEST']._serialized_end=1647
-  _globals['_INSTRUCTIONRESULT']._serialized_start=1649
-  _globals['_INSTRUCTIONRESULT']._serialized_end=1753
-  _globals['_RUNSTEPREPLY']._serialized_start=1756
-  _globals['_RUNSTEPREPLY']._serialized_end=1894
-  _globals['_CACHETRANSFER']._serialized_start=1896
-  _globals['_CACHETRANSFER']._serialized_end=1942
-  _globals['_REDISTRIBUTEREQUEST']._serialized_start=1944
-  _globals['_REDISTRIBUTEREQUEST']._serialized_end=2044
-  _globals['_REDISTRIBUTEREPLY']._serialized_start=2046
-  _globals['_REDISTRIBUTEREPLY']._serialized_end=2107
-  _globals['_EXPORTADAPTERSREQUEST']._serialized_start=2109
-  _globals['_EXPORTADAPTERSREQUEST']._serialized_end=2148
-  _globals['_RELEASEBACKBONEREQUEST']._serialized_start=2150
-  _globals['_RELEASEBACKBONEREQUEST']._serialized_end=2190
-  _globals['_RELEASEBACKBONEREPLY']._serialized_start=2192
-  _globals['_RELEASEBACKBONEREPLY']._serialized_end=2286
-  _globals['_CLOSEJOBREQUEST']._serialized_start=2288
-  _globals['_CLOSEJOBREQUEST']._serialized_end=2321
-  _globals['_CLOSEJOBREPLY']._serialized_start=2323
-  _globals['_CLOSEJOBREPLY']._serialized_end=2338
-  _globals['_DRAINREQUEST']._serialized_start=2340
-  _globals['_DRAINREQUEST']._serialized_end=2373
-  _globals['_DRAINREPLY']._serialized_start=2375
-  _globals['_DRAINREPLY']._serialized_end=2406
-  _globals['_SHUTDOWNREQUEST']._serialized_start=2408
-  _globals['_SHUTDOWNREQUEST']._serialized_end=2444
-  _globals['_SHUTDOWNREPLY']._serialized_start=2446
-  _globals['_SHUTDOWNREPLY']._serialized_end=2461
-  _globals['_AGENT']._serialized_start=2623
-  _globals['_AGENT']._serialized_end=3491
+  _globals['_RUNSTEPSREQUEST']._serialized_start=1649
+  _globals['_RUNSTEPSREQUEST']._serialized_end=1741
+  _globals['_STEPREPORT']._serialized_start=1743
+  _globals['_STEPREPORT']._serialized_end=1824
+  _globals['_INSTRUCTIONRESULT']._serialized_start=1826
+  _globals['_INSTRUCTIONRESULT']._serialized_end=1930
+  _globals['_RUNSTEPREPLY']._serialized_start=1933
+  _globals['_RUNSTEPREPLY']._serialized_end=2071
+  _globals['_CACHETRANSFER']._serialized_start=2073
+  _globals['_CACHETRANSFER']._serialized_end=2119
+  _globals['_REDISTRIBUTEREQUEST']._serialized_start=2121
+  _globals['_REDISTRIBUTEREQUEST']._serialized_end=2221
+  _globals['_REDISTRIBUTEREPLY']._serialized_start=2223
+  _globals['_REDISTRIBUTEREPLY']._serialized_end=2284
+  _globals['_EXPORTADAPTERSREQUEST']._serialized_start=2286
+  _globals['_EXPORTADAPTERSREQUEST']._serialized_end=2325
+  _globals['_RELEASEBACKBONEREQUEST']._serialized_start=2327
+  _globals['_RELEASEBACKBONEREQUEST']._serialized_end=2367
+  _globals['_RELEASEBACKBONEREPLY']._serialized_start=2369
+  _globals['_RELEASEBACKBONEREPLY']._serialized_end=2463
+  _globals['_CLOSEJOBREQUEST']._serialized_start=2465
+  _globals['_CLOSEJOBREQUEST']._serialized_end=2498
+  _globals['_CLOSEJOBREPLY']._serialized_start=2500
+  _globals['_CLOSEJOBREPLY']._serialized_end=2515
+  _globals['_DRAINREQUEST']._serialized_start=2517
+  _globals['_DRAINREQUEST']._serialized_end=2550
+  _globals['_DRAINREPLY']._serialized_start=2552
+  _globals['_DRAINREPLY']._serialized_end=2583
+  _globals['_SHUTDOWNREQUEST']._serialized_start=2585
+  _globals['_SHUTDOWNREQUEST']._serialized_end=2621
+  _globals['_SHUTDOWNREPLY']._serialized_start=2623
+  _globals['_SHUTDOWNREPLY']._serialized_end=2638
+  _globals['_AGENT']._serialized_start=2800
+  _globals['_AGENT']._serialized_end=3727
 # @@protoc_insertion_point(module_scope)

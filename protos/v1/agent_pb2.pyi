@@ -10,7 +10,7 @@ not know answers NOT_FOUND; malformed input INVALID_ARGUMENT; a limit exceeded
 RESOURCE_EXHAUSTED. grpc.health.v1 and reflection are served beside this service.
 
 The life of a job on an agent: OpenJob -> Profile -> LoadStage -> (SendTensors, RunStep)*
--> Redistribute -> ReleaseBackbone -> (RunStep)* -> ExportAdapters -> CloseJob.
+-> Redistribute -> ReleaseBackbone -> (SendTensors, RunSteps)* -> ExportAdapters -> CloseJob.
 """
 
 from collections import abc as _abc
@@ -538,6 +538,72 @@ class RunStepRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunStepRequest: _TypeAlias = RunStepRequest  # noqa: Y015
+
+@_typing.final
+class RunStepsRequest(_message.Message):
+    """A mesh job's cache phase (after ReleaseBackbone): the agent runs steps [first_step,
+    first_step + steps) back to back on the parts of their mini-batches that the coordinator
+    sent as one tensor message (TENSOR_KIND_BATCH, step = first_step, micro-batch 1, stage 0;
+    pac.pipeline.batch_part.pack_steps), all-reducing with its peers every step, and reports
+    each step as it ends. Cancelling the call stops the agent after its current step.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    FIRST_STEP_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    RECV_TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    first_step: _builtins.int
+    steps: _builtins.int
+    recv_timeout_s: _builtins.float
+    """How long the agent waits for the range's message and for its peers."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        first_step: _builtins.int = ...,
+        steps: _builtins.int = ...,
+        recv_timeout_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_step", b"first_step", "job_id", b"job_id", "recv_timeout_s", b"recv_timeout_s", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunStepsRequest: _TypeAlias = RunStepsRequest  # noqa: Y015
+
+@_typing.final
+class StepReport(_message.Message):
+    """One step of a RunSteps range: as a mesh training step's RunStepReply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_FIELD_NUMBER: _builtins.int
+    LOSS_SUM_FIELD_NUMBER: _builtins.int
+    LOSS_TERMS_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    step: _builtins.int
+    loss_sum: _builtins.float
+    loss_terms: _builtins.int
+    samples: _builtins.int
+    def __init__(
+        self,
+        *,
+        step: _builtins.int = ...,
+        loss_sum: _builtins.float = ...,
+        loss_terms: _builtins.int = ...,
+        samples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loss_sum", b"loss_sum", "loss_terms", b"loss_terms", "samples", b"samples", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepReport: _TypeAlias = StepReport  # noqa: Y015
 
 @_typing.final
 class InstructionResult(_message.Message):

@@ -75,6 +75,11 @@ class AgentStub:
                 request_serializer=protos_dot_v1_dot_agent__pb2.RunStepRequest.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_agent__pb2.RunStepReply.FromString,
                 _registered_method=True)
+        self.RunSteps = channel.unary_stream(
+                '/pac.v1.Agent/RunSteps',
+                request_serializer=protos_dot_v1_dot_agent__pb2.RunStepsRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_agent__pb2.StepReport.FromString,
+                _registered_method=True)
         self.Redistribute = channel.unary_unary(
                 '/pac.v1.Agent/Redistribute',
                 request_serializer=protos_dot_v1_dot_agent__pb2.RedistributeRequest.SerializeToString,
@@ -166,6 +171,13 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunSteps(self, request, context):
+        """Cache phase of a mesh job: run a range of steps back to back, one report per step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Redistribute(self, request, context):
         """Move cache entries to peers after epoch 1 (all-to-all).
         """
@@ -250,6 +262,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.RunStep,
                     request_deserializer=protos_dot_v1_dot_agent__pb2.RunStepRequest.FromString,
                     response_serializer=protos_dot_v1_dot_agent__pb2.RunStepReply.SerializeToString,
+            ),
+            'RunSteps': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunSteps,
+                    request_deserializer=protos_dot_v1_dot_agent__pb2.RunStepsRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_agent__pb2.StepReport.SerializeToString,
             ),
             'Redistribute': grpc.unary_unary_rpc_method_handler(
                     servicer.Redistribute,
@@ -498,6 +515,33 @@ class Agent:
             '/pac.v1.Agent/RunStep',
             protos_dot_v1_dot_agent__pb2.RunStepRequest.SerializeToString,
             protos_dot_v1_dot_agent__pb2.RunStepReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunSteps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pac.v1.Agent/RunSteps',
+            protos_dot_v1_dot_agent__pb2.RunStepsRequest.SerializeToString,
+            protos_dot_v1_dot_agent__pb2.StepReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,7 +10,7 @@ not know answers NOT_FOUND; malformed input INVALID_ARGUMENT; a limit exceeded
 RESOURCE_EXHAUSTED. grpc.health.v1 and reflection are served beside this service.
 
 The life of a job on an agent: OpenJob -> Profile -> LoadStage -> (SendTensors, RunStep)*
--> Redistribute -> ReleaseBackbone -> (RunStep)* -> ExportAdapters -> CloseJob.
+-> Redistribute -> ReleaseBackbone -> (SendTensors, RunSteps)* -> ExportAdapters -> CloseJob.
 """
 
 from collections import abc as _abc
@@ -58,6 +58,8 @@ class AgentStub:
     """Receive one tensor message from a peer or the coordinator (see tensors.proto)."""
     RunStep: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RunStepRequest, _agent_pb2.RunStepReply]
     """Run the actions of one step, in order."""
+    RunSteps: _grpc.UnaryStreamMultiCallable[_agent_pb2.RunStepsRequest, _agent_pb2.StepReport]
+    """Cache phase of a mesh job: run a range of steps back to back, one report per step."""
     Redistribute: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RedistributeRequest, _agent_pb2.RedistributeReply]
     """Move cache entries to peers after epoch 1 (all-to-all)."""
     ExportAdapters: _grpc.UnaryStreamMultiCallable[_agent_pb2.ExportAdaptersRequest, _tensors_pb2.TensorChunk]
@@ -90,6 +92,8 @@ class AgentAsyncStub(AgentStub):
     """Receive one tensor message from a peer or the coordinator (see tensors.proto)."""
     RunStep: _aio.UnaryUnaryMultiCallable[_agent_pb2.RunStepRequest, _agent_pb2.RunStepReply]  # type: ignore[assignment]
     """Run the actions of one step, in order."""
+    RunSteps: _aio.UnaryStreamMultiCallable[_agent_pb2.RunStepsRequest, _agent_pb2.StepReport]  # type: ignore[assignment]
+    """Cache phase of a mesh job: run a range of steps back to back, one report per step."""
     Redistribute: _aio.UnaryUnaryMultiCallable[_agent_pb2.RedistributeRequest, _agent_pb2.RedistributeReply]  # type: ignore[assignment]
     """Move cache entries to peers after epoch 1 (all-to-all)."""
     ExportAdapters: _aio.UnaryStreamMultiCallable[_agent_pb2.ExportAdaptersRequest, _tensors_pb2.TensorChunk]  # type: ignore[assignment]
@@ -167,6 +171,14 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.RunStepReply, _abc.Awaitable[_agent_pb2.RunStepReply]]:
         """Run the actions of one step, in order."""
+
+    @_abc_1.abstractmethod
+    def RunSteps(
+        self,
+        request: _agent_pb2.RunStepsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.StepReport], _abc.AsyncIterator[_agent_pb2.StepReport]]:
+        """Cache phase of a mesh job: run a range of steps back to back, one report per step."""
 
     @_abc_1.abstractmethod
     def Redistribute(

@@ -11,8 +11,10 @@ import torch
 from pac.pipeline.batch_part import (
     BatchPart,
     owned_part,
+    pack_steps,
     pipeline_part,
     pipeline_positions,
+    unpack_steps,
 )
 from pac.pipeline.cache_phase import DataParallelWorker
 from pac.pipeline.layout import PipelineLayout, StageSpec
@@ -157,3 +159,17 @@ def test_the_coordinator_sends_far_fewer_bytes_per_step() -> None:
     # The parts together hold about one mini-batch (masks once per stage), not six.
     assert epoch_one < before / 3
     assert cached < before / 4
+
+
+def test_a_range_of_steps_travels_as_one_message() -> None:
+    batch, ids = seq2seq_batch()
+    owners = {s: "x" if i % 4 else "y" for i, s in enumerate(ids)}
+    parts = [owned_part(owners, "y", BatchPart.whole(batch, ids, n)) for n in (3, 4, 5)]
+    message = pack_steps(parts)
+    back = unpack_steps(message, 3)
+    assert [p.loss_count for p in back] == [3, 4, 5]
+    for got, sent in zip(back, parts, strict=True):
+        assert got.positions == sent.positions and got.sample_ids == sent.sample_ids
+        assert torch.equal(got.tensors["labels"], sent.tensors["labels"])
+    with pytest.raises(ValueError, match="names no step"):
+        unpack_steps(message, 2)
