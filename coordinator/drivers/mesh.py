@@ -18,6 +18,7 @@ on the coordinator, which holds the evaluation data) and writes the adapters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from coordinator.driver import DriverContext, JobResult, LiveAgents, ProgressSink
-from coordinator.drivers.mesh_calls import MeshCalls
+from coordinator.drivers.mesh_calls import MeshCalls, StepInput
 from coordinator.drivers.mesh_job import JobData
 from coordinator.drivers.mesh_plan import (
     PlanningError,
@@ -47,6 +48,7 @@ from coordinator.drivers.mesh_redistribution import (
 )
 from coordinator.jobs import Job, JobState, Progress
 from coordinator.registry import AgentLiveness, AgentRecord
+from pac.data.encoding import EncodedSample
 from pac.pipeline.layout import PipelineLayout
 from pac.techniques.heads import loss_count
 from pac.wire.auth import token_metadata
@@ -177,28 +179,45 @@ class MeshDriver:
         progress: ProgressSink,
         cancelled: threading.Event,
     ) -> bool:
-        """One pass over the training data on the mesh; False when cancelled."""
+        """One pass over the training data on the mesh; False when cancelled. Epoch 1 is a
+        round trip per step; in the cache phase the agents get many steps per call and
+        report each one as it ends (progress and cancellation stay per step)."""
         started, done = time.perf_counter(), 0
-        for group in run.batches(epoch):
-            if cancelled.is_set():
-                return False
+        calls_before, bytes_before = calls.step_calls, calls.batch_bytes
+
+        def step_input(group: list[EncodedSample]) -> StepInput:
             batch = run.collate(group)
-            count = loss_count(run.task, batch)
-            totals = await calls.step(run.step, batch, [s.fingerprint for s in group], count)
-            run.step += 1
-            done += len(group)
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            progress(
-                Progress(
-                    state=JobState.TRAINING,
-                    epoch=epoch,
-                    step=run.step,
-                    loss=totals.loss_sum / max(1, count),
-                    samples=len(group),
-                    samples_per_second=rate,
-                    eta_seconds=(len(run.samples) - done) / max(rate, 1e-9),
+            return StepInput(batch, [s.fingerprint for s in group], loss_count(run.task, batch))
+
+        if cancelled.is_set():
+            return False
+        groups = run.batches(epoch)
+        async with contextlib.aclosing(calls.steps(run.step, map(step_input, groups))) as steps:
+            async for item, totals in steps:
+                run.step += 1
+                done += len(item.sample_ids)
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                progress(
+                    Progress(
+                        state=JobState.TRAINING,
+                        epoch=epoch,
+                        step=run.step,
+                        loss=totals.loss_sum / max(1, item.loss_count),
+                        samples=len(item.sample_ids),
+                        samples_per_second=rate,
+                        eta_seconds=(len(run.samples) - done) / max(rate, 1e-9),
+                    )
                 )
-            )
+                if cancelled.is_set():
+                    return False
+        log.info(
+            "job %s epoch %d: %d steps in %d calls to agents, %d bytes of mini-batches sent",
+            calls.job_id,
+            epoch,
+            len(groups),
+            calls.step_calls - calls_before,
+            calls.batch_bytes - bytes_before,
+        )
         return True
 
     async def _redistribute(
