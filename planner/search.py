@@ -35,6 +35,7 @@ from planner.costs import EPS, CostModel
 from planner.device_types import DeviceTypes
 
 CHUNK_ELEMENTS = 1 << 22
+BAND_ROWS = 64  # rows per chunk at least, when bands make chunks narrow
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,33 @@ class Compositions:
             for level in np.unique(self.level[us]):
                 sel = self.level[us] == level
                 self.pairs[(int(level), g)] = (us[sel], vs[sel])
+        # The same pairs, all groups of a level together: (u, v, g) indices.
+        self.by_level: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for level in range(1, int(self.level.max()) + 1):
+            keys = [key for key in self.pairs if key[0] == level]
+            if keys:
+                self.by_level[level] = (
+                    np.concatenate([self.pairs[k][0] for k in keys]),
+                    np.concatenate([self.pairs[k][1] for k in keys]),
+                    np.concatenate([np.full(len(self.pairs[k][0]), k[1]) for k in keys]),
+                )
+
+    def reach(self, widths: np.ndarray) -> np.ndarray:
+        """[size] most layers a chain of stages can cover with the devices of each vector.
+
+        ``widths[g]``: the most layers one stage on group ``g`` can hold (0: none).
+        """
+        reach = np.zeros(self.size, dtype=np.int64)
+        for level in range(1, int(self.level.max()) + 1):
+            if level not in self.by_level:
+                continue
+            us, vs, gs = self.by_level[level]
+            np.maximum.at(reach, us, widths[gs] + reach[vs])
+        return reach
+
+    def complement(self, u: np.ndarray) -> np.ndarray:
+        """Indices of ``counts - vectors[u]`` (product order makes it ``size - 1 - u``)."""
+        return self.size - 1 - u
 
 
 @dataclass
@@ -119,31 +147,30 @@ def _stage_tables(
     trainable = costs.trainable_prefix[end] - costs.trainable_prefix[first]
 
     G = comps.size
-    counts = comps.vectors.astype(np.float64)  # [G, K]
-    present = comps.vectors > 0
+    # Only the groups are priced (rows of ``vectors``: the group's counts per type).
+    group_rows = np.array(comps.groups, dtype=np.int64)
+    vectors = comps.vectors[group_rows]
+    counts = vectors.astype(np.float64)  # [groups, K]
+    present = vectors > 0
     lat = np.where(present, types.access_latency[None, :], 0.0).max(axis=1)  # [G]
     # Fixed seconds per micro-batch: the group's largest, like the latency.
     overhead = np.where(present, types.overhead[None, :], 0.0).max(axis=1)  # [G]
-    size = comps.level
-    bw = np.full(G, math.inf)
-    pair_lat = np.zeros(G)
+    size = comps.level[group_rows]
+    bw = np.full(len(group_rows), math.inf)
+    pair_lat = np.zeros(len(group_rows))
     for a in range(K):
         for c in range(K):
-            pair = present[:, a] & present[:, c] & ((a != c) | (comps.vectors[:, a] >= 2))
+            pair = present[:, a] & present[:, c] & ((a != c) | (vectors[:, a] >= 2))
             bw = np.where(pair, np.minimum(bw, types.bandwidth[a, c]), bw)
             pair_lat = np.where(pair, np.maximum(pair_lat, types.latency[a, c]), pair_lat)
 
     latency = 2 * nb[None, :] * lat[:, None]  # [G, cells]
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = b / (counts @ (1.0 / per_sample))  # lower bound of the split's time
-        is_group = np.zeros(G, dtype=bool)
-        is_group[comps.groups] = True
         # A stage whose weights alone overflow a member can never be used.
-        room = np.where(present, types.memory[None, :], math.inf).min(axis=1)  # [G]
+        room = np.where(present, types.memory[None, :], math.inf).min(axis=1)  # [groups]
         candidate = (
-            (frac + latency + overhead[:, None] < threshold)
-            & is_group[:, None]
-            & (fixed[None, :] <= room[:, None])
+            (frac + latency + overhead[:, None] < threshold) & (fixed[None, :] <= room[:, None])
         )
     gi, ci = np.nonzero(candidate)
 
@@ -154,7 +181,7 @@ def _stage_tables(
     else:
         # Exact whole-sample split by bisection, for each type as the one that finishes last.
         compute = np.full(len(gi), math.inf)
-        count = [comps.vectors[gi, k].astype(np.float64) for k in range(K)]  # members per type
+        count = [counts[gi, k] for k in range(K)]  # members per type
         ps = [per_sample[k, ci] for k in range(K)]
         for k in range(K):
             has = count[k] > 0
@@ -203,13 +230,24 @@ def _stage_tables(
     time = np.full((G, L, L + 1), math.inf)
     allreduce = np.zeros((G, L, L + 1))
     inflight = np.full((G, L, L + 1), -1, dtype=np.int64)
-    time[gi, first[ci], end[ci]] = compute + latency[gi, ci] + overhead[gi]
-    allreduce[gi, first[ci], end[ci]] = ring
-    inflight[gi, first[ci], end[ci]] = max_inflight
+    rows = group_rows[gi]
+    time[rows, first[ci], end[ci]] = compute + latency[gi, ci] + overhead[gi]
+    allreduce[rows, first[ci], end[ci]] = ring
+    inflight[rows, first[ci], end[ci]] = max_inflight
     binding = max_inflight[(max_inflight >= 1) & (max_inflight < m)]
     cap = int(binding.max()) if len(binding) else 0
     cap = min(cap, m - 1, int(sum(types.counts)) - 1)
     return StageTables(time, allreduce, inflight, cap)
+
+
+@dataclass(frozen=True)
+class Prune:
+    """Drop a state (u, i) of a least-sum DP when no whole plan through it can sum below
+    ``limit``: ``prefix[w, i]`` bounds from below the sum of any stages that cover layers
+    ``[0, i)`` with at most the devices ``w`` (see :func:`prefix_bound`)."""
+
+    prefix: np.ndarray  # [size, L+1]
+    limit: float
 
 
 def run_dp(
@@ -219,74 +257,177 @@ def run_dp(
     threshold: float,
     strict: bool = True,
     bottleneck: bool = False,
+    prune: Prune | None = None,
 ) -> TypeLayout | None:
     """Least sum over plans whose every stage time is below ``threshold`` (None: none).
 
     With ``bottleneck`` the DP minimises the slowest stage instead of the sum (min-max).
+    With ``prune`` only plans whose sum is below ``prune.limit`` are looked at (None when
+    there is none).
     """
+    F, prev, bands, combine = _fill(comps, tables, m, threshold, strict, bottleneck, prune)
+    return _best_plan(comps, tables, m, F, prev, bands, combine)
+
+
+def prefix_bound(
+    comps: Compositions, tables: StageTables, m: int, threshold: float, strict: bool = True
+) -> np.ndarray:
+    """[size, L+1]: a lower bound of the sum of stages covering ``[0, i)`` under the
+    threshold with at most the devices of each vector.
+
+    The same DP on the layers reversed, with one micro-batch in flight everywhere (less
+    memory than any real stage needs: a relaxation), then a least over sub-vectors.
+    """
+    L = tables.time.shape[1]
+    rows = L - np.arange(L + 1)[None, :]  # [i', j'] -> start L - j'
+    cols = L - np.arange(L)[:, None]  # [i', j'] -> end L - i'
+
+    def flip(x: np.ndarray, fill: float) -> np.ndarray:
+        pad = np.concatenate([x, np.full((x.shape[0], 1, L + 1), fill, dtype=x.dtype)], axis=1)
+        return pad[:, rows, cols]  # stage [i', j') of the reversed model = [L - j', L - i')
+
+    reverse = StageTables(flip(tables.time, math.inf), flip(tables.allreduce, 0.0),
+                          flip(tables.max_inflight, -1), cap=0)
+    F = _fill(comps, reverse, m, threshold, strict, False, None)[0]
+    exact = F[:, ::-1, 0].copy()  # exact[u, i]: layers [0, i) on exactly u
+    exact[0, 0] = 0.0
+    lattice = exact.reshape((*comps.shape, L + 1))
+    for axis in range(len(comps.shape)):
+        lattice = np.minimum.accumulate(lattice, axis=axis)
+    return lattice.reshape(comps.size, L + 1)
+
+
+def _fill(
+    comps: Compositions,
+    tables: StageTables,
+    m: int,
+    threshold: float,
+    strict: bool,
+    bottleneck: bool,
+    prune: Prune | None,
+) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[np.ndarray, np.ndarray] | None], np.ufunc]:
+    """The DP's tables ``F`` and ``prev`` (see the module docstring) and its stage bands."""
     L = tables.time.shape[1]
     C = tables.cap + 1
     required = np.minimum(m, np.arange(C) + 1)  # in-flight micro-batches of a stage with c
-    under = tables.time < threshold if strict else tables.time <= threshold
-    total = tables.time if bottleneck else tables.time + tables.allreduce
     combine = np.maximum if bottleneck else np.add
     F = np.full((comps.size, L + 1, C), math.inf)
     prev = np.full((comps.size, L + 1, C), math.inf)  # what a stage with c continues into
     prev[0, L, 0] = 0.0
     bands: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
     for g in comps.groups:
-        valid = under[g]
+        time = tables.time[g]
+        valid = time < threshold if strict else time <= threshold
         if not valid.any():
             bands[g] = None
             continue
+        total = time if bottleneck else time + tables.allreduce[g]
         ii, jj = np.nonzero(valid)
         width = int((jj - ii).max())
         idx = np.arange(L)[:, None] + np.arange(1, width + 1)[None, :]  # [L, W]
         inside = idx <= L
         idx = np.minimum(idx, L)
         cost = np.where(inside & valid[np.arange(L)[:, None], idx],
-                        total[g][np.arange(L)[:, None], idx], math.inf)  # [L, W]
+                        total[np.arange(L)[:, None], idx], math.inf)  # [L, W]
         fits = tables.max_inflight[g][np.arange(L)[:, None], idx][..., None] >= required
         bands[g] = (idx, np.where(fits, cost[..., None], math.inf))  # [L, W, C]
 
     # Per group: the band's costs as [L, C, W], to meet a sliding window over the suffixes.
     windows = {g: np.ascontiguousarray(band[1].transpose(0, 2, 1))
                for g, band in bands.items() if band is not None}
-    alive = np.zeros(comps.size, dtype=bool)
-    alive[0] = True
+    # A state (u, i) lies on a whole plan only if u's devices can cover [i, L) and the
+    # others [0, i): each stage holds at most its group's widest valid stage, so the first
+    # stage of (u, i) starts in [L - reach(u), reach(rest)]. Nothing outside is computed.
+    widths = np.zeros(comps.size, dtype=np.int64)
+    # longest[g][i]: the widest valid stage on g from layer i (0: none).
+    longest: dict[int, np.ndarray] = {}
+    for g, window in windows.items():
+        widths[g] = window.shape[2]
+        finite = np.isfinite(window[:, 0, :])  # c = 0 needs the least memory
+        longest[g] = np.where(finite.any(axis=1),
+                              window.shape[2] - np.argmax(finite[:, ::-1], axis=1), 0)
+    reach = comps.reach(widths)
+    lowest = np.maximum(L - reach, 0)
+    highest = np.minimum(reach[comps.complement(np.arange(comps.size))], L - 1)
+    sizes = comps.level.tolist()
+    # first[v], last[v]: the first and last layer from which v has a plan of the rest.
+    first = np.full(comps.size, L + 1, dtype=np.int64)
+    last = np.full(comps.size, -1, dtype=np.int64)
+    first[0] = last[0] = L
     for level in range(1, int(comps.level.max()) + 1):
-        for g in comps.groups:
+        for g, cost_g in windows.items():
             pair = comps.pairs.get((level, g))
-            if g not in windows or pair is None:
+            if pair is None:
                 continue
             rows, below = pair
-            keep = alive[below]  # suffixes with no plan under the threshold lead nowhere
-            if not keep.any():
-                continue
-            rows, below = rows[keep], below[keep]
+            # The first stage [i, j) needs a plan of [j, L) on v = u - g: first[v] <= j <=
+            # last[v] (v without any plan has first > last: the row drops out).
+            lo = np.maximum(lowest[rows], first[below] - widths[g])
+            hi = np.minimum(highest[rows], last[below] - 1)
+            keep = lo <= hi
+            if not keep.all():
+                if not keep.any():
+                    continue
+                rows, below, lo, hi = rows[keep], below[keep], lo[keep], hi[keep]
             # The later stages use the other level - |g| devices: at most that many stages.
-            cl = min(C, level - int(comps.level[g]) + 1)
-            cost = windows[g][:, :cl, :]  # [L, cl, W]
-            width = cost.shape[2]
-            step = max(1, CHUNK_ELEMENTS // cost.size)
+            cl = min(C, level - sizes[g] + 1)
+            cost = cost_g[:, :cl, :]  # [L, cl, W]
+            step = max(BAND_ROWS, CHUNK_ELEMENTS // cost.size)
+            if len(rows) > step:
+                # Rows with nearby bands together, so that each chunk's union band is narrow.
+                order = np.argsort(lo, kind="stable")
+                rows, below, lo, hi = rows[order], below[order], lo[order], hi[order]
             for a in range(0, len(rows), step):
                 part = below[a:a + step]
-                after = np.full((len(part), L + width, cl), math.inf)
-                after[:, :L + 1] = prev[part, :, :cl]
-                # window[n, i, c, d - 1] = after[n, i + d, c]: a view, no copy.
-                window = np.lib.stride_tricks.sliding_window_view(after[:, 1:], width, axis=1)
-                best = combine(window, cost[None]).min(axis=3)  # [n, L, cl]
+                i0, i1 = int(lo[a:a + step].min()), int(hi[a:a + step].max()) + 1
+                # Stage widths d in [d0, d1]: no wider than valid from i0..i1-1, and
+                # reaching at least the first layer any of these rows has a plan from.
+                d1 = int(longest[g][i0:i1].max())
+                d0 = max(1, int(first[part].min()) - (i1 - 1))
+                if d1 < d0:
+                    continue
+                span, width = i1 - i0, d1 - d0 + 1
+                after = np.full((len(part), span + width - 1, cl), math.inf)
+                top = min(L + 1, i1 + d1)
+                after[:, :top - i0 - d0] = prev[part, i0 + d0:top, :cl]
+                # window[n, i - i0, c, e] = after[n, i - i0 + e, c] = prev[., i + d0 + e, c]
+                n0, n1, n2 = after.strides
+                window = np.lib.stride_tricks.as_strided(
+                    after, (len(part), span, cl, width), (n0, n1, n2, n1), writeable=False
+                )
+                best = combine(window, cost[None, i0:i1, :, d0 - 1:d1]).min(axis=3)
                 # Only values: the one optimal path is found again afterwards (_trace).
                 target = rows[a:a + step]
-                F[target, :L, :cl] = np.minimum(F[target, :L, :cl], best)
+                F[target, i0:i1, :cl] = np.minimum(F[target, i0:i1, :cl], best)
         done = np.nonzero(comps.level == level)[0]
-        alive[done] = np.isfinite(F[done]).any(axis=(1, 2))
+        if prune is not None:
+            # The cheapest whole plan through (u, i) sums to at least F + prefix(rest, i).
+            lower = prune.prefix[comps.complement(done)][..., None]  # [n, L+1, 1]
+            F[done] = np.where(F[done] + lower >= prune.limit, math.inf, F[done])
+        reached = np.asarray(np.isfinite(F[done]).any(axis=2))  # [n, L + 1]
+        alive = reached.any(axis=1)
+        first[done] = np.where(alive, np.argmax(reached, axis=1), L + 1)
+        last[done] = np.where(alive, L - np.argmax(reached[:, ::-1], axis=1), -1)
         if tables.cap == 0:
             prev[done, :L, 0] = F[done, :L, 0]
         else:
             prev[done, :L, 1:C - 1] = F[done, :L, 0:C - 2]
             prev[done, :L, C - 1] = np.minimum(F[done, :L, C - 2], F[done, :L, C - 1])
+    return F, prev, bands, combine
 
+
+def _best_plan(
+    comps: Compositions,
+    tables: StageTables,
+    m: int,
+    F: np.ndarray,
+    prev: np.ndarray,
+    bands: dict[int, tuple[np.ndarray, np.ndarray] | None],
+    combine: np.ufunc,
+) -> TypeLayout | None:
+    """The plan of least ``F`` from layer 0, traced stage by stage (None: none)."""
+    L = tables.time.shape[1]
+    C = tables.cap + 1
     start = F[1:, 0, :]
     if not np.isfinite(start).any():
         return None
@@ -330,11 +471,16 @@ class Solver:
         self.relax = tables.cap > 0
 
     def __call__(
-        self, threshold: float, strict: bool = True, bottleneck: bool = False
+        self,
+        threshold: float,
+        strict: bool = True,
+        bottleneck: bool = False,
+        prune: Prune | None = None,
     ) -> TypeLayout | None:
         comps, tables, m = self.comps, self.tables, self.m
         if self.relax:
-            relaxed = run_dp(comps, replace(tables, cap=0), m, threshold, strict, bottleneck)
+            relaxed = run_dp(comps, replace(tables, cap=0), m, threshold, strict, bottleneck,
+                             prune)
             if relaxed is None:
                 return None
             count = len(relaxed.stages)
@@ -344,7 +490,7 @@ class Solver:
             ):
                 return relaxed
             self.relax = False
-        return run_dp(comps, tables, m, threshold, strict, bottleneck)
+        return run_dp(comps, tables, m, threshold, strict, bottleneck, prune)
 
 
 def _index(comps: Compositions, counts: tuple[int, ...]) -> int:
@@ -431,12 +577,14 @@ def search(
         comps = compositions(b)
         threshold = best / m if math.isfinite(best) else math.inf
         strict = math.isfinite(threshold)
+        least_sum = 0.0  # a lower bound of the sum of any plan under the threshold
         if strict and b > 1:
             # Lower bounds from cheap tables first: skip m when even they cannot win.
             bound = _stage_tables(costs, types, comps, m, b, threshold, exact=False)
             least = run_dp(comps, bound, m, threshold, strict)
             if least is None:
                 continue
+            least_sum = least.sum_s
             narrow = run_dp(comps, bound, m, threshold, strict, bottleneck=True)
             if narrow is None or least.sum_s + (m - 1) * narrow.slowest_s >= best:
                 continue
@@ -445,19 +593,30 @@ def search(
             offer(solve(threshold, strict))
             continue
         # The least bottleneck X0, then the least sum at X0: a strong incumbent at once.
-        narrowest = solve(threshold, strict, bottleneck=True)
+        # A plan in hand with m bounds X0 from above: the narrower DP finds the same X0.
+        narrowest = None
+        if found is not None and found.micro_batches == m and found.slowest_s < threshold:
+            narrowest = solve(found.slowest_s, strict=False, bottleneck=True)
+        if narrowest is None:
+            narrowest = solve(threshold, strict, bottleneck=True)
         if narrowest is None:
             continue  # nothing under the threshold: no plan with m can win
         floor = narrowest.slowest_s
         offer(solve(floor, strict=False))
-        # A better plan has sum >= its max >= X0, so its max is below (best - X0) / (m - 1).
-        threshold = min(threshold, (best - floor) / (m - 1))
+        # A better plan has sum >= its max >= X0 and sum >= the bound's least sum, so its
+        # max is below (best - max(X0, least sum)) / (m - 1).
+        threshold = min(threshold, (best - max(floor, least_sum)) / (m - 1))
         layout = solve(threshold)
+        prefix: np.ndarray | None = None
         # Walk the threshold down; every plan left has sum >= layout.sum_s, max >= floor.
         while layout is not None and layout.sum_s + (m - 1) * floor < best:
             offer(layout)
             threshold = min(layout.slowest_s, (best - layout.sum_s) / (m - 1))
-            layout = solve(threshold)
+            if prefix is None:
+                # A long walk: bound the layers before each state once (a DP's work), so
+                # that states through which no plan sums below best - (m - 1) X0 drop out.
+                prefix = prefix_bound(comps, solve.tables, m, threshold)
+            layout = solve(threshold, prune=Prune(prefix, best - (m - 1) * floor))
         if layout is not None:
             offer(layout)
     return found
