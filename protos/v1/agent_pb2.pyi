@@ -508,7 +508,9 @@ class RunStepRequest(_message.Message):
     """Without instructions, on a job opened with mesh settings (pac.pipeline.job), the agent
     runs its whole part of the step itself: its stage's forwards and backwards in 1F1B
     order, the transfers to neighbouring stages, the group all-reduce and the optimizer step,
-    on the mini-batch the coordinator sent as TENSOR_KIND_BATCH (step, micro-batch 0, stage 0).
+    on its part of the mini-batch that the coordinator sent as TENSOR_KIND_BATCH (step,
+    micro-batch 0, stage 0): only the rows it computes and the keys its stage reads
+    (pac.pipeline.batch_part).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
