@@ -312,7 +312,8 @@ def _fill(
     required = np.minimum(m, np.arange(C) + 1)  # in-flight micro-batches of a stage with c
     combine = np.maximum if bottleneck else np.add
     F = np.full((comps.size, L + 1, C), math.inf)
-    prev = np.full((comps.size, L + 1, C), math.inf)  # what a stage with c continues into
+    # What a stage with c continues into; padded with inf past layer L for the windows.
+    prev = np.full((comps.size, 2 * L + 1, C), math.inf)
     prev[0, L, 0] = 0.0
     bands: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
     for g in comps.groups:
@@ -332,8 +333,9 @@ def _fill(
         fits = tables.max_inflight[g][np.arange(L)[:, None], idx][..., None] >= required
         bands[g] = (idx, np.where(fits, cost[..., None], math.inf))  # [L, W, C]
 
-    # Per group: the band's costs as [L, C, W], to meet a sliding window over the suffixes.
-    windows = {g: np.ascontiguousarray(band[1].transpose(0, 2, 1))
+    # Per group: the band's costs as [W, L, C], to meet a sliding window over the suffixes
+    # (the stage width first: the least over it is then a run of elementwise minima).
+    windows = {g: np.ascontiguousarray(band[1].transpose(1, 0, 2))
                for g, band in bands.items() if band is not None}
     # A state (u, i) lies on a whole plan only if u's devices can cover [i, L) and the
     # others [0, i): each stage holds at most its group's widest valid stage, so the first
@@ -342,10 +344,10 @@ def _fill(
     # longest[g][i]: the widest valid stage on g from layer i (0: none).
     longest: dict[int, np.ndarray] = {}
     for g, window in windows.items():
-        widths[g] = window.shape[2]
-        finite = np.isfinite(window[:, 0, :])  # c = 0 needs the least memory
+        widths[g] = window.shape[0]
+        finite = np.isfinite(window[:, :, 0].T)  # [L, W]; c = 0 needs the least memory
         longest[g] = np.where(finite.any(axis=1),
-                              window.shape[2] - np.argmax(finite[:, ::-1], axis=1), 0)
+                              window.shape[0] - np.argmax(finite[:, ::-1], axis=1), 0)
     reach = comps.reach(widths)
     lowest = np.maximum(L - reach, 0)
     highest = np.minimum(reach[comps.complement(np.arange(comps.size))], L - 1)
@@ -371,7 +373,7 @@ def _fill(
                 rows, below, lo, hi = rows[keep], below[keep], lo[keep], hi[keep]
             # The later stages use the other level - |g| devices: at most that many stages.
             cl = min(C, level - sizes[g] + 1)
-            cost = cost_g[:, :cl, :]  # [L, cl, W]
+            cost = cost_g[:, :, :cl]  # [W, L, cl]
             step = max(BAND_ROWS, CHUNK_ELEMENTS // cost.size)
             if len(rows) > step:
                 # Rows with nearby bands together, so that each chunk's union band is narrow.
@@ -387,15 +389,14 @@ def _fill(
                 if d1 < d0:
                     continue
                 span, width = i1 - i0, d1 - d0 + 1
-                after = np.full((len(part), span + width - 1, cl), math.inf)
-                top = min(L + 1, i1 + d1)
-                after[:, :top - i0 - d0] = prev[part, i0 + d0:top, :cl]
-                # window[n, i - i0, c, e] = after[n, i - i0 + e, c] = prev[., i + d0 + e, c]
+                # prev is padded with inf past layer L: no bounds to mind.
+                after = prev[part, i0 + d0:i1 + d1, :cl]  # [n, span + width - 1, cl]
+                # window[e, n, i - i0, c] = after[n, i - i0 + e, c] = prev[., i + d0 + e, c]
                 n0, n1, n2 = after.strides
                 window = np.lib.stride_tricks.as_strided(
-                    after, (len(part), span, cl, width), (n0, n1, n2, n1), writeable=False
+                    after, (width, len(part), span, cl), (n1, n0, n1, n2), writeable=False
                 )
-                best = combine(window, cost[None, i0:i1, :, d0 - 1:d1]).min(axis=3)
+                best = combine(window, cost[d0 - 1:d1, None, i0:i1]).min(axis=0)
                 # Only values: the one optimal path is found again afterwards (_trace).
                 target = rows[a:a + step]
                 F[target, i0:i1, :cl] = np.minimum(F[target, i0:i1, :cl], best)
@@ -585,9 +586,14 @@ def search(
             if least is None:
                 continue
             least_sum = least.sum_s
-            narrow = run_dp(comps, bound, m, threshold, strict, bottleneck=True)
-            if narrow is None or least.sum_s + (m - 1) * narrow.slowest_s >= best:
+            if least_sum >= best:
                 continue
+            if m > 1:
+                # A better plan has max < (best - least sum) / (m - 1): is there any?
+                narrow = run_dp(comps, bound, m, min(threshold, (best - least_sum) / (m - 1)),
+                                strict, bottleneck=True)
+                if narrow is None:
+                    continue
         solve = Solver(comps, _stage_tables(costs, types, comps, m, b, threshold), m)
         if m == 1:
             offer(solve(threshold, strict))
