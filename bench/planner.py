@@ -15,7 +15,9 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +30,7 @@ import planner  # noqa: E402
 from planner import Plan, PlanInfeasible, Technique  # noqa: E402
 from planner.api import micro_batch_counts  # noqa: E402
 from planner.brute import brute_force  # noqa: E402
-from planner.costs import CostModel  # noqa: E402
+from planner.costs import CostModel, Layout, evaluate  # noqa: E402
 from planner.estimate import cluster_from_json, model_profile, model_shape  # noqa: E402
 from planner.profiles import Cluster, ModelProfile  # noqa: E402
 from planner.synthetic import random_cluster, synthetic_model  # noqa: E402
@@ -42,7 +44,7 @@ T5_LARGE = {
     "num_heads": 16,
     "vocab_size": 32128,
 }
-HOUSEHOLD = {
+HOUSEHOLD: dict[str, Any] = {
     "devices": [
         {"name": "laptop", "gflops": 120, "memory_gb": 6},
         {"name": "mini-pc", "gflops": 80, "memory_gb": 4},
@@ -81,27 +83,36 @@ def timed(
 
 def planning_time(quick: bool) -> None:
     print("\n## planning time (parallel-adapters, batch 32; M: the planner's choice among the")
-    print("## divisors of 32, or fixed, which makes groups of up to 32/M devices worth searching)")
+    print("## divisors of 32, or fixed, which makes groups of up to 32/M devices worth searching;")
+    print("## mb ms: every device's fixed cost per micro-batch, which makes small M pay)")
     print(
-        f"{'devices x layers':>17} {'types':>6} {'M':>5} {'runs':>5} {'median s':>9} "
+        f"{'devices x layers':>17} {'types':>6} {'M':>5} {'mb ms':>5} {'runs':>5} "
+        f"{'median s':>9} "
         f"{'min s':>7} {'max s':>7} {'cpu s':>7} {'target':>7}  plan"
     )
-    cases: list[tuple[int, int, int, int | None, int]] = [
-        (8, 48, 2, None, 3),
-        (8, 48, 3, None, 3),
-        (8, 48, 4, None, 3),
-        (8, 48, 4, 4, 3),
-        (16, 96, 2, None, 1),
-        (16, 96, 3, None, 1),
-        (16, 96, 3, 4, 1),
+    # (devices, layers, types, M or None = free, runs, fixed ms per micro-batch)
+    cases: list[tuple[int, int, int, int | None, int, float]] = [
+        (8, 48, 2, None, 3, 0.0),
+        (8, 48, 3, None, 3, 0.0),
+        (8, 48, 4, None, 3, 0.0),
+        (8, 48, 4, 4, 3, 0.0),
+        (8, 48, 4, None, 3, 3.0),
+        (16, 96, 2, None, 1, 0.0),
+        (16, 96, 3, None, 1, 0.0),
+        (16, 96, 3, 4, 1, 0.0),
     ]
     if not quick:
-        cases += [(16, 96, 4, None, 1), (16, 96, 4, 4, 1)]
-    for n, layers, kinds, m, runs in cases:
+        cases += [(16, 96, 4, None, 1, 0.0), (16, 96, 4, 4, 1, 0.0), (16, 96, 4, None, 1, 3.0),
+                  (16, 96, 4, 4, 1, 3.0)]
+    for n, layers, kinds, m, runs, overhead_ms in cases:
         rng = np.random.default_rng(7)
         model = synthetic_model(layers)
         cluster = random_cluster(
             rng, n, model, num_types=kinds, memory_mib=(600, 2000), bandwidth_mbps=(1000, 1000)
+        )
+        cluster = Cluster(
+            tuple(replace(d, micro_batch_overhead_s=overhead_ms / 1e3) for d in cluster.devices),
+            cluster.network,
         )
         times, cpus, result = timed(
             cluster, model, runs, technique="parallel-adapters", global_batch=32, micro_batches=m
@@ -113,7 +124,7 @@ def planning_time(quick: bool) -> None:
         )
         label = "free" if m is None else str(m)
         print(
-            f"{n:>7} x {layers:<7} {kinds:>6} {label:>5} {runs:>5} "
+            f"{n:>7} x {layers:<7} {kinds:>6} {label:>5} {overhead_ms:>5.0f} {runs:>5} "
             f"{statistics.median(times):>9.2f} {min(times):>7.2f} {max(times):>7.2f} "
             f"{statistics.median(cpus):>7.2f} {target:>6.0f}s  {shape}",
             flush=True,
@@ -206,6 +217,41 @@ def strategies() -> float:
     return headline
 
 
+def overhead_effect() -> float:
+    """Plans with a fixed cost per micro-batch against plans that ignore it (same cost)."""
+    rng = np.random.default_rng(7)
+    model = synthetic_model(48)
+    plain = random_cluster(
+        rng, 8, model, num_types=3, memory_mib=(600, 2000), bandwidth_mbps=(1000, 1000)
+    )
+    print("\n## fixed cost per micro-batch (every device): PAC's plan with it, against the plan")
+    print("## made without it, both priced with it (8 devices of 3 types x 48 layers, batch 32)")
+    print(f"{'overhead ms':>11} {'M':>4} {'stages':>6} {'step s':>8} {'blind M':>8} "
+          f"{'blind step s':>12} {'blind / aware':>13}")
+    blind = planner.plan(plain, model, "parallel-adapters", 32)
+    worst = 1.0
+    for overhead_ms in (0.0, 3.0, 10.0, 30.0):
+        cluster = Cluster(
+            tuple(replace(d, micro_batch_overhead_s=overhead_ms / 1e3) for d in plain.devices),
+            plain.network,
+        )
+        aware = planner.plan(cluster, model, "parallel-adapters", 32)
+        costs = CostModel(cluster, model, Technique.PARALLEL_ADAPTERS)
+        index = {name: k for k, name in enumerate(costs.names)}
+        layout = Layout(
+            tuple((tuple(index[d] for d in s.group.devices), s.start, s.end)
+                  for s in blind.stages),
+            blind.micro_batches,
+        )
+        blind_step = evaluate(costs, layout, 32).step_time_s
+        ratio = blind_step / aware.step_time_s
+        worst = max(worst, ratio)
+        print(f"{overhead_ms:>11.0f} {aware.micro_batches:>4} {len(aware.stages):>6} "
+              f"{aware.step_time_s:>8.3f} {blind.micro_batches:>8} {blind_step:>12.3f} "
+              f"{ratio:>12.2f}x")
+    return worst
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -217,9 +263,11 @@ def main() -> int:
     planning_time(args.quick)
     classes_vs_brute_force()
     headline = strategies()
+    overhead_gain = overhead_effect()
     print(
         f"\npredicted step, best baseline plan / PAC's plan (T5-Large, household, "
-        f"parallel-adapters, 8 micro-batches): {headline:.2f}x"
+        f"parallel-adapters, 8 micro-batches): {headline:.2f}x; planning with the fixed cost "
+        f"per micro-batch vs without it: up to {overhead_gain:.2f}x"
     )
     return 0
 
