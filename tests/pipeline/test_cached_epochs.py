@@ -14,11 +14,13 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from coordinator.job_messages import spec_to_proto
 from coordinator.jobs import JobSpec
 from pac.cluster.local_mesh import LocalMesh
+from pac.engine.checkpoint import CHECKPOINT_FILE
 from pac.engine.export import WEIGHTS_FILE
 from pac.engine.loading import load_model
 from pac.engine.trainer import TrainConfig, Trainer
@@ -156,6 +158,12 @@ def test_a_cached_epoch_stops_between_steps_when_cancelled(
     assert run.events[-1].state == pb.JOB_STATE_CANCELLED, run.events[-1]
     steps = [e.step for e in run.events if e.state == pb.JOB_STATE_TRAINING and e.step]
     assert stop[1] <= max(steps) < EPOCHS * STEPS
+    # Checkpoints every 2 steps kept being written inside the cached range.
+    for agent in mesh.agent_names():
+        path = mesh.run_dir / "cache" / agent / run.job_id / CHECKPOINT_FILE
+        with safe_open(str(path), "pt") as saved:
+            step = int(saved.metadata()["step"])
+        assert step % 2 == 0 and STEPS < step <= max(steps) + 1, (agent, step)
     # The agents are free again: the next job runs to the end.
     again = run_job(mesh, replace(job_spec(model_dir, data, tmp_path / "again"), epochs=2))
     assert again.events[-1].state == pb.JOB_STATE_DONE, again.events[-1]
