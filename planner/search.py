@@ -21,6 +21,20 @@ one-device-per-stage search). Each DP first solves the relaxation that ignores h
 micro-batches are in flight (``C = 1``); only when its optimum does not fit the full DP
 runs. The inner step is vectorised over all device counts ``u`` of a level and over a
 sliding window of stage lengths ``1..W`` (``W``: the longest stage under the threshold).
+
+What keeps it fast, none of it changing the optimum:
+
+- only the states that can lie on a whole plan are computed: the first stage of
+  ``(u, i)`` starts where ``u`` can still cover ``[i, L)`` and the other devices
+  ``[0, i)`` (each stage holds at most its group's widest valid stage), and it ends where
+  the rest ``u - g`` has a plan;
+- with several ``M`` to choose from, an ``M`` is skipped when lower bounds from cheap
+  tables (fractional split, weights only) cannot beat the best plan in hand;
+- ``X0`` is searched under the slowest stage of a plan in hand with the same ``M``, and the
+  walk starts below ``(best - max(X0, least relaxed sum)) / (M - 1)``;
+- from the walk's second step, a state whose sum plus a lower bound of the layers before
+  it (the same DP on the reversed layers, :func:`prefix_bound`) cannot go below
+  ``best - (M - 1) X0`` is dropped.
 """
 
 from __future__ import annotations
@@ -184,22 +198,23 @@ def _stage_tables(
         count = [counts[gi, k] for k in range(K)]  # members per type
         ps = [per_sample[k, ci] for k in range(K)]
         for k in range(K):
-            has = count[k] > 0
-            lo = np.ones(len(gi), dtype=np.int64)
-            hi = np.full(len(gi), b, dtype=np.int64)
-            ck = ps[k]
+            sel = np.nonzero(count[k] > 0)[0]  # the groups with a member of type k
+            lo = np.ones(len(sel), dtype=np.int64)
+            hi = np.full(len(sel), b, dtype=np.int64)
+            ck = ps[k][sel]
+            others = [(count[k2][sel], ps[k2][sel]) for k2 in range(K)]
             while b > 1:
                 active = lo < hi
                 if not active.any():
                     break
                 mid = (lo + hi) // 2
-                capacity = np.zeros(len(gi))
-                for k2 in range(K):
-                    capacity += count[k2] * np.floor(mid * ck / ps[k2] + EPS)
+                capacity = np.zeros(len(sel))
+                for n_k2, ps_k2 in others:
+                    capacity += n_k2 * np.floor(mid * ck / ps_k2 + EPS)
                 enough = capacity >= b
                 hi = np.where(active & enough, mid, hi)
                 lo = np.where(active & ~enough, mid + 1, lo)
-            compute = np.where(has, np.minimum(compute, lo * ck), compute)
+            compute[sel] = np.minimum(compute[sel], lo * ck)
 
         # The most micro-batches in flight that fit on every member type.
         max_inflight = np.full(len(gi), m, dtype=np.int64)
@@ -579,8 +594,9 @@ def search(
         threshold = best / m if math.isfinite(best) else math.inf
         strict = math.isfinite(threshold)
         least_sum = 0.0  # a lower bound of the sum of any plan under the threshold
-        if strict and b > 1:
-            # Lower bounds from cheap tables first: skip m when even they cannot win.
+        if strict and b > 1 and len(ms) > 1:
+            # Lower bounds from cheap tables first: skip m when even they cannot win (with
+            # one m to try, the exact tables are built anyway: no need).
             bound = _stage_tables(costs, types, comps, m, b, threshold, exact=False)
             least = run_dp(comps, bound, m, threshold, strict)
             if least is None:
