@@ -125,10 +125,11 @@ class BatchPart:
         return list(self.sample_ids[start:stop])
 
     def pack(self) -> Tensors:
-        """One tensor message: the rows' tensors, their positions, the mini-batch's size and
-        loss count, and the fingerprints as ASCII bytes ``[rows, width]`` uint8."""
+        """One tensor message: the rows' tensors (int64 ones narrowed where their values
+        allow, see :func:`narrow`), their positions, the mini-batch's size and loss count,
+        and the fingerprints as ASCII bytes ``[rows, width]`` uint8."""
         message = {
-            **self.tensors,
+            **{name: t for key, value in self.tensors.items() for name, t in narrow(key, value)},
             POSITIONS: torch.tensor(self.positions, dtype=torch.int64),
             BATCH_SIZE: torch.tensor(self.size, dtype=torch.int64),
             LOSS_COUNT: torch.tensor(self.loss_count, dtype=torch.int64),
@@ -150,7 +151,7 @@ class BatchPart:
         missing = [key for key in reserved[1:] if key not in message]
         if missing:
             raise ValueError(f"a batch message lacks {missing}; pack it with BatchPart.pack")
-        tensors = {k: v for k, v in message.items() if k not in reserved}
+        tensors = dict(widen(k, v) for k, v in message.items() if k not in reserved)
         ids = None
         if SAMPLE_IDS in message:
             ids = tuple(
@@ -163,6 +164,30 @@ class BatchPart:
             int(message[LOSS_COUNT]),
             ids,
         )
+
+
+NARROWED = "@int64"  # suffix of an int64 tensor that travels as uint8 or int32
+
+
+def narrow(key: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """``[(name, tensor)]`` to send for ``key``: an int64 tensor whose values fit travels
+    as uint8 (masks: 8x fewer bytes) or int32 (ids, labels with -100) under
+    ``key + NARROWED``; :func:`widen` restores it exactly."""
+    if tensor.dtype != torch.int64 or tensor.numel() == 0:
+        return [(key, tensor)]
+    low, high = int(tensor.min()), int(tensor.max())
+    for dtype in (torch.uint8, torch.int32):
+        info = torch.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return [(key + NARROWED, tensor.to(dtype))]
+    return [(key, tensor)]
+
+
+def widen(name: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
+    """The inverse of :func:`narrow`."""
+    if name.endswith(NARROWED):
+        return name[: -len(NARROWED)], tensor.to(torch.int64)
+    return name, tensor
 
 
 def pipeline_part(layout: PipelineLayout, device: str, whole: BatchPart) -> BatchPart:

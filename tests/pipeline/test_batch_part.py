@@ -125,7 +125,25 @@ def test_a_part_survives_the_wire_even_when_empty() -> None:
         assert (back.size, back.loss_count) == (ROWS, 9)
         assert back.tensors.keys() == part.tensors.keys()
         for key in part.tensors:
+            assert back.tensors[key].dtype == part.tensors[key].dtype
             assert torch.equal(back.tensors[key], part.tensors[key])
+
+
+def test_integer_tensors_travel_narrow_and_come_back_exact() -> None:
+    tensors = {
+        "attention_mask": torch.tensor([[1, 1, 0]]),  # uint8 on the wire
+        "labels": torch.tensor([[7, -100, 31999]]),  # int32
+        "big": torch.tensor([[2**40, 0, 1]]),  # stays int64
+        "score": torch.tensor([[0.5, 1.5, -2.0]]),  # floats untouched
+    }
+    part = BatchPart(tensors, (0,), 1, 3)
+    message = part.pack()
+    assert message["attention_mask@int64"].dtype == torch.uint8
+    assert message["labels@int64"].dtype == torch.int32
+    assert message["big"].dtype == torch.int64 and message["score"].dtype == torch.float32
+    back = BatchPart.unpack(message).tensors
+    for key, value in tensors.items():
+        assert back[key].dtype == value.dtype and torch.equal(back[key], value), key
 
 
 def test_a_device_refuses_rows_that_are_not_its_own() -> None:
@@ -152,7 +170,7 @@ def test_the_coordinator_sends_far_fewer_bytes_per_step() -> None:
     def nbytes(message: dict[str, torch.Tensor]) -> int:
         return sum(t.numel() * t.element_size() for t in message.values())
 
-    before = len(devices) * nbytes(whole.pack())
+    before = len(devices) * nbytes(batch)  # at least: the old message held the whole batch
     epoch_one = sum(nbytes(pipeline_part(THREE_STAGES, d, whole).pack()) for d in devices)
     owners = {s: devices[i % len(devices)] for i, s in enumerate(ids)}
     cached = sum(nbytes(owned_part(owners, d, whole).pack()) for d in devices)
