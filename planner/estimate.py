@@ -188,6 +188,26 @@ def device_profile(
     )
 
 
+def split_fixed_cost(
+    batch_a: int, seconds_a: float, batch_b: int, seconds_b: float
+) -> tuple[float, float]:
+    """(seconds per sample, fixed seconds per call) from one timing at each of two batches.
+
+    The line through ``(batch_a, seconds_a)`` and ``(batch_b, seconds_b)``: its slope is the
+    per-sample time, its intercept the fixed cost (what ``micro_batch_overhead_s`` wants).
+    Noise can tilt the line: the fixed cost is clipped to [0, the smaller timing] and the
+    per-sample time then refitted to the larger batch.
+    """
+    if batch_a == batch_b or min(batch_a, batch_b) < 1:
+        raise ValueError(f"time two different batch sizes >= 1, got {batch_a} and {batch_b}")
+    if min(seconds_a, seconds_b) <= 0:
+        raise ValueError(f"timings must be positive, got {seconds_a} and {seconds_b}")
+    (small, t_small), (large, t_large) = sorted(((batch_a, seconds_a), (batch_b, seconds_b)))
+    slope = (t_large - t_small) / (large - small)
+    fixed = min(max(t_small - slope * small, 0.0), t_small)
+    return (t_large - fixed) / large, fixed
+
+
 def _link(spec: dict[str, Any], where: str) -> LinkProfile:
     try:
         mbps = float(spec["bandwidth_mbps"])

@@ -14,7 +14,7 @@ from planner.brute import brute_force
 from planner.convert import cluster_from_proto, cluster_to_proto
 from planner.costs import CostModel
 from planner.device_types import device_types
-from planner.estimate import cluster_from_json, model_shape
+from planner.estimate import cluster_from_json, model_shape, split_fixed_cost
 from planner.profiles import Cluster, LinkProfile, Network
 from planner.synthetic import device, synthetic_model
 
@@ -113,3 +113,14 @@ def test_random_overheads_keep_fixed_micro_batch_plans_exact() -> None:
                 continue
             got = plan(cluster, MODEL, PA, 8, micro_batches=m)
             assert got.step_time_s == pytest.approx(exact[1], rel=1e-9), (trial, m)
+
+
+def test_fixed_cost_from_two_batch_sizes() -> None:
+    # 2 ms per call + 5 ms per sample, timed at 1 and 8 samples (either order).
+    per_sample, fixed = split_fixed_cost(8, 0.042, 1, 0.007)
+    assert per_sample == pytest.approx(0.005) and fixed == pytest.approx(0.002)
+    # Noise that tilts the line below zero at no samples: no negative fixed cost.
+    per_sample, fixed = split_fixed_cost(1, 0.004, 4, 0.020)
+    assert fixed == 0.0 and per_sample == pytest.approx(0.005)
+    with pytest.raises(ValueError, match="two different batch sizes"):
+        split_fixed_cost(4, 0.01, 4, 0.02)
