@@ -1,18 +1,20 @@
 """``MeshDriver``: a whole job across the registered agents.
 
-Profiles the agents (their measured matmul speed and memory), asks the planner for the cut
-and the groups (or takes the job's fixed ``layout``), opens the job on every agent (each
-builds the same replica from the same seed), then drives the steps: the coordinator, which
-holds the data, sends every agent the mini-batch and starts the step on all of them; the
-agents exchange activations, side-state gradients and group gradients among themselves,
-and the last stage's agents answer with their loss terms.
+Measures the agents (each times the job's blocks and probes its links), asks the planner
+for the cut and the groups (or takes the job's fixed ``layout``), opens the job on every
+agent (each builds the same replica from the same seed), then drives the steps: the
+coordinator, which holds the data, sends every agent its part of the mini-batch (the rows
+it computes, the keys its stage reads) and starts the step on all of them; the agents
+exchange activations, side-state gradients and group gradients among themselves, and the
+last stage's agents answer with their loss terms.
 
 After epoch 1 of a parallel-adapters job: redistribution (each sample gets one owner,
-shares proportional to the agents' speed; the agents move their cache entries peer to
-peer), then every agent gathers the side network, releases the backbone, and epochs 2..N
-run data-parallel from the caches. Baselines keep the pipeline for every epoch. After each
-epoch the coordinator merges the agents' trained parameters, evaluates them (backbone live,
-on the coordinator, which holds the evaluation data) and writes the adapters.
+shares from the plan, preferring what an agent already cached; the agents move their
+cache entries peer to peer), then every agent gathers the side network, releases the
+backbone, and epochs 2..N run data-parallel from the caches, many steps per call. Baselines
+keep the pipeline for every epoch. After each epoch the coordinator merges the agents'
+trained parameters, evaluates them (backbone live, on the coordinator, which holds the
+evaluation data) and writes the adapters.
 """
 
 from __future__ import annotations

@@ -47,18 +47,16 @@ class BlockTiming:
 
 
 def fit_timing(small: tuple[int, list[float]], large: tuple[int, list[float]]) -> BlockTiming:
-    """A line through two profiles ``(batch size, per-block seconds)``: the slope per
-    sample, the intercept per micro-batch (neither below zero; noise can tilt a line)."""
+    """The line through two profiles ``(batch size, per-block seconds)`` (see
+    :func:`planner.estimate.split_fixed_cost`): per block and sample, and per micro-batch
+    through all blocks."""
+    from planner.estimate import split_fixed_cost
+
     (b1, t1), (b2, t2) = small, large
     if not t1 or len(t1) != len(t2):
         raise ValueError("the two profiles must time the same, non-empty list of blocks")
-    total1, total2 = sum(t1), sum(t2)
-    if b2 > b1 and total2 > total1:
-        slope = (total2 - total1) / (b2 - b1)
-        intercept = max(0.0, total1 - slope * b1)
-    else:  # one size, or a larger batch measured faster: no fixed cost can be told apart
-        slope, intercept = total2 / b2, 0.0
-    return BlockTiming(per_sample_s=slope / len(t1), overhead_s=intercept)
+    per_sample, fixed = split_fixed_cost(b1, sum(t1), b2, sum(t2))
+    return BlockTiming(per_sample_s=per_sample / len(t1), overhead_s=fixed)
 
 
 async def profile_agents(
