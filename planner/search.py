@@ -123,10 +123,15 @@ class Compositions:
 class StageTables:
     """For one micro-batch count: per group and layer range, the stage's numbers."""
 
-    time: np.ndarray  # [G, L, L+1] per micro-batch (inf where not a candidate)
-    allreduce: np.ndarray  # [G, L, L+1]
-    max_inflight: np.ndarray  # [G, L, L+1] most micro-batches in flight that fit (-1: none)
+    time: np.ndarray  # [groups, L, L+1] per micro-batch (inf where not a candidate)
+    allreduce: np.ndarray  # [groups, L, L+1]
+    max_inflight: np.ndarray  # [groups, L, L+1] most micro-batches in flight that fit (-1: none)
     cap: int  # C - 1: later-stage counts >= cap behave alike
+    slot: np.ndarray  # [G] each composition's row in the arrays (-1: not a group)
+
+    def row(self, g: int) -> int:
+        """The arrays' row of composition ``g`` (a group)."""
+        return int(self.slot[g])
 
 
 def _stage_tables(
@@ -242,17 +247,19 @@ def _stage_tables(
         2 * (n - 1) / np.maximum(n, 1) * trainable[ci] / bw[gi] + 2 * (n - 1) * pair_lat[gi],
         0.0,
     )
-    time = np.full((G, L, L + 1), math.inf)
-    allreduce = np.zeros((G, L, L + 1))
-    inflight = np.full((G, L, L + 1), -1, dtype=np.int64)
-    rows = group_rows[gi]
-    time[rows, first[ci], end[ci]] = compute + latency[gi, ci] + overhead[gi]
-    allreduce[rows, first[ci], end[ci]] = ring
-    inflight[rows, first[ci], end[ci]] = max_inflight
+    R = len(group_rows)
+    time = np.full((R, L, L + 1), math.inf)
+    allreduce = np.zeros((R, L, L + 1))
+    inflight = np.full((R, L, L + 1), -1, dtype=np.int64)
+    time[gi, first[ci], end[ci]] = compute + latency[gi, ci] + overhead[gi]
+    allreduce[gi, first[ci], end[ci]] = ring
+    inflight[gi, first[ci], end[ci]] = max_inflight
+    slot = np.full(G, -1, dtype=np.int64)
+    slot[group_rows] = np.arange(R)
     binding = max_inflight[(max_inflight >= 1) & (max_inflight < m)]
     cap = int(binding.max()) if len(binding) else 0
     cap = min(cap, m - 1, int(sum(types.counts)) - 1)
-    return StageTables(time, allreduce, inflight, cap)
+    return StageTables(time, allreduce, inflight, cap, slot)
 
 
 @dataclass(frozen=True)
@@ -302,7 +309,7 @@ def prefix_bound(
         return pad[:, rows, cols]  # stage [i', j') of the reversed model = [L - j', L - i')
 
     reverse = StageTables(flip(tables.time, math.inf), flip(tables.allreduce, 0.0),
-                          flip(tables.max_inflight, -1), cap=0)
+                          flip(tables.max_inflight, -1), cap=0, slot=tables.slot)
     F = _fill(comps, reverse, m, threshold, strict, False, None)[0]
     exact = F[:, ::-1, 0].copy()  # exact[u, i]: layers [0, i) on exactly u
     exact[0, 0] = 0.0
@@ -332,12 +339,13 @@ def _fill(
     prev[0, L, 0] = 0.0
     bands: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
     for g in comps.groups:
-        time = tables.time[g]
+        r = tables.row(g)
+        time = tables.time[r]
         valid = time < threshold if strict else time <= threshold
         if not valid.any():
             bands[g] = None
             continue
-        total = time if bottleneck else time + tables.allreduce[g]
+        total = time if bottleneck else time + tables.allreduce[r]
         ii, jj = np.nonzero(valid)
         width = int((jj - ii).max())
         idx = np.arange(L)[:, None] + np.arange(1, width + 1)[None, :]  # [L, W]
@@ -345,7 +353,7 @@ def _fill(
         idx = np.minimum(idx, L)
         cost = np.where(inside & valid[np.arange(L)[:, None], idx],
                         total[np.arange(L)[:, None], idx], math.inf)  # [L, W]
-        fits = tables.max_inflight[g][np.arange(L)[:, None], idx][..., None] >= required
+        fits = tables.max_inflight[r][np.arange(L)[:, None], idx][..., None] >= required
         bands[g] = (idx, np.where(fits, cost[..., None], math.inf))  # [L, W, C]
 
     # Per group: the band's costs as [W, L, C], to meet a sliding window over the suffixes
@@ -457,8 +465,9 @@ def _best_plan(
     while True:
         g, j = _trace(comps, bands, prev, F, u, i, c, combine)
         stages.append((tuple(int(x) for x in comps.vectors[g]), i, j))
-        slowest = max(slowest, float(tables.time[g, i, j]))
-        value += float(tables.time[g, i, j] + tables.allreduce[g, i, j])
+        r = tables.row(g)
+        slowest = max(slowest, float(tables.time[r, i, j]))
+        value += float(tables.time[r, i, j] + tables.allreduce[r, i, j])
         if j == L:
             break
         rest = comps.vectors[u] - comps.vectors[g]
@@ -501,7 +510,8 @@ class Solver:
                 return None
             count = len(relaxed.stages)
             if all(
-                tables.max_inflight[_index(comps, counts), i, j] >= min(m, count - s)
+                tables.max_inflight[tables.row(_index(comps, counts)), i, j]
+                >= min(m, count - s)
                 for s, (counts, i, j) in enumerate(relaxed.stages)
             ):
                 return relaxed

@@ -53,7 +53,8 @@ def test_prefix_bound_reads_the_layers_reversed(seed: int) -> None:
         for counts, i, j in whole.stages:
             used += counts
             g = int(np.ravel_multi_index(counts, comps.shape))
-            total += float(tables.time[g, i, j] + tables.allreduce[g, i, j])
+            r = tables.row(g)
+            total += float(tables.time[r, i, j] + tables.allreduce[r, i, j])
             index = int(np.ravel_multi_index(tuple(int(x) for x in used), comps.shape))
             assert prefix[index, j] <= total * (1 + 1e-12)
         checked += 1
