@@ -1,10 +1,13 @@
-"""Planner benchmark: planning time, classes vs brute force, PAC vs the baselines.
+"""Planner benchmark: planning time, classes vs brute force, PAC vs the baselines, and
+what a fixed cost per micro-batch changes.
 
-    python bench/planner.py            # everything (a few minutes on 2 cores)
+    python bench/planner.py            # everything (about a minute on 2 idle cores)
     python bench/planner.py --quick    # skip 16 devices x 96 layers with 4 types
 
-Planning times are wall-clock on this machine (median of the runs shown). Step times are
-the cost model's predictions for one cluster, so their ratios compare plans, not hardware.
+Planning times are wall-clock on this machine (median of the runs shown) beside the
+process's CPU seconds: on a shared machine the CPU column shows the planner's own work.
+Step times are the cost model's predictions for one cluster, so their ratios compare
+plans, not hardware.
 """
 
 from __future__ import annotations
