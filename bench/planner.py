@@ -1,7 +1,7 @@
 """Planner benchmark: planning time, classes vs brute force, PAC vs the baselines, and
 what a fixed cost per micro-batch changes.
 
-    python bench/planner.py            # everything (about a minute on 2 idle cores)
+    python bench/planner.py            # everything (about 20 s on 2 idle cores)
     python bench/planner.py --quick    # skip 16 devices x 96 layers with 4 types
 
 Planning times are wall-clock on this machine (median of the runs shown) beside the
