@@ -30,6 +30,7 @@ from pac.pipeline.job import MeshJobSettings
 from pac.pipeline.transport import MessageKey, Tensors
 from pac.pipeline.worker import DeviceWorker, StepResult
 from pac.techniques import build_technique
+from pac.techniques.backbone_dtype import backbone_dtype_of
 from pac.techniques.parallel_adapters import ParallelAdaptersModel
 from pac.wire.mailbox import Mailbox, RoutingKey
 from protos.v1 import tensors_pb2
@@ -118,7 +119,9 @@ class TrainingSession:
                     f"(sha256 {local[:12]}..., the coordinator's {settings.model_fingerprint[:12]}"
                     "...); copy the coordinator's model directory to this device"
                 )
-        self.loaded = load_model(settings.model_dir)
+        self.loaded = load_model(
+            settings.model_dir, dtype=backbone_dtype_of(settings.technique_settings)
+        )
         torch.manual_seed(settings.seed)
         self.model = build_technique(
             settings.technique, self.loaded.family, settings.task, settings.technique_settings
@@ -132,7 +135,7 @@ class TrainingSession:
         cache = None
         if isinstance(self.model, ParallelAdaptersModel):
             key = CacheKey.for_model_dir(
-                settings.model_dir, ",".join(self.model.points), settings.cache_precision
+                settings.model_dir, self.model.cache_ladder, settings.cache_precision
             )
             store = ActivationCache(cache_root / job_id, key)
             cache = LadderCache(store, self.loaded.family, self.model.points)

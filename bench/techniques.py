@@ -9,6 +9,11 @@ T5 of the real shape, the same data and seed. Epoch times: one untimed warm-up s
 the median of the timed epochs (min and max beside it). Parallel adapters report epoch 1
 (backbone + cache writes) and epochs 2+ (from the cache) separately; its epoch 1 is the
 median over --pac-runs fresh runs.
+
+Rows marked "bf16" hold and run the frozen backbone in bfloat16 (technique setting
+``backbone_dtype``; what trains stays float32): PAC, LoRA and bottleneck adapters can, full
+fine-tuning cannot. Ratios are printed like for like (fp32 vs fp32, bf16 vs bf16) and for
+PAC with a bf16 backbone against the fastest baseline of either kind.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine_line, median, run_child, torch_only_rss_mb
 
 BASELINES = ("full", "lora", "adapters")
+BF16_BASELINES = ("lora", "adapters")  # full fine-tuning trains the backbone: float32 only
 
 
 def write_data(path: Path, samples: int, words: int, seed: int = 0) -> None:
@@ -51,6 +57,8 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     settings: dict[str, Any] = {}
+    if args.backbone_dtype != "float32":
+        settings["backbone_dtype"] = args.backbone_dtype
     config = TrainConfig(
         model_dir=Path(args.model),
         train_path=Path(args.data),
@@ -100,8 +108,10 @@ def child_args(
     out: Path,
     epochs: int,
     dropout0: bool = False,
+    backbone_dtype: str = "float32",
 ) -> list[str]:
     extra = ["--dropout0"] if dropout0 else []
+    extra += ["--backbone-dtype", backbone_dtype]
     return [
         __file__,
         "--child",
@@ -138,6 +148,7 @@ def main() -> int:
     parser.add_argument("--data")
     parser.add_argument("--out")
     parser.add_argument("--dropout0", action="store_true")
+    parser.add_argument("--backbone-dtype", default="float32", choices=("float32", "bfloat16"))
     args = parser.parse_args()
     if args.child:
         args.technique = args.child
@@ -158,6 +169,7 @@ def main() -> int:
         f"# {machine_line(args.threads)}; RSS of a process that only imports torch: "
         f"{torch_only_rss_mb():.0f} MB"
     )
+    print(f"# {bf16_line()}")
     rows: dict[str, dict[str, Any]] = {}
     for technique in BASELINES:
         rows[technique] = run_child(
@@ -166,66 +178,129 @@ def main() -> int:
     rows["lora (dropout 0)"] = run_child(
         child_args(args, "lora", model, data, work / "lora0", args.epochs, True)
     )
-    pac_runs = [
-        run_child(
-            child_args(args, "parallel-adapters", model, data, work / f"pac{i}", args.epochs + 1)
+    bf16_rows: dict[str, dict[str, Any]] = {}
+    for technique in BF16_BASELINES:
+        bf16_rows[f"{technique} bf16"] = run_child(
+            child_args(
+                args, technique, model, data, work / f"{technique}-bf16", args.epochs,
+                backbone_dtype="bfloat16",
+            )
         )
-        for i in range(args.pac_runs)
-    ]
-    first = [run["epochs"][0] for run in pac_runs]
-    cached = [s for run in pac_runs for s in run["epochs"][1:]]
-    lora = median(rows["lora"]["epochs"])
-    lora0 = median(rows["lora (dropout 0)"]["epochs"])
+    bf16_rows["lora bf16 (dropout 0)"] = run_child(
+        child_args(
+            args, "lora", model, data, work / "lora0-bf16", args.epochs, True, "bfloat16"
+        )
+    )
+    pac_runs = {
+        dtype: [
+            run_child(
+                child_args(
+                    args, "parallel-adapters", model, data, work / f"pac-{dtype}{i}",
+                    args.epochs + 1, backbone_dtype=dtype,
+                )
+            )
+            for i in range(args.pac_runs)
+        ]
+        for dtype in ("float32", "bfloat16")
+    }
+    first = {d: [run["epochs"][0] for run in runs] for d, runs in pac_runs.items()}
+    cached = {d: [s for run in runs for s in run["epochs"][1:]] for d, runs in pac_runs.items()}
+    lora = {
+        "float32": median(rows["lora"]["epochs"]),
+        "bfloat16": median(bf16_rows["lora bf16"]["epochs"]),
+    }
+    lora0 = {
+        "float32": median(rows["lora (dropout 0)"]["epochs"]),
+        "bfloat16": median(bf16_rows["lora bf16 (dropout 0)"]["epochs"]),
+    }
     full_rss = rows["full"]["peak_rss_mb"]
 
     header = (
-        f"{'technique':<28}{'s/epoch (median [min, max])':>30}{'peak RSS MB':>13}"
-        f"{'trainable':>12}{'cache B/sample':>16}{'vs LoRA':>9}"
+        f"{'technique':<30}{'s/epoch (median [min, max])':>30}{'peak RSS MB':>13}"
+        f"{'trainable':>12}{'cache B/sample':>16}{'vs LoRA, same dtype':>21}"
     )
     print(header)
     print("-" * len(header))
 
-    def line(name: str, times: list[float], rss: float, trainable: int, cache: float) -> None:
+    def line(
+        name: str, times: list[float], rss: float, trainable: int, cache: float, dtype: str
+    ) -> None:
         mid = median(times)
         spread = f"{mid:7.2f} [{min(times):.2f}, {max(times):.2f}]"
         print(
-            f"{name:<28}{spread:>30}{rss:>13.0f}{trainable:>12,}{cache:>16,.0f}{lora / mid:>8.1f}x"
+            f"{name:<30}{spread:>30}{rss:>13.0f}{trainable:>12,}{cache:>16,.0f}"
+            f"{lora[dtype] / mid:>20.1f}x"
         )
 
-    for name, row in rows.items():
-        line(name, row["epochs"], row["peak_rss_mb"], row["trainable"], 0)
-    pac = pac_runs[0]
-    line(
-        "parallel-adapters epoch 1",
-        first,
-        pac["peak_rss_mb"],
-        pac["trainable"],
-        pac["cache_bytes_per_sample"],
-    )
-    line(
-        "parallel-adapters epoch 2+",
-        cached,
-        pac["cache_phase_rss_mb"],
-        pac["trainable"],
-        pac["cache_bytes_per_sample"],
-    )
-    three_pac = median(first) + 2 * median(cached)
+    for dtype, table in (("float32", rows), ("bfloat16", bf16_rows)):
+        for name, row in table.items():
+            line(name, row["epochs"], row["peak_rss_mb"], row["trainable"], 0, dtype)
+    for dtype, label in (("float32", "parallel-adapters"), ("bfloat16", "parallel-adapters bf16")):
+        pac = pac_runs[dtype][0]
+        cache = pac["cache_bytes_per_sample"]
+        line(f"{label} epoch 1", first[dtype], pac["peak_rss_mb"], pac["trainable"], cache, dtype)
+        rss = pac["cache_phase_rss_mb"]
+        line(f"{label} epoch 2+", cached[dtype], rss, pac["trainable"], cache, dtype)
+
+    three_pac = {d: median(first[d]) + 2 * median(cached[d]) for d in first}
+    pac = pac_runs["float32"][0]
     print()
+    for dtype, label in (("float32", "fp32"), ("bfloat16", "bf16")):
+        print(
+            f"3-epoch total, {label} backbones: LoRA {3 * lora[dtype]:.1f} s, parallel adapters "
+            f"{three_pac[dtype]:.1f} s ({3 * lora[dtype] / three_pac[dtype]:.1f}x)"
+        )
     print(
-        f"3-epoch total: LoRA {3 * lora:.1f} s, parallel adapters {three_pac:.1f} s "
-        f"({3 * lora / three_pac:.1f}x); cache-phase RSS {pac['cache_phase_rss_mb']:.0f} MB "
+        f"cache-phase RSS {pac['cache_phase_rss_mb']:.0f} MB "
         f"= {100 * pac['cache_phase_rss_mb'] / full_rss:.0f}% of full fine-tuning's peak; "
-        f"backbone release freed {pac['rss_released_mb']:.0f} MB"
+        f"backbone release freed {pac['rss_released_mb']:.0f} MB (fp32 backbone)"
+    )
+    # The fastest baseline of either dtype, at the model's default dropout and at dropout 0.
+    everything = {**{f"{n} (fp32)": r for n, r in rows.items()}, **bf16_rows}
+    best = min(
+        (n for n in everything if "dropout 0" not in n),
+        key=lambda n: median(everything[n]["epochs"]),
+    )
+    best0 = min(
+        (n for n in everything if "dropout 0" in n), key=lambda n: median(everything[n]["epochs"])
+    )
+    best_s, best0_s = median(everything[best]["epochs"]), median(everything[best0]["epochs"])
+    bf16_first, bf16_cached = median(first["bfloat16"]), median(cached["bfloat16"])
+    print(
+        f"cached epoch vs LoRA: fp32 backbones {lora['float32'] / median(cached['float32']):.1f}x "
+        f"(default dropout), {lora0['float32'] / median(cached['float32']):.1f}x (dropout 0); "
+        f"bf16 backbones {lora['bfloat16'] / bf16_cached:.1f}x, "
+        f"{lora0['bfloat16'] / bf16_cached:.1f}x"
     )
     print(
-        f"epoch 1 vs LoRA: {lora / median(first):.1f}x (default dropout), "
-        f"{lora0 / median(first):.1f}x (dropout 0)"
+        f"parallel adapters bf16 vs the best baseline, {best} {best_s:.2f} s/epoch "
+        f"[{best0} {best0_s:.2f} s]: epoch 1 {best_s / bf16_first:.1f}x "
+        f"[{best0_s / bf16_first:.1f}x], cached epoch {best_s / bf16_cached:.1f}x "
+        f"[{best0_s / bf16_cached:.1f}x], 3-epoch total {3 * best_s / three_pac['bfloat16']:.1f}x "
+        f"[{3 * best0_s / three_pac['bfloat16']:.1f}x]"
     )
     print(
-        f"cached epoch vs LoRA: {lora / median(cached):.1f}x (default dropout), "
-        f"{lora0 / median(cached):.1f}x (dropout 0)"
+        f"epoch 1 vs LoRA: fp32 backbones {lora['float32'] / median(first['float32']):.1f}x "
+        f"(default dropout), {lora0['float32'] / median(first['float32']):.1f}x (dropout 0); "
+        f"bf16 backbones {lora['bfloat16'] / bf16_first:.1f}x, "
+        f"{lora0['bfloat16'] / bf16_first:.1f}x; PAC-bf16 vs fp32 LoRA "
+        f"{lora['float32'] / bf16_first:.1f}x, vs the best baseline {best_s / bf16_first:.1f}x"
     )
     return 0
+
+
+def bf16_line() -> str:
+    """Whether this CPU multiplies bf16 natively (what the bf16 rows depend on)."""
+    flags: list[str] = []
+    try:
+        with open("/proc/cpuinfo") as info:
+            lines = (line for line in info if line.startswith("flags"))
+            flags = next(lines, ":").split(":", 1)[1].split()
+    except OSError:
+        pass
+    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    found = ", ".join(native) if native else "none found (the bf16 rows may run slower)"
+    return f"bf16 matmul support: {found}"
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ from pac.tasks import TASK_KINDS
 
 TECHNIQUES = ("parallel-adapters", "full", "lora", "adapters")
 DATA_SUFFIXES = (".jsonl", ".csv", ".tsv")
+# technique_settings["backbone_dtype"]: pac.techniques.backbone_dtype.DTYPES (named here so
+# that this module stays free of torch).
+BACKBONE_DTYPES = ("float32", "fp32", "bfloat16", "bf16")
 # Cache precisions as the proto spells them, and as the engine does.
 CACHE_DTYPES = {
     "float16": "fp16",
@@ -179,6 +182,18 @@ def validate_spec(spec: JobSpec, placements: tuple[str, ...] = ("local",)) -> No
         bad(
             "technique",
             f"unknown technique {spec.technique!r}; choose one of {', '.join(TECHNIQUES)}",
+        )
+    backbone_dtype = str(spec.technique_settings.get("backbone_dtype", "float32")).lower()
+    if backbone_dtype not in BACKBONE_DTYPES:
+        bad(
+            "technique_settings",
+            f"unknown backbone_dtype {backbone_dtype!r}; use float32 (the default) or bfloat16",
+        )
+    elif spec.technique == "full" and backbone_dtype in ("bfloat16", "bf16"):
+        bad(
+            "technique_settings",
+            "full fine-tuning trains the backbone and needs it in float32: drop backbone_dtype "
+            "or pick a technique with a frozen backbone (parallel-adapters, lora, adapters)",
         )
     if spec.epochs < 1:
         bad("epochs", f"{spec.epochs}: train for at least 1 epoch")

@@ -26,6 +26,7 @@ from pac.pipeline.job import MeshJobSettings
 from pac.pipeline.layout import PipelineLayout
 from pac.tasks import TaskSpec
 from pac.techniques import build_technique
+from pac.techniques.backbone_dtype import backbone_dtype_of
 from pac.techniques.base import TunedModel
 
 if TYPE_CHECKING:
@@ -52,7 +53,9 @@ class JobData:
 
     @classmethod
     def load(cls, spec: JobSpec, layout: PipelineLayout, addresses: dict[str, str]) -> JobData:
-        loaded = load_model(spec.model_dir)
+        # The job's backbone dtype: the coordinator evaluates (and exports) the model the
+        # agents train.
+        loaded = load_model(spec.model_dir, dtype=backbone_dtype_of(technique_settings(spec)))
         fields = DataFields(spec.text_field, spec.pair_field, spec.label_field)
         task = resolve_task(
             task_spec(spec),

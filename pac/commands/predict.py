@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
             target_field=args.target_field,
             batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens,
+            backbone_dtype=args.backbone_dtype,
         )
     except USER_ERRORS as error:
         print(f"pac predict: error: {error}", file=sys.stderr)

@@ -10,6 +10,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from pac.families import FamilyError, ModelFamily, family_for_dir
+from pac.techniques.backbone_dtype import parse_backbone_dtype
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -38,10 +39,13 @@ class LoadedModel:
         return int(start)
 
 
-def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load ``model_dir`` (``config.json``, weights, tokenizer files) offline.
+def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32) -> LoadedModel:
+    """Load ``model_dir`` (``config.json``, weights, tokenizer files) offline, its weights in
+    ``dtype`` (a dtype, or a backbone dtype name such as ``"bf16"``, see
+    :mod:`pac.techniques.backbone_dtype`).
 
     Raises :class:`FamilyError` naming the directory and what is missing."""
+    dtype = parse_backbone_dtype(dtype)
     path = Path(model_dir)
     if not path.is_dir():
         raise FamilyError(f"model directory {path} does not exist")

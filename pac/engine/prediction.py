@@ -20,21 +20,33 @@ from pac.engine.generation import generate
 from pac.engine.loading import LoadedModel, load_model
 from pac.metrics import metrics_for_task
 from pac.techniques import build_technique
+from pac.techniques.backbone_dtype import backbone_dtype_of, with_backbone_dtype
 from pac.techniques.base import TunedModel
 
 
-def load_tuned_model(model_dir: Path, adapters_dir: Path) -> tuple[LoadedModel, TunedModel]:
+def load_tuned_model(
+    model_dir: Path, adapters_dir: Path, backbone_dtype: str | None = None
+) -> tuple[LoadedModel, TunedModel]:
     """The backbone in ``model_dir`` with the adapters exported to ``adapters_dir``; the
-    adapters must have been trained on exactly this backbone (same weights hash)."""
+    adapters must have been trained on exactly this backbone (same weights hash).
+
+    The backbone loads in the dtype it was trained with (``"backbone_dtype"`` in the
+    export's settings, float32 when absent) unless ``backbone_dtype`` says otherwise: the
+    trained parameters are float32 either way, so adapters trained beside a bfloat16
+    backbone also run beside a float32 one (their outputs differ by the backbone's
+    rounding only)."""
     config, tensors = load_adapters(adapters_dir)
-    loaded = load_model(model_dir)
+    settings = dict(config["settings"])
+    if backbone_dtype is not None:
+        settings = with_backbone_dtype(settings, backbone_dtype)
+    loaded = load_model(model_dir, dtype=backbone_dtype_of(settings))
     if config["model_fingerprint"] != fingerprint_model_dir(model_dir):
         raise ValueError(
             f"the adapters in {adapters_dir} were trained on a different model than {model_dir} "
             "(weights hash differs); pass the --model they were trained on"
         )
     task = task_from_config(config)
-    model = build_technique(config["technique"], loaded.family, task, config["settings"])
+    model = build_technique(config["technique"], loaded.family, task, settings)
     model.load_trainable_state_dict(tensors)
     model.eval()
     return loaded, model
@@ -50,10 +62,11 @@ def predict_file(
     target_field: str = "label",
     batch_size: int = 32,
     max_new_tokens: int = 32,
+    backbone_dtype: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Rows ``{"text", "prediction"[, "target"]}`` and, when every row has a target, the
-    task's metrics."""
-    loaded, model = load_tuned_model(model_dir, adapters_dir)
+    task's metrics. ``backbone_dtype``: see :func:`load_tuned_model`."""
+    loaded, model = load_tuned_model(model_dir, adapters_dir, backbone_dtype)
     examples = read_examples(
         data,
         text_field=text_field,

@@ -34,6 +34,7 @@ from pac.engine.memory import peak_rss_bytes, release_backbone, rss_bytes
 from pac.engine.schedule import DEFAULT_LEARNING_RATE, make_optimizer
 from pac.tasks import TaskSpec
 from pac.techniques import build_technique
+from pac.techniques.backbone_dtype import backbone_dtype_of
 from pac.techniques.base import TunedModel
 from pac.techniques.parallel_adapters import ParallelAdaptersModel
 from pac.techniques.parallel_adapters.ladder import point_mask_key
@@ -68,6 +69,13 @@ class TrainConfig:
     # the end of each epoch); written to OUT/checkpoint.safetensors.
     checkpoint_every: int = 0
 
+    @property
+    def backbone_dtype(self) -> torch.dtype:
+        """The dtype the backbone is loaded in: ``technique_settings["backbone_dtype"]``
+        (float32 by default; bfloat16 for a frozen backbone, see
+        :mod:`pac.techniques.backbone_dtype`)."""
+        return backbone_dtype_of(self.technique_settings)
+
 
 @dataclass
 class EpochReport:
@@ -101,7 +109,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, loaded: LoadedModel | None = None) -> None:
         self.config = config
         torch.manual_seed(config.seed)
-        self.loaded = loaded or load_model(config.model_dir)
+        self.loaded = loaded or load_model(config.model_dir, dtype=config.backbone_dtype)
         self.task = resolve_task(config.task, config.train_path, config.fields)
         self.train_samples = load_samples(
             config.train_path,
@@ -147,7 +155,7 @@ class Trainer:
         root = self.config.cache_dir or (self.config.out_dir or Path(".")) / "cache"
         key = CacheKey.for_model_dir(
             self.config.model_dir,
-            ladder=",".join(self.model.points),
+            ladder=self.model.cache_ladder,
             precision=self.config.cache_precision,
         )
         cache = ActivationCache(root, key)

@@ -91,8 +91,7 @@ class SideStage(StageComputation):
         side = model.side.run(side, ladder, batch, self.begin, self.end)
         if not self.is_last:
             return StageOutput(_join(BACKBONE, state) | _join(SIDE, side), points=points)
-        with torch.no_grad():
-            base = family.final_hidden(ladder[layer_point(self.end - 1)])
+        base = model.base_hidden(ladder[layer_point(self.end - 1)])  # no grad, side's dtype
         outputs = model.head(base + model.side.finish(side), batch)
         loss, count = model.loss_terms(outputs, batch)
         return StageOutput(loss=loss, count=count, points=points)

@@ -16,6 +16,7 @@ from torch import nn
 
 from pac.families import ModelFamily
 from pac.tasks import TaskSpec
+from pac.techniques.backbone_dtype import SETTING, dtype_name, module_dtype
 from pac.techniques.heads import TaskHead
 
 
@@ -43,6 +44,9 @@ class TunedModel(nn.Module, ABC):
             )
         self.family = family
         self.task = task
+        # What the backbone was loaded in (see pac.techniques.backbone_dtype); what the
+        # technique trains is float32 whatever this is.
+        self.backbone_dtype = module_dtype(family.model)
         self.head = TaskHead(family, task)
 
     @abstractmethod
@@ -83,6 +87,15 @@ class TunedModel(nn.Module, ABC):
             )
         self.load_state_dict(tensors, strict=False)
 
-    def config_dict(self) -> dict[str, Any]:
-        """Technique settings, saved beside exported weights."""
+    def settings_dict(self) -> dict[str, Any]:
+        """The technique's own settings (a subclass's dataclass, as a dict)."""
         return {}
+
+    def config_dict(self) -> dict[str, Any]:
+        """Technique settings, saved beside exported weights: :meth:`settings_dict` plus
+        ``"backbone_dtype"`` when the backbone was loaded in bfloat16, so that the export is
+        loaded back the way it was trained."""
+        settings = self.settings_dict()
+        if self.backbone_dtype == torch.bfloat16:  # float64 (exactness tests) stays unsaid
+            settings[SETTING] = dtype_name(self.backbone_dtype)
+        return settings

@@ -13,6 +13,7 @@ from torch import nn
 
 from pac.families import ModelFamily
 from pac.tasks import TaskSpec
+from pac.techniques.backbone_dtype import module_dtype
 
 IGNORE_INDEX = -100
 
@@ -63,9 +64,14 @@ class TaskHead(nn.Module):
             self.linear = nn.Linear(family.hidden_size, task.num_labels)
 
     def forward(self, final: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``final`` ``[batch, seq, d]`` in any float dtype: a bf16 backbone's is read by the
+        float32 linear head as float32; the frozen LM head (kept in the backbone's dtype)
+        gets it in its own dtype and its logits come back in ``final``'s."""
         family = self._family[0]
         if self.linear is None:
-            return family.lm_logits(final)
+            head_dtype = module_dtype(family.model)
+            return family.lm_logits(final.to(head_dtype)).to(final.dtype)
+        final = final.to(self.linear.weight.dtype)
         pooled = pool(final, output_mask(family, batch), self.last_token)
         logits = self.linear(pooled)
         return logits.squeeze(-1) if self.task.kind == "regression" else logits

@@ -16,5 +16,7 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` ``[..., d_model]`` -> same shape."""
-        return x + self.up(F.gelu(self.down(x)))
+        """``x`` ``[..., d_model]`` -> same shape and dtype. The adapter computes in its
+        own dtype (float32 beside a bfloat16 backbone) and adds its output in ``x``'s."""
+        update = self.up(F.gelu(self.down(x.to(self.down.weight.dtype))))
+        return x + update.to(x.dtype)

@@ -46,7 +46,7 @@ class AdaptersModel(BackboneTunedModel):
             self.adapters[key] = adapter
             module.register_forward_hook(_apply(adapter))
 
-    def config_dict(self) -> dict[str, Any]:
+    def settings_dict(self) -> dict[str, Any]:
         return self.settings.to_dict()
 
 

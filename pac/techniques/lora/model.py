@@ -18,6 +18,7 @@ class LoraModel(BackboneTunedModel):
     ) -> None:
         # Imported here: peft costs ~100 MB of memory, which no other technique should pay.
         from peft import LoraConfig, inject_adapter_in_model
+        from peft.tuners.tuners_utils import cast_adapter_dtype
 
         super().__init__(family, task)
         self.settings = settings or LoraSettings()
@@ -30,6 +31,10 @@ class LoraModel(BackboneTunedModel):
         )
         # Marks only the injected lora_A / lora_B weights trainable inside the backbone.
         inject_adapter_in_model(config, self.backbone)
+        # PEFT creates them in the base layer's dtype; with a bfloat16 backbone they are
+        # lifted to float32 (PEFT's own autocast_adapter_dtype), and PEFT's forward casts
+        # the input to them and their sum back to bfloat16.
+        cast_adapter_dtype(self.backbone, adapter_name="default")
 
-    def config_dict(self) -> dict[str, Any]:
+    def settings_dict(self) -> dict[str, Any]:
         return self.settings.to_dict()

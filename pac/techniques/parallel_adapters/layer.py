@@ -91,5 +91,7 @@ class LadderGate(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(()))
 
     def forward(self, backbone_hidden: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+        """``backbone_hidden`` ``[batch, seq, d_model]`` in the backbone's (or the cache's)
+        dtype, ``side`` ``[batch, seq, w]`` -> ``[batch, seq, w]`` in the gate's dtype."""
         gate = torch.sigmoid(self.alpha)
-        return gate * self.down(backbone_hidden) + (1.0 - gate) * side
+        return gate * self.down(backbone_hidden.to(self.down.weight.dtype)) + (1.0 - gate) * side

@@ -20,6 +20,7 @@ from torch import nn
 
 from pac.families import ModelFamily
 from pac.tasks import TaskSpec
+from pac.techniques.backbone_dtype import dtype_name
 from pac.techniques.base import TechniqueError, TunedModel
 from pac.techniques.parallel_adapters.config import ParallelAdaptersConfig
 from pac.techniques.parallel_adapters.ladder import (
@@ -84,7 +85,12 @@ class SideNetwork(nn.Module):
 
     def begin(self, ladder: dict[str, torch.Tensor]) -> SideState:
         """The side state before block 0: ``{"side": [batch, seq, w]}``."""
-        return {"side": self.embed_down(ladder[EMBED])}
+        return {"side": self.embed_down(self.read(ladder[EMBED]))}
+
+    def read(self, backbone_hidden: torch.Tensor) -> torch.Tensor:
+        """A ladder point in the side network's own dtype: a bfloat16 backbone's (or a
+        cache's) hidden states are read as float32, so the side network trains in float32."""
+        return backbone_hidden.to(self.up.weight.dtype)
 
     def run(
         self,
@@ -101,7 +107,7 @@ class SideNetwork(nn.Module):
             if index == self.first_decoder_block:
                 assert self.encoder_norm is not None and self.decoder_embed_down is not None
                 state["memory"] = self.encoder_norm(state["side"])
-                state["side"] = self.decoder_embed_down(ladder[EMBED_DECODER])
+                state["side"] = self.decoder_embed_down(self.read(ladder[EMBED_DECODER]))
             if str(index) not in self.gates:
                 continue
             in_decoder = self.first_decoder_block is not None and index >= self.first_decoder_block
@@ -153,9 +159,25 @@ class ParallelAdaptersModel(TunedModel):
     ) -> torch.Tensor:
         """The head's outputs from ladder points alone (live or read from the cache)."""
         state = self.side.run(self.side.begin(ladder), ladder, batch, 0, self.side.num_blocks)
-        with torch.no_grad():
-            base = self.family.final_hidden(ladder[self.final_point])
+        base = self.base_hidden(ladder[self.final_point])
         return self.head(base + self.side.finish(state), batch)
 
-    def config_dict(self) -> dict[str, Any]:
+    @torch.no_grad()
+    def base_hidden(self, last: torch.Tensor) -> torch.Tensor:
+        """The frozen final norm on the last block's output ``[batch, seq, d_model]``, in
+        the side network's dtype. The norm runs in the backbone's dtype: a point read from
+        the cache (float32) is first rounded to it, as the live backbone would have it."""
+        return self.side.read(self.family.final_hidden(last.to(self.backbone_dtype)))
+
+    @property
+    def cache_ladder(self) -> str:
+        """The cache key's ladder description: the points, and the backbone's dtype when it
+        is not float32 (a bfloat16 backbone's hidden states differ from a float32 one's, so
+        they never share cache entries)."""
+        points = ",".join(self.points)
+        if self.backbone_dtype == torch.float32:
+            return points
+        return f"{points};dtype={dtype_name(self.backbone_dtype)}"
+
+    def settings_dict(self) -> dict[str, Any]:
         return self.config.to_dict()
