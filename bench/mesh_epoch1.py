@@ -5,11 +5,12 @@ with the pipeline's bubble and bytes per step, and the planner's prediction besi
 
 Real all-MiniLM-L6-v2 on Rotten Tomatoes sentences. One device: `pac train` (standalone,
 all cores). The mesh: agents on loopback (each with cores // (agents + 1) threads), the
-planner's layout for their measured speed, the same data, batch and seed. The bubble is
+planner service's layout for their measured blocks and links, the same data, batch and
+seed. The bubble is
 the share of a step an agent spent waiting for its neighbours (pac_agent_stage_wait_seconds
 against pac_agent_stage_compute_seconds, from each agent's /metrics). The prediction is
-the planner's, made by the coordinator from the agents' own Profile of the job's blocks
-(all agents profiling at once, as they will train).
+the planner's, made from the agents' own Profile of the job's blocks at two micro-batch
+sizes (all agents profiling at once, as they will train) and their probed links.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def on_mesh(agents: int, model: Path, data: Path, work: Path) -> dict[str, Any]:
         placement="mesh",
         output_dir=str(work / "out"),
     )
-    with LocalMesh(agents=agents, run_dir=work / "mesh", planner=False) as mesh:
+    with LocalMesh(agents=agents, run_dir=work / "mesh") as mesh:
         final = submit_and_watch(mesh, spec)
         wait = compute = sent = 0.0
         for name in mesh.agent_names():
@@ -129,15 +130,17 @@ def main() -> int:
     started = time.perf_counter()
     single = one_device(model, data, work / "single")
     print(
-        f"{'setting':<12}{'layout':<28}{'epoch 1 s':>10}{'predicted s':>12}"
+        f"{'setting':<12}{'layout':<28}{'epoch 1 s':>10}{'predicted s':>12}{'error':>8}"
         f"{'vs 1 device':>12}{'bubble':>8}{'MB/step':>9}"
     )
-    print(f"{'1 device':<12}{'all blocks':<28}{single:>10.1f}{'':>12}{1.0:>11.2f}x")
+    print(f"{'1 device':<12}{'all blocks':<28}{single:>10.1f}{'':>20}{1.0:>11.2f}x")
     for agents in args.agents:
         row = on_mesh(agents, model, data, work / f"mesh{agents}")
         print(
             f"{f'{agents} agents':<12}{row['layout']:<28}{row['seconds']:>10.1f}"
-            f"{row['predicted']:>12.1f}{single / row['seconds']:>11.2f}x"
+            f"{row['predicted']:>12.1f}"
+            f"{100 * (row['predicted'] - row['seconds']) / row['seconds']:>+7.0f}%"
+            f"{single / row['seconds']:>11.2f}x"
             f"{100 * row['bubble']:>7.0f}%{row['bytes_per_step'] / 2**20:>9.2f}"
         )
     print(f"# {time.perf_counter() - started:.0f} s")
