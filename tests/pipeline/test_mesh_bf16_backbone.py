@@ -1,6 +1,6 @@
 """A mesh job with a bfloat16 backbone (technique setting ``backbone_dtype``): the stages
-hand bf16 backbone states to each other and float32 side states, and training on the mesh
-still equals training on one device."""
+hand bf16 backbone states to each other (with float32 side states for parallel adapters, bf16
+gradients for LoRA), and training on the mesh still equals training on one device."""
 
 from __future__ import annotations
 
@@ -37,11 +37,16 @@ def optimizer_for(
     return make_optimizer(model.trainable_parameters(), 1e-2, total_steps=STEPS, warmup_ratio=0.0)
 
 
+@pytest.mark.parametrize("technique", ["parallel-adapters", "lora"])
 @pytest.mark.parametrize(
     ("family", "task"), [("t5", TaskSpec("seq2seq")), ("gpt2", TaskSpec("classification"))]
 )
 def test_a_bf16_backbone_on_two_stages_equals_one_device(
-    family: str, task: TaskSpec, tiny_model_dir: Callable[[str], Path], tmp_path: Path
+    family: str,
+    task: TaskSpec,
+    technique: str,
+    tiny_model_dir: Callable[[str], Path],
+    tmp_path: Path,
 ) -> None:
     loaded = load_model(tiny_model_dir(family), dtype=backbone_dtype_of(SETTINGS))
     assert loaded.family.model.dtype == torch.bfloat16
@@ -56,8 +61,10 @@ def test_a_bf16_backbone_on_two_stages_equals_one_device(
     order = batches(samples, 8, shuffle=True, seed=3, epoch=1)[:STEPS]
 
     def new_model() -> TunedModel:
+        # A backbone per replica: LoRA injects its weights into the backbone's modules.
+        backbone = load_model(tiny_model_dir(family), dtype=backbone_dtype_of(SETTINGS))
         torch.manual_seed(3)
-        return build_technique("parallel-adapters", loaded.family, task, SETTINGS)
+        return build_technique(technique, backbone.family, task, SETTINGS)
 
     reference = new_model()
     optimizer, scheduler = optimizer_for(reference)
@@ -71,8 +78,9 @@ def test_a_bf16_backbone_on_two_stages_equals_one_device(
         scheduler.step()
         reference_losses.append(loss.item())
 
-    def make_cache(device: str, model: TunedModel) -> LadderCache:
-        assert isinstance(model, ParallelAdaptersModel)
+    def make_cache(device: str, model: TunedModel) -> LadderCache | None:
+        if not isinstance(model, ParallelAdaptersModel):
+            return None
         key = CacheKey("m", "t", model.cache_ladder, "fp16")
         store = ActivationCache(tmp_path / "cache" / device, key)
         return LadderCache(store, loaded.family, model.points)
@@ -87,8 +95,8 @@ def test_a_bf16_backbone_on_two_stages_equals_one_device(
         mesh.step(step, collate(group, pad_id(loaded), task=task), group)
         for step, group in enumerate(order)
     ]
-    # The side network is float32 on both; only the order of adding the micro-batches'
-    # gradients differs (float32 rounding, ~1e-7 relative).
+    # What trains is float32 on both, the backbone bf16 on both; only the order of adding
+    # the micro-batches' gradients differs (float32 rounding, ~1e-7 relative).
     assert mesh_losses == pytest.approx(reference_losses, rel=1e-5)
     trained = {n: p for n, p in reference.named_parameters() if p.requires_grad}
     initial = {n: p for n, p in new_model().named_parameters() if p.requires_grad}
