@@ -1,8 +1,8 @@
 """Profile a model's blocks on this device: what the planner needs to cut stages.
 
 Each block runs forward on a random batch of token ids; one untimed warm-up, then the
-median of ``repeats`` timed runs. Side-block forward+backward and memory per micro-batch
-come with the side network (a later issue).
+median of ``repeats`` timed runs. On request the parallel-adapters side network is timed
+too: its forward from the backbone's ladder and its backward, as a training step runs it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,17 @@ import torch
 from torch import nn
 
 from agent.errors import BadRequest
-from pac.families import family_for_dir
+from pac.families import ModelFamily, family_for_dir
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    """``embed_seconds`` and ``layers`` (backbone forward), ``side_seconds``: the whole side
+    network's forward + backward on the same batch (0 when not asked for)."""
+
+    embed_seconds: float
+    layers: list[LayerTiming]
+    side_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -38,7 +48,6 @@ def _median_seconds(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-@torch.no_grad()
 def profile_layers(
     model_dir: Path,
     start: int,
@@ -47,9 +56,10 @@ def profile_layers(
     seq_len: int,
     repeats: int,
     device: torch.device | None = None,
-) -> tuple[float, list[LayerTiming]]:
-    """(embed seconds, per-block timings) for blocks ``[start, end)`` (end 0 = all) on a
-    ``[batch_size, seq_len]`` batch of random token ids."""
+    side_network: bool = False,
+) -> ProfileResult:
+    """Timings of blocks ``[start, end)`` (end 0 = all) on a ``[batch_size, seq_len]`` batch
+    of random token ids, and with ``side_network`` of the side network on that batch."""
     family_class = family_for_dir(model_dir)
     family = family_class(family_class.load(model_dir))
     if device is not None:
@@ -71,7 +81,17 @@ def profile_layers(
         batch["decoder_attention_mask"] = batch["attention_mask"]
     if device is not None:
         batch = {name: tensor.to(device) for name, tensor in batch.items()}
-    embed_seconds = _median_seconds(lambda: family.embed(batch), repeats)
+    with torch.no_grad():
+        embed_seconds = _median_seconds(lambda: family.embed(batch), repeats)
+        timings = _time_blocks(family, batch, start, end, repeats)
+    side = _time_side_network(family, batch, repeats) if side_network else 0.0
+    return ProfileResult(embed_seconds, timings, side)
+
+
+def _time_blocks(
+    family: ModelFamily, batch: dict[str, torch.Tensor], start: int, end: int, repeats: int
+) -> list[LayerTiming]:
+    blocks = family.blocks()
     state = family.embed(batch)
     for index in range(start):
         state = family.run_block(index, state)
@@ -88,4 +108,27 @@ def profile_layers(
                 sum(t.numel() * t.element_size() for t in state.values()),
             )
         )
-    return embed_seconds, timings
+    return timings
+
+
+def _time_side_network(
+    family: ModelFamily, batch: dict[str, torch.Tensor], repeats: int
+) -> float:
+    """Forward + backward of a default parallel-adapters side network (r = 8, every layer
+    laddered) from the backbone's ladder of ``batch``: what a training step adds."""
+    from pac.tasks import TaskSpec
+    from pac.techniques import build_technique
+    from pac.techniques.parallel_adapters import ParallelAdaptersModel
+
+    model = build_technique("parallel-adapters", family, TaskSpec("classification"), {})
+    assert isinstance(model, ParallelAdaptersModel)
+    model.to(batch["input_ids"].device)
+    with torch.no_grad():
+        ladder = model.ladder(batch)
+
+    def step() -> None:
+        outputs = model.forward_from_ladder(ladder, batch)
+        outputs.float().sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    return _median_seconds(step, repeats)

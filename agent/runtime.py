@@ -31,7 +31,7 @@ from agent.errors import (
     StageNotLoaded,
 )
 from agent.metrics import AgentMetrics
-from agent.profiling import LayerTiming, profile_layers
+from agent.profiling import ProfileResult, profile_layers
 from agent.stage import Stage
 from agent.training import TrainingSession, WireTransport
 from pac.pipeline.batch_part import BatchPart, unpack_steps
@@ -292,11 +292,27 @@ class AgentRuntime:
         return loaded
 
     async def profile(
-        self, model_dir: Path, start: int, end: int, batch_size: int, seq_len: int, repeats: int
-    ) -> tuple[float, list[LayerTiming]]:
-        """Forward time of blocks ``[start, end)`` on this device (worker thread)."""
+        self,
+        model_dir: Path,
+        start: int,
+        end: int,
+        batch_size: int,
+        seq_len: int,
+        repeats: int,
+        side_network: bool = False,
+    ) -> ProfileResult:
+        """Forward time of blocks ``[start, end)`` on this device, and of the side network
+        when asked (worker thread)."""
         return await asyncio.to_thread(
-            profile_layers, model_dir, start, end, batch_size, seq_len, repeats, self.device
+            profile_layers,
+            model_dir,
+            start,
+            end,
+            batch_size,
+            seq_len,
+            repeats,
+            self.device,
+            side_network,
         )
 
     def release_backbone(self, job_id: str) -> int:

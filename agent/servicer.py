@@ -113,17 +113,19 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             if not request.model_dir:
                 raise BadRequest("Profile needs a model_dir on the agent")
             async with self.runtime.work():
-                embed, timings = await self.runtime.profile(
+                measured = await self.runtime.profile(
                     Path(request.model_dir),
                     request.layer_start,
                     request.layer_end,
                     request.batch_size or 1,
                     request.seq_len or 128,
                     request.repeats or 3,
+                    request.side_network,
                 )
             return agent_pb2.ProfileReply(
                 device=self._describe(),
-                embed_seconds=embed,
+                embed_seconds=measured.embed_seconds,
+                side_seconds=measured.side_seconds,
                 layers=[
                     agent_pb2.LayerProfile(
                         index=t.index,
@@ -131,7 +133,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                         parameter_bytes=t.parameter_bytes,
                         activation_bytes=t.activation_bytes,
                     )
-                    for t in timings
+                    for t in measured.layers
                 ],
             )
 

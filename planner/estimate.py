@@ -153,10 +153,13 @@ def model_profile(shape: ModelShape, seq: int) -> ModelProfile:
 def device_profile(
     name: str, shape: ModelShape, seq: int, memory_bytes: int,
     gflops: float | None = None, layer_forward_s: float | None = None,
-    micro_batch_overhead_s: float = 0.0,
+    micro_batch_overhead_s: float = 0.0, side_layer_s: float | None = None,
 ) -> DeviceProfile:
     """Per-layer times from a throughput (GFLOP/s) or one measured mean layer time.
 
+    ``side_layer_s``: a measured mean side-block forward + backward per sample; the side
+    blocks' times are then scaled from it by their FLOPs (small matmuls and a backward run
+    at a lower rate than the backbone's, so the backbone's rate underestimates them).
     ``micro_batch_overhead_s``: the device's fixed seconds per micro-batch and stage (see
     :class:`DeviceProfile`), passed through.
     """
@@ -170,7 +173,11 @@ def device_profile(
             f"device {name!r} needs 'gflops' or 'layer_forward_ms' in the cluster file"
         )
     forward = tuple(f / rate for f in flops)
-    side = tuple(side_flops(layer, seq) / rate for layer in shape.layers)
+    side_work = [side_flops(layer, seq) for layer in shape.layers]
+    side_rate = rate
+    if side_layer_s is not None and side_layer_s > 0:
+        side_rate = (sum(side_work) / len(side_work)) / side_layer_s
+    side = tuple(f / side_rate for f in side_work)
     return DeviceProfile(
         name=name,
         forward_s=forward,

@@ -1,7 +1,8 @@
 """The mesh driver's plan: measure the agents, then ask the planner.
 
 Each agent times the job's blocks on its own hardware at two micro-batch sizes (the slope
-is its seconds per sample, the intercept its fixed cost per micro-batch), and measures its
+is its seconds per sample, the intercept its fixed cost per micro-batch) and, for parallel
+adapters, the side network's forward + backward at the larger size; and it measures its
 links to the agents after it in the list (latency and bandwidth, one pair at a time). The
 planner gets those numbers: the Planner service when the coordinator was given one
 (``--planner``), else the library in this process.
@@ -40,10 +41,12 @@ class PlanningError(RuntimeError):
 @dataclass(frozen=True)
 class BlockTiming:
     """An agent's measured cost of the job's blocks: ``per_sample_s`` of one block (mean
-    over blocks), ``overhead_s`` per micro-batch through all blocks, whatever its size."""
+    over blocks), ``overhead_s`` per micro-batch through all blocks, whatever its size;
+    ``side_per_sample_s``: one side block's forward + backward (mean; 0 = not measured)."""
 
     per_sample_s: float
     overhead_s: float
+    side_per_sample_s: float = 0.0
 
 
 def fit_timing(small: tuple[int, list[float]], large: tuple[int, list[float]]) -> BlockTiming:
@@ -69,24 +72,28 @@ async def profile_agents(
     micro = max(2, spec.batch_size // max(1, spec.micro_batches))
     names = list(stubs)
 
-    async def at(batch_size: int) -> list[agent_pb2.ProfileReply]:
+    async def at(batch_size: int, side_network: bool) -> list[agent_pb2.ProfileReply]:
         request = agent_pb2.ProfileRequest(
             model_dir=str(Path(spec.model_dir).resolve()),
             batch_size=batch_size,
             seq_len=min(spec.max_length, PROFILE_SEQ_LEN),
             repeats=PROFILE_REPEATS,
+            side_network=side_network,
         )
         return list(
             await asyncio.gather(*(stubs[n].Profile(request, metadata=metadata) for n in names))
         )
 
-    small, large = await at(1), await at(micro)
+    side = spec.technique == "parallel-adapters"
+    small, large = await at(1, False), await at(micro, side)
     timings = {}
     for name, one, many in zip(names, small, large, strict=True):
         t1 = [layer.forward_seconds for layer in one.layers]
         t2 = [layer.forward_seconds for layer in many.layers]
         if t1 and len(t1) == len(t2):
-            timings[name] = fit_timing((1, t1), (micro, t2))
+            fitted = fit_timing((1, t1), (micro, t2))
+            side_s = many.side_seconds / micro / len(t2)
+            timings[name] = BlockTiming(fitted.per_sample_s, fitted.overhead_s, side_s)
     log.info("measured blocks by agent: %s", timings)
     return timings
 
@@ -157,6 +164,7 @@ def planner_inputs(
                 gflops=max(profile.matmul_gflops, 1.0),
                 layer_forward_s=timing.per_sample_s if timing else None,
                 micro_batch_overhead_s=timing.overhead_s if timing else 0.0,
+                side_layer_s=(timing.side_per_sample_s or None) if timing else None,
             )
         )
     return Cluster(tuple(devices), network_of(links)), model_profile(shape, seq)
@@ -226,7 +234,8 @@ def plan_report(
     for name, timing in timings.items():
         lines.append(
             f"  agent {name}: {timing.per_sample_s * 1e3:.3f} ms per sample per block, "
-            f"{timing.overhead_s * 1e3:.3f} ms per micro-batch"
+            f"{timing.overhead_s * 1e3:.3f} ms per micro-batch, side block forward+backward "
+            f"{timing.side_per_sample_s * 1e3:.3f} ms per sample"
         )
     for (a, b), link in links.items():
         lines.append(

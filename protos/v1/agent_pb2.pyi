@@ -145,6 +145,7 @@ class ProfileRequest(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     SEQ_LEN_FIELD_NUMBER: _builtins.int
     REPEATS_FIELD_NUMBER: _builtins.int
+    SIDE_NETWORK_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     model_dir: _builtins.str
     """A local Hugging Face model directory on the agent."""
@@ -155,6 +156,8 @@ class ProfileRequest(_message.Message):
     seq_len: _builtins.int
     repeats: _builtins.int
     """Timed repetitions after one untimed warm-up; the median is reported."""
+    side_network: _builtins.bool
+    """Also time a parallel-adapters side network (forward + backward) on the same batch."""
     def __init__(
         self,
         *,
@@ -165,10 +168,11 @@ class ProfileRequest(_message.Message):
         batch_size: _builtins.int = ...,
         seq_len: _builtins.int = ...,
         repeats: _builtins.int = ...,
+        side_network: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "job_id", b"job_id", "layer_end", b"layer_end", "layer_start", b"layer_start", "model_dir", b"model_dir", "repeats", b"repeats", "seq_len", b"seq_len"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "job_id", b"job_id", "layer_end", b"layer_end", "layer_start", b"layer_start", "model_dir", b"model_dir", "repeats", b"repeats", "seq_len", b"seq_len", "side_network", b"side_network"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -211,7 +215,10 @@ class ProfileReply(_message.Message):
     DEVICE_FIELD_NUMBER: _builtins.int
     LAYERS_FIELD_NUMBER: _builtins.int
     EMBED_SECONDS_FIELD_NUMBER: _builtins.int
+    SIDE_SECONDS_FIELD_NUMBER: _builtins.int
     embed_seconds: _builtins.float
+    side_seconds: _builtins.float
+    """The whole side network's forward + backward on the batch (0 unless asked for)."""
     @_builtins.property
     def device(self) -> Global___DeviceProfile: ...
     @_builtins.property
@@ -222,10 +229,11 @@ class ProfileReply(_message.Message):
         device: Global___DeviceProfile | None = ...,
         layers: _abc.Iterable[Global___LayerProfile] | None = ...,
         embed_seconds: _builtins.float = ...,
+        side_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "embed_seconds", b"embed_seconds", "layers", b"layers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "embed_seconds", b"embed_seconds", "layers", b"layers", "side_seconds", b"side_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

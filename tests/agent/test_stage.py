@@ -151,17 +151,28 @@ def test_profile_times_each_block(
 ) -> None:
     model_dir = tiny_model_dir("bert")
 
-    async def scenario() -> agent_pb2.ProfileReply:
+    async def scenario() -> tuple[agent_pb2.ProfileReply, agent_pb2.ProfileReply]:
         async with start_agents(1) as [agent], agent_stub(agent.address) as stub:
-            reply: agent_pb2.ProfileReply = await stub.Profile(
-                agent_pb2.ProfileRequest(
-                    model_dir=str(model_dir), batch_size=2, seq_len=8, repeats=1
-                ),
-                metadata=auth,
-            )
-            return reply
+            replies = []
+            for side in (False, True):
+                replies.append(
+                    await stub.Profile(
+                        agent_pb2.ProfileRequest(
+                            model_dir=str(model_dir),
+                            batch_size=2,
+                            seq_len=8,
+                            repeats=1,
+                            side_network=side,
+                        ),
+                        metadata=auth,
+                    )
+                )
+            return replies[0], replies[1]
 
-    reply = asyncio.run(scenario())
+    reply, with_side = asyncio.run(scenario())
+    # the side network (forward + backward) is timed only when asked for
+    assert reply.side_seconds == 0 and with_side.side_seconds > 0
+    assert [layer.index for layer in with_side.layers] == [0, 1]
     assert [layer.index for layer in reply.layers] == [0, 1]
     assert all(layer.forward_seconds > 0 and layer.parameter_bytes > 0 for layer in reply.layers)
     assert reply.layers[0].activation_bytes >= 2 * 8 * 32 * 4  # hidden [2, 8, 32] float32

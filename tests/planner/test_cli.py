@@ -74,3 +74,21 @@ def test_estimates_count_encoder_and_decoder_layers() -> None:
     assert bert.layers[0].weight_bytes > bert.layers[1].weight_bytes
     total = sum(x.weight_bytes for x in model_profile(t5, 128).layers)
     assert 0.8e9 < total < 1.1e9  # T5-Base is ~220M parameters in fp32 (tied embedding)
+
+
+def test_measured_times_scale_the_estimates_by_flops() -> None:
+    """A measured mean block time sets the backbone's rate; a measured mean side-block time
+    sets the side blocks' own."""
+    from planner.estimate import device_profile
+
+    t5 = model_shape(T5_BASE)
+    estimated = device_profile("d", t5, 128, 1 << 30, gflops=50.0)
+    measured = device_profile(
+        "d", t5, 128, 1 << 30, layer_forward_s=2e-3, side_layer_s=5e-4, micro_batch_overhead_s=1e-3
+    )
+    assert sum(measured.forward_s) / len(measured.forward_s) == pytest.approx(2e-3)
+    assert sum(measured.side_s) / len(measured.side_s) == pytest.approx(5e-4)
+    # without a side measurement the side runs at the backbone's rate
+    ratio = [s / f for s, f in zip(estimated.side_s, estimated.forward_s, strict=True)]
+    assert max(ratio) < 0.2
+    assert measured.micro_batch_overhead_s == 1e-3
