@@ -1,6 +1,6 @@
 """The whole job on the local mesh, PAC against the paper's baselines (Table 2's shape).
 
-    python bench/e2e.py [--samples 512] [--epochs 3]
+    python bench/e2e.py [--samples 512] [--epochs 3] [--backbone-dtype bf16]
 
 Same model (real all-MiniLM-L6-v2), data (Rotten Tomatoes sentences), batch, seed and 4
 agents on loopback for every approach; each approach gets a fresh mesh so that each agent's
@@ -9,7 +9,9 @@ peak memory (VmHWM) is its own:
 - EDDL-like pure data parallel (1 stage on all 4 agents) with LoRA and with adapters;
 - Eco-FL-like pure pipeline (4 stages, one agent each) with LoRA and with full fine-tuning;
 - standalone LoRA on one agent.
-Baselines run at the model's default dropout. Prints total time, per-epoch time, peak
+Baselines run at the model's default dropout. ``--backbone-dtype bf16`` holds every frozen
+backbone in bfloat16 (PAC's, and LoRA's and the adapters' base; full fine-tuning trains the
+weights, so it stays float32): like for like. Prints total time, per-epoch time, peak
 memory per agent, and the ratios against PAC; PAC's cache-phase memory is the agents' RSS
 at the end of the job.
 """
@@ -70,12 +72,15 @@ def run(
     data: Path,
     epochs: int,
     work: Path,
+    backbone_dtype: str,
 ) -> dict[str, Any]:
     from coordinator.commands.demo import peak_rss_mb
     from coordinator.jobs import JobSpec
     from pac.cluster.local_mesh import LocalMesh
 
     settings: dict[str, Any] = {"layout": fixed} if fixed else {}
+    if technique != "full":
+        settings["backbone_dtype"] = backbone_dtype
     spec = JobSpec(
         model_dir=str(model),
         data_path=str(data),
@@ -89,7 +94,7 @@ def run(
         placement="mesh",
         output_dir=str(work / "out"),
     )
-    with LocalMesh(agents=len(AGENTS), run_dir=work / "mesh", planner=False) as mesh:
+    with LocalMesh(agents=len(AGENTS), run_dir=work / "mesh") as mesh:
         started = time.perf_counter()
         submit_and_watch(mesh, spec)
         seconds = time.perf_counter() - started
@@ -105,7 +110,6 @@ def run(
     return {
         "total": seconds,
         "epochs": [r["seconds"] for r in records],
-        "accuracy": records[-1].get("accuracy", float("nan")),
         "peak": max(peaks.values()),
         "end": max(ends.values()),
     }
@@ -115,6 +119,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--backbone-dtype", default="float32", choices=("float32", "bf16"))
     args = parser.parse_args()
     from coordinator.commands.demo import minilm_dir
     from pac.data.rotten_tomatoes import write_rotten_tomatoes
@@ -124,11 +129,14 @@ def main() -> int:
     model = minilm_dir()
     print(
         f"# bench/e2e.py: MiniLM, {args.samples} sentences, {args.epochs} epochs, batch "
-        f"{BATCH}, 4 agents on loopback (1 torch thread each); {machine_line(1)}"
+        f"{BATCH}, 4 agents on loopback (1 torch thread each), frozen backbones in "
+        f"{args.backbone_dtype}; {machine_line(1)}"
     )
     rows = {}
     for i, (name, (technique, fixed)) in enumerate(APPROACHES.items()):
-        rows[name] = run(name, technique, fixed, model, data, args.epochs, work / f"run{i}")
+        rows[name] = run(
+            name, technique, fixed, model, data, args.epochs, work / f"run{i}", args.backbone_dtype
+        )
         print(f"# done: {name} in {rows[name]['total']:.0f} s", flush=True)
     pac = rows["PAC (parallel adapters)"]
     print(
@@ -136,7 +144,9 @@ def main() -> int:
         f"{'end MB':>8}{'vs PAC':>8}"
     )
     for name, row in rows.items():
-        epochs = "/".join(f"{s:.0f}" for s in row["epochs"])
+        epochs = "/".join(f"{s:.1f}" for s in row["epochs"][:3])
+        if len(row["epochs"]) > 3:
+            epochs += f"/...({len(row['epochs'])})"
         print(
             f"{name:<30}{row['total']:>9.1f}{epochs:>24}{row['peak']:>15.0f}"
             f"{row['end']:>8.0f}{row['total'] / pac['total']:>7.1f}x"
