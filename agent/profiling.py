@@ -23,11 +23,13 @@ from pac.families import ModelFamily, family_for_dir
 @dataclass(frozen=True)
 class ProfileResult:
     """``embed_seconds`` and ``layers`` (backbone forward), ``side_seconds``: the whole side
-    network's forward + backward on the same batch (0 when not asked for)."""
+    network's forward + backward on the same batch (0 when not asked for);
+    ``second_batch_seconds``: each block's forward at a second batch size (when asked)."""
 
     embed_seconds: float
     layers: list[LayerTiming]
     side_seconds: float = 0.0
+    second_batch_seconds: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,11 @@ def profile_layers(
     repeats: int,
     device: torch.device | None = None,
     side_network: bool = False,
+    second_batch_size: int = 0,
 ) -> ProfileResult:
     """Timings of blocks ``[start, end)`` (end 0 = all) on a ``[batch_size, seq_len]`` batch
-    of random token ids, and with ``side_network`` of the side network on that batch."""
+    of random token ids, with ``side_network`` of the side network on that batch, and with
+    ``second_batch_size`` of the blocks on a second batch (the model is loaded once)."""
     family_class = family_for_dir(model_dir)
     family = family_class(family_class.load(model_dir))
     if device is not None:
@@ -69,6 +73,24 @@ def profile_layers(
     end = end or len(blocks)
     if not 0 <= start < end <= len(blocks):
         raise BadRequest(f"layer range [{start}, {end}) is not inside {len(blocks)} blocks")
+    batch = _random_batch(family, batch_size, seq_len, device)
+    with torch.no_grad():
+        embed_seconds = _median_seconds(lambda: family.embed(batch), repeats)
+        timings = _time_blocks(family, batch, start, end, repeats)
+        second: tuple[float, ...] = ()
+        if second_batch_size:
+            other = _random_batch(family, second_batch_size, seq_len, device)
+            second = tuple(
+                t.forward_seconds for t in _time_blocks(family, other, start, end, repeats)
+            )
+    side = _time_side_network(family, batch, repeats) if side_network else 0.0
+    return ProfileResult(embed_seconds, timings, side, second)
+
+
+def _random_batch(
+    family: ModelFamily, batch_size: int, seq_len: int, device: torch.device | None
+) -> dict[str, torch.Tensor]:
+    """``[batch_size, seq_len]`` random token ids, all real (the mask all ones)."""
     vocab = int(getattr(family.model.config, "vocab_size", 1000))
     shape = (max(batch_size, 1), max(seq_len, 1))
     generator = torch.Generator().manual_seed(0)
@@ -81,11 +103,7 @@ def profile_layers(
         batch["decoder_attention_mask"] = batch["attention_mask"]
     if device is not None:
         batch = {name: tensor.to(device) for name, tensor in batch.items()}
-    with torch.no_grad():
-        embed_seconds = _median_seconds(lambda: family.embed(batch), repeats)
-        timings = _time_blocks(family, batch, start, end, repeats)
-    side = _time_side_network(family, batch, repeats) if side_network else 0.0
-    return ProfileResult(embed_seconds, timings, side)
+    return batch
 
 
 def _time_blocks(

@@ -300,6 +300,7 @@ class AgentRuntime:
         seq_len: int,
         repeats: int,
         side_network: bool = False,
+        second_batch_size: int = 0,
     ) -> ProfileResult:
         """Forward time of blocks ``[start, end)`` on this device, and of the side network
         when asked (worker thread)."""
@@ -313,6 +314,7 @@ class AgentRuntime:
             repeats,
             self.device,
             side_network,
+            second_batch_size,
         )
 
     def release_backbone(self, job_id: str) -> int:

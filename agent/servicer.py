@@ -121,11 +121,13 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                     request.seq_len or 128,
                     request.repeats or 3,
                     request.side_network,
+                    request.second_batch_size,
                 )
             return agent_pb2.ProfileReply(
                 device=self._describe(),
                 embed_seconds=measured.embed_seconds,
                 side_seconds=measured.side_seconds,
+                second_batch_seconds=measured.second_batch_seconds,
                 layers=[
                     agent_pb2.LayerProfile(
                         index=t.index,

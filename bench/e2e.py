@@ -89,7 +89,7 @@ def run(
         technique_settings=settings,
         epochs=epochs,
         batch_size=BATCH,
-        micro_batches=4,
+        micro_batches=1,  # PAC: the planner chooses; the baselines' layouts fix their own
         max_length=64,
         placement="mesh",
         output_dir=str(work / "out"),

@@ -30,6 +30,7 @@ log = logging.getLogger("pac.coordinator.mesh")
 
 PROFILE_SEQ_LEN = 64
 PROFILE_REPEATS = 2
+PROFILE_MAX_BATCH = 8
 LINK_PAYLOAD_BYTES = 1 << 20
 LINK_REPEATS = 3
 
@@ -68,27 +69,26 @@ async def profile_agents(
     metadata: tuple[tuple[str, str], ...],
 ) -> dict[str, BlockTiming]:
     """Every agent times the job's blocks at one sample and at the job's micro-batch size
-    (all agents at once, as they will train at once)."""
-    micro = max(2, spec.batch_size // max(1, spec.micro_batches))
+    (at most ``PROFILE_MAX_BATCH``; all agents at once, as they will train at once)."""
+    # Two sizes tell the fixed cost from the per-sample one; beyond a few samples a
+    # larger batch only makes profiling slower.
+    micro = min(PROFILE_MAX_BATCH, max(2, spec.batch_size // max(1, spec.micro_batches)))
     names = list(stubs)
 
-    async def at(batch_size: int, side_network: bool) -> list[agent_pb2.ProfileReply]:
-        request = agent_pb2.ProfileRequest(
-            model_dir=str(Path(spec.model_dir).resolve()),
-            batch_size=batch_size,
-            seq_len=min(spec.max_length, PROFILE_SEQ_LEN),
-            repeats=PROFILE_REPEATS,
-            side_network=side_network,
-        )
-        return list(
-            await asyncio.gather(*(stubs[n].Profile(request, metadata=metadata) for n in names))
-        )
-
-    side = spec.technique == "parallel-adapters"
-    small, large = await at(1, False), await at(micro, side)
+    request = agent_pb2.ProfileRequest(
+        model_dir=str(Path(spec.model_dir).resolve()),
+        batch_size=micro,
+        seq_len=min(spec.max_length, PROFILE_SEQ_LEN),
+        repeats=PROFILE_REPEATS,
+        side_network=spec.technique == "parallel-adapters",
+        second_batch_size=1,
+    )
+    replies = await asyncio.gather(
+        *(stubs[n].Profile(request, metadata=metadata) for n in names)
+    )
     timings = {}
-    for name, one, many in zip(names, small, large, strict=True):
-        t1 = [layer.forward_seconds for layer in one.layers]
+    for name, many in zip(names, replies, strict=True):
+        t1 = list(many.second_batch_seconds)
         t2 = [layer.forward_seconds for layer in many.layers]
         if t1 and len(t1) == len(t2):
             fitted = fit_timing((1, t1), (micro, t2))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from pac.engine.ladder_cache import LadderCache
+from pac.pipeline.all_reduce import all_reduce_gradients
 from pac.pipeline.batch_part import BatchPart
 from pac.pipeline.entries import part_id
 from pac.pipeline.layout import PipelineLayout, StageSpec
@@ -171,7 +172,7 @@ class DeviceWorker:
                         if v.requires_grad
                     }
                     self._send(step, "grad", micro[index], index, rows, previous, back)
-        self._all_reduce(step)
+        self._all_reduce(step, micro)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
@@ -181,13 +182,28 @@ class DeviceWorker:
         result.waited_seconds = self.waited
         return result
 
-    def _all_reduce(self, step: int) -> None:
-        """Sum the group's gradients, in rank order on every member (so the replicas stay
-        bit-identical)."""
+    def _all_reduce(self, step: int, micro: list[Rows]) -> None:
+        """Sum the group's gradients so that every member ends with the same bits.
+
+        When every member computed rows of this step, they all hold gradients of the same
+        parameters (they ran the same stage): a bucketed ring all-reduce of those, in name
+        order (what the planner's cost model assumes). Otherwise (a member with no rows,
+        e.g. in a short last mini-batch) each member sends its gradients to every other and
+        all sum them in rank order."""
         group = self.spec.devices
         if len(group) == 1:
             return
         params = dict(self.model.named_parameters())
+        if all(
+            any(rows[0] < rows[1] for rows in (device_rows(m, self.spec.shares)[k] for m in micro))
+            for k in range(len(group))
+        ):
+            names = sorted(n for n, p in params.items() if p.grad is not None)
+            all_reduce_gradients(
+                self.transport, group, self.device, step, [params[n] for n in names],
+                timeout=self.timeout,
+            )
+            return
         own = {n: p.grad for n, p in params.items() if p.grad is not None}
         for peer in group:
             if peer != self.device:

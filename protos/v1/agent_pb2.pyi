@@ -146,6 +146,7 @@ class ProfileRequest(_message.Message):
     SEQ_LEN_FIELD_NUMBER: _builtins.int
     REPEATS_FIELD_NUMBER: _builtins.int
     SIDE_NETWORK_FIELD_NUMBER: _builtins.int
+    SECOND_BATCH_SIZE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     model_dir: _builtins.str
     """A local Hugging Face model directory on the agent."""
@@ -158,6 +159,10 @@ class ProfileRequest(_message.Message):
     """Timed repetitions after one untimed warm-up; the median is reported."""
     side_network: _builtins.bool
     """Also time a parallel-adapters side network (forward + backward) on the same batch."""
+    second_batch_size: _builtins.int
+    """Also time every block at this (second) batch size, from the same loaded model: two
+    sizes tell a fixed cost per call from the cost per sample (0 = no second size).
+    """
     def __init__(
         self,
         *,
@@ -169,10 +174,11 @@ class ProfileRequest(_message.Message):
         seq_len: _builtins.int = ...,
         repeats: _builtins.int = ...,
         side_network: _builtins.bool = ...,
+        second_batch_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "job_id", b"job_id", "layer_end", b"layer_end", "layer_start", b"layer_start", "model_dir", b"model_dir", "repeats", b"repeats", "seq_len", b"seq_len", "side_network", b"side_network"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "job_id", b"job_id", "layer_end", b"layer_end", "layer_start", b"layer_start", "model_dir", b"model_dir", "repeats", b"repeats", "second_batch_size", b"second_batch_size", "seq_len", b"seq_len", "side_network", b"side_network"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -216,6 +222,7 @@ class ProfileReply(_message.Message):
     LAYERS_FIELD_NUMBER: _builtins.int
     EMBED_SECONDS_FIELD_NUMBER: _builtins.int
     SIDE_SECONDS_FIELD_NUMBER: _builtins.int
+    SECOND_BATCH_SECONDS_FIELD_NUMBER: _builtins.int
     embed_seconds: _builtins.float
     side_seconds: _builtins.float
     """The whole side network's forward + backward on the batch (0 unless asked for)."""
@@ -223,6 +230,10 @@ class ProfileReply(_message.Message):
     def device(self) -> Global___DeviceProfile: ...
     @_builtins.property
     def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerProfile]: ...
+    @_builtins.property
+    def second_batch_seconds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per block, in the order of `layers`: forward seconds at `second_batch_size`."""
+
     def __init__(
         self,
         *,
@@ -230,10 +241,11 @@ class ProfileReply(_message.Message):
         layers: _abc.Iterable[Global___LayerProfile] | None = ...,
         embed_seconds: _builtins.float = ...,
         side_seconds: _builtins.float = ...,
+        second_batch_seconds: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "embed_seconds", b"embed_seconds", "layers", b"layers", "side_seconds", b"side_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "embed_seconds", b"embed_seconds", "layers", b"layers", "second_batch_seconds", b"second_batch_seconds", "side_seconds", b"side_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

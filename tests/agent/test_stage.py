@@ -163,6 +163,7 @@ def test_profile_times_each_block(
                             seq_len=8,
                             repeats=1,
                             side_network=side,
+                            second_batch_size=1 if side else 0,
                         ),
                         metadata=auth,
                     )
@@ -172,6 +173,10 @@ def test_profile_times_each_block(
     reply, with_side = asyncio.run(scenario())
     # the side network (forward + backward) is timed only when asked for
     assert reply.side_seconds == 0 and with_side.side_seconds > 0
+    # a second batch size is timed from the same load, block by block
+    assert not reply.second_batch_seconds
+    assert len(with_side.second_batch_seconds) == 2
+    assert all(seconds > 0 for seconds in with_side.second_batch_seconds)
     assert [layer.index for layer in with_side.layers] == [0, 1]
     assert [layer.index for layer in reply.layers] == [0, 1]
     assert all(layer.forward_seconds > 0 and layer.parameter_bytes > 0 for layer in reply.layers)
