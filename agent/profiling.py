@@ -24,12 +24,14 @@ from pac.families import ModelFamily, family_for_dir
 class ProfileResult:
     """``embed_seconds`` and ``layers`` (backbone forward), ``side_seconds``: the whole side
     network's forward + backward on the same batch (0 when not asked for);
-    ``second_batch_seconds``: each block's forward at a second batch size (when asked)."""
+    ``second_batch_seconds``: each block's forward at a second batch size (when asked);
+    ``backward_seconds``: each block's backward for a baseline technique (when asked)."""
 
     embed_seconds: float
     layers: list[LayerTiming]
     side_seconds: float = 0.0
     second_batch_seconds: tuple[float, ...] = ()
+    backward_seconds: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,13 @@ def profile_layers(
     device: torch.device | None = None,
     side_network: bool = False,
     second_batch_size: int = 0,
+    backward_technique: str = "",
 ) -> ProfileResult:
     """Timings of blocks ``[start, end)`` (end 0 = all) on a ``[batch_size, seq_len]`` batch
     of random token ids, with ``side_network`` of the side network on that batch, and with
-    ``second_batch_size`` of the blocks on a second batch (the model is loaded once)."""
+    ``second_batch_size`` of the blocks on a second batch (the model is loaded once), and
+    with ``backward_technique`` (``full``, ``lora``, ``adapters``) each block's backward as
+    that baseline runs it."""
     family_class = family_for_dir(model_dir)
     family = family_class(family_class.load(model_dir))
     if device is not None:
@@ -84,7 +89,64 @@ def profile_layers(
                 t.forward_seconds for t in _time_blocks(family, other, start, end, repeats)
             )
     side = _time_side_network(family, batch, repeats) if side_network else 0.0
-    return ProfileResult(embed_seconds, timings, side, second)
+    backward: tuple[float, ...] = ()
+    if backward_technique:
+        if backward_technique not in BACKWARD_TECHNIQUES:
+            raise BadRequest(
+                f"cannot profile the backward of {backward_technique!r}; choose one of "
+                f"{', '.join(BACKWARD_TECHNIQUES)}"
+            )
+        both = _time_blocks_backward(
+            family, batch, start, end, repeats, backward_technique == "full"
+        )
+        backward = tuple(
+            max(b - t.forward_seconds, 0.0) for b, t in zip(both, timings, strict=True)
+        )
+    return ProfileResult(embed_seconds, timings, side, second, backward)
+
+
+BACKWARD_TECHNIQUES = ("full", "lora", "adapters")
+
+
+def _time_blocks_backward(
+    family: ModelFamily,
+    batch: dict[str, torch.Tensor],
+    start: int,
+    end: int,
+    repeats: int,
+    weights: bool,
+) -> list[float]:
+    """Per block, forward + backward seconds: the gradient of the block's input, and with
+    ``weights`` of its weights too (full fine-tuning; LoRA and adapters train a few small
+    matrices beside frozen weights, so their backward is the input gradient's)."""
+    blocks = family.blocks()
+    with torch.no_grad():
+        state = family.embed(batch)
+        for index in range(start):
+            state = family.run_block(index, state)
+    seconds = []
+    for block in blocks[start:end]:
+        for param in block.module.parameters():
+            param.requires_grad_(weights)
+        inputs = {
+            k: v.detach().requires_grad_(v.is_floating_point()) for k, v in state.items()
+        }
+
+        def step(
+            index: int = block.index,
+            module: torch.nn.Module = block.module,
+            inputs: dict[str, torch.Tensor] = inputs,
+        ) -> None:
+            out = family.run_block(index, inputs)
+            out["hidden"].float().sum().backward()
+            for value in inputs.values():
+                value.grad = None
+            module.zero_grad(set_to_none=True)
+
+        seconds.append(_median_seconds(step, repeats))
+        with torch.no_grad():
+            state = family.run_block(block.index, state)
+    return seconds
 
 
 def _random_batch(

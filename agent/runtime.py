@@ -301,6 +301,7 @@ class AgentRuntime:
         repeats: int,
         side_network: bool = False,
         second_batch_size: int = 0,
+        backward_technique: str = "",
     ) -> ProfileResult:
         """Forward time of blocks ``[start, end)`` on this device, and of the side network
         when asked (worker thread)."""
@@ -315,6 +316,7 @@ class AgentRuntime:
             self.device,
             side_network,
             second_batch_size,
+            backward_technique,
         )
 
     def release_backbone(self, job_id: str) -> int:

@@ -122,6 +122,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                     request.repeats or 3,
                     request.side_network,
                     request.second_batch_size,
+                    request.backward_technique,
                 )
             return agent_pb2.ProfileReply(
                 device=self._describe(),
@@ -132,10 +133,13 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                     agent_pb2.LayerProfile(
                         index=t.index,
                         forward_seconds=t.forward_seconds,
+                        backward_seconds=(
+                            measured.backward_seconds[i] if measured.backward_seconds else 0.0
+                        ),
                         parameter_bytes=t.parameter_bytes,
                         activation_bytes=t.activation_bytes,
                     )
-                    for t in measured.layers
+                    for i, t in enumerate(measured.layers)
                 ],
             )
 

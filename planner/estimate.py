@@ -150,16 +150,26 @@ def model_profile(shape: ModelShape, seq: int) -> ModelProfile:
     return ModelProfile(shape.name, tuple(layers))
 
 
+# Backward / forward time of a block when not measured: full fine-tuning computes the input
+# and the weight gradients (~2x forward); LoRA and adapters the input's gradient through the
+# frozen weights (~1x) plus their small matrices.
+BACKWARD_RULE_OF_THUMB = {"full": 2.0, "lora": 1.05, "adapters": 1.1}
+
+
 def device_profile(
     name: str, shape: ModelShape, seq: int, memory_bytes: int,
     gflops: float | None = None, layer_forward_s: float | None = None,
     micro_batch_overhead_s: float = 0.0, side_layer_s: float | None = None,
+    backward_ratio: tuple[str, float] | None = None,
 ) -> DeviceProfile:
     """Per-layer times from a throughput (GFLOP/s) or one measured mean layer time.
 
     ``side_layer_s``: a measured mean side-block forward + backward per sample; the side
     blocks' times are then scaled from it by their FLOPs (small matmuls and a backward run
     at a lower rate than the backbone's, so the backbone's rate underestimates them).
+    ``backward_ratio``: ``(technique, measured backward / forward time)`` of a baseline's
+    blocks; that technique's backward is then the forward times the ratio instead of the
+    rule of thumb (full ~2x, LoRA ~1.05x, adapters ~1.1x).
     ``micro_batch_overhead_s``: the device's fixed seconds per micro-batch and stage (see
     :class:`DeviceProfile`), passed through.
     """
@@ -173,6 +183,9 @@ def device_profile(
             f"device {name!r} needs 'gflops' or 'layer_forward_ms' in the cluster file"
         )
     forward = tuple(f / rate for f in flops)
+    ratios = dict(BACKWARD_RULE_OF_THUMB)
+    if backward_ratio is not None and backward_ratio[1] > 0:
+        ratios[backward_ratio[0]] = backward_ratio[1]
     side_work = [side_flops(layer, seq) for layer in shape.layers]
     side_rate = rate
     if side_layer_s is not None and side_layer_s > 0:
@@ -185,10 +198,9 @@ def device_profile(
         memory_bytes=memory_bytes,
         # Full: activation and weight gradients (~2x forward); LoRA/adapters: activation
         # gradients through the frozen weights (~1x) plus the small adapters.
-        backward_s=(
-            ("full", tuple(2 * f for f in forward)),
-            ("lora", tuple(1.05 * f for f in forward)),
-            ("adapters", tuple(1.1 * f for f in forward)),
+        backward_s=tuple(
+            (technique, tuple(ratios[technique] * f for f in forward))
+            for technique in ("full", "lora", "adapters")
         ),
         gflops=rate / 1e9,
         micro_batch_overhead_s=micro_batch_overhead_s,

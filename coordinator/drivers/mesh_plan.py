@@ -2,7 +2,8 @@
 
 Each agent times the job's blocks on its own hardware at two micro-batch sizes (the slope
 is its seconds per sample, the intercept its fixed cost per micro-batch) and, for parallel
-adapters, the side network's forward + backward at the larger size; and it measures its
+adapters, the side network's forward + backward at the larger size (for a baseline, the
+blocks' backward as that technique runs it); and it measures its
 links to the agents after it in the list (latency and bandwidth, one pair at a time). The
 planner gets those numbers: the Planner service when the coordinator was given one
 (``--planner``), else the library in this process.
@@ -43,11 +44,14 @@ class PlanningError(RuntimeError):
 class BlockTiming:
     """An agent's measured cost of the job's blocks: ``per_sample_s`` of one block (mean
     over blocks), ``overhead_s`` per micro-batch through all blocks, whatever its size;
-    ``side_per_sample_s``: one side block's forward + backward (mean; 0 = not measured)."""
+    ``side_per_sample_s``: one side block's forward + backward (mean; 0 = not measured);
+    ``backward_ratio``: a baseline's backward over forward time of the blocks (0 = not
+    measured)."""
 
     per_sample_s: float
     overhead_s: float
     side_per_sample_s: float = 0.0
+    backward_ratio: float = 0.0
 
 
 def fit_timing(small: tuple[int, list[float]], large: tuple[int, list[float]]) -> BlockTiming:
@@ -82,6 +86,7 @@ async def profile_agents(
         repeats=PROFILE_REPEATS,
         side_network=spec.technique == "parallel-adapters",
         second_batch_size=1,
+        backward_technique="" if spec.technique == "parallel-adapters" else spec.technique,
     )
     replies = await asyncio.gather(
         *(stubs[n].Profile(request, metadata=metadata) for n in names)
@@ -93,7 +98,9 @@ async def profile_agents(
         if t1 and len(t1) == len(t2):
             fitted = fit_timing((1, t1), (micro, t2))
             side_s = many.side_seconds / micro / len(t2)
-            timings[name] = BlockTiming(fitted.per_sample_s, fitted.overhead_s, side_s)
+            backward = sum(layer.backward_seconds for layer in many.layers)
+            ratio = backward / sum(t2) if sum(t2) > 0 else 0.0
+            timings[name] = BlockTiming(fitted.per_sample_s, fitted.overhead_s, side_s, ratio)
     log.info("measured blocks by agent: %s", timings)
     return timings
 
@@ -165,6 +172,11 @@ def planner_inputs(
                 layer_forward_s=timing.per_sample_s if timing else None,
                 micro_batch_overhead_s=timing.overhead_s if timing else 0.0,
                 side_layer_s=(timing.side_per_sample_s or None) if timing else None,
+                backward_ratio=(
+                    (spec.technique, timing.backward_ratio)
+                    if timing and timing.backward_ratio
+                    else None
+                ),
             )
         )
     return Cluster(tuple(devices), network_of(links)), model_profile(shape, seq)
@@ -232,11 +244,18 @@ def plan_report(
     """The plan as ``pac plan`` prints it, then what it was made from."""
     lines = [str(chosen), "", f"planned by {planner} from these measurements:"]
     for name, timing in timings.items():
-        lines.append(
+        line = (
             f"  agent {name}: {timing.per_sample_s * 1e3:.3f} ms per sample per block, "
-            f"{timing.overhead_s * 1e3:.3f} ms per micro-batch, side block forward+backward "
-            f"{timing.side_per_sample_s * 1e3:.3f} ms per sample"
+            f"{timing.overhead_s * 1e3:.3f} ms per micro-batch"
         )
+        if timing.side_per_sample_s:
+            line += (
+                f", side block forward+backward {timing.side_per_sample_s * 1e3:.3f} ms "
+                "per sample"
+            )
+        if timing.backward_ratio:
+            line += f", backward {timing.backward_ratio:.2f}x forward"
+        lines.append(line)
     for (a, b), link in links.items():
         lines.append(
             f"  link {a} - {b}: {link.bandwidth_bps * 8 / 1e6:.0f} Mbit/s, "

@@ -147,6 +147,7 @@ class ProfileRequest(_message.Message):
     REPEATS_FIELD_NUMBER: _builtins.int
     SIDE_NETWORK_FIELD_NUMBER: _builtins.int
     SECOND_BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    BACKWARD_TECHNIQUE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     model_dir: _builtins.str
     """A local Hugging Face model directory on the agent."""
@@ -163,6 +164,10 @@ class ProfileRequest(_message.Message):
     """Also time every block at this (second) batch size, from the same loaded model: two
     sizes tell a fixed cost per call from the cost per sample (0 = no second size).
     """
+    backward_technique: _builtins.str
+    """Also time each block's backward as a baseline runs it: "full" (weights and input),
+    "lora" or "adapters" (the input's gradient through frozen weights); "" = none.
+    """
     def __init__(
         self,
         *,
@@ -175,10 +180,11 @@ class ProfileRequest(_message.Message):
         repeats: _builtins.int = ...,
         side_network: _builtins.bool = ...,
         second_batch_size: _builtins.int = ...,
+        backward_technique: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "job_id", b"job_id", "layer_end", b"layer_end", "layer_start", b"layer_start", "model_dir", b"model_dir", "repeats", b"repeats", "second_batch_size", b"second_batch_size", "seq_len", b"seq_len", "side_network", b"side_network"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backward_technique", b"backward_technique", "batch_size", b"batch_size", "job_id", b"job_id", "layer_end", b"layer_end", "layer_start", b"layer_start", "model_dir", b"model_dir", "repeats", b"repeats", "second_batch_size", b"second_batch_size", "seq_len", b"seq_len", "side_network", b"side_network"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -192,12 +198,15 @@ class LayerProfile(_message.Message):
     FORWARD_SECONDS_FIELD_NUMBER: _builtins.int
     PARAMETER_BYTES_FIELD_NUMBER: _builtins.int
     ACTIVATION_BYTES_FIELD_NUMBER: _builtins.int
+    BACKWARD_SECONDS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     forward_seconds: _builtins.float
     parameter_bytes: _builtins.int
     """Bytes of the block's parameters."""
     activation_bytes: _builtins.int
     """Bytes of the block's output state for the profiled batch."""
+    backward_seconds: _builtins.float
+    """The block's backward (ProfileRequest.backward_technique; 0 if not asked for)."""
     def __init__(
         self,
         *,
@@ -205,10 +214,11 @@ class LayerProfile(_message.Message):
         forward_seconds: _builtins.float = ...,
         parameter_bytes: _builtins.int = ...,
         activation_bytes: _builtins.int = ...,
+        backward_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation_bytes", b"activation_bytes", "forward_seconds", b"forward_seconds", "index", b"index", "parameter_bytes", b"parameter_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation_bytes", b"activation_bytes", "backward_seconds", b"backward_seconds", "forward_seconds", b"forward_seconds", "index", b"index", "parameter_bytes", b"parameter_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

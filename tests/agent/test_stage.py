@@ -182,3 +182,44 @@ def test_profile_times_each_block(
     assert all(layer.forward_seconds > 0 and layer.parameter_bytes > 0 for layer in reply.layers)
     assert reply.layers[0].activation_bytes >= 2 * 8 * 32 * 4  # hidden [2, 8, 32] float32
     assert reply.device.name == "agent-0"
+
+
+def test_profile_times_a_baselines_backward(
+    tiny_model_dir: Callable[[str], Path],
+    start_agents: Any,
+    agent_stub: Any,
+    auth: Any,
+    status_of: Any,
+) -> None:
+    """For a baseline the planner needs the blocks' backward: with the weights' gradients
+    (full) or only the input's (LoRA, adapters); an unknown technique is refused."""
+    model_dir = tiny_model_dir("gpt2")
+
+    async def scenario() -> dict[str, agent_pb2.ProfileReply]:
+        async with start_agents(1) as [agent], agent_stub(agent.address) as stub:
+            replies = {}
+            for technique in ("full", "lora"):
+                replies[technique] = await stub.Profile(
+                    agent_pb2.ProfileRequest(
+                        model_dir=str(model_dir),
+                        batch_size=2,
+                        seq_len=8,
+                        repeats=3,
+                        backward_technique=technique,
+                    ),
+                    metadata=auth,
+                )
+            bad = agent_pb2.ProfileRequest(
+                model_dir=str(model_dir), batch_size=1, seq_len=4, backward_technique="sgd"
+            )
+            assert await status_of(stub.Profile(bad, metadata=auth)) == (
+                grpc.StatusCode.INVALID_ARGUMENT
+            )
+            return replies
+
+    replies = asyncio.run(scenario())
+    for reply in replies.values():
+        assert len(reply.layers) == 2
+        # backward = (forward + backward) - forward, clipped at 0 against timing noise
+        assert all(layer.backward_seconds >= 0 for layer in reply.layers)
+        assert sum(layer.backward_seconds for layer in reply.layers) > 0

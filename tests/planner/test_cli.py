@@ -92,3 +92,17 @@ def test_measured_times_scale_the_estimates_by_flops() -> None:
     ratio = [s / f for s, f in zip(estimated.side_s, estimated.forward_s, strict=True)]
     assert max(ratio) < 0.2
     assert measured.micro_batch_overhead_s == 1e-3
+
+
+def test_a_measured_backward_ratio_replaces_the_rule_of_thumb() -> None:
+    from planner.estimate import BACKWARD_RULE_OF_THUMB, device_profile
+    from planner.profiles import Technique
+
+    bert = model_shape(BERT)
+    measured = device_profile(
+        "d", bert, 64, 1 << 30, layer_forward_s=1e-3, backward_ratio=("lora", 1.7)
+    )
+    forward = measured.forward_s
+    assert measured.backward_for(Technique.LORA) == pytest.approx([1.7 * f for f in forward])
+    rule = BACKWARD_RULE_OF_THUMB["full"]
+    assert measured.backward_for(Technique.FULL) == pytest.approx([rule * f for f in forward])
