@@ -222,6 +222,9 @@ def split_fixed_cost(
     if min(seconds_a, seconds_b) <= 0:
         raise ValueError(f"timings must be positive, got {seconds_a} and {seconds_b}")
     (small, t_small), (large, t_large) = sorted(((batch_a, seconds_a), (batch_b, seconds_b)))
+    if t_large <= t_small:
+        # The larger batch measured no slower (noise): no fixed cost can be told apart.
+        return t_large / large, 0.0
     slope = (t_large - t_small) / (large - small)
     fixed = min(max(t_small - slope * small, 0.0), t_small)
     return (t_large - fixed) / large, fixed

@@ -122,5 +122,9 @@ def test_fixed_cost_from_two_batch_sizes() -> None:
     # Noise that tilts the line below zero at no samples: no negative fixed cost.
     per_sample, fixed = split_fixed_cost(1, 0.004, 4, 0.020)
     assert fixed == 0.0 and per_sample == pytest.approx(0.005)
+    # A larger batch measured faster than a smaller one (noise on a busy machine): the
+    # per-sample time stays positive, the fixed cost is zero.
+    per_sample, fixed = split_fixed_cost(1, 0.010, 8, 0.009)
+    assert fixed == 0.0 and per_sample == pytest.approx(0.009 / 8)
     with pytest.raises(ValueError, match="two different batch sizes"):
         split_fixed_cost(4, 0.01, 4, 0.02)
