@@ -39,11 +39,15 @@ def check_model_dir(model_dir: Path) -> None:
 
 def from_pretrained(model_class: Any, model_dir: Path, dtype: torch.dtype) -> PreTrainedModel:
     """``model_class.from_pretrained`` in eval mode (no dropout). Gradients stay on: the
-    technique decides what to freeze."""
+    technique decides what to freeze.
+
+    The weights are read into the process's own memory, not memory-mapped from the
+    safetensors file: a mapping outlives the parameters (the loader keeps it), so releasing
+    the backbone after epoch 1 would not give its pages back."""
     model_dir = Path(model_dir)
     check_model_dir(model_dir)
     model: PreTrainedModel = model_class.from_pretrained(
-        str(model_dir), dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION
+        str(model_dir), dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION, disable_mmap=True
     )
     model.eval()
     return model
