@@ -8,7 +8,6 @@ each step; the adapters and ``metrics.jsonl`` are written to the job's output di
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -59,8 +58,7 @@ class LocalDriver:
         self, job: Job, agents: LiveAgents, progress: ProgressSink, cancelled: threading.Event
     ) -> JobResult:
         from pac.engine.dataset import DataFields
-        from pac.engine.memory import peak_rss_bytes, rss_bytes
-        from pac.engine.trainer import EpochReport, TrainConfig, Trainer
+        from pac.engine.trainer import TrainConfig, Trainer
 
         spec = job.spec
         out = Path(job.output_dir)
@@ -104,25 +102,12 @@ class LocalDriver:
                 return JobResult(metrics=metrics, output_dir=str(out))
             seconds = time.perf_counter() - start
             pace.end_epoch()
-            evaluation = trainer.evaluate()
-            if trainer.ladder_cache is not None and not trainer.backbone_released:
-                trainer.release_backbone()
+            report = trainer.end_epoch(epoch, phase, loss, seconds)
             metrics = {
                 name: float(value)
-                for name, value in (evaluation.metrics if evaluation else {}).items()
+                for name, value in report.eval.items()
                 if isinstance(value, (int, float))
             }
-            report = EpochReport(
-                epoch=epoch,
-                phase=phase,
-                loss=loss,
-                seconds=seconds,
-                samples_per_second=len(trainer.train_samples) / max(seconds, 1e-9),
-                rss_bytes=rss_bytes(),
-                peak_rss_bytes=peak_rss_bytes(),
-                eval=metrics,
-            )
-            _append_report(out, report.to_json())
             progress(Progress(loss=loss, metrics=metrics))
             if cancelled.is_set():
                 return JobResult(metrics=metrics, output_dir=str(out))
@@ -170,9 +155,3 @@ class _Pace:
         self.seen = count
         if self.cancelled.is_set():
             raise _Cancelled
-
-
-def _append_report(out: Path, report: dict[str, object]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "metrics.jsonl", "a") as stream:
-        stream.write(json.dumps(report) + "\n")

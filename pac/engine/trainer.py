@@ -275,27 +275,32 @@ class Trainer:
         for epoch in range(1, self.config.epochs + 1):
             start = time.perf_counter()
             loss, phase = self.train_epoch(epoch)
-            seconds = time.perf_counter() - start
-            evaluation = self.evaluate()
-            self.checkpoint()
-            if self.ladder_cache is not None and not self.backbone_released:
-                self.release_backbone()
-            report = EpochReport(
-                epoch=epoch,
-                phase=phase,
-                loss=loss,
-                seconds=seconds,
-                samples_per_second=len(self.train_samples) / max(seconds, 1e-9),
-                rss_bytes=rss_bytes(),
-                peak_rss_bytes=peak_rss_bytes(),
-                eval=evaluation.metrics if evaluation else {},
-            )
+            report = self.end_epoch(epoch, phase, loss, time.perf_counter() - start)
             reports.append(report)
-            self._write_report(report)
             if on_epoch is not None:
                 on_epoch(report)
         self.export()
         return reports
+
+    def end_epoch(self, epoch: int, phase: str, loss: float, seconds: float) -> EpochReport:
+        """After an epoch's training: evaluate, checkpoint, release the backbone after the
+        cache's first fill, and append the epoch's report to ``metrics.jsonl``."""
+        evaluation = self.evaluate()
+        self.checkpoint()
+        if self.ladder_cache is not None and not self.backbone_released:
+            self.release_backbone()
+        report = EpochReport(
+            epoch=epoch,
+            phase=phase,
+            loss=loss,
+            seconds=seconds,
+            samples_per_second=len(self.train_samples) / max(seconds, 1e-9),
+            rss_bytes=rss_bytes(),
+            peak_rss_bytes=peak_rss_bytes(),
+            eval=evaluation.metrics if evaluation else {},
+        )
+        self._write_report(report)
+        return report
 
     def checkpoint(self) -> Path | None:
         """Write OUT/checkpoint.safetensors (atomically); None without an output dir."""
