@@ -233,9 +233,10 @@ class MeshDriver:
         """Give every sample one owner, move the cache entries, switch to the cache phase."""
         progress(Progress(state=JobState.REDISTRIBUTING, redistribution_progress=0.0))
         shares = cache_shares(run.plan, layout, profiles)
-        owners = await asyncio.to_thread(assign_owners, layout, run.batches(1), shares)
+        epoch_one = run.batches(1)
+        owners = await asyncio.to_thread(assign_owners, layout, epoch_one, shares)
         per_layer = await asyncio.to_thread(
-            layer_cache_bytes, run, run.batches(1), run.settings.cache_precision
+            layer_cache_bytes, run, epoch_one, run.settings.cache_precision
         )
         predicted = predicted_bytes(
             layout, run.spec.batch_size, shares, per_layer, len(run.samples)
