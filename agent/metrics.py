@@ -12,11 +12,14 @@ agents can live in one test process); ``/metrics`` serves it.
 | pac_agent_stream_seconds | histogram | direction | one tensor message, first to last byte |
 | pac_agent_stage_compute_seconds | histogram | job, stage | one FORWARD of a stage |
 | pac_agent_stage_wait_seconds | histogram | job, stage | a step's time blocked on peers (bubble) |
+| pac_agent_cache_step_seconds | histogram | job, part | a cache-phase step's time by part |
 | pac_agent_backbone_released | gauge | job | 1 once the backbone is released |
 | pac_agent_redistributed_bytes_total | counter | peer | cache bytes sent to their owners |
 | pac_agent_cache_bytes | gauge | | bytes in the activation cache |
 | pac_agent_mailbox_bytes | gauge | | received bytes waiting for compute |
 | pac_agent_rss_bytes | gauge | | resident memory of the process |
+| pac_agent_idle_rss_bytes | gauge | | resident memory when it registered with no job open |
+| pac_agent_peak_rss_bytes | gauge | since | peak RSS since start, since the cache phase |
 | pac_agent_current_step | gauge | job | last step run of each open job |
 | pac_agent_registered | gauge | | 1 while registered with the coordinator |
 | pac_agent_info | info | | name, accelerator, torch version |
@@ -24,10 +27,13 @@ agents can live in one test process); ``/metrics`` serves it.
 
 from __future__ import annotations
 
+import functools
 import resource
 import sys
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from agent.peak_memory import CACHE_PHASE, START, PeakMemory
 
 # From 1 ms to about 2 min: a tiny activation on loopback up to 1 GiB over a slow link.
 _SECONDS_BUCKETS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 120.0)
@@ -80,6 +86,14 @@ class AgentMetrics:
             buckets=_SECONDS_BUCKETS,
             registry=r,
         )
+        self.cache_step_seconds = Histogram(
+            "pac_agent_cache_step_seconds",
+            "Seconds per cache-phase step by part: ladder (cache reads), compute, send and "
+            "wait (gradient all-reduce), optimizer, checkpoint",
+            ["job", "part"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
         self.backbone_released = Gauge(
             "pac_agent_backbone_released",
             "1 once the job's backbone is released (the cache phase)",
@@ -100,6 +114,21 @@ class AgentMetrics:
         )
         self.rss = Gauge("pac_agent_rss_bytes", "Resident memory of the agent", registry=r)
         self.rss.set_function(rss_bytes)
+        self.memory = PeakMemory()
+        self.idle_rss = Gauge(
+            "pac_agent_idle_rss_bytes",
+            "Resident memory when the agent registered with no job open (its floor)",
+            registry=r,
+        )
+        self.idle_rss.set_function(lambda: self.memory.idle_bytes)
+        self.peak_rss = Gauge(
+            "pac_agent_peak_rss_bytes",
+            "Peak resident memory since the process started, and since the cache phase began",
+            ["since"],
+            registry=r,
+        )
+        for since in (START, CACHE_PHASE):
+            self.peak_rss.labels(since).set_function(functools.partial(self.memory.peak, since))
         self.current_step = Gauge("pac_agent_current_step", "Last step run", ["job"], registry=r)
         self.registered = Gauge(
             "pac_agent_registered", "1 while registered with the coordinator", registry=r

@@ -31,6 +31,7 @@ from agent.errors import (
     StageNotLoaded,
 )
 from agent.metrics import AgentMetrics
+from agent.peak_memory import CACHE_PHASE
 from agent.profiling import ProfileResult, profile_layers
 from agent.stage import Stage
 from agent.training import TrainingSession, WireTransport
@@ -225,6 +226,9 @@ class AgentRuntime:
             self.metrics.stage_compute_seconds.labels(job_id, stage).observe(
                 max(0.0, elapsed - result.waited_seconds)
             )
+            for part_name, seconds in result.parts.items():
+                self.metrics.cache_step_seconds.labels(job_id, part_name).observe(seconds)
+            self.metrics.cache_step_seconds.labels(job_id, "total").observe(elapsed)
             yield step, result
 
     def _training(self, job_id: str) -> TrainingSession:
@@ -261,6 +265,8 @@ class AgentRuntime:
         """Gather the side network, release the backbone, train from the cache next."""
         released = await asyncio.to_thread(self._training(job_id).enter_cache_phase)
         self.metrics.backbone_released.labels(job_id).set(1)
+        # The cache phase's peak memory is measured from here, the backbone gone.
+        self.metrics.memory.mark(CACHE_PHASE)
         return released
 
     async def export_adapters(self, job_id: str) -> dict[str, torch.Tensor]:

@@ -139,6 +139,12 @@ class AgentServer:
             job_id=job_id, step=step, rss_bytes=rss_bytes(), draining=self.runtime.draining
         )
 
+    def _registration_changed(self, registered: bool) -> None:
+        self.metrics.registered.set(int(registered))
+        if registered and not self.runtime.jobs:
+            # Registered and idle: the memory every job's figures are measured above.
+            self.metrics.memory.note_idle()
+
     def _describe(self) -> agent_pb2.DeviceProfile:
         return self.profile
 
@@ -194,7 +200,7 @@ class AgentServer:
                 self._describe,
                 config.join_token,
                 self._status,
-                on_change=lambda registered: self.metrics.registered.set(int(registered)),
+                on_change=self._registration_changed,
                 retry_s=config.registration_retry_s,
             )
             self._tasks.append(asyncio.create_task(self.registration.run()))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from pac.engine.memory import release_backbone, rss_bytes
 from pac.engine.schedule import make_optimizer
 from pac.pipeline.all_reduce import DEFAULT_BUCKET_BYTES
 from pac.pipeline.batch_part import BatchPart
-from pac.pipeline.cache_phase import DataParallelWorker, gather_state
+from pac.pipeline.cache_phase import CACHE_PHASE_ALL_REDUCE, DataParallelWorker, gather_state
 from pac.pipeline.entries import split_part_id
 from pac.pipeline.job import MeshJobSettings
 from pac.pipeline.transport import MessageKey, Tensors
@@ -89,6 +90,39 @@ class WireTransport:
         contiguous = {name: t.detach().contiguous() for name, t in tensors.items()}
         call = self._send(address, contiguous, self._routing(key), None)
         asyncio.run_coroutine_threadsafe(call, self.loop).result()  # type: ignore[arg-type]
+
+    def send_many(self, messages: Sequence[tuple[MessageKey, Tensors]]) -> None:
+        """Send ``messages`` concurrently (one hop onto the event loop, the peers' acks
+        awaited together)."""
+
+        async def sends() -> None:
+            await asyncio.gather(
+                *(
+                    self._send(
+                        self.addresses[key.target],
+                        {name: t.detach().contiguous() for name, t in tensors.items()},
+                        self._routing(key),
+                        None,
+                    )
+                    for key, tensors in messages
+                )
+            )
+
+        asyncio.run_coroutine_threadsafe(sends(), self.loop).result()
+
+    def recv_many(
+        self, keys: Sequence[MessageKey], timeout: float | None = None
+    ) -> list[Tensors]:
+        """The messages ``keys`` (in that order), awaited together: one hop onto the event
+        loop for all of them."""
+
+        async def gets() -> list[Tensors]:
+            messages = await asyncio.gather(
+                *(self.mailbox.get(RoutingKey.of(self._routing(key)), timeout) for key in keys)
+            )
+            return [dict(message.tensors) for message in messages]
+
+        return asyncio.run_coroutine_threadsafe(gets(), self.loop).result()
 
     def recv(self, key: MessageKey, timeout: float | None = None) -> Tensors:
         routing = self._routing(key)
@@ -167,11 +201,13 @@ class TrainingSession:
             loss_sum, terms, rows = self.data_parallel.run_step(
                 step, part.tensors, list(part.sample_ids or ()), part.loss_count
             )
-            result = StepResult(loss_sum=loss_sum, count=terms, samples=rows)
+            parts = self.data_parallel.clock.take()
+            result = StepResult(loss_sum=loss_sum, count=terms, samples=rows, parts=parts)
         done = step + 1
         per_epoch = int(self.settings.extra.get("steps_per_epoch", 0))
         every = int(self.settings.extra.get("checkpoint_every", 0))
         if (per_epoch and done % per_epoch == 0) or (every and done % every == 0):
+            started = time.perf_counter()
             save_checkpoint(
                 self.checkpoint_path,
                 self.worker.model,
@@ -179,6 +215,8 @@ class TrainingSession:
                 done,
                 done // per_epoch if per_epoch else 0,
             )
+            if self.data_parallel is not None:
+                result.parts["checkpoint"] = time.perf_counter() - started
         return result
 
     def redistribute(self, owners: dict[str, str]) -> tuple[dict[str, int], int]:
@@ -233,6 +271,7 @@ class TrainingSession:
             self.worker.scheduler,
             self.owners,
             bucket_bytes=int(self.settings.extra.get("bucket_bytes", DEFAULT_BUCKET_BYTES)),
+            algorithm=str(self.settings.extra.get("all_reduce", CACHE_PHASE_ALL_REDUCE)),
         )
         before = rss_bytes()
         freed = release_backbone(self.loaded.family, keep_lm_head=self.settings.task.generates_text)

@@ -22,6 +22,7 @@ from pac.engine.export import save_adapters
 from pac.engine.loading import LoadedModel, load_model
 from pac.engine.schedule import DEFAULT_LEARNING_RATE
 from pac.pipeline.all_reduce import DEFAULT_BUCKET_BYTES
+from pac.pipeline.cache_phase import CACHE_PHASE_ALL_REDUCE
 from pac.pipeline.job import MeshJobSettings
 from pac.pipeline.layout import PipelineLayout
 from pac.tasks import TaskSpec
@@ -85,6 +86,9 @@ class JobData:
                 "checkpoint_every": int(spec.technique_settings.get("checkpoint_every", 0)),
                 "bucket_bytes": int(
                     spec.technique_settings.get("bucket_bytes", DEFAULT_BUCKET_BYTES)
+                ),
+                "all_reduce": str(
+                    spec.technique_settings.get("all_reduce", CACHE_PHASE_ALL_REDUCE)
                 ),
             },
         )

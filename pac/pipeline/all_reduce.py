@@ -1,23 +1,34 @@
-"""Bucketed ring all-reduce of gradients over a :class:`Transport`.
+"""Bucketed all-reduce of gradients over a :class:`Transport`: a ring, or two direct rounds.
 
 The trainable parameters are cut into buckets of at most ``bucket_bytes`` (in reverse
 registration order, as PyTorch DDP does: the last layers' gradients are ready first); each
-bucket is summed with a ring (reduce-scatter, then all-gather: ``2 (n - 1)`` rounds, each
-moving ``1/n`` of the bucket per device). The buckets travel interleaved: in every round a
-device sends its chunk of every bucket before it waits for any, so a round costs one
-latency rather than one per bucket, while no message is larger than a bucket's chunk.
+bucket is cut into ``n`` chunks and summed by one of two algorithms (``ALGORITHMS``):
 
-Every chunk's sum is made once, on one device, and then copied around the ring, so all
+- ``ring``: reduce-scatter, then all-gather around a ring: ``2 (n - 1)`` rounds, each
+  moving ``1/n`` of the bucket per device to its right neighbour. Pipeline groups use it
+  (what the planner's cost model prices).
+- ``direct``: every device sends chunk ``k`` to device ``k``, which sums it, then sends
+  the sum to every other device: 2 rounds whatever ``n``, the same bytes per device as the
+  ring. The cache phase uses it: the side network's gradients are small, so a round's
+  latency, not bandwidth, is what a step pays for.
+
+The buckets travel interleaved: in every round a device sends its chunk of every bucket
+before it waits for any, so a round costs one latency rather than one per bucket, while no
+message is larger than a bucket's chunk.
+
+Every chunk's sum is made once, on one device, and then copied to the others, so all
 devices end with the same bits (the replicas stay identical without a broadcast).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 
-from pac.pipeline.transport import MessageKey, Transport
+from pac.pipeline.step_clock import StepClock
+from pac.pipeline.transport import MessageKey, Tensors, Transport
 
 DEFAULT_BUCKET_BYTES = 4 << 20
 # micro_batch field of a ring message: bucket * ROUNDS_PER_BUCKET + round (rounds < 2n - 2)
@@ -50,9 +61,11 @@ def ring_all_reduce(
     step: int,
     vectors: Sequence[torch.Tensor],
     timeout: float | None = 300.0,
+    clock: StepClock | None = None,
 ) -> list[torch.Tensor]:
     """The sums over ``devices`` of each 1-D tensor in ``vectors`` (one per bucket), by a
-    ring; ``me``'s right neighbour is the next device in ``devices``."""
+    ring; ``me``'s right neighbour is the next device in ``devices``. ``clock`` (optional)
+    sums the time spent sending (``send``) and blocked on the left neighbour (``wait``)."""
     n = len(devices)
     if n == 1:
         return list(vectors)
@@ -68,12 +81,110 @@ def ring_all_reduce(
         recv_index = (send_index - 1) % n
         for b, parts in enumerate(chunks):
             key = MessageKey(step, "allreduce", b * ROUNDS_PER_BUCKET + r, me, right)
-            transport.send(key, {"chunk": parts[send_index]})
+            with clock.part("send") if clock else nullcontext():
+                transport.send(key, {"chunk": parts[send_index]})
         for b, parts in enumerate(chunks):
             key = MessageKey(step, "allreduce", b * ROUNDS_PER_BUCKET + r, left, me)
-            incoming = transport.recv(key, timeout=timeout)["chunk"]
+            with clock.part("wait") if clock else nullcontext():
+                incoming = transport.recv(key, timeout=timeout)["chunk"]
             parts[recv_index] = incoming.clone() if gathering else parts[recv_index] + incoming
     return [torch.cat(parts) for parts in chunks]
+
+
+def direct_all_reduce(
+    transport: Transport,
+    devices: Sequence[str],
+    me: str,
+    step: int,
+    vectors: Sequence[torch.Tensor],
+    timeout: float | None = 300.0,
+    clock: StepClock | None = None,
+) -> list[torch.Tensor]:
+    """The sums over ``devices`` of each 1-D tensor in ``vectors``, in two rounds whatever
+    the number of devices: device ``k`` is sent chunk ``k`` of every vector by every other
+    device and sums it (reduce-scatter), then sends the sum to every other device
+    (all-gather). Each device moves the same bytes as in the ring (``2 (n - 1) / n`` of
+    every vector), but a step waits for 2 message latencies instead of ``2 (n - 1)``: on
+    small vectors (the side network's gradients) latency is what a step pays for."""
+    n = len(devices)
+    if n == 1:
+        return list(vectors)
+    if me not in devices:
+        raise ValueError(f"device {me!r} is not one of the ring's devices {list(devices)}")
+    rank = devices.index(me)
+    peers = [(k, peer) for k, peer in enumerate(devices) if peer != me]
+    chunks = [list(v.tensor_split(n)) for v in vectors]
+
+    def key(b: int, r: int, source: str, target: str) -> MessageKey:
+        return MessageKey(step, "allreduce", b * ROUNDS_PER_BUCKET + r, source, target)
+
+    # Round 0: chunk k of every bucket to device k; sum my chunk in device order.
+    with clock.part("send") if clock else nullcontext():
+        send_all(
+            transport,
+            [
+                (key(b, 0, me, peer), {"chunk": parts[k]})
+                for k, peer in peers
+                for b, parts in enumerate(chunks)
+            ],
+        )
+    with clock.part("wait") if clock else nullcontext():
+        received = recv_all(
+            transport,
+            [key(b, 0, peer, me) for b in range(len(chunks)) for _, peer in peers],
+            timeout,
+        )
+    sums = []
+    for b, parts in enumerate(chunks):
+        pieces = iter(received[b * len(peers) : (b + 1) * len(peers)])
+        # In device order, so that the sum is the same whoever makes it.
+        total = parts[0].clone() if rank == 0 else next(pieces)["chunk"].clone()
+        for k in range(1, n):
+            total.add_(parts[k] if k == rank else next(pieces)["chunk"])
+        sums.append(total)
+    # Round 1: every device's sum to every other device.
+    with clock.part("send") if clock else nullcontext():
+        send_all(
+            transport,
+            [
+                (key(b, 1, me, peer), {"chunk": sums[b]})
+                for _, peer in peers
+                for b in range(len(sums))
+            ],
+        )
+    with clock.part("wait") if clock else nullcontext():
+        received = recv_all(
+            transport,
+            [key(b, 1, peer, me) for b in range(len(chunks)) for _, peer in peers],
+            timeout,
+        )
+    gathered = [list(parts) for parts in chunks]
+    for b, parts in enumerate(gathered):
+        parts[rank] = sums[b]
+        for i, (k, _) in enumerate(peers):
+            parts[k] = received[b * len(peers) + i]["chunk"]
+    return [torch.cat(parts) for parts in gathered]
+
+
+def send_all(transport: Transport, messages: Sequence[tuple[MessageKey, Tensors]]) -> None:
+    """Send ``messages`` at once when the transport can (``send_many``), else in order."""
+    send_many = getattr(transport, "send_many", None)
+    if send_many is not None:
+        send_many(messages)
+        return
+    for key, tensors in messages:
+        transport.send(key, tensors)
+
+
+def recv_all(
+    transport: Transport, keys: Sequence[MessageKey], timeout: float | None
+) -> list[Tensors]:
+    """The messages ``keys``, in that order: awaited together when the transport can
+    (``recv_many``), else one after another."""
+    recv_many = getattr(transport, "recv_many", None)
+    if recv_many is not None:
+        return list(recv_many(keys, timeout))
+    return [transport.recv(key, timeout=timeout) for key in keys]
 
 
 def all_reduce_gradients(
@@ -84,6 +195,8 @@ def all_reduce_gradients(
     params: Sequence[torch.nn.Parameter],
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     timeout: float | None = 300.0,
+    clock: StepClock | None = None,
+    algorithm: str = "ring",
 ) -> int:
     """Replace every parameter's ``.grad`` by its sum over ``devices`` (a missing gradient
     counts as zeros); returns the number of buckets."""
@@ -94,10 +207,18 @@ def all_reduce_gradients(
         )
         for bucket in buckets
     ]
-    sums = ring_all_reduce(transport, devices, me, step, flat, timeout)
+    reduce = ALGORITHMS.get(algorithm)
+    if reduce is None:
+        raise ValueError(
+            f"unknown all-reduce algorithm {algorithm!r}; choose one of {sorted(ALGORITHMS)}"
+        )
+    sums = reduce(transport, devices, me, step, flat, timeout, clock)
     for bucket, total in zip(buckets, sums, strict=True):
         offset = 0
         for p in bucket:
             p.grad = total[offset : offset + p.numel()].view_as(p).clone()
             offset += p.numel()
     return len(buckets)
+
+
+ALGORITHMS = {"ring": ring_all_reduce, "direct": direct_all_reduce}

@@ -12,7 +12,7 @@ single-device gradient of the mini-batch.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,12 +30,14 @@ from pac.techniques.base import TunedModel
 
 @dataclass
 class StepResult:
-    """What a device reports after a step: summed loss terms of its rows (last stage)."""
+    """What a device reports after a step: summed loss terms of its rows (last stage);
+    in the cache phase, where the step's time went (``parts``, see ``step_clock``)."""
 
     loss_sum: float = 0.0
     count: int = 0
     samples: int = 0
     waited_seconds: float = 0.0
+    parts: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

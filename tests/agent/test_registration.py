@@ -73,6 +73,8 @@ def test_agent_registers_heartbeats_and_reregisters_after_coordinator_restart(
                 registration = agent.registration
                 assert registration is not None
                 await wait_for(lambda: registration.registered.is_set(), "registration")
+                # Registered with no job: its resident memory then is its idle floor.
+                assert agent.metrics.memory.idle_bytes > 0
                 reply = await list_agents(address, token)
                 [info] = reply.agents
                 assert info.name == "agent-0" and info.address == agent.address

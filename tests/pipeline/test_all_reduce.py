@@ -1,13 +1,21 @@
-"""The bucketed ring all-reduce: sums right, identical bits everywhere, bounded messages."""
+"""The bucketed all-reduces (ring and direct): sums right, identical bits everywhere, bounded
+messages, and the direct one in two rounds whatever the device count."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import torch
 
-from pac.pipeline.all_reduce import all_reduce_gradients, gradient_buckets, ring_all_reduce
+from pac.pipeline.all_reduce import (
+    ALGORITHMS,
+    all_reduce_gradients,
+    direct_all_reduce,
+    gradient_buckets,
+    ring_all_reduce,
+)
 from pac.pipeline.transport import InProcessHub, MessageKey, Tensors
 
 
@@ -41,8 +49,9 @@ def _params(
     return params
 
 
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 @pytest.mark.parametrize("devices", [2, 3, 4])
-def test_every_device_gets_the_same_sum_of_every_bucket(devices: int) -> None:
+def test_every_device_gets_the_same_sum_of_every_bucket(devices: int, algorithm: str) -> None:
     names = [f"d{i}" for i in range(devices)]
     shapes = [(7, 5), (13,), (3, 3, 3), (1,), (40,)]
     # device 1 has no gradient for parameter 2: it counts as zeros
@@ -63,7 +72,14 @@ def test_every_device_gets_the_same_sum_of_every_bucket(devices: int) -> None:
         counts = list(
             pool.map(
                 lambda n: all_reduce_gradients(
-                    transports[n], names, n, 5, replicas[n], bucket_bytes, timeout=30
+                    transports[n],
+                    names,
+                    n,
+                    5,
+                    replicas[n],
+                    bucket_bytes,
+                    timeout=30,
+                    algorithm=algorithm,
                 ),
                 names,
             )
@@ -80,7 +96,8 @@ def test_every_device_gets_the_same_sum_of_every_bucket(devices: int) -> None:
     # no message carries more than a bucket's chunk (the largest bucket is 40 floats)
     largest_chunk = -(-40 // devices) * 4
     assert max(t.largest for t in transports.values()) <= largest_chunk
-    # 2 (n - 1) rounds, one message per bucket per round
+    # ring: 2 (n - 1) rounds, one message per bucket per round; direct: 2 rounds, one
+    # message per bucket per peer per round. The same count, and the same bytes.
     assert {t.messages for t in transports.values()} == {2 * (devices - 1) * counts[0]}
 
 
@@ -96,9 +113,58 @@ def test_buckets_keep_every_parameter_once_last_first_and_bounded() -> None:
         gradient_buckets(params, 0)
 
 
-def test_a_ring_of_one_returns_its_input_and_a_stranger_is_refused() -> None:
+@pytest.mark.parametrize("reduce", [ring_all_reduce, direct_all_reduce])
+def test_a_ring_of_one_returns_its_input_and_a_stranger_is_refused(reduce: Any) -> None:
     vector = torch.arange(5.0)
     hub = InProcessHub()
-    assert ring_all_reduce(hub.transport("a"), ["a"], "a", 0, [vector])[0] is vector
+    assert reduce(hub.transport("a"), ["a"], "a", 0, [vector])[0] is vector
     with pytest.raises(ValueError, match="not one of the ring"):
-        ring_all_reduce(hub.transport("z"), ["a", "b"], "z", 0, [vector])
+        reduce(hub.transport("z"), ["a", "b"], "z", 0, [vector])
+
+
+class _Concurrent(_Recording):
+    """Sends and receives several messages per call, as the agents' wire transport does."""
+
+    def __init__(self, hub: InProcessHub, device: str) -> None:
+        super().__init__(hub, device)
+        self.calls = 0
+
+    def send_many(self, messages: list[tuple[MessageKey, Tensors]]) -> None:
+        self.calls += 1
+        for key, tensors in messages:
+            self.send(key, tensors)
+
+    def recv_many(self, keys: list[MessageKey], timeout: float | None = None) -> list[Tensors]:
+        self.calls += 1
+        return [self.recv(key, timeout) for key in keys]
+
+
+def test_the_direct_all_reduce_takes_two_rounds_of_calls_whatever_the_devices() -> None:
+    names = [f"d{i}" for i in range(5)]
+    vectors = {
+        n: torch.randn(23, generator=torch.Generator().manual_seed(i)) for i, n in enumerate(names)
+    }
+    hub = InProcessHub()
+    transports = {n: _Concurrent(hub, n) for n in names}
+    with ThreadPoolExecutor(len(names)) as pool:
+        sums = list(
+            pool.map(
+                lambda n: direct_all_reduce(transports[n], names, n, 3, [vectors[n]], 30)[0],
+                names,
+            )
+        )
+    # Summed in device order: exactly what one device adding the vectors in order gets.
+    expected = vectors[names[0]].clone()
+    for n in names[1:]:
+        expected += vectors[n]
+    for total in sums:
+        assert torch.equal(total, expected)
+    # One send call and one receive call per round, each carrying a message per peer.
+    assert {t.calls for t in transports.values()} == {4}
+    assert {t.messages for t in transports.values()} == {2 * (len(names) - 1)}
+
+
+def test_an_unknown_algorithm_is_refused_with_the_known_ones() -> None:
+    param = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="direct"):
+        all_reduce_gradients(InProcessHub().transport("a"), ["a"], "a", 0, [param], algorithm="x")
