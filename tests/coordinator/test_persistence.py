@@ -43,3 +43,30 @@ def test_jobs_are_intact_after_a_restart_and_a_running_one_fails_with_the_reason
                                                      queued.job_id]
     events = second.store.events(running.job_id)
     assert events[-1][0] == "failed" and ("training", 1) in {(s, e) for s, e, _ in events}
+
+
+def test_a_state_change_is_synced_to_disk_and_a_step_within_an_epoch_is_not(
+        spec: JobSpec, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from coordinator.job_store import JobStore
+    from coordinator.jobs import Job
+
+    store = JobStore(tmp_path / "state")
+    job = Job("j1", spec)
+    store.save(job)  # a new job: its first state is synced
+    assert store.synchronous() == 2
+    training = replace(job, state=JobState.TRAINING, epoch=1)
+    store.save(training)
+    assert store.synchronous() == 2
+    for step in range(1, 4):
+        store.save(replace(training, step=step, loss=1.0 / step))
+        assert store.synchronous() == 1  # progress of a step: committed, not fsynced
+    store.save(replace(training, epoch=2, step=4))  # the next epoch is a milestone
+    assert store.synchronous() == 2
+    store.close()
+    # Every save was committed all the same: a reopened store has them.
+    again = JobStore(tmp_path / "state")
+    assert again.get("j1").epoch == 2 and again.get("j1").step == 4
+    assert [step for _, _, step in again.events("j1")] == [0, 0, 1, 2, 3, 4]
+    again.close()
