@@ -101,11 +101,13 @@ class MeshDriver:
             }
             fixed = spec.technique_settings.get("layout")
             chosen: Plan | None = None
+            # Seconds of each phase before epoch 1, for the job's metrics.jsonl.
+            phases: dict[str, float] = {}
             if fixed:
                 progress(Progress(state=JobState.PLANNING))
                 layout = PipelineLayout.from_json(json.dumps(fixed))
             else:
-                chosen = await self._plan(job, live, channels, profiles, progress)
+                chosen = await self._plan(job, live, channels, profiles, progress, phases)
                 layout = layout_of(chosen)
             unknown = set(layout.devices) - set(channels)
             if unknown:
@@ -113,9 +115,12 @@ class MeshDriver:
             log.info("job %s layout: %s", job.job_id, layout.to_json())
 
             progress(Progress(state=JobState.LOADING))
+            started = time.perf_counter()
             run = await asyncio.to_thread(
                 JobData.load, spec, layout, {r.name: r.address for r in live}
             )
+            run.phases = phases
+            run.phases["load_data_seconds"] = time.perf_counter() - started
             layout.validate(len(run.loaded.family.blocks()))
             run.plan = chosen
             run.predicted_step_s = chosen.step_time_s if chosen else 0.0
@@ -126,7 +131,9 @@ class MeshDriver:
                 self.context.join_token,
                 token_metadata(self.context.join_token),
             )
+            started = time.perf_counter()
             await calls.open(run.settings)
+            run.phases["open_job_seconds"] = time.perf_counter() - started
             metrics: dict[str, float] = {}
             cache_phase = spec.technique == "parallel-adapters"
             for epoch in range(1, spec.epochs + 1):
@@ -153,20 +160,28 @@ class MeshDriver:
         channels: dict[str, grpc.aio.Channel],
         profiles: dict[str, agent_pb2.DeviceProfile],
         progress: ProgressSink,
+        phases: dict[str, float],
     ) -> Plan:
         """Measure the agents' blocks and links, then have the planner cut and group; the
-        plan and what it was made from go to ``plan.txt`` in the job's output."""
+        plan and what it was made from go to ``plan.txt`` in the job's output. The seconds
+        of each part go to ``phases``."""
         spec = job.spec
         metadata = token_metadata(self.context.join_token)
         stubs = {name: agent_pb2_grpc.AgentStub(channel) for name, channel in channels.items()}
+        started = time.perf_counter()
         timings = await profile_agents(stubs, spec, metadata)
+        phases["profile_seconds"] = time.perf_counter() - started
+        started = time.perf_counter()
         links = await measure_links(stubs, {r.name: r.address for r in live}, metadata)
+        phases["probe_links_seconds"] = time.perf_counter() - started
         progress(Progress(state=JobState.PLANNING))
+        started = time.perf_counter()
         cluster, model = await asyncio.to_thread(planner_inputs, spec, profiles, timings, links)
         try:
             chosen = await request_plan(spec, cluster, model, self.context.planner_address)
         except PlanningError as error:
             raise MeshError(str(error)) from None
+        phases["plan_seconds"] = time.perf_counter() - started
         planner = self.context.planner_address or "the planner library in the coordinator"
         log.info("job %s planned by %s:\n%s", job.job_id, planner, chosen)
         text = plan_report(chosen, planner, timings, links)
@@ -232,6 +247,7 @@ class MeshDriver:
     ) -> None:
         """Give every sample one owner, move the cache entries, switch to the cache phase."""
         progress(Progress(state=JobState.REDISTRIBUTING, redistribution_progress=0.0))
+        started = time.perf_counter()
         shares = cache_shares(run.plan, layout, profiles)
         epoch_one = run.batches(1)
         owners = await asyncio.to_thread(assign_owners, layout, epoch_one, shares)
@@ -242,6 +258,7 @@ class MeshDriver:
             layout, run.spec.batch_size, shares, per_layer, len(run.samples)
         )
         moved_bytes, entries = await calls.redistribute(owners)
+        run.phases["redistribute_seconds"] = time.perf_counter() - started
         run.redistribution_bytes = (moved_bytes, predicted)
         log.info(
             "job %s: redistribution moved %d bytes (%d entries); the planner predicted %d",
@@ -257,7 +274,9 @@ class MeshDriver:
                 redistribution_bytes=moved_bytes,
             )
         )
+        started = time.perf_counter()
         releases = await calls.release()
+        run.phases["release_seconds"] = time.perf_counter() - started
         for device, reply in releases.items():
             log.info(
                 "job %s: %s moved its share of %d entries (%d bytes in all); released the "
@@ -278,10 +297,17 @@ class MeshDriver:
         self, calls: MeshCalls, run: JobData, job: Job, epoch: int, seconds: float
     ) -> dict[str, float]:
         """Merge the trained parameters, write the adapters, evaluate them."""
+        started = time.perf_counter()
         trained = await calls.export()
         metrics = await asyncio.to_thread(run.evaluate, trained)
         metrics["epoch"] = float(epoch)
         metrics["seconds"] = seconds
+        # What the epoch's end cost beside its steps: the export and the evaluation, and
+        # after epoch 1 what came before it (measuring, planning, loading) and after it
+        # (redistribution, the backbone's release).
+        metrics["evaluate_seconds"] = time.perf_counter() - started
+        if epoch == 1:
+            metrics.update(run.phases)
         if epoch == 1 and run.redistribution_bytes:
             measured, predicted = run.redistribution_bytes
             metrics["redistribution_bytes"] = float(measured)

@@ -50,6 +50,9 @@ class JobData:
     plan: Plan | None = None
     # Bytes redistribution moved, and the planner's prediction (None before it ran).
     redistribution_bytes: tuple[int, int] | None = None
+    # Seconds of the phases around epoch 1 (profile, probe_links, plan, load_data, open_job,
+    # redistribute, release: "<phase>_seconds"), written with epoch 1's metrics.
+    phases: dict[str, float] = field(default_factory=dict)
     _model: TunedModel | None = None
 
     @classmethod

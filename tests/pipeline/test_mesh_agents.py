@@ -164,3 +164,6 @@ def test_the_planner_places_the_job(
     links = re.findall(r"link (\S+) - (\S+): (\d+) Mbit/s", report)
     assert len({frozenset((a, b)) for a, b, _ in links}) == 6  # every pair of 4, once
     assert all(int(mbit) > 0 for _, _, mbit in links)
+    # The seconds of measuring, probing and planning are in epoch 1's metrics.
+    [record] = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").open()]
+    assert all(record[f"{p}_seconds"] > 0 for p in ("profile", "probe_links", "plan"))

@@ -139,6 +139,12 @@ def test_three_epochs_on_the_mesh_equal_one_device(
     # Releasing the backbone lowered every agent's resident memory.
     records = [json.loads(line) for line in (tmp_path / "mesh-out" / "metrics.jsonl").open()]
     assert [r["epoch"] for r in records] == [1.0, 2.0, 3.0]
+    # Where the job's time went beside the epochs' steps (a fixed layout: nothing was
+    # profiled or planned): recorded with epoch 1, and each epoch's evaluation.
+    phases = ("load_data", "open_job", "redistribute", "release")
+    assert all(records[0][f"{phase}_seconds"] > 0 for phase in phases)
+    assert "profile_seconds" not in records[0] and "redistribute_seconds" not in records[1]
+    assert all(r["evaluate_seconds"] > 0 for r in records)
     # The bytes redistribution moved, and the planner's estimate of them (from the mean
     # token count: the samples' lengths differ, so it is close, not exact).
     moved = records[0]["redistribution_bytes"]
