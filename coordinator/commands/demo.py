@@ -48,11 +48,18 @@ def minilm_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-def peak_rss_mb(pid: int) -> float:
+def peak_rss_mb(metrics_port: int, since: str = "start") -> float:
+    """An agent's peak resident memory in MB from its ``/metrics``: since the process
+    started, or since the cache phase began (``since="cache_phase"``). Not the process's
+    VmHWM: the agent resets that at the backbone's release to measure the cache phase."""
+    import urllib.request
+
+    wanted = f'pac_agent_peak_rss_bytes{{since="{since}"}} '
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as page:
+            for line in page.read().decode().splitlines():
+                if line.startswith(wanted):
+                    return float(line.split()[-1]) / 2**20
     except OSError:
         pass
     return float("nan")
@@ -114,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
                 last_state = event.state
             final = event
         channel.close()
-        peaks = {name: peak_rss_mb(mesh.services[name].pid) for name in mesh.agent_names()}
+        ports = {name: mesh.services[name].ports["metrics"] for name in mesh.agent_names()}
+        peaks = {name: peak_rss_mb(port) for name, port in ports.items()}
+        cache_peaks = {name: peak_rss_mb(port, "cache_phase") for name, port in ports.items()}
     if final is None or final.state != pb.JOB_STATE_DONE:
         reason = final.error if final is not None else "no progress"
         print(f"pac demo: the job did not finish: {reason}", file=sys.stderr)
@@ -135,9 +144,14 @@ def run(args: argparse.Namespace) -> int:
             f"{cached:.1f} s: {records[0]['seconds'] / max(cached, 1e-9):.1f}x"
         )
     print(
-        "peak memory per agent (VmHWM): "
+        "peak memory per agent: "
         + ", ".join(f"{name} {mb:.0f} MB" for name, mb in peaks.items())
     )
+    if any(mb > 0 for mb in cache_peaks.values()):
+        print(
+            "peak memory per agent in the cache phase: "
+            + ", ".join(f"{name} {mb:.0f} MB" for name, mb in cache_peaks.items())
+        )
     last = records[-1]
     released = [
         f"{name} {last[f'rss_mb_before_release.{name}']:.0f} -> "
