@@ -51,7 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--labels", help="class names, comma-separated (default: from --data)")
     parser.add_argument("--reduction", type=int, default=8, help="side network width = d / r")
-    parser.add_argument("--ladder", help="laddered block indices, comma-separated (default all)")
+    parser.add_argument(
+        "--ladder",
+        default="all",
+        type=ladder_settings,
+        help="laddered blocks: all (default), every:K (every K-th block of each stack, "
+        "ending at its last), or block indices, comma-separated",
+    )
     parser.add_argument("--cache-dir", type=Path, help="activation cache (default OUT/cache)")
     parser.add_argument("--cache-precision", choices=PRECISIONS, default="fp16")
     parser.add_argument(
@@ -75,11 +81,28 @@ def technique_settings(args: argparse.Namespace) -> dict[str, object]:
     settings: dict[str, object] = {}
     if args.technique == "parallel-adapters":
         settings["reduction"] = args.reduction
-        if args.ladder:
-            settings["laddered_layers"] = [int(i) for i in args.ladder.split(",")]
+        settings.update(args.ladder)
     if args.backbone_dtype in ("bfloat16", "bf16"):
         settings["backbone_dtype"] = "bfloat16"
     return settings
+
+
+def ladder_settings(spec: str) -> dict[str, object]:
+    """``--ladder``'s value as parallel-adapters settings; a bad value is a usage error."""
+    spec = spec.strip()
+    try:
+        if spec == "all":
+            return {}
+        if spec.startswith("every:"):
+            every = int(spec.removeprefix("every:"))
+            if every < 1:
+                raise ValueError
+            return {"ladder_every": every}
+        return {"laddered_layers": [int(i) for i in spec.split(",")]}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--ladder {spec!r}: expected all, every:K with K >= 1, or block indices like 1,3,5"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,17 +13,26 @@ class ParallelAdaptersConfig:
     side network (``None`` = all). ``side_heads``: attention heads of a side block (one head
     when the width is not divisible). ``mlp_ratio``: the side MLP's hidden size / width.
     ``dropout``: on the side blocks' residual branches (0 by default: with it, a mesh can
-    match single-device training only statistically, not step by step)."""
+    match single-device training only statistically, not step by step). ``ladder_every`` k
+    (instead of ``laddered_layers``): ladder every k-th block of each stack, counted back
+    from the stack's last block, as Ladder Side-Tuning drops layers of its side network;
+    the side network then has that many fewer blocks to run and the cache that many fewer
+    points to store."""
 
     reduction: int = 8
     laddered_layers: tuple[int, ...] | None = None
     side_heads: int = 4
     mlp_ratio: int = 4
     dropout: float = 0.0
+    ladder_every: int = 1
 
     def __post_init__(self) -> None:
         if self.reduction < 1:
             raise ValueError(f"reduction must be >= 1, got {self.reduction}")
+        if self.ladder_every < 1:
+            raise ValueError(f"ladder_every must be >= 1, got {self.ladder_every}")
+        if self.ladder_every > 1 and self.laddered_layers is not None:
+            raise ValueError("give laddered_layers or ladder_every, not both")
         if self.laddered_layers is not None and len(set(self.laddered_layers)) != len(
             self.laddered_layers
         ):
@@ -44,4 +53,5 @@ class ParallelAdaptersConfig:
             side_heads=int(data.get("side_heads", 4)),
             mlp_ratio=int(data.get("mlp_ratio", 4)),
             dropout=float(data.get("dropout", 0.0)),
+            ladder_every=int(data.get("ladder_every", 1)),
         )

@@ -23,6 +23,20 @@ def layer_point(index: int) -> str:
     return f"layer.{index}"
 
 
+def every_kth_block(family: ModelFamily, k: int) -> list[int]:
+    """Every ``k``-th block of each stack, counted back from the stack's last block
+    (``k = 2`` on six encoder blocks: 1, 3, 5); ``k = 1`` is every block."""
+    stacks: dict[str, list[int]] = {}
+    for block in family.blocks():
+        stacks.setdefault(block.stack, []).append(block.index)
+    return sorted(
+        index
+        for indices in stacks.values()
+        for position, index in enumerate(indices)
+        if (len(indices) - 1 - position) % k == 0
+    )
+
+
 def ladder_points(family: ModelFamily, laddered: Iterable[int]) -> list[str]:
     """Every point the side network and the head read: the embeddings, the laddered
     layers, and the last block (the head's input), in block order."""

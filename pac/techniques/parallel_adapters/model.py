@@ -26,6 +26,7 @@ from pac.techniques.parallel_adapters.config import ParallelAdaptersConfig
 from pac.techniques.parallel_adapters.ladder import (
     EMBED,
     EMBED_DECODER,
+    every_kth_block,
     ladder_points,
     layer_point,
     run_ladder,
@@ -45,7 +46,11 @@ class SideNetwork(nn.Module):
         d_model = family.hidden_size
         self.width = width = max(1, d_model // config.reduction)
         heads = config.side_heads if width % config.side_heads == 0 else 1
-        laddered = range(len(blocks)) if config.laddered_layers is None else config.laddered_layers
+        laddered = (
+            every_kth_block(family, config.ladder_every)
+            if config.laddered_layers is None
+            else config.laddered_layers
+        )
         bad = [i for i in laddered if not 0 <= i < len(blocks)]
         if bad:
             raise TechniqueError(
