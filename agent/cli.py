@@ -66,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent import allocator
+
+    allocator.one_arena()  # before any thread starts (see agent/allocator.py)
+
     import asyncio
     import logging
     import signal

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from agent import allocator
 from agent.errors import (
     BadRequest,
     Draining,
@@ -265,6 +266,8 @@ class AgentRuntime:
         """Gather the side network, release the backbone, train from the cache next."""
         released = await asyncio.to_thread(self._training(job_id).enter_cache_phase)
         self.metrics.backbone_released.labels(job_id).set(1)
+        # Small tensors from here on: map large blocks instead of caching them in the heap.
+        allocator.cache_phase_threshold()
         # The cache phase's peak memory is measured from here, the backbone gone.
         self.metrics.memory.mark(CACHE_PHASE)
         return released
@@ -273,8 +276,13 @@ class AgentRuntime:
         return await asyncio.to_thread(self._training(job_id).export)
 
     def close_job(self, job_id: str) -> None:
-        self.job(job_id)
+        session = self.job(job_id)
         del self.jobs[job_id]
+        in_cache_phase = [
+            s for s in self.jobs.values() if s.training and s.training.data_parallel is not None
+        ]
+        if session.training and session.training.data_parallel is not None and not in_cache_phase:
+            allocator.backbone_threshold()  # the next job's epoch 1 allocates large blocks
         self.mailbox.drop_job(job_id)
         with contextlib.suppress(KeyError):
             self.metrics.current_step.remove(job_id)
