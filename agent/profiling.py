@@ -12,12 +12,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from agent.errors import BadRequest
 from pac.families import ModelFamily, family_for_dir
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,13 +46,19 @@ class LayerTiming:
 
 
 def _median_seconds(run: Callable[[], object], repeats: int) -> float:
-    run()
+    return _timed(run, repeats)[0]
+
+
+def _timed(run: Callable[[], T], repeats: int) -> tuple[float, T]:
+    """The median seconds of ``repeats`` runs after an untimed warm-up run, and the warm-up
+    run's result (a caller that needs the output once does not run it again)."""
+    result = run()
     times = []
     for _ in range(max(repeats, 1)):
         started = time.perf_counter()
         run()
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(times), result
 
 
 def profile_layers(
@@ -178,8 +187,8 @@ def _time_blocks(
     timings = []
     for block in blocks[start:end]:
         current = state
-        seconds = _median_seconds(lambda: family.run_block(block.index, current), repeats)  # noqa: B023
-        state = family.run_block(block.index, state)
+        # The warm-up run's output is the next block's input: no extra run to advance.
+        seconds, state = _timed(lambda: family.run_block(block.index, current), repeats)  # noqa: B023
         timings.append(
             LayerTiming(
                 block.index,
