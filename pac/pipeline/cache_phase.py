@@ -20,7 +20,12 @@ import torch.nn.functional as F
 
 from pac.engine.checkpoint import trained_state
 from pac.engine.ladder_cache import LadderCache
-from pac.pipeline.all_reduce import DEFAULT_BUCKET_BYTES, all_reduce_gradients
+from pac.pipeline.all_reduce import (
+    DEFAULT_BUCKET_BYTES,
+    all_reduce_gradients,
+    recv_all,
+    send_all,
+)
 from pac.pipeline.entries import part_id
 from pac.pipeline.step_clock import StepClock
 from pac.pipeline.transport import MessageKey, Tensors, Transport
@@ -44,15 +49,15 @@ def gather_state(
     """All-gather every device's trained parameters and optimizer state; returns how many
     parameters this device took from others."""
     mine = trained_state(model, optimizer)
-    for peer in devices:
-        if peer != me:
-            transport.send(MessageKey(STATE_STEP, "allreduce", 0, me, peer), mine)
+    peers = [peer for peer in devices if peer != me]
+    # To every peer at once, and every peer's state awaited together.
+    send_all(transport, [(MessageKey(STATE_STEP, "allreduce", 0, me, p), mine) for p in peers])
+    states = recv_all(
+        transport, [MessageKey(STATE_STEP, "allreduce", 0, p, me) for p in peers], timeout
+    )
     params = dict(model.named_parameters())
     taken = 0
-    for peer in devices:
-        if peer == me:
-            continue
-        received = transport.recv(MessageKey(STATE_STEP, "allreduce", 0, peer, me), timeout)
+    for received in states:
         for name, value in received.items():
             if "::" in name:
                 continue
