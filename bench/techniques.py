@@ -14,6 +14,13 @@ Rows marked "bf16" hold and run the frozen backbone in bfloat16 (technique setti
 ``backbone_dtype``; what trains stays float32): PAC, LoRA and bottleneck adapters can, full
 fine-tuning cannot. Ratios are printed like for like (fp32 vs fp32, bf16 vs bf16) and for
 PAC with a bf16 backbone against the fastest baseline of either kind.
+
+Parallel adapters run their frozen backbone's linears on oneDNN-prepacked weights (the
+default, pac.techniques.packed_backbone): the backbone only ever runs forward, so it can
+use inference kernels; the baselines backpropagate through theirs and run aten's. The row
+"aten backbone linears" is parallel adapters without them, so the kernels' share of the
+speed-up is visible. "every K blocks" ladders every K-th block only (Ladder Side-Tuning's
+layer dropping; tests/engine/test_real_accuracy.py measures its accuracy).
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ def child(args: argparse.Namespace) -> None:
     settings: dict[str, Any] = {}
     if args.ladder_every > 1:
         settings["ladder_every"] = args.ladder_every
+    if args.unpacked:
+        settings["packed_backbone"] = False
     if args.backbone_dtype != "float32":
         settings["backbone_dtype"] = args.backbone_dtype
     config = TrainConfig(
@@ -134,8 +143,10 @@ def child_args(
     dropout0: bool = False,
     backbone_dtype: str = "float32",
     ladder_every: int = 1,
+    unpacked: bool = False,
 ) -> list[str]:
     extra = ["--dropout0"] if dropout0 else []
+    extra += ["--unpacked"] if unpacked else []
     extra += ["--backbone-dtype", backbone_dtype, "--ladder-every", str(ladder_every)]
     return [
         __file__,
@@ -173,6 +184,7 @@ def main() -> int:
     parser.add_argument("--data")
     parser.add_argument("--out")
     parser.add_argument("--dropout0", action="store_true")
+    parser.add_argument("--unpacked", action="store_true")
     parser.add_argument("--backbone-dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument(
         "--ladder-every",
@@ -234,6 +246,17 @@ def main() -> int:
         ]
         for dtype in ("float32", "bfloat16")
     }
+    # The frozen backbone on aten's linears instead of oneDNN-prepacked ones: what the
+    # inference kernels are worth (LoRA and adapters backpropagate through theirs).
+    pac_runs["unpacked"] = [
+        run_child(
+            child_args(
+                args, "parallel-adapters", model, data, work / f"pac-unpacked{i}",
+                args.epochs + 1, unpacked=True,
+            )
+        )
+        for i in range(args.pac_runs)
+    ]
     if args.ladder_every > 1:  # Ladder Side-Tuning's lever: fewer laddered blocks
         pac_runs["sparse"] = [
             run_child(
@@ -247,11 +270,13 @@ def main() -> int:
     first = {d: [run["epochs"][0] for run in runs] for d, runs in pac_runs.items()}
     cached = {d: [s for run in runs for s in run["epochs"][1:]] for d, runs in pac_runs.items()}
     lora = {
+        "unpacked": median(rows["lora"]["epochs"]),
         "sparse": median(rows["lora"]["epochs"]),
         "float32": median(rows["lora"]["epochs"]),
         "bfloat16": median(bf16_rows["lora bf16"]["epochs"]),
     }
     lora0 = {
+        "unpacked": median(rows["lora (dropout 0)"]["epochs"]),
         "sparse": median(rows["lora (dropout 0)"]["epochs"]),
         "float32": median(rows["lora (dropout 0)"]["epochs"]),
         "bfloat16": median(bf16_rows["lora bf16 (dropout 0)"]["epochs"]),
@@ -279,6 +304,7 @@ def main() -> int:
         for name, row in table.items():
             line(name, row["epochs"], row["peak_rss_mb"], row["trainable"], 0, dtype)
     labels = {"float32": "parallel-adapters", "bfloat16": "parallel-adapters bf16"}
+    labels["unpacked"] = "PA, aten backbone linears"
     labels["sparse"] = f"PA, every {args.ladder_every} blocks"
     for dtype, label in labels.items():
         if dtype not in pac_runs:
@@ -295,7 +321,9 @@ def main() -> int:
     forward = {d: median([r["backbone_forward_s"] for r in runs]) for d, runs in pac_runs.items()}
     pac = pac_runs["float32"][0]
     print()
-    for dtype, label in (("float32", "fp32"), ("bfloat16", "bf16")):
+    for dtype, label in (
+        ("float32", "fp32"), ("bfloat16", "bf16"), ("unpacked", "fp32 aten-linear")
+    ):
         print(
             f"3-epoch total, {label} backbones: LoRA {3 * lora[dtype]:.1f} s, parallel adapters "
             f"{three_pac[dtype]:.1f} s ({3 * lora[dtype] / three_pac[dtype]:.1f}x)"
@@ -310,7 +338,9 @@ def main() -> int:
             f"cache-phase RSS {sparse['cache_phase_rss_mb']:.0f} MB "
             f"= {100 * sparse['cache_phase_rss_mb'] / full_rss:.0f}% of full fine-tuning's peak"
         )
-    for dtype, label in (("float32", "fp32"), ("bfloat16", "bf16")):
+    for dtype, label in (
+        ("float32", "fp32"), ("bfloat16", "bf16"), ("unpacked", "fp32 aten-linear")
+    ):
         print(
             f"epoch 1, {label}: the frozen backbone's forward alone takes {forward[dtype]:.2f} s "
             f"of {median(first[dtype]):.2f} s; LoRA's epoch over it, the ceiling of epoch 1's "
@@ -347,6 +377,7 @@ def main() -> int:
     )
     print(
         f"epoch 1 vs LoRA: fp32 backbones {lora['float32'] / median(first['float32']):.1f}x "
+        f"(aten linears {lora['float32'] / median(first['unpacked']):.1f}x) "
         f"(default dropout), {lora0['float32'] / median(first['float32']):.1f}x (dropout 0); "
         f"bf16 backbones {lora['bfloat16'] / bf16_first:.1f}x, "
         f"{lora0['bfloat16'] / bf16_first:.1f}x; PAC-bf16 vs fp32 LoRA "

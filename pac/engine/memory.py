@@ -11,6 +11,7 @@ import sys
 import torch
 
 from pac.families import ModelFamily
+from pac.techniques.packed_backbone import release_packed
 
 
 def _status_bytes(field: str) -> int | None:
@@ -67,5 +68,6 @@ def release_backbone(family: ModelFamily, keep_lm_head: bool = True) -> int:
             continue
         released += parameter.numel() * parameter.element_size()
         parameter.data = torch.empty(0, dtype=parameter.dtype)
+    released += release_packed(family.model)
     _return_freed_memory()
     return released

@@ -17,7 +17,9 @@ class ParallelAdaptersConfig:
     (instead of ``laddered_layers``): ladder every k-th block of each stack, counted back
     from the stack's last block, as Ladder Side-Tuning drops layers of its side network;
     the side network then has that many fewer blocks to run and the cache that many fewer
-    points to store."""
+    points to store. ``packed_backbone``: run the frozen blocks' linear layers on
+    oneDNN-prepacked weights where the CPU build has them (pac.techniques.packed_backbone;
+    forward only, which is all the backbone ever runs here)."""
 
     reduction: int = 8
     laddered_layers: tuple[int, ...] | None = None
@@ -25,6 +27,7 @@ class ParallelAdaptersConfig:
     mlp_ratio: int = 4
     dropout: float = 0.0
     ladder_every: int = 1
+    packed_backbone: bool = True
 
     def __post_init__(self) -> None:
         if self.reduction < 1:
@@ -54,4 +57,5 @@ class ParallelAdaptersConfig:
             mlp_ratio=int(data.get("mlp_ratio", 4)),
             dropout=float(data.get("dropout", 0.0)),
             ladder_every=int(data.get("ladder_every", 1)),
+            packed_backbone=bool(data.get("packed_backbone", True)),
         )

@@ -22,6 +22,7 @@ from pac.families import ModelFamily
 from pac.tasks import TaskSpec
 from pac.techniques.backbone_dtype import dtype_name
 from pac.techniques.base import TechniqueError, TunedModel
+from pac.techniques.packed_backbone import pack_block_linears
 from pac.techniques.parallel_adapters.config import ParallelAdaptersConfig
 from pac.techniques.parallel_adapters.ladder import (
     EMBED,
@@ -148,6 +149,8 @@ class ParallelAdaptersModel(TunedModel):
         self.config = config or ParallelAdaptersConfig()
         family.model.eval()
         family.model.requires_grad_(False)
+        if self.config.packed_backbone:
+            pack_block_linears(family)
         self.side = SideNetwork(family, self.config)
         self.points = ladder_points(family, self.side.laddered)
         self.final_point = layer_point(self.side.num_blocks - 1)
