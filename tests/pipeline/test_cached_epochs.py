@@ -105,12 +105,14 @@ def calls_per_epoch(mesh: LocalMesh, job_id: str) -> dict[int, tuple[int, int]]:
     return {int(e): (int(s), int(c)) for e, s, c in re.findall(pattern, text)}
 
 
+@pytest.mark.parametrize("all_reduce", ["ring", "direct"])
 def test_cached_epochs_take_fewer_calls_than_steps_and_equal_one_device(
-    mesh: LocalMesh, tiny_model_dir: Callable[[str], Path], tmp_path: Path
+    all_reduce: str, mesh: LocalMesh, tiny_model_dir: Callable[[str], Path], tmp_path: Path
 ) -> None:
     model_dir = tiny_model_dir("t5")
     data = write_rows(tmp_path / "train.jsonl")
     spec = job_spec(model_dir, data, tmp_path / "mesh-out")
+    spec.technique_settings["all_reduce"] = all_reduce
     run = run_job(mesh, spec)
     assert run.events[-1].state == pb.JOB_STATE_DONE, run.events[-1]
 
