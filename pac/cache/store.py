@@ -9,7 +9,11 @@ Layout of one cache (``root/<CacheKey.namespace>/``):
 - ``key.json``: the CacheKey, for a person wondering what this directory is.
 
 Reads are memory-mapped: one ``safe_open`` handle per shard, kept open and reused, and stored
-tensors are views into the mapping until they are decoded into float32.
+tensors are views into the mapping until they are decoded into float32. A batch read
+(``get_batch``, every cached training step) decodes into new tensors and then unmaps the
+shards it read: their pages stay in the kernel's page cache for the next epoch, but no
+longer in this process's resident memory, which would otherwise grow by the whole cache
+over an epoch.
 
 One process writes a cache directory at a time. Putting a sample that is already stored is a
 no-op (returns False): the frozen backbone gives the same hidden states for the same sample.
@@ -245,12 +249,12 @@ class ActivationCache:
             raise ValueError("get_batch needs at least one sample id")
         records = [self._record(sid) for sid in sample_ids]
         wanted = list(points) if points is not None else sorted(records[0].points)
-        stored = [
-            self._stored(sid, rec, None if self.verify_reads else wanted)
-            for sid, rec in zip(sample_ids, records, strict=True)
-        ]
-        if self.verify_reads:
-            for sid, rec, st in zip(sample_ids, records, stored, strict=True):
+        verified: list[Stored] | None = None
+        if self.verify_reads:  # the crc covers every point: read them all once
+            verified = [
+                self._stored(sid, rec, None) for sid, rec in zip(sample_ids, records, strict=True)
+            ]
+            for sid, rec, st in zip(sample_ids, records, verified, strict=True):
                 self._check_crc(sid, rec, st)
         hidden: dict[str, Tensor] = {}
         lengths: dict[str, Tensor] = {}
@@ -263,14 +267,23 @@ class ActivationCache:
                 raise ValueError(
                     f"point {point!r} has different widths {sorted(widths)} in one batch"
                 )
+            # One point's stored tensors at a time: the batch's whole stored form (half of
+            # the decoded batch at fp16) is never held at once.
+            stored = verified or [
+                self._stored(sid, rec, [point])
+                for sid, rec in zip(sample_ids, records, strict=True)
+            ]
             t_max = max(t for t, _ in shapes)
             out = torch.empty(len(sample_ids), t_max, widths.pop(), dtype=torch.float32)
             for row, ((t, _), st) in enumerate(zip(shapes, stored, strict=True)):
                 self.codec.decode_into(st[point], out[row, :t])
                 out[row, t:] = 0
+            del stored
             hidden[point] = out
             lengths[point] = torch.tensor([t for t, _ in shapes], dtype=torch.int64)
         self.hits += len(sample_ids)
+        del verified  # views into the mappings, before they are unmapped
+        self._handles.clear()
         return CachedBatch(hidden, lengths)
 
     def verify(self, sample_id: str) -> None:

@@ -80,9 +80,39 @@ def test_one_mapped_handle_per_shard(
     for _ in range(3):
         for i in range(12):
             reader.get(f"s{i}")
-        reader.get_batch([f"s{i}" for i in range(12)])
     assert len(opened) == 3 and len(set(opened)) == 3
-    assert reader.stats().hits == 3 * 24
+    # A batch read uses the open handles, then unmaps its shards; the next one maps each
+    # of them once again, whatever its samples and points.
+    reader.get_batch([f"s{i}" for i in range(12)])
+    assert len(opened) == 3
+    reader.get_batch([f"s{i}" for i in range(12)])
+    assert len(opened) == 6 and len(set(opened)) == 3
+    assert reader.stats().hits == 3 * 12 + 2 * 12
+
+
+def mapped_files() -> set[str]:
+    with open("/proc/self/maps") as maps:
+        return {line.split()[-1] for line in maps if "/" in line}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_a_batch_read_unmaps_its_shards(
+    tmp_path: Path, key: Callable[..., CacheKey], make_sample: SampleMaker
+) -> None:
+    """A cached epoch reads the whole cache; mappings kept open would hold all of it in
+    the process's resident memory."""
+    with ActivationCache(tmp_path, key(), shard_samples=4) as writer:
+        for i in range(8):
+            writer.put(f"s{i}", make_sample(i, {"embed": 4, "layer.0": 4}))
+    reader = ActivationCache(tmp_path, key())
+    shards = {str(path) for path in reader.directory.glob("shard_*.safetensors")}
+    assert len(shards) == 2
+    reader.get("s0")
+    reader.get("s5")
+    assert shards <= mapped_files()  # single reads keep their shard mapped for reuse
+    batch = reader.get_batch([f"s{i}" for i in range(8)])
+    assert not shards & mapped_files()
+    torch.testing.assert_close(batch.hidden["embed"][5, :4], reader.get("s5")["embed"])
 
 
 def test_get_batch_pads_with_zeros_and_reports_lengths(
