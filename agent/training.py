@@ -85,10 +85,13 @@ class WireTransport:
             sender=self.device,
         )
 
-    def send(self, key: MessageKey, tensors: Tensors) -> None:
-        address = self.addresses[key.target]
+    def _call(self, key: MessageKey, tensors: Tensors) -> Awaitable[int]:
+        """The coroutine that sends one message to ``key.target``."""
         contiguous = {name: t.detach().contiguous() for name, t in tensors.items()}
-        call = self._send(address, contiguous, self._routing(key), None)
+        return self._send(self.addresses[key.target], contiguous, self._routing(key), None)
+
+    def send(self, key: MessageKey, tensors: Tensors) -> None:
+        call = self._call(key, tensors)
         asyncio.run_coroutine_threadsafe(call, self.loop).result()  # type: ignore[arg-type]
 
     def send_many(self, messages: Sequence[tuple[MessageKey, Tensors]]) -> None:
@@ -96,17 +99,7 @@ class WireTransport:
         awaited together)."""
 
         async def sends() -> None:
-            await asyncio.gather(
-                *(
-                    self._send(
-                        self.addresses[key.target],
-                        {name: t.detach().contiguous() for name, t in tensors.items()},
-                        self._routing(key),
-                        None,
-                    )
-                    for key, tensors in messages
-                )
-            )
+            await asyncio.gather(*(self._call(key, tensors) for key, tensors in messages))
 
         asyncio.run_coroutine_threadsafe(sends(), self.loop).result()
 

@@ -71,20 +71,6 @@ def submit_and_watch(mesh: Any, spec: Any) -> Any:
     return final
 
 
-def scrape(port: int) -> dict[str, float]:
-    """Every sample of a Prometheus ``/metrics`` page on loopback ``port``: the sample's
-    name with its labels as written (``pac_agent_peak_rss_bytes{since="start"}``) -> value."""
-    import urllib.request
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
 def median(values: list[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2

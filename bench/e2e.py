@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import machine_line, scrape, submit_and_watch
+from bench.common import machine_line, submit_and_watch
+from pac.cluster.local_mesh import scrape_metrics
 
 BATCH = 32
 AGENTS = ["agent-0", "agent-1", "agent-2", "agent-3"]
@@ -72,7 +73,7 @@ def agent_memory(mesh: Any, agent: str) -> dict[str, float]:
     """An agent's memory figures in MB, from its /metrics (agent/peak_memory.py): ``idle``
     (RSS when it registered, before any job), ``peak`` (since the process started),
     ``cache_peak`` (since the backbone's release; 0 without a cache phase), ``now``."""
-    samples = scrape(mesh.services[agent].ports["metrics"])
+    samples = scrape_metrics(mesh.services[agent].ports["metrics"])
     return {
         "idle": samples.get("pac_agent_idle_rss_bytes", 0.0) / MiB
         or samples["pac_agent_rss_bytes"] / MiB,
@@ -87,7 +88,7 @@ def step_parts(mesh: Any, agents: list[str]) -> dict[str, float]:
     over the agents."""
     sums: dict[str, list[float]] = {}
     for agent in agents:
-        samples = scrape(mesh.services[agent].ports["metrics"])
+        samples = scrape_metrics(mesh.services[agent].ports["metrics"])
         for name, value in samples.items():
             if name.startswith("pac_agent_cache_step_seconds_sum{"):
                 part = name.split('part="', 1)[1].split('"', 1)[0]

@@ -58,7 +58,6 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from pac.data.collate import collate
-    from pac.engine.memory import peak_rss_bytes
     from pac.engine.trainer import TrainConfig, Trainer
     from pac.tasks import TaskSpec
 
@@ -92,7 +91,7 @@ def child(args: argparse.Namespace) -> None:
     trainer.model.loss(trainer.model(warm), warm).backward()
     trainer.optimizer.zero_grad(set_to_none=True)
     forward_seconds = time_backbone_forward(trainer.model)
-    cache_phase_peak = peak_after_release(trainer)
+    memory = mark_cache_phase_at_release(trainer)
     reports = trainer.run()
     cache_bytes = 0
     if trainer.ladder_cache is not None:
@@ -103,8 +102,8 @@ def child(args: argparse.Namespace) -> None:
                 "technique": args.technique,
                 "epochs": [r.seconds for r in reports],
                 "phases": [r.phase for r in reports],
-                "peak_rss_mb": max([peak_rss_bytes(), *PEAK_BEFORE_RELEASE]) / 2**20,
-                "cache_phase_rss_mb": (cache_phase_peak() or reports[-1].rss_bytes) / 2**20,
+                "peak_rss_mb": memory.peak() / 2**20,
+                "cache_phase_rss_mb": (memory.peak("cache_phase") or reports[-1].rss_bytes) / 2**20,
                 "trainable": sum(p.numel() for p in trainer.model.trainable_parameters()),
                 "cache_bytes_per_sample": cache_bytes / max(1, len(trainer.train_samples)),
                 "rss_released_mb": (trainer.rss_before_release - trainer.rss_after_release) / 2**20,
@@ -114,28 +113,20 @@ def child(args: argparse.Namespace) -> None:
     )
 
 
-def peak_after_release(trainer: Any) -> Any:
-    """A function that returns the peak RSS since the trainer released its backbone (the
-    cache phase's peak: the kernel's high-water mark is reset at the release), 0 before it
-    or where the kernel cannot reset the mark."""
-    from agent.peak_memory import reset_peak
-    from pac.engine.memory import peak_rss_bytes
+def mark_cache_phase_at_release(trainer: Any) -> Any:
+    """A PeakMemory (the agent's) that marks the cache phase when the trainer releases its
+    backbone: its ``peak(CACHE_PHASE)`` is the cache phase's peak, ``peak()`` the run's."""
+    from agent.peak_memory import CACHE_PHASE, PeakMemory
 
-    released = [False]
+    memory = PeakMemory()
     release = trainer.release_backbone
 
-    def release_then_reset() -> None:
+    def release_then_mark() -> None:
         release()
-        PEAK_BEFORE_RELEASE.append(peak_rss_bytes())
-        released[0] = reset_peak()
+        memory.mark(CACHE_PHASE)
 
-    trainer.release_backbone = release_then_reset
-    return lambda: peak_rss_bytes() if released[0] else 0
-
-
-# The whole run's peak is the larger of this and the kernel's mark at the end (the mark is
-# reset at the backbone's release).
-PEAK_BEFORE_RELEASE: list[int] = []
+    trainer.release_backbone = release_then_mark
+    return memory
 
 
 def time_backbone_forward(model: Any) -> list[float]:

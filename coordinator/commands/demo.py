@@ -52,17 +52,13 @@ def peak_rss_mb(metrics_port: int, since: str = "start") -> float:
     """An agent's peak resident memory in MB from its ``/metrics``: since the process
     started, or since the cache phase began (``since="cache_phase"``). Not the process's
     VmHWM: the agent resets that at the backbone's release to measure the cache phase."""
-    import urllib.request
+    from pac.cluster.local_mesh import scrape_metrics
 
-    wanted = f'pac_agent_peak_rss_bytes{{since="{since}"}} '
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as page:
-            for line in page.read().decode().splitlines():
-                if line.startswith(wanted):
-                    return float(line.split()[-1]) / 2**20
+        samples = scrape_metrics(metrics_port)
     except OSError:
-        pass
-    return float("nan")
+        return float("nan")
+    return samples.get(f'pac_agent_peak_rss_bytes{{since="{since}"}}', float("nan")) / 2**20
 
 
 def run(args: argparse.Namespace) -> int:

@@ -39,6 +39,22 @@ TOKEN_FILE = "join-token"
 HOST = "127.0.0.1"
 
 
+def scrape_metrics(port: int) -> dict[str, float]:
+    """Every sample of a service's Prometheus ``/metrics`` page on loopback ``port``: the
+    sample's name with its labels as written (``pac_agent_peak_rss_bytes{since="start"}``)
+    -> value."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as page:
+        text = page.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
 class MeshError(RuntimeError):
     """A mesh process did not start (its log's tail says why) or the run dir is wrong."""
 

@@ -5,12 +5,12 @@ registration order, as PyTorch DDP does: the last layers' gradients are ready fi
 bucket is cut into ``n`` chunks and summed by one of two algorithms (``ALGORITHMS``):
 
 - ``ring``: reduce-scatter, then all-gather around a ring: ``2 (n - 1)`` rounds, each
-  moving ``1/n`` of the bucket per device to its right neighbour. Pipeline groups use it
-  (what the planner's cost model prices).
+  moving ``1/n`` of the bucket per device to its right neighbour. The default, and what
+  the planner's cost model prices.
 - ``direct``: every device sends chunk ``k`` to device ``k``, which sums it, then sends
   the sum to every other device: 2 rounds whatever ``n``, the same bytes per device as the
-  ring. The cache phase uses it: the side network's gradients are small, so a round's
-  latency, not bandwidth, is what a step pays for.
+  ring. The cache phase can choose it (job setting ``all_reduce``): the side network's
+  gradients are small, so a round's latency, not bandwidth, is what a step pays for.
 
 The buckets travel interleaved: in every round a device sends its chunk of every bucket
 before it waits for any, so a round costs one latency rather than one per bucket, while no
@@ -23,7 +23,6 @@ devices end with the same bits (the replicas stay identical without a broadcast)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import torch
 
@@ -67,6 +66,7 @@ def ring_all_reduce(
     ring; ``me``'s right neighbour is the next device in ``devices``. ``clock`` (optional)
     sums the time spent sending (``send``) and blocked on the left neighbour (``wait``)."""
     n = len(devices)
+    clock = clock or StepClock()  # a throwaway one when the caller does not time the parts
     if n == 1:
         return list(vectors)
     if me not in devices:
@@ -81,11 +81,11 @@ def ring_all_reduce(
         recv_index = (send_index - 1) % n
         for b, parts in enumerate(chunks):
             key = MessageKey(step, "allreduce", b * ROUNDS_PER_BUCKET + r, me, right)
-            with clock.part("send") if clock else nullcontext():
+            with clock.part("send"):
                 transport.send(key, {"chunk": parts[send_index]})
         for b, parts in enumerate(chunks):
             key = MessageKey(step, "allreduce", b * ROUNDS_PER_BUCKET + r, left, me)
-            with clock.part("wait") if clock else nullcontext():
+            with clock.part("wait"):
                 incoming = transport.recv(key, timeout=timeout)["chunk"]
             parts[recv_index] = incoming.clone() if gathering else parts[recv_index] + incoming
     return [torch.cat(parts) for parts in chunks]
@@ -107,6 +107,7 @@ def direct_all_reduce(
     every vector), but a step waits for 2 message latencies instead of ``2 (n - 1)``: on
     small vectors (the side network's gradients) latency is what a step pays for."""
     n = len(devices)
+    clock = clock or StepClock()  # a throwaway one when the caller does not time the parts
     if n == 1:
         return list(vectors)
     if me not in devices:
@@ -119,21 +120,17 @@ def direct_all_reduce(
         return MessageKey(step, "allreduce", b * ROUNDS_PER_BUCKET + r, source, target)
 
     # Round 0: chunk k of every bucket to device k; sum my chunk in device order.
-    with clock.part("send") if clock else nullcontext():
-        send_all(
-            transport,
-            [
-                (key(b, 0, me, peer), {"chunk": parts[k]})
-                for k, peer in peers
-                for b, parts in enumerate(chunks)
-            ],
-        )
-    with clock.part("wait") if clock else nullcontext():
-        received = recv_all(
-            transport,
-            [key(b, 0, peer, me) for b in range(len(chunks)) for _, peer in peers],
-            timeout,
-        )
+    received = _exchange(
+        transport,
+        clock,
+        [
+            (key(b, 0, me, peer), {"chunk": parts[k]})
+            for k, peer in peers
+            for b, parts in enumerate(chunks)
+        ],
+        [key(b, 0, peer, me) for b in range(len(chunks)) for _, peer in peers],
+        timeout,
+    )
     sums = []
     for b, parts in enumerate(chunks):
         pieces = iter(received[b * len(peers) : (b + 1) * len(peers)])
@@ -143,27 +140,38 @@ def direct_all_reduce(
             total.add_(parts[k] if k == rank else next(pieces)["chunk"])
         sums.append(total)
     # Round 1: every device's sum to every other device.
-    with clock.part("send") if clock else nullcontext():
-        send_all(
-            transport,
-            [
-                (key(b, 1, me, peer), {"chunk": sums[b]})
-                for _, peer in peers
-                for b in range(len(sums))
-            ],
-        )
-    with clock.part("wait") if clock else nullcontext():
-        received = recv_all(
-            transport,
-            [key(b, 1, peer, me) for b in range(len(chunks)) for _, peer in peers],
-            timeout,
-        )
+    received = _exchange(
+        transport,
+        clock,
+        [
+            (key(b, 1, me, peer), {"chunk": total})
+            for _, peer in peers
+            for b, total in enumerate(sums)
+        ],
+        [key(b, 1, peer, me) for b in range(len(chunks)) for _, peer in peers],
+        timeout,
+    )
     gathered = [list(parts) for parts in chunks]
     for b, parts in enumerate(gathered):
         parts[rank] = sums[b]
         for i, (k, _) in enumerate(peers):
             parts[k] = received[b * len(peers) + i]["chunk"]
     return [torch.cat(parts) for parts in gathered]
+
+
+def _exchange(
+    transport: Transport,
+    clock: StepClock,
+    messages: Sequence[tuple[MessageKey, Tensors]],
+    keys: Sequence[MessageKey],
+    timeout: float | None,
+) -> list[Tensors]:
+    """One round: send ``messages``, then the messages ``keys`` in that order (timed as
+    ``send`` and ``wait``)."""
+    with clock.part("send"):
+        send_all(transport, messages)
+    with clock.part("wait"):
+        return recv_all(transport, keys, timeout)
 
 
 def send_all(transport: Transport, messages: Sequence[tuple[MessageKey, Tensors]]) -> None:

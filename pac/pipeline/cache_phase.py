@@ -6,7 +6,7 @@ sample one owner (shares proportional to the devices' speed); redistribution mov
 its sample's owner; :func:`gather_state` gives every device every stage's side-network
 parameters and optimizer state. Then a step is: each device computes the loss of the
 mini-batch's samples it owns (divided by the whole mini-batch's count), the gradients are
-summed by a bucketed all-reduce (:mod:`pac.pipeline.all_reduce`, two direct rounds), and
+summed by a bucketed all-reduce (:mod:`pac.pipeline.all_reduce`, a ring by default), and
 every device takes the same optimizer step, so that the result is the single-device result
 whatever the shares.
 """
