@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from agent.server import AgentConfig, AgentServer
+    from pac.engine.memory import freeze_startup_objects
     from pac.wire.auth import read_join_token
     from pac.wire.channel import SecurityError, TransportSecurity
     from pac.wire.limits import MiB, WireLimits
@@ -135,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("pac.agent").info("agent %s stopped", config.name)
         return 0
 
+    freeze_startup_objects()  # the imports live as long as the agent (pac/engine/memory.py)
     try:
         return asyncio.run(main())
     except OSError as error:

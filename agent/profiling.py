@@ -1,15 +1,18 @@
 """Profile a model's blocks on this device: what the planner needs to cut stages.
 
 Each block runs forward on a random batch of token ids; one untimed warm-up, then the
-median of ``repeats`` timed runs. On request the parallel-adapters side network is timed
-too: its forward from the backbone's ladder and its backward, as a training step runs it.
+median of ``repeats`` timed runs. A block built like one already timed (same class, same
+parameter shapes and dtypes, same input shapes, same layer type) takes that block's time
+and runs once, only to give the next block its input: a backbone's blocks are mostly
+copies of one another. On request the parallel-adapters side network is timed too: its
+forward from the backbone's ladder and its backward, as a training step runs it.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -19,6 +22,7 @@ from torch import nn
 
 from agent.errors import BadRequest
 from pac.families import ModelFamily, family_for_dir
+from pac.techniques.packed_backbone import pack_block_linears
 
 T = TypeVar("T")
 
@@ -72,17 +76,24 @@ def profile_layers(
     side_network: bool = False,
     second_batch_size: int = 0,
     backward_technique: str = "",
+    packed_backbone: bool = False,
 ) -> ProfileResult:
     """Timings of blocks ``[start, end)`` (end 0 = all) on a ``[batch_size, seq_len]`` batch
     of random token ids, with ``side_network`` of the side network on that batch, and with
     ``second_batch_size`` of the blocks on a second batch (the model is loaded once), and
     with ``backward_technique`` (``full``, ``lora``, ``adapters``) each block's backward as
-    that baseline runs it."""
+    that baseline runs it. ``packed_backbone``: the blocks run on oneDNN-prepacked weights
+    (pac.techniques.packed_backbone), as a parallel-adapters job runs them by default."""
+    if packed_backbone and backward_technique:
+        raise BadRequest("a prepacked backbone has no backward: profile one or the other")
     family_class = family_for_dir(model_dir)
     family = family_class(family_class.load(model_dir))
     if device is not None:
         module: nn.Module = family.model
         module.to(device)
+    if packed_backbone:
+        family.model.requires_grad_(False)
+        pack_block_linears(family)
     blocks = family.blocks()
     end = end or len(blocks)
     if not 0 <= start < end <= len(blocks):
@@ -134,7 +145,14 @@ def _time_blocks_backward(
         for index in range(start):
             state = family.run_block(index, state)
     seconds = []
+    timed: dict[Hashable, float] = {}
     for block in blocks[start:end]:
+        signature = block_signature(family, block.index, state)
+        if signature in timed:
+            seconds.append(timed[signature])
+            with torch.no_grad():
+                state = family.run_block(block.index, state)
+            continue
         for param in block.module.parameters():
             param.requires_grad_(weights)
         inputs = {
@@ -152,10 +170,29 @@ def _time_blocks_backward(
                 value.grad = None
             module.zero_grad(set_to_none=True)
 
-        seconds.append(_median_seconds(step, repeats))
+        timed[signature] = _median_seconds(step, repeats)
+        seconds.append(timed[signature])
         with torch.no_grad():
             state = family.run_block(block.index, state)
     return seconds
+
+
+def block_signature(family: ModelFamily, index: int, state: dict[str, torch.Tensor]) -> Hashable:
+    """What a block's time depends on: its class, its parameters' names, shapes and dtypes,
+    its inputs' shapes and dtypes, and the layer type where the config gives one per layer
+    (``layer_types``: sliding-window and full-attention layers alike in their weights)."""
+    module = family.blocks()[index].module
+    layer_types = getattr(family.model.config, "layer_types", None)
+    if not isinstance(layer_types, list | tuple) or index >= len(layer_types):
+        layer_types = None
+    return (
+        type(module).__qualname__,
+        tuple((n, tuple(p.shape), p.dtype) for n, p in module.named_parameters()),
+        tuple(
+            (k, tuple(v.shape), v.dtype) for k, v in sorted(state.items()) if torch.is_tensor(v)
+        ),
+        layer_types[index] if layer_types else None,
+    )
 
 
 def _random_batch(
@@ -185,10 +222,16 @@ def _time_blocks(
     for index in range(start):
         state = family.run_block(index, state)
     timings = []
+    timed: dict[Hashable, float] = {}
     for block in blocks[start:end]:
         current = state
-        # The warm-up run's output is the next block's input: no extra run to advance.
-        seconds, state = _timed(lambda: family.run_block(block.index, current), repeats)  # noqa: B023
+        signature = block_signature(family, block.index, current)
+        if signature in timed:
+            seconds, state = timed[signature], family.run_block(block.index, current)
+        else:
+            # The warm-up run's output is the next block's input: no extra run to advance.
+            seconds, state = _timed(lambda: family.run_block(block.index, current), repeats)  # noqa: B023
+            timed[signature] = seconds
         timings.append(
             LayerTiming(
                 block.index,

@@ -316,6 +316,7 @@ class AgentRuntime:
         side_network: bool = False,
         second_batch_size: int = 0,
         backward_technique: str = "",
+        packed_backbone: bool = False,
     ) -> ProfileResult:
         """Forward time of blocks ``[start, end)`` on this device, and of the side network
         when asked (worker thread)."""
@@ -331,6 +332,7 @@ class AgentRuntime:
             side_network,
             second_batch_size,
             backward_technique,
+            packed_backbone,
         )
 
     def release_backbone(self, job_id: str) -> int:

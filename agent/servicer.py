@@ -123,6 +123,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                     request.side_network,
                     request.second_batch_size,
                     request.backward_technique,
+                    request.packed_backbone,
                 )
             return agent_pb2.ProfileReply(
                 device=self._describe(),

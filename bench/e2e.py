@@ -220,6 +220,12 @@ def main() -> int:
             f"{name:<30}{row['total']:>9.1f}{epochs:>24}{row['idle']:>7.0f}{row['peak']:>7.0f}"
             f"{row['above']:>12.0f}{row['end']:>6.0f}{ratio}"
         )
+    if pac is not None:
+        print("PAC's time by phase (from its metrics.jsonl):")
+        print("\n".join(phase_lines(pac)))
+        if pac["parts"]:
+            parts = ", ".join(f"{part} {ms:.1f}" for part, ms in sorted(pac["parts"].items()))
+            print(f"PAC's cache-phase step, mean ms per part over the agents: {parts}")
     baselines = {n: r for n, r in rows.items() if n != PAC}
     if pac is None or not baselines:
         return 0
@@ -243,11 +249,6 @@ def main() -> int:
             f"{100 * pac['cache_above'] / baselines[lowest_above]['above']:.0f}% of the lowest "
             f"baseline's above idle ({lowest_above}, {baselines[lowest_above]['above']:.0f} MB)"
         )
-    print("PAC's time by phase (from its metrics.jsonl):")
-    print("\n".join(phase_lines(pac)))
-    if pac["parts"]:
-        parts = ", ".join(f"{part} {ms:.1f}" for part, ms in sorted(pac["parts"].items()))
-        print(f"PAC's cache-phase step, mean ms per part over the agents: {parts}")
     return 0
 
 

@@ -87,6 +87,9 @@ async def profile_agents(
         side_network=spec.technique == "parallel-adapters",
         second_batch_size=1,
         backward_technique="" if spec.technique == "parallel-adapters" else spec.technique,
+        # PAC's agents run the frozen blocks prepacked unless the job turns it off.
+        packed_backbone=spec.technique == "parallel-adapters"
+        and bool(spec.technique_settings.get("packed_backbone", True)),
     )
     replies = await asyncio.gather(
         *(stubs[n].Profile(request, metadata=metadata) for n in names)

@@ -148,6 +148,7 @@ class ProfileRequest(_message.Message):
     SIDE_NETWORK_FIELD_NUMBER: _builtins.int
     SECOND_BATCH_SIZE_FIELD_NUMBER: _builtins.int
     BACKWARD_TECHNIQUE_FIELD_NUMBER: _builtins.int
+    PACKED_BACKBONE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     model_dir: _builtins.str
     """A local Hugging Face model directory on the agent."""
@@ -168,6 +169,10 @@ class ProfileRequest(_message.Message):
     """Also time each block's backward as a baseline runs it: "full" (weights and input),
     "lora" or "adapters" (the input's gradient through frozen weights); "" = none.
     """
+    packed_backbone: _builtins.bool
+    """Time the blocks on oneDNN-prepacked weights, as a parallel-adapters job with
+    packed_backbone runs them (ignored where this build cannot pack; not with a backward).
+    """
     def __init__(
         self,
         *,
@@ -181,10 +186,11 @@ class ProfileRequest(_message.Message):
         side_network: _builtins.bool = ...,
         second_batch_size: _builtins.int = ...,
         backward_technique: _builtins.str = ...,
+        packed_backbone: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backward_technique", b"backward_technique", "batch_size", b"batch_size", "job_id", b"job_id", "layer_end", b"layer_end", "layer_start", b"layer_start", "model_dir", b"model_dir", "repeats", b"repeats", "second_batch_size", b"second_batch_size", "seq_len", b"seq_len", "side_network", b"side_network"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backward_technique", b"backward_technique", "batch_size", b"batch_size", "job_id", b"job_id", "layer_end", b"layer_end", "layer_start", b"layer_start", "model_dir", b"model_dir", "packed_backbone", b"packed_backbone", "repeats", b"repeats", "second_batch_size", b"second_batch_size", "seq_len", b"seq_len", "side_network", b"side_network"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

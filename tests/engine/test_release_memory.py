@@ -4,7 +4,9 @@ memory-mapped from the safetensors file would stay resident)."""
 
 from __future__ import annotations
 
+import gc
 import shutil
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from pac.engine.loading import load_model
-from pac.engine.memory import release_backbone, rss_bytes
+from pac.engine.memory import freeze_startup_objects, release_backbone, rss_bytes
 
 
 def test_released_weights_leave_resident_memory(
@@ -37,3 +39,25 @@ def test_released_weights_leave_resident_memory(
     dropped = before - rss_bytes()
     assert released > 50 << 20
     assert dropped > 0.7 * released, (released, dropped)
+
+
+def test_frozen_startup_objects_leave_later_cycles_collectable() -> None:
+    # The agent freezes what its imports left (pac/engine/memory.py): a full collection
+    # skips those, yet a cycle made afterwards (a tensor in it) is still collected.
+    frozen = freeze_startup_objects()
+    try:
+        assert frozen > 0 and gc.get_freeze_count() == frozen
+
+        class Holder:
+            pass
+
+        holder = Holder()
+        holder.itself = holder  # type: ignore[attr-defined]
+        holder.tensor = torch.zeros(1 << 16)  # type: ignore[attr-defined]
+        alive = weakref.ref(holder)
+        del holder
+        gc.collect()
+        assert alive() is None
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()

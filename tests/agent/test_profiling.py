@@ -1,0 +1,142 @@
+"""Profiling a model's blocks on an agent (agent/profiling.py): a block built like one
+already timed takes its time and runs once; a parallel-adapters job's blocks are timed on
+prepacked weights, as its agents run them; the coordinator asks for what the job runs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from agent import profiling
+from agent.errors import BadRequest
+from coordinator.drivers.mesh_plan import profile_agents
+from coordinator.jobs import JobSpec
+from pac.families import family_for_dir
+from pac.families.bert import BertFamily
+from pac.techniques import packed_backbone
+from protos.v1 import agent_pb2
+
+
+def _states(model_dir: Path) -> tuple[Any, list[dict[str, torch.Tensor]]]:
+    """The loaded family and each block's input on a small batch."""
+    family_class = family_for_dir(model_dir)
+    family = family_class(family_class.load(model_dir))
+    batch = profiling._random_batch(family, 2, 8, None)
+    states = []
+    with torch.no_grad():
+        state = family.embed(batch)
+        for block in family.blocks():
+            states.append(state)
+            state = family.run_block(block.index, state)
+    return family, states
+
+
+def test_identical_blocks_run_once_and_share_the_first_ones_time(
+    tiny_model_dir: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = BertFamily.run_block
+
+    def counted(self: BertFamily, index: int, state: dict[str, torch.Tensor]) -> Any:
+        calls.append(index)
+        return real(self, index, state)
+
+    monkeypatch.setattr(BertFamily, "run_block", counted)
+    repeats = 3
+    result = profiling.profile_layers(tiny_model_dir("bert"), 0, 0, 2, 8, repeats)
+    # Block 0: a warm-up and 3 timed runs; block 1 (the same build) once, for its output.
+    assert calls == [0] * (1 + repeats) + [1]
+    first, second = result.layers
+    assert second.forward_seconds == first.forward_seconds > 0
+    assert second.parameter_bytes == first.parameter_bytes
+
+
+def test_blocks_that_differ_in_weights_or_inputs_are_timed_each(
+    tiny_model_dir: Callable[[str], Path],
+) -> None:
+    # T5: each stack's first block holds the relative-position bias; decoder blocks have
+    # cross-attention: all four blocks of the tiny model differ.
+    family, states = _states(tiny_model_dir("t5"))
+    signatures = [profiling.block_signature(family, i, s) for i, s in enumerate(states)]
+    assert len(set(signatures)) == 4
+    # The same block on a longer batch is another signature.
+    longer = {k: torch.cat([v, v], dim=1) if v.dim() >= 2 else v for k, v in states[1].items()}
+    assert profiling.block_signature(family, 1, longer) != signatures[1]
+
+
+def test_layer_types_tell_alike_weights_apart(tiny_model_dir: Callable[[str], Path]) -> None:
+    family, states = _states(tiny_model_dir("qwen2"))
+    family.model.config.layer_types = ["full_attention", "full_attention"]
+    same = [profiling.block_signature(family, i, s) for i, s in enumerate(states)]
+    assert same[0] == same[1]
+    family.model.config.layer_types = ["full_attention", "sliding_attention"]
+    mixed = [profiling.block_signature(family, i, s) for i, s in enumerate(states)]
+    assert mixed[0] != mixed[1]
+
+
+def test_a_packed_profile_packs_the_blocks_and_refuses_a_backward(
+    tiny_model_dir: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packed: list[int] = []
+    real = packed_backbone.pack_block_linears
+
+    def spy(family: Any) -> int:
+        packed.append(real(family))
+        return packed[-1]
+
+    monkeypatch.setattr(profiling, "pack_block_linears", spy)
+    model_dir = tiny_model_dir("bert")
+    result = profiling.profile_layers(model_dir, 0, 0, 2, 8, 1, packed_backbone=True)
+    assert len(result.layers) == 2 and all(t.forward_seconds > 0 for t in result.layers)
+    cpu = torch.device("cpu")
+    # Each BERT block has 6 linear layers (q, k, v, attention out, intermediate, output).
+    assert packed == [12 if packed_backbone.packing_supported(torch.float32, cpu) else 0]
+    with pytest.raises(BadRequest, match="no backward"):
+        profiling.profile_layers(
+            model_dir, 0, 0, 2, 8, 1, packed_backbone=True, backward_technique="lora"
+        )
+
+
+class _RecordingStub:
+    """An agent stub that records the Profile request and answers two blocks' timings."""
+
+    def __init__(self) -> None:
+        self.requests: list[agent_pb2.ProfileRequest] = []
+
+    async def Profile(
+        self, request: agent_pb2.ProfileRequest, metadata: Any = None
+    ) -> agent_pb2.ProfileReply:
+        self.requests.append(request)
+        return agent_pb2.ProfileReply(
+            layers=[agent_pb2.LayerProfile(index=i, forward_seconds=0.02) for i in range(2)],
+            second_batch_seconds=[0.004, 0.004],
+            side_seconds=0.01,
+        )
+
+
+@pytest.mark.parametrize(
+    ("technique", "settings", "packed"),
+    [
+        ("parallel-adapters", {}, True),
+        ("parallel-adapters", {"packed_backbone": False}, False),
+        ("lora", {}, False),
+    ],
+)
+def test_the_coordinator_asks_for_the_blocks_as_the_job_runs_them(
+    technique: str, settings: dict[str, Any], packed: bool
+) -> None:
+    stub = _RecordingStub()
+    spec = JobSpec(
+        model_dir="/models/m", data_path="d.jsonl", task="classification",
+        technique=technique, technique_settings=settings,
+    )
+    timings = asyncio.run(profile_agents({"a": stub}, spec, ()))  # type: ignore[dict-item]
+    (request,) = stub.requests
+    assert request.packed_backbone is packed
+    assert request.side_network is (technique == "parallel-adapters")
+    assert timings["a"].per_sample_s > 0
