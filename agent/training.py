@@ -158,6 +158,7 @@ class TrainingSession:
             settings.learning_rate,
             total_steps=settings.total_steps,
             warmup_ratio=settings.warmup_ratio,
+            weight_decay=settings.weight_decay,
         )
         cache = None
         if isinstance(self.model, ParallelAdaptersModel):

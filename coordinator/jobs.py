@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from pac.tasks import TASK_KINDS
+from pac.technique_names import DROPOUT_TECHNIQUES, TECHNIQUE_NAMES
 
-TECHNIQUES = ("parallel-adapters", "full", "lora", "adapters")
+TECHNIQUES = TECHNIQUE_NAMES
 DATA_SUFFIXES = (".jsonl", ".csv", ".tsv")
 # technique_settings["backbone_dtype"]: pac.techniques.backbone_dtype.DTYPES (named here so
 # that this module stays free of torch).
@@ -218,6 +219,21 @@ def validate_spec(spec: JobSpec, placements: tuple[str, ...] = ("local",)) -> No
         bad("cache_dtype", f"unknown precision {spec.cache_dtype!r}; use float16, bfloat16 or int8")
     if not 0.0 <= spec.dropout < 1.0:
         bad("dropout", f"{spec.dropout}: use a probability in [0, 1)")
+    elif spec.dropout and spec.technique in TECHNIQUES:
+        if spec.technique not in DROPOUT_TECHNIQUES:
+            bad(
+                "dropout",
+                f"{spec.technique} has no dropout of its own to set: it trains at the model's "
+                "dropout (config.json); leave dropout at 0 or pick parallel-adapters or lora",
+            )
+        elif spec.technique_settings.get("dropout", spec.dropout) != spec.dropout:
+            bad(
+                "dropout",
+                f"{spec.dropout} disagrees with the technique settings' dropout "
+                f"{spec.technique_settings['dropout']}: give it once",
+            )
+    if not (math.isfinite(spec.weight_decay) and spec.weight_decay >= 0):
+        bad("weight_decay", f"{spec.weight_decay}: use a finite, non-negative decay (AdamW's)")
     if spec.placement and spec.placement not in placements:
         bad(
             "placement",

@@ -68,8 +68,10 @@ class JobRequest(BaseModel):
         _DEFAULTS["side_reduction"], description="side network width = d / r"
     )
     cache_dtype: str = _DEFAULTS["cache_dtype"]
-    weight_decay: float = 0.0
-    dropout: float = 0.0
+    weight_decay: float = Field(0.0, description="AdamW's weight decay of what trains")
+    dropout: float = Field(
+        0.0, description="dropout of the trained modules (parallel-adapters' side blocks, lora)"
+    )
     output_dir: str = Field("", description="where the adapters go (default: state dir)")
     placement: str = Field("", description="local or mesh (default: the coordinator's)")
 

@@ -34,12 +34,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--micro-batches", type=int, default=1)
     parser.add_argument("--lr", type=float, default=0.0, help="0 = the technique's default")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's weight decay")
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="dropout of the trained modules (parallel-adapters' side blocks, LoRA)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reduction", type=int, default=8, help="side network width = d / r")
     parser.add_argument("--labels", default="", help="class names, comma-separated")
     parser.add_argument("--head", default="linear", choices=("linear", "text"))
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--max-target-length", type=int, default=32)
+    parser.add_argument(
+        "--data-format",
+        default="",
+        choices=("", "jsonl", "csv", "tsv"),
+        help="how the data files are written (default: from their extension)",
+    )
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--pair-field", default="")
     parser.add_argument("--target-field", default="label")
@@ -73,6 +86,7 @@ def build_spec(args: argparse.Namespace) -> pb.JobSpec:
         model_dir=_absolute(args.model),
         data=pb.DataSpec(
             path=_absolute(args.data),
+            format=args.data_format,
             eval_path=_absolute(args.eval),
             text_fields=text_fields,
             label_field=args.target_field,
@@ -94,6 +108,8 @@ def build_spec(args: argparse.Namespace) -> pb.JobSpec:
             seed=args.seed,
             side_reduction=max(0, args.reduction),
             cache_dtype=args.cache_precision,
+            weight_decay=args.weight_decay,
+            dropout=args.dropout,
         ),
         output_dir=_absolute(args.out),
         placement=args.placement,

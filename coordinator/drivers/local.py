@@ -17,6 +17,7 @@ from typing import cast
 from coordinator.driver import JobResult, LiveAgents, ProgressSink
 from coordinator.jobs import CACHE_DTYPES, Job, JobSpec, JobState, Progress
 from pac.tasks import HeadKind, TaskKind, TaskSpec
+from pac.technique_names import DROPOUT_TECHNIQUES
 
 log = logging.getLogger("pac.coordinator")
 
@@ -31,12 +32,14 @@ DRIVER_SETTINGS = ("layout", "checkpoint_every", "bucket_bytes")
 
 def technique_settings(spec: JobSpec) -> dict[str, object]:
     """The technique's settings: the user's JSON (less the driver's keys), plus the side
-    width for PAC."""
+    width for PAC and the job's dropout where the technique has one."""
     settings: dict[str, object] = {
         k: v for k, v in spec.technique_settings.items() if k not in DRIVER_SETTINGS
     }
     if spec.technique == "parallel-adapters":
         settings.setdefault("reduction", spec.side_reduction)
+    if spec.dropout and spec.technique in DROPOUT_TECHNIQUES:
+        settings.setdefault("dropout", spec.dropout)
     return settings
 
 
@@ -75,10 +78,13 @@ class LocalDriver:
             epochs=spec.epochs,
             batch_size=spec.batch_size,
             learning_rate=spec.learning_rate or None,
+            weight_decay=spec.weight_decay,
             seed=spec.seed,
             cache_dir=out / "cache",
             cache_precision=CACHE_DTYPES[spec.cache_dtype],
-            fields=DataFields(spec.text_field, spec.pair_field, spec.label_field),
+            fields=DataFields(
+                spec.text_field, spec.pair_field, spec.label_field, spec.data_format
+            ),
         )
         trainer = Trainer(config)
         if cancelled.is_set():  # cancelled while the model loaded

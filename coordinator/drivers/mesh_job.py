@@ -60,7 +60,7 @@ class JobData:
         # The job's backbone dtype: the coordinator evaluates (and exports) the model the
         # agents train.
         loaded = load_model(spec.model_dir, dtype=backbone_dtype_of(technique_settings(spec)))
-        fields = DataFields(spec.text_field, spec.pair_field, spec.label_field)
+        fields = DataFields(spec.text_field, spec.pair_field, spec.label_field, spec.data_format)
         task = resolve_task(
             task_spec(spec),
             Path(spec.data_path),
@@ -82,6 +82,7 @@ class JobData:
             seed=spec.seed,
             learning_rate=spec.learning_rate or DEFAULT_LEARNING_RATE[spec.technique],
             total_steps=steps_per_epoch * spec.epochs,
+            weight_decay=spec.weight_decay,
             cache_precision=CACHE_DTYPES.get(spec.cache_dtype, "fp16"),
             model_fingerprint=fingerprint_model_dir(spec.model_dir),
             extra={

@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
             text_field=args.text_field,
             pair_field=args.pair_field,
             target_field=args.target_field,
+            data_format=args.data_format,
             batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens,
             backbone_dtype=args.backbone_dtype,

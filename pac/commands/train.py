@@ -8,15 +8,22 @@ import sys
 from pathlib import Path
 
 from pac.tasks import TASK_KINDS
+from pac.technique_names import DROPOUT_TECHNIQUES, TECHNIQUE_NAMES
 
-TECHNIQUE_NAMES = ("parallel-adapters", "full", "lora", "adapters")
 PRECISIONS = ("fp16", "bf16", "fp32", "int8")
 # pac.techniques.backbone_dtype.DTYPES (not imported: commands import torch only in run).
 BACKBONE_DTYPES = ("float32", "bfloat16", "fp32", "bf16")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by `pac train` and `pac predict`: which fields hold what."""
+    """Options shared by `pac train` and `pac predict`: how the data is written, which
+    fields hold what."""
+    parser.add_argument(
+        "--data-format",
+        choices=("jsonl", "csv", "tsv"),
+        default="",
+        help="how the data files are written (default: from their extension)",
+    )
     parser.add_argument("--text-field", default="text", help="field with the input text")
     parser.add_argument("--pair-field", default="text_pair", help="field with a second text")
     parser.add_argument("--target-field", default="label", help="field with the target")
@@ -39,6 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, help="learning rate (default per technique)")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's weight decay")
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="dropout of the trained modules: parallel-adapters' side blocks or LoRA's input "
+        "(the other techniques train at the model's own dropout)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, help="where adapters and metrics go")
     parser.add_argument("--max-length", type=int, default=128, help="input tokens kept")
@@ -84,6 +99,8 @@ def technique_settings(args: argparse.Namespace) -> dict[str, object]:
         settings.update(args.ladder)
     if args.backbone_dtype in ("bfloat16", "bf16"):
         settings["backbone_dtype"] = "bfloat16"
+    if args.dropout:
+        settings["dropout"] = args.dropout
     return settings
 
 
@@ -115,6 +132,19 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.dropout and args.technique not in DROPOUT_TECHNIQUES:
+        print(
+            f"pac train: --dropout: {args.technique} trains at the model's own dropout "
+            "(config.json); only parallel-adapters and lora take one",
+            file=sys.stderr,
+        )
+        return 2
+    if not 0.0 <= args.dropout < 1.0 or not args.weight_decay >= 0.0:
+        print(
+            "pac train: --dropout must be in [0, 1) and --weight-decay >= 0",
+            file=sys.stderr,
+        )
+        return 2
     try:
         task = TaskSpec(
             kind=args.task,
@@ -134,11 +164,14 @@ def run(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             batch_size=args.batch_size,
             learning_rate=args.lr,
+            weight_decay=args.weight_decay,
             seed=args.seed,
             cache_dir=args.cache_dir,
             cache_precision=args.cache_precision,
             use_cache=not args.no_cache,
-            fields=DataFields(args.text_field, args.pair_field, args.target_field),
+            fields=DataFields(
+                args.text_field, args.pair_field, args.target_field, args.data_format
+            ),
             max_train_samples=args.max_train_samples,
             max_eval_samples=args.max_eval_samples,
             checkpoint_every=args.checkpoint_every,

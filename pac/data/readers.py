@@ -42,19 +42,30 @@ def read_examples(
     pair_field: str = "text_pair",
     target_field: str = "label",
     require_target: bool = True,
+    data_format: str = "",
 ) -> list[Example]:
     """Read every row of ``path`` into an ``Example``.
 
     ``require_target=False`` reads rows without a target (``Example.target`` is None), for
-    prediction or for causal-LM text. Raises ``DataError`` for a missing or empty file, an
-    unsupported extension and any bad row.
+    prediction or for causal-LM text. ``data_format`` (``jsonl``, ``csv`` or ``tsv``) says
+    how the file is written whatever its name; by default its extension says. Raises
+    ``DataError`` for a missing or empty file, an unsupported format and any bad row.
     """
     path = Path(path)
     source = str(path)
-    suffix = path.suffix.lower()
+    if data_format:
+        suffix = f".{data_format.lower().lstrip('.')}"
+        if suffix not in SUPPORTED_SUFFIXES:
+            raise at(source, None, f"unknown data format {data_format!r}; use jsonl, csv or tsv")
+    else:
+        suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         shown = suffix or "(no extension)"
-        raise at(source, None, f"unsupported format '{shown}'; use .jsonl, .csv or .tsv")
+        raise at(
+            source,
+            None,
+            f"unsupported format '{shown}'; use .jsonl, .csv or .tsv, or give the data format",
+        )
     if not path.exists():
         raise at(source, None, "data file does not exist; check the path")
     if not path.is_file():

@@ -14,11 +14,14 @@ from pac.tasks import TaskSpec
 
 @dataclass(frozen=True)
 class DataFields:
-    """Which fields of a row hold the text, the optional second text, and the target."""
+    """How to read a data file: which fields of a row hold the text, the optional second
+    text, and the target; and ``format`` (``jsonl``, ``csv``, ``tsv``; "" = from the file's
+    extension)."""
 
     text: str = "text"
     pair: str = "text_pair"
     target: str = "label"
+    format: str = ""
 
 
 def resolve_task(task: TaskSpec, train_path: Path, fields: DataFields) -> TaskSpec:
@@ -26,7 +29,11 @@ def resolve_task(task: TaskSpec, train_path: Path, fields: DataFields) -> TaskSp
     if task.kind != "classification" or task.labels:
         return task
     examples = read_examples(
-        train_path, text_field=fields.text, pair_field=fields.pair, target_field=fields.target
+        train_path,
+        text_field=fields.text,
+        pair_field=fields.pair,
+        target_field=fields.target,
+        data_format=fields.format,
     )
     return replace(task, labels=label_vocabulary(examples, field=fields.target))
 
@@ -46,6 +53,7 @@ def load_samples(
         text_field=fields.text,
         pair_field=fields.pair,
         target_field=fields.target,
+        data_format=fields.format,
         # A causal LM learns the text itself; a target (completion) is optional.
         require_target=require_target and task.kind != "causal-lm",
     )

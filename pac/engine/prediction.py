@@ -60,12 +60,14 @@ def predict_file(
     text_field: str = "text",
     pair_field: str = "text_pair",
     target_field: str = "label",
+    data_format: str = "",
     batch_size: int = 32,
     max_new_tokens: int = 32,
     backbone_dtype: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Rows ``{"text", "prediction"[, "target"]}`` and, when every row has a target, the
-    task's metrics. ``backbone_dtype``: see :func:`load_tuned_model`."""
+    task's metrics. ``data_format``: see :func:`pac.data.readers.read_examples`;
+    ``backbone_dtype``: see :func:`load_tuned_model`."""
     loaded, model = load_tuned_model(model_dir, adapters_dir, backbone_dtype)
     examples = read_examples(
         data,
@@ -73,6 +75,7 @@ def predict_file(
         pair_field=pair_field,
         target_field=target_field,
         require_target=False,
+        data_format=data_format,
     )
     if model.task.kind in ("seq2seq", "causal-lm"):
         return _generate_rows(loaded, model, examples, max_new_tokens)

@@ -57,6 +57,7 @@ class TrainConfig:
     batch_size: int = 16
     learning_rate: float | None = None
     warmup_ratio: float = 0.06
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay of the trained parameters
     seed: int = 0
     cache_dir: Path | None = None
     cache_precision: str = "fp16"
@@ -139,6 +140,7 @@ class Trainer:
             learning_rate,
             total_steps=self.steps_per_epoch * config.epochs,
             warmup_ratio=config.warmup_ratio,
+            weight_decay=config.weight_decay,
         )
         self.ladder_cache = self._open_cache()
         self.backbone_released = False

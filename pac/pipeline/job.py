@@ -27,6 +27,7 @@ class MeshJobSettings:
     learning_rate: float = 1e-3
     total_steps: int = 1
     warmup_ratio: float = 0.06
+    weight_decay: float = 0.0
     cache_precision: str = "fp16"
     # sha256 over the model's config and weights (pac.cache.key.fingerprint_model_dir):
     # every device checks its local copy against it before loading ("" = do not check).
@@ -58,6 +59,7 @@ class MeshJobSettings:
             learning_rate=float(data["learning_rate"]),
             total_steps=int(data["total_steps"]),
             warmup_ratio=float(data["warmup_ratio"]),
+            weight_decay=float(data.get("weight_decay", 0.0)),
             cache_precision=str(data["cache_precision"]),
             model_fingerprint=str(data.get("model_fingerprint", "")),
             extra=dict(data.get("extra", {})),

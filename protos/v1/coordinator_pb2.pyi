@@ -362,7 +362,11 @@ class TrainingSettings(_message.Message):
     cache_dtype: _builtins.str
     """"float16", "bfloat16", "int8"."""
     weight_decay: _builtins.float
+    """AdamW's weight decay of the trained parameters."""
     dropout: _builtins.float
+    """Dropout of the trained modules: parallel-adapters' side blocks or LoRA's input; the
+    other techniques train at the model's own dropout, and refuse a non-zero value.
+    """
     def __init__(
         self,
         *,

@@ -59,6 +59,9 @@ def test_a_local_job_trains_to_done_with_progress_and_adapters(
     ({"task": "translation"}, "task", "unknown task"),
     ({"epochs": 0}, "epochs", "at least 1 epoch"),
     ({"data_path": "/nowhere/train.jsonl"}, "data_path", "does not exist"),
+    ({"technique": "adapters", "dropout": 0.1}, "dropout", "no dropout of its own"),
+    ({"dropout": 0.1, "technique_settings": {"dropout": 0.2}}, "dropout", "disagrees"),
+    ({"weight_decay": -0.1}, "weight_decay", "non-negative"),
 ])
 def test_malformed_jobs_are_refused_naming_the_field(
         make_coordinator: Callable[..., Coordinator], spec: JobSpec,

@@ -174,7 +174,8 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_unsupported_extension(tmp_path: Path) -> None:
     path = tmp_path / "data.parquet"
     assert error_of(path, "x") == (
-        f"{path}: unsupported format '.parquet'; use .jsonl, .csv or .tsv"
+        f"{path}: unsupported format '.parquet'; use .jsonl, .csv or .tsv, or give the data "
+        "format"
     )
 
 
@@ -195,3 +196,17 @@ def test_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "latin.csv"
     path.write_bytes("text,label\ncaf\xe9,x\n".encode("latin-1"))
     assert error_of(path).startswith(f"{path}: is not UTF-8 text")
+
+
+def test_a_data_format_reads_a_file_whatever_its_name(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.txt"
+    path.write_text("text,label\ngood film,pos\nbad film,neg\n")
+    with pytest.raises(DataError, match="give the data format"):
+        read_examples(path)
+    examples = read_examples(path, data_format="csv")
+    assert [(e.text, e.target) for e in examples] == [("good film", "pos"), ("bad film", "neg")]
+    tabbed = tmp_path / "reviews.data"
+    tabbed.write_text("text\tlabel\ngood, really\tpos\n")
+    assert read_examples(tabbed, data_format="TSV")[0].text == "good, really"
+    with pytest.raises(DataError, match="unknown data format 'xml'"):
+        read_examples(path, data_format="xml")

@@ -197,3 +197,25 @@ def test_checkpoints_hold_the_trained_state_and_restore_it(
     for name, value in adapters.items():
         assert torch.equal(restored[name], value), name
     assert len(optimizer.state) == len(adapters)
+
+
+def test_data_format_weight_decay_and_dropout_on_the_command_line(
+    tiny_model_dir: Callable[[str], Path],
+    toy_data: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows = [json.loads(line) for line in toy_data("classification", 16).open()]
+    table = tmp_path / "reviews.txt"  # a CSV file whose name does not say so
+    table.write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows))
+    model, out = tiny_model_dir("bert"), tmp_path / "out"
+    assert main(train_args(model, table, out)) == 2
+    assert "give the data format" in capsys.readouterr().err
+    extra = ("--data-format", "csv", "--weight-decay", "0.1", "--dropout", "0.1")
+    assert main(train_args(model, table, out, *extra)) == 0
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["settings"]["dropout"] == 0.1
+    predictions = tmp_path / "predictions.jsonl"
+    command = ["predict", "--model", str(model), "--adapters", str(out), "--data", str(table)]
+    assert main([*command, "--data-format", "csv", "--out", str(predictions)]) == 0
+    assert len(predictions.read_text().splitlines()) == 16
