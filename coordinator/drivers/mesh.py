@@ -1,8 +1,10 @@
 """``MeshDriver``: a whole job across the registered agents.
 
-Measures the agents (each times the job's blocks and probes its links), asks the planner
-for the cut and the groups (or takes the job's fixed ``layout``), opens the job on every
-agent (each builds the same replica from the same seed), then drives the steps: the
+Leaves out the listed agents that do not answer their health check (one that has just
+gone away is still listed until it misses its heartbeats), measures the others (each times
+the job's blocks and probes its links), asks the planner for the cut and the groups (or
+takes the job's fixed ``layout``), opens the job on every agent (each builds the same
+replica from the same seed), then drives the steps: the
 coordinator, which holds the data, sends every agent its part of the mini-batch (the rows
 it computes, the keys its stage reads) and starts the step on all of them; the agents
 exchange activations, side-state gradients and group gradients among themselves, and the
@@ -14,7 +16,8 @@ cache entries peer to peer), then every agent gathers the side network, releases
 backbone, and epochs 2..N run data-parallel from the caches, many steps per call. Baselines
 keep the pipeline for every epoch. After each epoch the coordinator merges the agents'
 trained parameters, evaluates them (backbone live, on the coordinator, which holds the
-evaluation data) and writes the adapters.
+evaluation data) and writes the adapters. An agent that goes away mid-job fails the job
+with a reason that names it and says where the job was (coordinator/drivers/mesh_reach.py).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from coordinator.drivers.mesh_plan import (
     profile_agents,
     request_plan,
 )
+from coordinator.drivers.mesh_reach import JobPosition, call_failure, silent_agents
 from coordinator.drivers.mesh_redistribution import (
     assign_owners,
     cache_shares,
@@ -85,7 +89,6 @@ class MeshDriver:
     async def _run(
         self, job: Job, agents: LiveAgents, progress: ProgressSink, cancelled: threading.Event
     ) -> JobResult:
-        spec = job.spec
         live = sorted(
             (record for record, liveness in agents if liveness is AgentLiveness.ALIVE),
             key=lambda record: record.name,
@@ -93,6 +96,45 @@ class MeshDriver:
         if not live:
             raise MeshError("no live agent is registered: start agents (pac agent ...) first")
         channels = {record.name: self._channel(record.address) for record in live}
+        metadata = token_metadata(self.context.join_token)
+        # An agent that went away a moment ago is still listed: plan around it.
+        silent = await silent_agents(channels, metadata)
+        for name, reason in silent.items():
+            log.warning("job %s: agent %s does not answer (%s): left out", job.job_id, name, reason)
+            await channels.pop(name).close()
+        live = [record for record in live if record.name in channels]
+        if not live:
+            raise MeshError(
+                "no registered agent answers: "
+                + ", ".join(f"{n} ({r})" for n, r in sorted(silent.items()))
+            )
+        position = JobPosition()
+
+        def report(update: Progress) -> None:
+            position.follow(update)
+            progress(update)
+
+        try:
+            return await self._run_on(job, live, channels, report, cancelled, silent)
+        except grpc.aio.AioRpcError as error:
+            raise MeshError(
+                call_failure(error, await silent_agents(channels, metadata), position)
+            ) from None
+        finally:
+            for channel in channels.values():
+                await channel.close()
+
+    async def _run_on(
+        self,
+        job: Job,
+        live: list[AgentRecord],
+        channels: dict[str, grpc.aio.Channel],
+        progress: ProgressSink,
+        cancelled: threading.Event,
+        silent: dict[str, str],
+    ) -> JobResult:
+        """The job on the agents that answered (``silent``: those left out, and why)."""
+        spec = job.spec
         calls: MeshCalls | None = None
         try:
             progress(Progress(state=JobState.PROFILING))
@@ -111,7 +153,11 @@ class MeshDriver:
                 layout = layout_of(chosen)
             unknown = set(layout.devices) - set(channels)
             if unknown:
-                raise MeshError(f"the layout names agents that are not live: {sorted(unknown)}")
+                why = ", ".join(
+                    f"{n} (does not answer: {silent[n]})" if n in silent else f"{n} (not live)"
+                    for n in sorted(unknown)
+                )
+                raise MeshError(f"the layout names agents this job cannot use: {why}")
             log.info("job %s layout: %s", job.job_id, layout.to_json())
 
             progress(Progress(state=JobState.LOADING))
@@ -150,8 +196,6 @@ class MeshDriver:
         finally:
             if calls is not None:
                 await calls.close()
-            for channel in channels.values():
-                await channel.close()
 
     async def _plan(
         self,

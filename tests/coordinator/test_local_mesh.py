@@ -141,3 +141,45 @@ def test_pac_cluster_down_stops_every_process(mesh: LocalMesh) -> None:
     assert not (mesh.run_dir / "cluster.json").exists()
     assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
     assert main(["cluster", "down", "--dir", str(mesh.run_dir)]) == 1  # nothing to stop
+
+
+def test_an_agent_that_dies_mid_job_is_named_and_the_next_job_plans_around_it(
+        tmp_path: Path, tiny_model_dir: Callable[[str], Path], toy_data: Path) -> None:
+    from coordinator.job_messages import spec_to_proto
+    from coordinator.jobs import JobSpec
+
+    def spec(epochs: int, out: str, layout: dict[str, object] | None) -> pb.SubmitJobRequest:
+        return pb.SubmitJobRequest(spec=spec_to_proto(JobSpec(
+            model_dir=str(tiny_model_dir("bert")), data_path=str(toy_data),
+            task="classification", epochs=epochs, batch_size=6, max_length=16,
+            technique_settings={"layout": layout} if layout else {},
+            placement="mesh", output_dir=str(tmp_path / out))))
+
+    # All three agents in the first job (the planner alone might leave one out).
+    everyone = {"stages": [{"begin": 0, "end": 2, "devices": ["agent-0", "agent-1", "agent-2"],
+                            "shares": [1.0, 1.0, 1.0]}], "micro_batches": 1}
+
+    # The default liveness (lost after 15 s of silence): the next job must not wait for it.
+    with LocalMesh(agents=3, run_dir=tmp_path / "mesh") as mesh, \
+            grpc.insecure_channel(mesh.coordinator_address) as channel:
+        stub = pb_grpc.CoordinatorStub(channel)
+        auth = token_metadata(mesh.join_token)
+        job = stub.SubmitJob(spec(200, "first", everyone), metadata=auth)
+        events = stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), metadata=auth,
+                               timeout=120)
+        for event in events:
+            if event.epoch >= 2:  # the cache phase: every agent holds a share of the samples
+                mesh.signal("agent-1", signal.SIGKILL)
+                break
+        final = [event for event in events][-1]
+        assert final.state == pb.JOB_STATE_FAILED
+        assert final.error.startswith("agent(s) agent-1 (UNAVAILABLE")
+        assert "stopped answering in epoch" in final.error and "Resubmit" in final.error
+
+        again = stub.SubmitJob(spec(2, "second", None), metadata=auth)
+        last = list(stub.WatchJob(pb.WatchJobRequest(job_id=again.job_id), metadata=auth,
+                                  timeout=120))[-1]
+        assert last.state == pb.JOB_STATE_DONE, last.error
+        plan = (tmp_path / "second" / "plan.txt").read_text()
+        assert "agent-1" not in plan and ("agent-0" in plan or "agent-2" in plan)
+        assert "agent-1" in [a.name for a in mesh.status()]  # still listed: not yet lost
