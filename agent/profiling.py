@@ -178,9 +178,10 @@ def _time_blocks_backward(
 
 
 def block_signature(family: ModelFamily, index: int, state: dict[str, torch.Tensor]) -> Hashable:
-    """What a block's time depends on: its class, its parameters' names, shapes and dtypes,
-    its inputs' shapes and dtypes, and the layer type where the config gives one per layer
-    (``layer_types``: sliding-window and full-attention layers alike in their weights)."""
+    """What a block's time depends on: its class, its parameters' and buffers' names,
+    shapes and dtypes (a prepacked linear's weight is a buffer), its inputs' shapes and
+    dtypes, and the layer type where the config gives one per layer (``layer_types``:
+    sliding-window and full-attention layers alike in their weights)."""
     module = family.blocks()[index].module
     layer_types = getattr(family.model.config, "layer_types", None)
     if not isinstance(layer_types, list | tuple) or index >= len(layer_types):
@@ -188,6 +189,7 @@ def block_signature(family: ModelFamily, index: int, state: dict[str, torch.Tens
     return (
         type(module).__qualname__,
         tuple((n, tuple(p.shape), p.dtype) for n, p in module.named_parameters()),
+        tuple((n, tuple(b.shape), b.dtype) for n, b in module.named_buffers()),
         tuple(
             (k, tuple(v.shape), v.dtype) for k, v in sorted(state.items()) if torch.is_tensor(v)
         ),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ from pac.pipeline.worker import StepResult
 from pac.wire.compression import CompressionPolicy
 from pac.wire.mailbox import Mailbox, RoutingKey
 from protos.v1 import agent_pb2, tensors_pb2
+
+log = logging.getLogger("pac.agent")
 
 # send(peer address, tensors, routing, wire dtype or None) -> bytes sent
 Sender = Callable[
@@ -276,8 +279,14 @@ class AgentRuntime:
         return await asyncio.to_thread(self._training(job_id).export)
 
     def close_job(self, job_id: str) -> None:
+        """Forget the job; its activation cache is deleted unless the job keeps it (its
+        checkpoint stays)."""
         session = self.job(job_id)
         del self.jobs[job_id]
+        if session.training is not None:
+            freed = session.training.discard_cache()
+            if freed:
+                log.info("job %s closed: its activation cache (%d bytes) deleted", job_id, freed)
         in_cache_phase = [
             s for s in self.jobs.values() if s.training and s.training.data_parallel is not None
         ]

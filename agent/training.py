@@ -271,6 +271,15 @@ class TrainingSession:
         freed = release_backbone(self.loaded.family, keep_lm_head=self.settings.task.generates_text)
         return freed, before, rss_bytes()
 
+    def discard_cache(self) -> int:
+        """Delete this job's activation cache (the job is over; no other job reads it: each
+        keeps its own under its id) unless its settings say ``keep_cache``; returns the
+        bytes deleted. The checkpoint beside it stays."""
+        if self.worker.cache is None or self.settings.extra.get("keep_cache"):
+            return 0
+        with self.cache_lock:
+            return self.cache.delete()
+
     def export(self) -> Tensors:
         """The parameters this replica trained (all of them after the cache phase's
         gather; its own stage's before): the coordinator merges the agents' exports."""

@@ -30,6 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--technique", default="parallel-adapters", help=f"one of {', '.join(TECHNIQUES)}"
     )
     parser.add_argument("--technique-json", default="", help="technique settings as JSON")
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="checkpoint every K steps too (always after each epoch); on a mesh each agent "
+        "writes its own",
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--micro-batches", type=int, default=1)
@@ -77,6 +84,22 @@ def _absolute(path: Path | None) -> str:
     return str(path.expanduser().absolute()) if path else ""
 
 
+def technique_json(args: argparse.Namespace) -> str:
+    """--technique-json with --checkpoint-every merged in (as its ``checkpoint_every``)."""
+    if not args.checkpoint_every:
+        return str(args.technique_json)
+    import json
+
+    try:
+        settings = json.loads(args.technique_json) if args.technique_json.strip() else {}
+    except json.JSONDecodeError:
+        settings = None
+    if not isinstance(settings, dict):
+        return str(args.technique_json)  # the coordinator says what is wrong with it
+    settings["checkpoint_every"] = args.checkpoint_every
+    return json.dumps(settings)
+
+
 def build_spec(args: argparse.Namespace) -> pb.JobSpec:
     """The JobSpec message of the flags."""
     from protos.v1 import coordinator_pb2 as pb
@@ -99,7 +122,7 @@ def build_spec(args: argparse.Namespace) -> pb.JobSpec:
             max_target_length=args.max_target_length,
         ),
         technique=args.technique,
-        technique_json=args.technique_json,
+        technique_json=technique_json(args),
         training=pb.TrainingSettings(
             epochs=max(0, args.epochs),
             batch_size=max(0, args.batch_size),

@@ -94,6 +94,8 @@ class JobData:
                 "all_reduce": str(
                     spec.technique_settings.get("all_reduce", CACHE_PHASE_ALL_REDUCE)
                 ),
+                # The agents delete a job's activation cache when it closes, unless kept.
+                "keep_cache": bool(spec.technique_settings.get("keep_cache", False)),
             },
         )
         return cls(spec, loaded, task, samples, eval_samples, mesh)

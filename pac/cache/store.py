@@ -25,6 +25,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +191,20 @@ class ActivationCache:
         """Flush, and release the memory-mapped shards (a later read reopens them)."""
         self.flush()
         self._handles.clear()
+
+    def delete(self) -> int:
+        """Remove every entry and the cache's directory (shards, index, key); returns the
+        bytes of shards removed. The cache is empty afterwards and can be written again."""
+        removed = sum(self._shard_sizes.values())
+        self._handles.clear()
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._entries, self._shard_sizes = {}, {}
+        self._index_dirty = False
+        self._directory_ready = False
+        self._next_shard = 0
+        shutil.rmtree(self.directory, ignore_errors=True)
+        return removed
 
     def __enter__(self) -> ActivationCache:
         return self

@@ -234,3 +234,20 @@ def test_put_rules(tmp_path: Path, key: Callable[..., CacheKey], make_sample: Sa
     stats = cache.stats()
     assert (stats.samples, stats.pending, stats.shards) == (1, 0, 1)
     assert stats.bytes == cache.nbytes > 0
+
+
+def test_delete_removes_the_cache_from_disk_and_it_can_be_written_again(tmp_path: Path) -> None:
+    key = CacheKey("m" * 64, "t" * 64, "layer.0", "fp16")
+    cache = ActivationCache(tmp_path, key, shard_samples=2)
+    for i in range(5):
+        cache.put(f"s{i}", {"layer.0": torch.randn(3 + i, 8)})
+    cache.flush()
+    shards = sum(p.stat().st_size for p in cache.directory.glob("shard_*"))
+    assert shards > 0
+    assert cache.delete() == shards
+    assert not cache.directory.exists() and len(cache) == 0 and "s0" not in cache
+    assert len(ActivationCache(tmp_path, key)) == 0  # nothing left to reopen
+    cache.put("again", {"layer.0": torch.ones(2, 8)})
+    cache.flush()
+    assert torch.equal(ActivationCache(tmp_path, key).get("again")["layer.0"].float(),
+                       torch.ones(2, 8))

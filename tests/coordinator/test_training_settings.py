@@ -91,6 +91,14 @@ def test_pac_submit_sends_weight_decay_dropout_and_the_data_format() -> None:
     )
     message = submit.build_spec(args)
     assert message.data.format == "csv"
+    assert message.technique_json == ""
+    merged = submit.build_spec(
+        parser.parse_args(
+            ["--model", "/m", "--data", "/d.jsonl", "--task", "classification",
+             "--technique-json", '{"reduction": 4}', "--checkpoint-every", "5"]
+        )
+    )
+    assert json.loads(merged.technique_json) == {"reduction": 4, "checkpoint_every": 5}
     assert message.training.weight_decay == pytest.approx(0.01)
     assert message.training.dropout == pytest.approx(0.1)
 

@@ -166,6 +166,9 @@ def test_a_cached_epoch_stops_between_steps_when_cancelled(
         with safe_open(str(path), "pt") as saved:
             step = int(saved.metadata()["step"])
         assert step % 2 == 0 and STEPS < step <= max(steps) + 1, (agent, step)
+        # The job is closed: its activation cache is gone from the agent, the checkpoint
+        # beside it stays.
+        assert [p.name for p in path.parent.iterdir()] == [CHECKPOINT_FILE]
     # The agents are free again: the next job runs to the end.
     again = run_job(mesh, replace(job_spec(model_dir, data, tmp_path / "again"), epochs=2))
     assert again.events[-1].state == pb.JOB_STATE_DONE, again.events[-1]

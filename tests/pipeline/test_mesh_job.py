@@ -66,7 +66,9 @@ def test_three_epochs_on_the_mesh_equal_one_device(
         eval_path=str(data),
         task="classification",
         technique="parallel-adapters",
-        technique_settings={"layout": layout, "reduction": 4},
+        # keep_cache: the agents would delete their caches when the job closes; this test
+        # reads them afterwards.
+        technique_settings={"layout": layout, "reduction": 4, "keep_cache": True},
         epochs=EPOCHS,
         batch_size=BATCH,
         learning_rate=LR,
