@@ -260,10 +260,18 @@ class AgentRuntime:
                 continue  # another call took it
             training = self._training(key.job_id)
             stored += await asyncio.to_thread(training.import_entries, dict(message.tensors))
-        self.metrics.cache_bytes.set(
-            sum(s.training.cache.nbytes for s in self.jobs.values() if s.training is not None)
-        )
+        self._report_cache_bytes()
         return stored
+
+    def _report_cache_bytes(self) -> None:
+        """The activation caches' bytes of the open jobs that keep one, as a gauge."""
+        self.metrics.cache_bytes.set(
+            sum(
+                s.training.cache.nbytes
+                for s in self.jobs.values()
+                if s.training is not None and s.training.worker.cache is not None
+            )
+        )
 
     async def enter_cache_phase(self, job_id: str) -> tuple[int, int, int]:
         """Gather the side network, release the backbone, train from the cache next."""
@@ -287,6 +295,7 @@ class AgentRuntime:
             freed = session.training.discard_cache()
             if freed:
                 log.info("job %s closed: its activation cache (%d bytes) deleted", job_id, freed)
+            self._report_cache_bytes()
         in_cache_phase = [
             s for s in self.jobs.values() if s.training and s.training.data_parallel is not None
         ]

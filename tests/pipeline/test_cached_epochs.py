@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from coordinator.job_messages import spec_to_proto
 from coordinator.jobs import JobSpec
-from pac.cluster.local_mesh import LocalMesh
+from pac.cluster.local_mesh import LocalMesh, scrape_metrics
 from pac.engine.checkpoint import CHECKPOINT_FILE
 from pac.engine.export import WEIGHTS_FILE
 from pac.engine.loading import load_model
@@ -169,6 +169,8 @@ def test_a_cached_epoch_stops_between_steps_when_cancelled(
         # The job is closed: its activation cache is gone from the agent, the checkpoint
         # beside it stays.
         assert [p.name for p in path.parent.iterdir()] == [CHECKPOINT_FILE]
+        metrics = scrape_metrics(mesh.services[agent].ports["metrics"])
+        assert metrics["pac_agent_cache_bytes"] == 0.0
     # The agents are free again: the next job runs to the end.
     again = run_job(mesh, replace(job_spec(model_dir, data, tmp_path / "again"), epochs=2))
     assert again.events[-1].state == pb.JOB_STATE_DONE, again.events[-1]
