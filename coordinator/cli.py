@@ -147,6 +147,8 @@ async def _serve(
         join_token=token,
         security=security,
         planner_address=args.planner,
+        agent_check_interval_s=args.heartbeat_interval,
+        agent_check_misses=args.missed_heartbeats,
     )
     try:
         coordinator = Coordinator(

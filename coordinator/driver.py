@@ -49,6 +49,10 @@ class DriverContext:
     join_token: str | None = None
     security: TransportSecurity | None = None
     planner_address: str = ""
+    # How often a running mesh job checks its agents, and how many checks in a row one may
+    # miss before the job fails: the registry's heartbeat interval and missed heartbeats.
+    agent_check_interval_s: float = 2.0
+    agent_check_misses: int = 3
 
 
 def default_drivers(context: DriverContext | None = None) -> dict[str, JobDriver]:

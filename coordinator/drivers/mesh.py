@@ -28,8 +28,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -45,7 +46,14 @@ from coordinator.drivers.mesh_plan import (
     profile_agents,
     request_plan,
 )
-from coordinator.drivers.mesh_reach import JobPosition, call_failure, silent_agents
+from coordinator.drivers.mesh_reach import (
+    AgentsSilent,
+    JobPosition,
+    call_failure,
+    first_silent,
+    silent_agents,
+    silent_failure,
+)
 from coordinator.drivers.mesh_redistribution import (
     assign_owners,
     cache_shares,
@@ -116,6 +124,8 @@ class MeshDriver:
 
         try:
             return await self._run_on(job, live, channels, report, cancelled, silent)
+        except AgentsSilent as gone:
+            raise MeshError(silent_failure(gone.silent, position)) from None
         except grpc.aio.AioRpcError as error:
             raise MeshError(
                 call_failure(error, await silent_agents(channels, metadata), position)
@@ -177,25 +187,58 @@ class MeshDriver:
                 self.context.join_token,
                 token_metadata(self.context.join_token),
             )
-            started = time.perf_counter()
-            await calls.open(run.settings)
-            run.phases["open_job_seconds"] = time.perf_counter() - started
-            metrics: dict[str, float] = {}
-            cache_phase = spec.technique == "parallel-adapters"
-            for epoch in range(1, spec.epochs + 1):
-                progress(Progress(state=JobState.TRAINING, epoch=epoch))
+            opened = calls
+
+            async def train() -> JobResult:
                 started = time.perf_counter()
-                if not await self._epoch(calls, run, epoch, progress, cancelled):
-                    return JobResult(output_dir=job.output_dir)
-                seconds = time.perf_counter() - started
-                if epoch == 1 and cache_phase and spec.epochs > 1:
-                    await self._redistribute(calls, run, layout, profiles, progress)
-                metrics = await self._evaluate(calls, run, job, epoch, seconds)
-                progress(Progress(state=JobState.TRAINING, epoch=epoch, metrics=metrics))
-            return JobResult(metrics=metrics, output_dir=job.output_dir)
+                await opened.open(run.settings)
+                run.phases["open_job_seconds"] = time.perf_counter() - started
+                metrics: dict[str, float] = {}
+                cache_phase = spec.technique == "parallel-adapters"
+                for epoch in range(1, spec.epochs + 1):
+                    progress(Progress(state=JobState.TRAINING, epoch=epoch))
+                    started = time.perf_counter()
+                    if not await self._epoch(opened, run, epoch, progress, cancelled):
+                        return JobResult(output_dir=job.output_dir)
+                    seconds = time.perf_counter() - started
+                    if epoch == 1 and cache_phase and spec.epochs > 1:
+                        await self._redistribute(opened, run, layout, profiles, progress)
+                    metrics = await self._evaluate(opened, run, job, epoch, seconds)
+                    progress(Progress(state=JobState.TRAINING, epoch=epoch, metrics=metrics))
+                return JobResult(metrics=metrics, output_dir=job.output_dir)
+
+            return await self._while_answering(
+                train(), {d: channels[d] for d in layout.devices}
+            )
         finally:
             if calls is not None:
                 await calls.close()
+
+    async def _while_answering(
+        self, work: Coroutine[Any, Any, JobResult], channels: dict[str, grpc.aio.Channel]
+    ) -> JobResult:
+        """``work``, unless one of the job's agents stops answering first: then ``work`` is
+        cancelled and AgentsSilent says which (mesh_reach.first_silent)."""
+        job = asyncio.ensure_future(work)
+        watch = asyncio.ensure_future(
+            first_silent(
+                channels,
+                token_metadata(self.context.join_token),
+                self.context.agent_check_interval_s,
+                self.context.agent_check_misses,
+            )
+        )
+        try:
+            await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not job.done():
+                job.cancel()
+            watch.cancel()
+        if job.cancelled() or not job.done():
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await job
+            raise AgentsSilent(watch.result())
+        return job.result()
 
     async def _plan(
         self,

@@ -23,6 +23,8 @@ EXPORT_METHOD = "/pac.v1.Agent/ExportAdapters"
 # Cache-phase steps sent to the agents per RunSteps call: the mini-batch parts of a window
 # travel in one message, and the agents report each step as it ends.
 STEPS_PER_CALL = 64
+# How long closing a job waits for an agent (a frozen one must not hold up the job's end).
+CLOSE_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -208,8 +210,14 @@ class MeshCalls:
         return merged
 
     async def close(self) -> None:
+        """Close the job on every agent at once (an agent that went away or froze has
+        nothing to close: its call fails or times out, and the others are not held up)."""
         request = agent_pb2.CloseJobRequest(job_id=self.job_id)
-        for device in self.devices:
-            # An agent that went away has nothing left to close.
+
+        async def close_on(device: str) -> None:
             with contextlib.suppress(grpc.aio.AioRpcError):
-                await self.stubs[device].CloseJob(request, metadata=self.metadata)
+                await self.stubs[device].CloseJob(
+                    request, metadata=self.metadata, timeout=CLOSE_TIMEOUT_S
+                )
+
+        await asyncio.gather(*(close_on(d) for d in self.devices))

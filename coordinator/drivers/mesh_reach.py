@@ -3,9 +3,12 @@
 The registry calls an agent lost only once it has missed its heartbeats for a while (15 s by
 default), so a device that has just gone away (unplugged, crashed, off the network) is
 still listed as alive. Before a job is planned the driver asks every listed agent's health
-service, with a short deadline, and leaves out the ones that do not answer. When a call
-fails in the middle of a job, the same question names the agent that went away, instead
-of a bare gRPC status.
+service, with a short deadline, and leaves out the ones that do not answer. While the job
+runs it keeps asking its agents at the heartbeat interval and fails the job once one has
+missed as many checks in a row as the registry allows heartbeats (a frozen agent keeps its
+connections open: without this the job would hang until TCP keepalives gave up). When a
+call fails in the middle of a job, the same question names the agent that went away,
+instead of a bare gRPC status.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from coordinator.jobs import JobState, Progress
 
 HEALTH_TIMEOUT_S = 2.0
+# A busy agent answers its health check from its event loop while it computes in threads;
+# give it at least this long.
+MIN_CHECK_TIMEOUT_S = 2.0
 
 
 async def silent_agents(
@@ -68,16 +74,50 @@ class JobPosition:
         return f"while {self.state.value}"
 
 
+async def first_silent(
+    channels: dict[str, grpc.aio.Channel],
+    metadata: tuple[tuple[str, str], ...],
+    interval_s: float,
+    misses: int,
+) -> dict[str, str]:
+    """Ask the agents' health every ``interval_s`` and return, with why, the ones that have
+    not answered ``misses`` times in a row (as the registry's heartbeats would say: an
+    agent that is frozen rather than gone keeps its connections open, and a call to it
+    would wait for TCP keepalives). Never returns while every agent answers."""
+    missed = dict.fromkeys(channels, 0)
+    while True:
+        await asyncio.sleep(interval_s)
+        silent = await silent_agents(channels, metadata, max(interval_s, MIN_CHECK_TIMEOUT_S))
+        for name in missed:
+            missed[name] = missed[name] + 1 if name in silent else 0
+        gone = {name: silent[name] for name in silent if missed[name] >= misses}
+        if gone:
+            return gone
+
+
+class AgentsSilent(RuntimeError):
+    """Agents of a running job stopped answering: ``silent`` maps each to why."""
+
+    def __init__(self, silent: dict[str, str]) -> None:
+        super().__init__(", ".join(sorted(silent)))
+        self.silent = silent
+
+
+def silent_failure(silent: dict[str, str], position: JobPosition) -> str:
+    """The job's reason when agents stopped answering, and what to do."""
+    agents = ", ".join(f"{name} ({reason})" for name, reason in sorted(silent.items()))
+    return (
+        f"agent(s) {agents} stopped answering {position}; the job failed and the other "
+        "agents dropped it. Resubmit it to train on the agents still alive (pac status "
+        "lists them)"
+    )
+
+
 def call_failure(error: grpc.aio.AioRpcError, silent: dict[str, str], position: JobPosition) -> str:
     """The job's reason when a call to an agent failed: the agents that stopped answering
     and what to do, or the failed call's status when every agent still answers."""
     if silent:
-        agents = ", ".join(f"{name} ({reason})" for name, reason in sorted(silent.items()))
-        return (
-            f"agent(s) {agents} stopped answering {position}; the job failed and the other "
-            "agents dropped it. Resubmit it to train on the agents still alive (pac status "
-            "lists them)"
-        )
+        return silent_failure(silent, position)
     return (
         f"a call to an agent failed {position}: {error.code().name}: {error.details()} "
         "(the agents' logs say more)"

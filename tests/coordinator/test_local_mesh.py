@@ -131,6 +131,37 @@ def test_coordinator_restart_agents_reregister_and_jobs_are_intact(
     assert failed.spec == before[running_id].spec
 
 
+def test_a_listed_agent_that_does_not_answer_is_left_out_of_the_job(
+        mesh: LocalMesh, tiny_model_dir: Callable[[str], Path], toy_data: Path,
+        tmp_path: Path) -> None:
+    import threading
+
+    from coordinator.driver import DriverContext
+    from coordinator.drivers.mesh import MeshDriver
+    from coordinator.jobs import Job, JobSpec
+    from coordinator.registry import AgentLiveness, AgentRecord
+    from pac.cluster.local_mesh import free_ports
+
+    # The registry's view: the two real agents and a ghost it still lists as alive (it has
+    # not missed its heartbeats yet) whose address nobody answers any more.
+    listed = [(AgentRecord(a.agent_id, a.name, a.address, a.profile.SerializeToString(), 0, 0),
+               AgentLiveness.ALIVE) for a in mesh.status()]
+    [closed] = free_ports(1)
+    ghost = AgentRecord("ghost-id", "ghost", f"127.0.0.1:{closed}",
+                        listed[0][0].profile, 0, 0)
+    listed.append((ghost, AgentLiveness.ALIVE))
+    out = tmp_path / "out"
+    out.mkdir()
+    job = Job("ghost-job", JobSpec(
+        model_dir=str(tiny_model_dir("bert")), data_path=str(toy_data), task="classification",
+        epochs=2, batch_size=4, max_length=16, placement="mesh"), output_dir=str(out))
+    driver = MeshDriver(DriverContext(join_token=mesh.join_token))
+    result = driver.run(job, listed, lambda _: None, threading.Event())
+    assert result.metrics["epoch"] == 2.0  # both epochs ran
+    plan = (out / "plan.txt").read_text()
+    assert "ghost" not in plan and "agent-0" in plan
+
+
 def test_pac_cluster_down_stops_every_process(mesh: LocalMesh) -> None:
     pids = [service.pid for service in mesh.services.values()]
     assert main(["cluster", "down", "--dir", str(mesh.run_dir)]) == 0
@@ -143,7 +174,7 @@ def test_pac_cluster_down_stops_every_process(mesh: LocalMesh) -> None:
     assert main(["cluster", "down", "--dir", str(mesh.run_dir)]) == 1  # nothing to stop
 
 
-def test_an_agent_that_dies_mid_job_is_named_and_the_next_job_plans_around_it(
+def test_an_agent_that_freezes_or_dies_mid_job_is_named_and_the_next_job_plans_around_it(
         tmp_path: Path, tiny_model_dir: Callable[[str], Path], toy_data: Path) -> None:
     from coordinator.job_messages import spec_to_proto
     from coordinator.jobs import JobSpec
@@ -155,31 +186,43 @@ def test_an_agent_that_dies_mid_job_is_named_and_the_next_job_plans_around_it(
             technique_settings={"layout": layout} if layout else {},
             placement="mesh", output_dir=str(tmp_path / out))))
 
-    # All three agents in the first job (the planner alone might leave one out).
+    # All three agents in the first jobs (the planner alone might leave one out).
     everyone = {"stages": [{"begin": 0, "end": 2, "devices": ["agent-0", "agent-1", "agent-2"],
                             "shares": [1.0, 1.0, 1.0]}], "micro_batches": 1}
 
-    # The default liveness (lost after 15 s of silence): the next job must not wait for it.
-    with LocalMesh(agents=3, run_dir=tmp_path / "mesh") as mesh, \
+    def fails_when_agent_1_gets(signum: int) -> str:
+        job = stub.SubmitJob(spec(200, f"sig{signum}", everyone), metadata=auth)
+        events = stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), metadata=auth,
+                               timeout=60)
+        for event in events:
+            if event.epoch >= 2:  # the cache phase: every agent holds a share of the samples
+                mesh.signal("agent-1", signum)
+                break
+        final = [event for event in events][-1]
+        assert final.state == pb.JOB_STATE_FAILED, final
+        return final.error
+
+    # Heartbeats every 0.5 s, 3 may be missed: a running job checks its agents as often.
+    with LocalMesh(agents=3, run_dir=tmp_path / "mesh", heartbeat_interval_s=0.5) as mesh, \
             grpc.insecure_channel(mesh.coordinator_address) as channel:
         stub = pb_grpc.CoordinatorStub(channel)
         auth = token_metadata(mesh.join_token)
-        job = stub.SubmitJob(spec(200, "first", everyone), metadata=auth)
-        events = stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), metadata=auth,
-                               timeout=120)
-        for event in events:
-            if event.epoch >= 2:  # the cache phase: every agent holds a share of the samples
-                mesh.signal("agent-1", signal.SIGKILL)
-                break
-        final = [event for event in events][-1]
-        assert final.state == pb.JOB_STATE_FAILED
-        assert final.error.startswith("agent(s) agent-1 (UNAVAILABLE")
-        assert "stopped answering in epoch" in final.error and "Resubmit" in final.error
+        # Frozen: its connections stay open, so no call fails; the job's health checks see it
+        # (without them the job waited for TCP keepalives, over a minute).
+        error = fails_when_agent_1_gets(signal.SIGSTOP)
+        assert error.startswith("agent(s) agent-1 (DEADLINE_EXCEEDED"), error
+        assert "stopped answering in epoch" in error and "Resubmit" in error
+        mesh.signal("agent-1", signal.SIGCONT)
+        mesh.wait_for_agents(["agent-0", "agent-1", "agent-2"], timeout_s=20)
 
-        again = stub.SubmitJob(spec(2, "second", None), metadata=auth)
+        # Killed: the next call to it fails at once, and the reason names it.
+        error = fails_when_agent_1_gets(signal.SIGKILL)
+        assert error.startswith("agent(s) agent-1 (UNAVAILABLE"), error
+
+        # Submitted at once, while the registry still lists agent-1 as alive.
+        again = stub.SubmitJob(spec(2, "again", None), metadata=auth)
         last = list(stub.WatchJob(pb.WatchJobRequest(job_id=again.job_id), metadata=auth,
                                   timeout=120))[-1]
         assert last.state == pb.JOB_STATE_DONE, last.error
-        plan = (tmp_path / "second" / "plan.txt").read_text()
+        plan = (tmp_path / "again" / "plan.txt").read_text()
         assert "agent-1" not in plan and ("agent-0" in plan or "agent-2" in plan)
-        assert "agent-1" in [a.name for a in mesh.status()]  # still listed: not yet lost

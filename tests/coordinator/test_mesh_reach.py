@@ -7,7 +7,12 @@ import asyncio
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from coordinator.drivers.mesh_reach import JobPosition, call_failure, silent_agents
+from coordinator.drivers.mesh_reach import (
+    JobPosition,
+    call_failure,
+    first_silent,
+    silent_agents,
+)
 from coordinator.jobs import JobState, Progress
 from pac.cluster.local_mesh import free_ports
 
@@ -72,3 +77,27 @@ def test_a_failed_call_names_the_silent_agents_or_else_the_status() -> None:
         "a call to an agent failed in epoch 2, step 5: INTERNAL: boom in step (the agents' "
         "logs say more)"
     )
+
+
+def test_the_watch_keeps_watching_while_agents_answer_and_names_one_that_stops() -> None:
+    async def watch() -> tuple[dict[str, str], bool]:
+        server = grpc.aio.server()
+        checker = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        await checker.set("", health_pb2.HealthCheckResponse.SERVING)
+        channels = {"a": grpc.aio.insecure_channel(f"127.0.0.1:{port}")}
+        try:
+            watching = asyncio.ensure_future(first_silent(channels, (), 0.02, 3))
+            await asyncio.sleep(0.3)  # some 15 checks, all answered
+            kept_watching = not watching.done()
+            await checker.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+            return await asyncio.wait_for(watching, timeout=30), kept_watching
+        finally:
+            await channels["a"].close()
+            await server.stop(None)
+
+    gone, kept_watching = asyncio.run(watch())
+    assert kept_watching
+    assert gone == {"a": "NOT_SERVING"}
