@@ -329,8 +329,11 @@ def test_prometheus_scrapes_the_mesh_during_a_job(
     # Both agents ran the job's steps, hold a share of the cache, and traded activations.
     steps = f'max_over_time(pac_agent_current_step{{job="{job}"}}[10m])'
     assert set(values(base, steps, "instance")) == agent_targets
-    eventually(base, "pac_agent_cache_bytes", "instance",
+    # (while the job ran: its agents delete their shares of the cache when it closes)
+    eventually(base, "max_over_time(pac_agent_cache_bytes[10m])", "instance",
                lambda seen: set(seen) == agent_targets and min(seen.values()) > 0)
+    eventually(base, "pac_agent_cache_bytes", "instance",
+               lambda seen: set(seen) == agent_targets and max(seen.values()) == 0)
     eventually(base, "sum by (peer) (pac_agent_sent_bytes_total)", "peer",
                lambda seen: seen.get(agents["b"], 0) > 2 * sent and seen.get(agents["a"], 0) > 0)
 
