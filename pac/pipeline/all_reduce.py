@@ -66,12 +66,10 @@ def ring_all_reduce(
     ring; ``me``'s right neighbour is the next device in ``devices``. ``clock`` (optional)
     sums the time spent sending (``send``) and blocked on the left neighbour (``wait``)."""
     n = len(devices)
-    clock = clock or StepClock()  # a throwaway one when the caller does not time the parts
     if n == 1:
         return list(vectors)
-    if me not in devices:
-        raise ValueError(f"device {me!r} is not one of the ring's devices {list(devices)}")
-    rank = devices.index(me)
+    rank = _rank(devices, me)
+    clock = clock or StepClock()  # a throwaway one when the caller does not time the parts
     right, left = devices[(rank + 1) % n], devices[(rank - 1) % n]
     chunks = [list(v.clone().tensor_split(n)) for v in vectors]
     for r in range(2 * (n - 1)):
@@ -79,14 +77,18 @@ def ring_all_reduce(
         k = r - (n - 1) if gathering else r
         send_index = (rank + 1 - k) % n if gathering else (rank - k) % n
         recv_index = (send_index - 1) % n
-        for b, parts in enumerate(chunks):
-            key = MessageKey(step, "allreduce", b * ROUNDS_PER_BUCKET + r, me, right)
-            with clock.part("send"):
-                transport.send(key, {"chunk": parts[send_index]})
-        for b, parts in enumerate(chunks):
-            key = MessageKey(step, "allreduce", b * ROUNDS_PER_BUCKET + r, left, me)
-            with clock.part("wait"):
-                incoming = transport.recv(key, timeout=timeout)["chunk"]
+        received = _exchange(
+            transport,
+            clock,
+            [
+                (_key(step, b, r, me, right), {"chunk": parts[send_index]})
+                for b, parts in enumerate(chunks)
+            ],
+            [_key(step, b, r, left, me) for b in range(len(chunks))],
+            timeout,
+        )
+        for parts, message in zip(chunks, received, strict=True):
+            incoming = message["chunk"]
             parts[recv_index] = incoming.clone() if gathering else parts[recv_index] + incoming
     return [torch.cat(parts) for parts in chunks]
 
@@ -107,28 +109,23 @@ def direct_all_reduce(
     every vector), but a step waits for 2 message latencies instead of ``2 (n - 1)``: on
     small vectors (the side network's gradients) latency is what a step pays for."""
     n = len(devices)
-    clock = clock or StepClock()  # a throwaway one when the caller does not time the parts
     if n == 1:
         return list(vectors)
-    if me not in devices:
-        raise ValueError(f"device {me!r} is not one of the ring's devices {list(devices)}")
-    rank = devices.index(me)
+    rank = _rank(devices, me)
+    clock = clock or StepClock()  # a throwaway one when the caller does not time the parts
     peers = [(k, peer) for k, peer in enumerate(devices) if peer != me]
     chunks = [list(v.tensor_split(n)) for v in vectors]
-
-    def key(b: int, r: int, source: str, target: str) -> MessageKey:
-        return MessageKey(step, "allreduce", b * ROUNDS_PER_BUCKET + r, source, target)
 
     # Round 0: chunk k of every bucket to device k; sum my chunk in device order.
     received = _exchange(
         transport,
         clock,
         [
-            (key(b, 0, me, peer), {"chunk": parts[k]})
+            (_key(step, b, 0, me, peer), {"chunk": parts[k]})
             for k, peer in peers
             for b, parts in enumerate(chunks)
         ],
-        [key(b, 0, peer, me) for b in range(len(chunks)) for _, peer in peers],
+        [_key(step, b, 0, peer, me) for b in range(len(chunks)) for _, peer in peers],
         timeout,
     )
     sums = []
@@ -144,11 +141,11 @@ def direct_all_reduce(
         transport,
         clock,
         [
-            (key(b, 1, me, peer), {"chunk": total})
+            (_key(step, b, 1, me, peer), {"chunk": total})
             for _, peer in peers
             for b, total in enumerate(sums)
         ],
-        [key(b, 1, peer, me) for b in range(len(chunks)) for _, peer in peers],
+        [_key(step, b, 1, peer, me) for b in range(len(chunks)) for _, peer in peers],
         timeout,
     )
     gathered = [list(parts) for parts in chunks]
@@ -157,6 +154,18 @@ def direct_all_reduce(
         for i, (k, _) in enumerate(peers):
             parts[k] = received[b * len(peers) + i]["chunk"]
     return [torch.cat(parts) for parts in gathered]
+
+
+def _rank(devices: Sequence[str], me: str) -> int:
+    """``me``'s index in ``devices`` (a ValueError naming them when it is not one)."""
+    if me not in devices:
+        raise ValueError(f"device {me!r} is not one of the ring's devices {list(devices)}")
+    return devices.index(me)
+
+
+def _key(step: int, bucket: int, round_: int, source: str, target: str) -> MessageKey:
+    """The message of ``bucket`` in all-reduce round ``round_`` of ``step``."""
+    return MessageKey(step, "allreduce", bucket * ROUNDS_PER_BUCKET + round_, source, target)
 
 
 def _exchange(
