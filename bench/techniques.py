@@ -250,39 +250,26 @@ def main() -> int:
             args, "lora", model, data, work / "lora0-bf16", args.epochs, True, "bfloat16"
         )
     )
-    pac_runs = {
-        dtype: [
+    def pac_repeats(tag: str, **variant: Any) -> list[dict[str, Any]]:
+        """--pac-runs fresh runs of parallel adapters with ``variant``'s child settings."""
+        return [
             run_child(
                 child_args(
-                    args, "parallel-adapters", model, data, work / f"pac-{dtype}{i}",
-                    args.epochs + 1, backbone_dtype=dtype,
+                    args, "parallel-adapters", model, data, work / f"pac-{tag}{i}",
+                    args.epochs + 1, **variant,
                 )
             )
             for i in range(args.pac_runs)
         ]
-        for dtype in ("float32", "bfloat16")
+
+    pac_runs = {
+        dtype: pac_repeats(dtype, backbone_dtype=dtype) for dtype in ("float32", "bfloat16")
     }
     # The frozen backbone on aten's linears instead of oneDNN-prepacked ones: what the
     # inference kernels are worth (LoRA and adapters backpropagate through theirs).
-    pac_runs["unpacked"] = [
-        run_child(
-            child_args(
-                args, "parallel-adapters", model, data, work / f"pac-unpacked{i}",
-                args.epochs + 1, unpacked=True,
-            )
-        )
-        for i in range(args.pac_runs)
-    ]
+    pac_runs["unpacked"] = pac_repeats("unpacked", unpacked=True)
     if args.ladder_every > 1:  # Ladder Side-Tuning's lever: fewer laddered blocks
-        pac_runs["sparse"] = [
-            run_child(
-                child_args(
-                    args, "parallel-adapters", model, data, work / f"pac-sparse{i}",
-                    args.epochs + 1, ladder_every=args.ladder_every,
-                )
-            )
-            for i in range(args.pac_runs)
-        ]
+        pac_runs["sparse"] = pac_repeats("sparse", ladder_every=args.ladder_every)
     first = {d: [run["epochs"][0] for run in runs] for d, runs in pac_runs.items()}
     cached = {d: [s for run in runs for s in run["epochs"][1:]] for d, runs in pac_runs.items()}
     lora = {

@@ -187,32 +187,43 @@ class MeshDriver:
                 self.context.join_token,
                 token_metadata(self.context.join_token),
             )
-            opened = calls
-
-            async def train() -> JobResult:
-                started = time.perf_counter()
-                await opened.open(run.settings)
-                run.phases["open_job_seconds"] = time.perf_counter() - started
-                metrics: dict[str, float] = {}
-                cache_phase = spec.technique == "parallel-adapters"
-                for epoch in range(1, spec.epochs + 1):
-                    progress(Progress(state=JobState.TRAINING, epoch=epoch))
-                    started = time.perf_counter()
-                    if not await self._epoch(opened, run, epoch, progress, cancelled):
-                        return JobResult(output_dir=job.output_dir)
-                    seconds = time.perf_counter() - started
-                    if epoch == 1 and cache_phase and spec.epochs > 1:
-                        await self._redistribute(opened, run, layout, profiles, progress)
-                    metrics = await self._evaluate(opened, run, job, epoch, seconds)
-                    progress(Progress(state=JobState.TRAINING, epoch=epoch, metrics=metrics))
-                return JobResult(metrics=metrics, output_dir=job.output_dir)
-
             return await self._while_answering(
-                train(), {d: channels[d] for d in layout.devices}
+                self._train(job, calls, run, layout, profiles, progress, cancelled),
+                {d: channels[d] for d in layout.devices},
             )
         finally:
             if calls is not None:
                 await calls.close()
+
+    async def _train(
+        self,
+        job: Job,
+        calls: MeshCalls,
+        run: JobData,
+        layout: PipelineLayout,
+        profiles: dict[str, agent_pb2.DeviceProfile],
+        progress: ProgressSink,
+        cancelled: threading.Event,
+    ) -> JobResult:
+        """Open the job on its agents, then its epochs: the pipeline epoch, redistribution
+        after it (parallel adapters), the cached ones; each evaluated."""
+        spec = job.spec
+        started = time.perf_counter()
+        await calls.open(run.settings)
+        run.phases["open_job_seconds"] = time.perf_counter() - started
+        metrics: dict[str, float] = {}
+        cache_phase = spec.technique == "parallel-adapters"
+        for epoch in range(1, spec.epochs + 1):
+            progress(Progress(state=JobState.TRAINING, epoch=epoch))
+            started = time.perf_counter()
+            if not await self._epoch(calls, run, epoch, progress, cancelled):
+                return JobResult(output_dir=job.output_dir)
+            seconds = time.perf_counter() - started
+            if epoch == 1 and cache_phase and spec.epochs > 1:
+                await self._redistribute(calls, run, layout, profiles, progress)
+            metrics = await self._evaluate(calls, run, job, epoch, seconds)
+            progress(Progress(state=JobState.TRAINING, epoch=epoch, metrics=metrics))
+        return JobResult(metrics=metrics, output_dir=job.output_dir)
 
     async def _while_answering(
         self, work: Coroutine[Any, Any, JobResult], channels: dict[str, grpc.aio.Channel]

@@ -21,10 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.jobs import JobState, Progress
 
-HEALTH_TIMEOUT_S = 2.0
 # A busy agent answers its health check from its event loop while it computes in threads;
 # give it at least this long.
-MIN_CHECK_TIMEOUT_S = 2.0
+HEALTH_TIMEOUT_S = 2.0
 
 
 async def silent_agents(
@@ -87,7 +86,7 @@ async def first_silent(
     missed = dict.fromkeys(channels, 0)
     while True:
         await asyncio.sleep(interval_s)
-        silent = await silent_agents(channels, metadata, max(interval_s, MIN_CHECK_TIMEOUT_S))
+        silent = await silent_agents(channels, metadata, max(interval_s, HEALTH_TIMEOUT_S))
         for name in missed:
             missed[name] = missed[name] + 1 if name in silent else 0
         gone = {name: silent[name] for name in silent if missed[name] >= misses}

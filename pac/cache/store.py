@@ -107,6 +107,16 @@ class ActivationCache:
     the stored bytes).
     """
 
+    # What is on disk and what is buffered (set by _open).
+    _entries: dict[str, EntryRecord]
+    _shard_sizes: dict[str, int]
+    _pending: dict[str, _Pending]
+    _pending_bytes: int
+    _handles: dict[str, Any]
+    _index_dirty: bool
+    _directory_ready: bool
+    _next_shard: int
+
     def __init__(
         self,
         root: str | Path,
@@ -123,14 +133,7 @@ class ActivationCache:
         self.shard_bytes = shard_bytes
         self.shard_samples = shard_samples
         self.verify_reads = verify_reads
-        self._entries, self._shard_sizes = load_index(self.directory, key.precision)
-        self._pending: dict[str, _Pending] = {}
-        self._pending_bytes = 0
-        self._handles: dict[str, Any] = {}
-        self._index_dirty = False
-        self._directory_ready = False
-        numbers = [int(m.group(1)) for m in map(SHARD_PATTERN.match, self._shard_sizes) if m]
-        self._next_shard = max(numbers, default=-1) + 1
+        self._open()
         self.hits = 0
         self.misses = 0
 
@@ -196,15 +199,20 @@ class ActivationCache:
         """Remove every entry and the cache's directory (shards, index, key); returns the
         bytes of shards removed. The cache is empty afterwards and can be written again."""
         removed = sum(self._shard_sizes.values())
-        self._handles.clear()
-        self._pending.clear()
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self._open()  # an empty cache, as on a directory that never existed
+        return removed
+
+    def _open(self) -> None:
+        """The state of the cache on disk (its index and shards), nothing buffered."""
+        self._entries, self._shard_sizes = load_index(self.directory, self.key.precision)
+        self._pending = {}
         self._pending_bytes = 0
-        self._entries, self._shard_sizes = {}, {}
+        self._handles = {}
         self._index_dirty = False
         self._directory_ready = False
-        self._next_shard = 0
-        shutil.rmtree(self.directory, ignore_errors=True)
-        return removed
+        numbers = [int(m.group(1)) for m in map(SHARD_PATTERN.match, self._shard_sizes) if m]
+        self._next_shard = max(numbers, default=-1) + 1
 
     def __enter__(self) -> ActivationCache:
         return self
