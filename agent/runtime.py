@@ -38,7 +38,7 @@ from agent.profiling import ProfileResult, profile_layers
 from agent.stage import Stage
 from agent.training import TrainingSession, WireTransport
 from pac.pipeline.batch_part import BatchPart, unpack_steps
-from pac.pipeline.job import MeshJobSettings
+from pac.pipeline.job import RESTORE_STEP, MeshJobSettings
 from pac.pipeline.worker import StepResult
 from pac.wire.compression import CompressionPolicy
 from pac.wire.mailbox import Mailbox, RoutingKey
@@ -283,8 +283,25 @@ class AgentRuntime:
         self.metrics.memory.mark(CACHE_PHASE)
         return released
 
-    async def export_adapters(self, job_id: str) -> dict[str, torch.Tensor]:
-        return await asyncio.to_thread(self._training(job_id).export)
+    async def export_adapters(
+        self, job_id: str, optimizer_state: bool = False
+    ) -> dict[str, torch.Tensor]:
+        return await asyncio.to_thread(self._training(job_id).export, optimizer_state)
+
+    async def restore_state(
+        self, job_id: str, step: int, rebuild_cache: bool, timeout: float
+    ) -> tuple[int, int]:
+        """Load the state the coordinator sent for a restarted job (one tensor message,
+        step ``RESTORE_STEP``) into the job's replica."""
+        training = self._training(job_id)
+        key = RoutingKey(job_id, RESTORE_STEP, 0, 0, tensors_pb2.TENSOR_KIND_ADAPTER)
+        try:
+            message = await self.mailbox.get(key, timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"no state to restore arrived for {key} within {timeout} s"
+            ) from None
+        return await asyncio.to_thread(training.restore, dict(message.tensors), step, rebuild_cache)
 
     def close_job(self, job_id: str) -> None:
         """Forget the job; its activation cache is deleted unless the job keeps it (its

@@ -33,6 +33,8 @@ T = TypeVar("T")
 LinkProber = Callable[[list[str], int, int], Awaitable[list[LinkMeasurement]]]
 # A probe payload travels as one unary message: at most one chunk of the tensor wire.
 MAX_PROBE_BYTES = MAX_CHUNK_BYTES
+# How long RestoreState waits for the state's message (the coordinator sends it first).
+RESTORE_TIMEOUT_S = 60.0
 
 
 async def _answer(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
@@ -280,7 +282,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
         async def call() -> dict[str, torch.Tensor]:
-            return await self.runtime.export_adapters(request.job_id)
+            return await self.runtime.export_adapters(request.job_id, request.optimizer_state)
 
         tensors = await _answer(context, call)
         routing = tensors_pb2.Routing(
@@ -288,6 +290,18 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         )
         for frame in ChunkStream(encode(tensors, {}), routing).frames():
             yield frame
+
+    async def RestoreState(
+        self, request: agent_pb2.RestoreStateRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.RestoreStateReply:
+        async def call() -> agent_pb2.RestoreStateReply:
+            async with self.runtime.work():
+                loaded, states = await self.runtime.restore_state(
+                    request.job_id, request.step, request.rebuild_cache, RESTORE_TIMEOUT_S
+                )
+            return agent_pb2.RestoreStateReply(parameters=loaded, optimizer_states=states)
+
+        return await _answer(context, call)
 
     async def ReleaseBackbone(
         self, request: agent_pb2.ReleaseBackboneRequest, context: grpc.aio.ServicerContext

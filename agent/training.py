@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from agent.errors import WeightsMismatch
+from agent.errors import BadRequest, WeightsMismatch
 from pac.cache.key import CacheKey, fingerprint_model_dir
 from pac.cache.store import ActivationCache
-from pac.engine.checkpoint import CHECKPOINT_FILE, save_checkpoint, trained_state
+from pac.engine.checkpoint import CHECKPOINT_FILE, save_checkpoint, split_state, trained_state
 from pac.engine.ladder_cache import LadderCache
 from pac.engine.loading import load_model
 from pac.engine.memory import release_backbone, rss_bytes
-from pac.engine.schedule import make_optimizer
+from pac.engine.schedule import make_optimizer, resume_schedule
 from pac.pipeline.all_reduce import DEFAULT_BUCKET_BYTES
 from pac.pipeline.batch_part import BatchPart
 from pac.pipeline.cache_phase import CACHE_PHASE_ALL_REDUCE, DataParallelWorker, gather_state
@@ -103,9 +103,7 @@ class WireTransport:
 
         asyncio.run_coroutine_threadsafe(sends(), self.loop).result()
 
-    def recv_many(
-        self, keys: Sequence[MessageKey], timeout: float | None = None
-    ) -> list[Tensors]:
+    def recv_many(self, keys: Sequence[MessageKey], timeout: float | None = None) -> list[Tensors]:
         """The messages ``keys`` (in that order), awaited together: one hop onto the event
         loop for all of them."""
 
@@ -178,6 +176,10 @@ class TrainingSession:
         self.cache_lock = threading.Lock()
         self.owners: dict[str, str] = {}
         self.data_parallel: DataParallelWorker | None = None
+        # A restarted job (restore): its steps before the cache phase only rebuild the
+        # cache; the optimizer state restored waits here for the parameters it belongs to.
+        self.rebuilding = False
+        self.pending_state: dict[torch.nn.Parameter, dict[str, torch.Tensor]] = {}
 
     @property
     def cache(self) -> ActivationCache:
@@ -189,6 +191,8 @@ class TrainingSession:
         """Epoch 1: this device's pipeline part; later epochs: its data-parallel part, on
         ``part`` (the rows the coordinator sent this device). Then a checkpoint at the end
         of every epoch and every ``checkpoint_every`` steps."""
+        if self.rebuilding:
+            return self.worker.run_step(step, part, train=False)
         if self.data_parallel is None:
             result = self.worker.run_step(step, part)
         else:
@@ -212,6 +216,54 @@ class TrainingSession:
             if self.data_parallel is not None:
                 result.parts["checkpoint"] = time.perf_counter() - started
         return result
+
+    def restore(self, state: Tensors, step: int, rebuild_cache: bool) -> tuple[int, int]:
+        """Continue a job restarted on the agents still answering from ``state`` (the
+        trained parameters and their optimizer state as the coordinator kept them after
+        ``step`` optimizer steps). Every parameter takes its value now; the optimizer state
+        goes to the parameters this device steps (its stage's, known at its first step, or
+        all of them when the cache phase begins), so that what it exports stays its own.
+        ``rebuild_cache``: the steps before the cache phase only rebuild the cache.
+        Returns (parameters loaded, optimizer states waiting)."""
+        if self.data_parallel is not None:
+            raise BadRequest("restore a job's state before its cache phase, not in it")
+        try:
+            values, states = split_state(state)
+        except ValueError as error:
+            raise BadRequest(f"the restored state is malformed: {error}") from None
+        params = dict(self.worker.model.named_parameters())
+        unknown = sorted(set(values) - set(params))
+        if unknown:
+            raise BadRequest(
+                f"the restored state names parameters this job's model lacks: {unknown[:5]}"
+            )
+        for name, value in values.items():
+            if value.shape != params[name].shape:
+                raise BadRequest(
+                    f"the restored {name} has shape {tuple(value.shape)}, the model's "
+                    f"{tuple(params[name].shape)}"
+                )
+        with torch.no_grad():
+            for name, value in values.items():
+                params[name].copy_(value)
+        self.pending_state = {
+            params[name]: {k: v.clone() for k, v in kept.items()} for name, kept in states.items()
+        }
+        self.worker.optimizer.register_step_pre_hook(self._install_pending_state)
+        if self.worker.scheduler is not None:
+            assert isinstance(self.worker.scheduler, torch.optim.lr_scheduler.LambdaLR)
+            resume_schedule(self.worker.scheduler, step)
+        self.rebuilding = rebuild_cache and self.worker.cache is not None
+        return len(values), len(self.pending_state)
+
+    def _install_pending_state(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
+        """Before an optimizer step: the restored state of the parameters it steps."""
+        if not self.pending_state:
+            return
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None and param in self.pending_state:
+                    optimizer.state[param] = self.pending_state.pop(param)
 
     def redistribute(self, owners: dict[str, str]) -> tuple[dict[str, int], int]:
         """Send every cache entry whose sample another device owns to that device, then
@@ -253,6 +305,10 @@ class TrainingSession:
         if not isinstance(model, ParallelAdaptersModel) or self.worker.cache is None:
             raise ValueError("only a parallel-adapters job has a cache phase")
         devices = self.settings.layout.devices
+        # A restarted job's cache was rebuilt: every device holds the whole restored state.
+        for param, kept in self.pending_state.items():
+            self.worker.optimizer.state[param] = kept
+        self.pending_state, self.rebuilding = {}, False
         gather_state(model, self.worker.optimizer, self.transport, devices, self.device)
         self.data_parallel = DataParallelWorker(
             self.device,
@@ -280,13 +336,15 @@ class TrainingSession:
         with self.cache_lock:
             return self.cache.delete()
 
-    def export(self) -> Tensors:
+    def export(self, optimizer_state: bool = False) -> Tensors:
         """The parameters this replica trained (all of them after the cache phase's
-        gather; its own stage's before): the coordinator merges the agents' exports."""
-        trained = {
-            n for n in trained_state(self.worker.model, self.worker.optimizer) if "::" not in n
-        }
-        return {n: t for n, t in self.worker.model.trainable_state_dict().items() if n in trained}
+        gather; its own stage's before): the coordinator merges the agents' exports.
+        ``optimizer_state``: with their optimizer state (``"{param}::{state}"``), what
+        the job restarts from if an agent goes away."""
+        state = trained_state(self.worker.model, self.worker.optimizer)
+        if optimizer_state:
+            return {n: t.clone() for n, t in state.items()}
+        return {n: t for n, t in self.worker.model.trainable_state_dict().items() if n in state}
 
 
 def _entry_messages(

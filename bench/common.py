@@ -48,9 +48,10 @@ def run_child(args: list[str]) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def submit_and_watch(mesh: Any, spec: Any) -> Any:
+def submit_and_watch(mesh: Any, spec: Any, on_event: Any = None) -> Any:
     """Submit ``spec`` (a coordinator JobSpec) to a running LocalMesh and follow it to the
-    end; returns the last progress event (raises unless the job is DONE)."""
+    end (``on_event(event)`` sees every progress event); returns the last progress event
+    (raises unless the job is DONE)."""
     import grpc
 
     from coordinator.job_messages import spec_to_proto
@@ -65,6 +66,8 @@ def submit_and_watch(mesh: Any, spec: Any) -> Any:
     final = None
     for event in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), metadata=metadata):
         final = event
+        if on_event is not None:
+            on_event(event)
     channel.close()
     if final is None or final.state != pb.JOB_STATE_DONE:
         raise RuntimeError(f"the mesh job did not finish: {final}")

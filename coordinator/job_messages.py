@@ -6,7 +6,7 @@ Zero values of optional proto fields mean "the default" (0 micro-batches = 1, em
 
 from __future__ import annotations
 
-from coordinator.jobs import Job, JobSpec, JobState, parse_technique_json
+from coordinator.jobs import DEFAULT_MAX_RESTARTS, Job, JobSpec, JobState, parse_technique_json
 from protos.v1 import coordinator_pb2 as pb
 
 STATE_TO_PROTO = {
@@ -59,6 +59,9 @@ def spec_from_proto(message: pb.JobSpec) -> JobSpec:
         cache_dtype=training.cache_dtype or "float16",
         weight_decay=training.weight_decay,
         dropout=training.dropout,
+        max_restarts=(
+            training.max_restarts if training.HasField("max_restarts") else DEFAULT_MAX_RESTARTS
+        ),
         output_dir=message.output_dir,
         placement=message.placement,
     )
@@ -96,6 +99,7 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
             cache_dtype=spec.cache_dtype,
             weight_decay=spec.weight_decay,
             dropout=spec.dropout,
+            max_restarts=spec.max_restarts,
         ),
         output_dir=spec.output_dir,
         placement=spec.placement,

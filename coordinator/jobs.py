@@ -5,6 +5,9 @@ the state machine that moves it.
            \\-> LOADING (a standalone job needs no profiles and no plan)
     TRAINING(k) -> REDISTRIBUTING -> TRAINING(k+1)     (after epoch 1 on the mesh)
     TRAINING(k) -> DONE;   any live state -> FAILED (with a reason) or CANCELLED
+    any live state but QUEUED -> PROFILING   (a mesh job restarted on the agents still
+           answering when one went away; a restarted parallel-adapters job rebuilds its
+           cache while LOADING, then REDISTRIBUTING -> TRAINING(k+1))
 
 Everything here is plain data: printable, comparable in a test, storable as JSON.
 """
@@ -56,14 +59,17 @@ class JobState(str, Enum):
 
 
 _ENDINGS = {JobState.FAILED, JobState.CANCELLED}
+# A mesh job that lost an agent starts over on the others (PROFILING) from any live state.
+_LIVE_ENDINGS = _ENDINGS | {JobState.PROFILING}
 TRANSITIONS: dict[JobState, set[JobState]] = {
     JobState.QUEUED: {JobState.PROFILING, JobState.LOADING} | _ENDINGS,
-    JobState.PROFILING: {JobState.PLANNING} | _ENDINGS,
-    JobState.PLANNING: {JobState.LOADING} | _ENDINGS,
-    JobState.LOADING: {JobState.TRAINING} | _ENDINGS,
+    JobState.PROFILING: {JobState.PLANNING} | _LIVE_ENDINGS,
+    JobState.PLANNING: {JobState.LOADING} | _LIVE_ENDINGS,
+    # LOADING -> REDISTRIBUTING: a restarted job's rebuilt cache.
+    JobState.LOADING: {JobState.TRAINING, JobState.REDISTRIBUTING} | _LIVE_ENDINGS,
     # TRAINING -> TRAINING is the next epoch.
-    JobState.TRAINING: {JobState.TRAINING, JobState.REDISTRIBUTING, JobState.DONE} | _ENDINGS,
-    JobState.REDISTRIBUTING: {JobState.TRAINING} | _ENDINGS,
+    JobState.TRAINING: {JobState.TRAINING, JobState.REDISTRIBUTING, JobState.DONE} | _LIVE_ENDINGS,
+    JobState.REDISTRIBUTING: {JobState.TRAINING} | _LIVE_ENDINGS,
     JobState.DONE: set(),
     JobState.FAILED: set(),
     JobState.CANCELLED: set(),
@@ -87,6 +93,9 @@ class UnknownJob(KeyError):
 
     def __str__(self) -> str:
         return f"no job with id {self.args[0]!r} (pac jobs lists them)"
+
+
+DEFAULT_MAX_RESTARTS = 2
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,9 @@ class JobSpec:
     cache_dtype: str = "float16"
     weight_decay: float = 0.0
     dropout: float = 0.0
+    # How many times a mesh job starts over on the agents still answering when one goes
+    # away (from the end of its last completed epoch); 0 = it fails at once.
+    max_restarts: int = DEFAULT_MAX_RESTARTS
     output_dir: str = ""
     placement: str = ""
 
@@ -232,6 +244,8 @@ def validate_spec(spec: JobSpec, placements: tuple[str, ...] = ("local",)) -> No
                 f"{spec.dropout} disagrees with the technique settings' dropout "
                 f"{spec.technique_settings['dropout']}: give it once",
             )
+    if spec.max_restarts < 0:
+        bad("max_restarts", f"{spec.max_restarts}: use 0 (fail when an agent goes away) or more")
     if not (math.isfinite(spec.weight_decay) and spec.weight_decay >= 0):
         bad("weight_decay", f"{spec.weight_decay}: use a finite, non-negative decay (AdamW's)")
     if spec.placement and spec.placement not in placements:
@@ -314,3 +328,5 @@ class Progress:
     metrics: dict[str, float] = field(default_factory=dict)
     redistribution_progress: float | None = None
     redistribution_bytes: int = 0
+    # Why the job just started over on the agents still answering ("" = it did not).
+    restarted: str = ""

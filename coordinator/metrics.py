@@ -13,6 +13,7 @@
 | pac_job_samples_total | counter | job | training samples processed |
 | pac_job_redistribution_progress | gauge | job | 0..1 |
 | pac_job_redistribution_bytes_total | counter | job | cache bytes moved |
+| pac_job_restarts_total | counter | job | restarts after an agent went away |
 
 The agent metrics are computed from the registry at scrape time, so liveness is current
 without a timer; the job metrics are set as progress arrives.
@@ -88,6 +89,12 @@ class CoordinatorMetrics:
         self.redistribution_bytes = Counter(
             "pac_job_redistribution_bytes", "Cache bytes redistributed", ["job"], registry=r
         )
+        self.restarts = Counter(
+            "pac_job_restarts",
+            "Times a job started over on the agents still answering when one went away",
+            ["job"],
+            registry=r,
+        )
         self._states: dict[str, JobState] = {}
 
     def observe(self, job: Job, progress: Progress | None = None) -> None:
@@ -111,5 +118,7 @@ class CoordinatorMetrics:
             self.samples.labels(job.job_id).inc(progress.samples)
         if progress.redistribution_progress is not None:
             self.redistribution_progress.labels(job.job_id).set(progress.redistribution_progress)
+        if progress.restarted:
+            self.restarts.labels(job.job_id).inc()
         if progress.redistribution_bytes:
             self.redistribution_bytes.labels(job.job_id).inc(progress.redistribution_bytes)

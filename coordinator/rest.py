@@ -72,6 +72,11 @@ class JobRequest(BaseModel):
     dropout: float = Field(
         0.0, description="dropout of the trained modules (parallel-adapters' side blocks, lora)"
     )
+    max_restarts: int = Field(
+        _DEFAULTS["max_restarts"],
+        description="times a mesh job starts over on the agents still answering when one "
+        "goes away, from its last completed epoch (0: it fails)",
+    )
     output_dir: str = Field("", description="where the adapters go (default: state dir)")
     placement: str = Field("", description="local or mesh (default: the coordinator's)")
 

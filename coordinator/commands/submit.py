@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from coordinator.commands.options import add_connection_arguments
-from coordinator.jobs import TECHNIQUES
+from coordinator.jobs import DEFAULT_MAX_RESTARTS, TECHNIQUES
 from pac.tasks import TASK_KINDS
 
 if TYPE_CHECKING:
@@ -42,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--micro-batches", type=int, default=1)
     parser.add_argument("--lr", type=float, default=0.0, help="0 = the technique's default")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's weight decay")
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=DEFAULT_MAX_RESTARTS,
+        help="times a mesh job starts over on the agents still answering when one goes away, "
+        "from its last completed epoch (0: it fails)",
+    )
     parser.add_argument(
         "--dropout",
         type=float,
@@ -133,6 +140,7 @@ def build_spec(args: argparse.Namespace) -> pb.JobSpec:
             cache_dtype=args.cache_precision,
             weight_decay=args.weight_decay,
             dropout=args.dropout,
+            max_restarts=args.max_restarts,
         ),
         output_dir=_absolute(args.out),
         placement=args.placement,

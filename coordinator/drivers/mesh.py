@@ -16,8 +16,10 @@ cache entries peer to peer), then every agent gathers the side network, releases
 backbone, and epochs 2..N run data-parallel from the caches, many steps per call. Baselines
 keep the pipeline for every epoch. After each epoch the coordinator merges the agents'
 trained parameters, evaluates them (backbone live, on the coordinator, which holds the
-evaluation data) and writes the adapters. An agent that goes away mid-job fails the job
-with a reason that names it and says where the job was (coordinator/drivers/mesh_reach.py).
+evaluation data) and writes the adapters, keeping them with their optimizer state. An
+agent that goes away mid-job is named with where the job was (mesh_reach.py), and the job
+starts over on the agents still answering from the last epoch kept, up to the job's
+``max_restarts`` times (mesh_restart.py); then it fails with that reason.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from coordinator.drivers.mesh_reach import (
     JobPosition,
     call_failure,
     first_silent,
+    lost_agents,
     silent_agents,
     silent_failure,
 )
@@ -60,6 +63,7 @@ from coordinator.drivers.mesh_redistribution import (
     layer_cache_bytes,
     predicted_bytes,
 )
+from coordinator.drivers.mesh_restart import EpochState, Restarts
 from coordinator.jobs import Job, JobState, Progress
 from coordinator.registry import AgentLiveness, AgentRecord
 from pac.data.encoding import EncodedSample
@@ -116,23 +120,53 @@ class MeshDriver:
                 "no registered agent answers: "
                 + ", ".join(f"{n} ({r})" for n, r in sorted(silent.items()))
             )
-        position = JobPosition()
-
-        def report(update: Progress) -> None:
-            position.follow(update)
-            progress(update)
-
+        restarts = Restarts(allowed=job.spec.max_restarts)
         try:
-            return await self._run_on(job, live, channels, report, cancelled, silent)
-        except AgentsSilent as gone:
-            raise MeshError(silent_failure(gone.silent, position)) from None
-        except grpc.aio.AioRpcError as error:
-            raise MeshError(
-                call_failure(error, await silent_agents(channels, metadata), position)
-            ) from None
+            while True:
+                position = JobPosition()
+
+                def report(update: Progress, position: JobPosition = position) -> None:
+                    position.follow(update)
+                    progress(update)
+
+                try:
+                    return await self._run_on(
+                        job, live, channels, report, cancelled, silent, restarts
+                    )
+                except AgentsSilent as gone:
+                    lost = gone.silent
+                except grpc.aio.AioRpcError as error:
+                    lost = await silent_agents(channels, metadata)
+                    if not lost:  # every agent answers: the call itself failed
+                        raise MeshError(call_failure(error, lost, position)) from None
+                if cancelled.is_set():  # the user stopped it anyway: CANCELLED
+                    return JobResult(output_dir=job.output_dir)
+                live = [record for record in live if record.name not in lost]
+                if restarts.left <= 0 or not live:
+                    raise MeshError(silent_failure(lost, position, len(restarts.taken)))
+                for name in lost:
+                    await channels.pop(name).close()
+                silent.update(lost)
+                why = lost_agents(lost, position)
+                self._record_restart(job, why, live, restarts)
+                progress(Progress(state=JobState.PROFILING, restarted=why))
         finally:
             for channel in channels.values():
                 await channel.close()
+
+    def _record_restart(
+        self, job: Job, why: str, live: list[AgentRecord], restarts: Restarts
+    ) -> None:
+        record = restarts.take(why, [r.name for r in live], Path(job.output_dir))
+        log.warning(
+            "job %s: %s; restart %d of %d on %s from epoch %d",
+            job.job_id,
+            why,
+            record["restart"],
+            restarts.allowed,
+            ", ".join(r.name for r in live),
+            restarts.resume_epoch(),
+        )
 
     async def _run_on(
         self,
@@ -142,16 +176,27 @@ class MeshDriver:
         progress: ProgressSink,
         cancelled: threading.Event,
         silent: dict[str, str],
+        restarts: Restarts,
     ) -> JobResult:
-        """The job on the agents that answered (``silent``: those left out, and why)."""
+        """The job on the agents that answered (``silent``: those left out, and why), from
+        the state ``restarts`` kept when this is a restart."""
         spec = job.spec
         calls: MeshCalls | None = None
+        gone: dict[str, str] = {}
         try:
-            progress(Progress(state=JobState.PROFILING))
+            if not restarts.taken:
+                progress(Progress(state=JobState.PROFILING))
             profiles = {
                 record.name: agent_pb2.DeviceProfile.FromString(record.profile) for record in live
             }
             fixed = spec.technique_settings.get("layout")
+            if fixed and restarts.taken and set(_devices_of(fixed)) - set(channels):
+                log.warning(
+                    "job %s: its layout names an agent that went away; the planner plans the "
+                    "restart on the others",
+                    job.job_id,
+                )
+                fixed = None
             chosen: Plan | None = None
             # Seconds of each phase before epoch 1, for the job's metrics.jsonl.
             phases: dict[str, float] = {}
@@ -181,19 +226,22 @@ class MeshDriver:
             run.plan = chosen
             run.predicted_step_s = chosen.step_time_s if chosen else 0.0
             calls = MeshCalls(
-                job.job_id,
+                restarts.attempt_id(job.job_id),
                 channels,
                 list(layout.devices),
                 self.context.join_token,
                 token_metadata(self.context.join_token),
             )
             return await self._while_answering(
-                self._train(job, calls, run, layout, profiles, progress, cancelled),
+                self._train(job, calls, run, layout, profiles, progress, cancelled, restarts),
                 {d: channels[d] for d in layout.devices},
             )
+        except AgentsSilent as silent_now:
+            gone = silent_now.silent  # (no CloseJob for them: it would wait its deadline)
+            raise
         finally:
             if calls is not None:
-                await calls.close()
+                await calls.close(skip=gone)
 
     async def _train(
         self,
@@ -204,16 +252,29 @@ class MeshDriver:
         profiles: dict[str, agent_pb2.DeviceProfile],
         progress: ProgressSink,
         cancelled: threading.Event,
+        restarts: Restarts,
     ) -> JobResult:
         """Open the job on its agents, then its epochs: the pipeline epoch, redistribution
-        after it (parallel adapters), the cached ones; each evaluated."""
+        after it (parallel adapters), the cached ones; each evaluated, and its state kept
+        for a restart. A restart first restores the kept state (and rebuilds the cache)."""
         spec = job.spec
         started = time.perf_counter()
         await calls.open(run.settings)
         run.phases["open_job_seconds"] = time.perf_counter() - started
         metrics: dict[str, float] = {}
         cache_phase = spec.technique == "parallel-adapters"
-        for epoch in range(1, spec.epochs + 1):
+        first = restarts.resume_epoch()
+        if restarts.kept is not None:
+            started = time.perf_counter()
+            await calls.restore(restarts.kept.tensors, restarts.kept.step, cache_phase)
+            if cache_phase:
+                # Forward-only steps over epoch 1's mini-batches refill the caches.
+                if not await self._epoch(calls, run, 1, lambda _: None, cancelled):
+                    return JobResult(output_dir=job.output_dir)
+                await self._redistribute(calls, run, layout, profiles, progress)
+            run.phases["restore_seconds"] = time.perf_counter() - started
+            run.step = restarts.kept.step
+        for epoch in range(first, spec.epochs + 1):
             progress(Progress(state=JobState.TRAINING, epoch=epoch))
             started = time.perf_counter()
             if not await self._epoch(calls, run, epoch, progress, cancelled):
@@ -221,7 +282,7 @@ class MeshDriver:
             seconds = time.perf_counter() - started
             if epoch == 1 and cache_phase and spec.epochs > 1:
                 await self._redistribute(calls, run, layout, profiles, progress)
-            metrics = await self._evaluate(calls, run, job, epoch, seconds)
+            metrics = await self._evaluate(calls, run, job, epoch, seconds, restarts)
             progress(Progress(state=JobState.TRAINING, epoch=epoch, metrics=metrics))
         return JobResult(metrics=metrics, output_dir=job.output_dir)
 
@@ -392,29 +453,45 @@ class MeshDriver:
         }
 
     async def _evaluate(
-        self, calls: MeshCalls, run: JobData, job: Job, epoch: int, seconds: float
+        self,
+        calls: MeshCalls,
+        run: JobData,
+        job: Job,
+        epoch: int,
+        seconds: float,
+        restarts: Restarts,
     ) -> dict[str, float]:
-        """Merge the trained parameters, write the adapters, evaluate them."""
+        """Merge what the agents trained (kept with its optimizer state: a restart starts
+        from here), write the adapters, evaluate them."""
         started = time.perf_counter()
-        trained = await calls.export()
-        metrics = await asyncio.to_thread(run.evaluate, trained)
+        kept = EpochState(await calls.export(optimizer_state=True), epoch, run.step)
+        restarts.kept = kept
+        metrics = await asyncio.to_thread(run.evaluate, kept.parameters())
         metrics["epoch"] = float(epoch)
         metrics["seconds"] = seconds
+        if restarts.taken:
+            metrics["restarts"] = float(len(restarts.taken))
         # What the epoch's end cost beside its steps: the export and the evaluation, and
-        # after epoch 1 what came before it (measuring, planning, loading) and after it
-        # (redistribution, the backbone's release).
+        # after an attempt's first epoch what came before it (measuring, planning, loading,
+        # a restart's restore and cache rebuild) and after it (redistribution, release).
         metrics["evaluate_seconds"] = time.perf_counter() - started
-        if epoch == 1:
-            metrics.update(run.phases)
-        if epoch == 1 and run.redistribution_bytes:
+        metrics.update(run.phases)
+        run.phases.clear()
+        if run.redistribution_bytes:
             measured, predicted = run.redistribution_bytes
             metrics["redistribution_bytes"] = float(measured)
             metrics["predicted_redistribution_bytes"] = float(predicted)
+            run.redistribution_bytes = None
         if epoch == 1 and run.predicted_step_s:
             # The planner's prediction for the pipeline epoch, beside the measurement.
             metrics["predicted_seconds"] = run.predicted_step_s * len(run.batches(1))
         await asyncio.to_thread(run.save, Path(job.output_dir), metrics)
         return metrics
+
+
+def _devices_of(layout: dict[str, Any]) -> list[str]:
+    """The agents a job's fixed ``layout`` (its JSON form) names."""
+    return [d for stage in layout.get("stages", ()) for d in stage.get("devices", ())]
 
 
 def _write_text(path: Path, text: str) -> None:

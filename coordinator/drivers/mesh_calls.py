@@ -6,14 +6,14 @@ import asyncio
 import contextlib
 import itertools
 import json
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import grpc
 import torch
 
 from pac.pipeline.batch_part import BatchPart, owned_part, pack_steps, pipeline_part
-from pac.pipeline.job import MeshJobSettings
+from pac.pipeline.job import RESTORE_STEP, MeshJobSettings
 from pac.pipeline.layout import PipelineLayout
 from pac.wire.client import send_tensors
 from pac.wire.download import download
@@ -160,8 +160,7 @@ class MeshCalls:
             reply = await streams[device].read()
             if reply is grpc.aio.EOF or reply.step != step:
                 raise RuntimeError(
-                    f"agent {device!r} ended its range of steps before step {step}; "
-                    "see its log"
+                    f"agent {device!r} ended its range of steps before step {step}; see its log"
                 )
             return reply
 
@@ -170,8 +169,11 @@ class MeshCalls:
                 replies = await asyncio.gather(
                     *(report(d, first_step + offset) for d in self.devices)
                 )
-                yield offset, StepTotals(
-                    sum(r.loss_sum for r in replies), sum(r.loss_terms for r in replies)
+                yield (
+                    offset,
+                    StepTotals(
+                        sum(r.loss_sum for r in replies), sum(r.loss_terms for r in replies)
+                    ),
                 )
         finally:
             for stream in streams.values():
@@ -194,14 +196,39 @@ class MeshCalls:
         )
         return dict(zip(self.devices, replies, strict=True))
 
-    async def export(self) -> dict[str, torch.Tensor]:
-        """The union of what the agents trained (each stage's owner sends its part)."""
-        request = agent_pb2.ExportAdaptersRequest(job_id=self.job_id).SerializeToString()
-        parts = await asyncio.gather(
+    async def restore(self, state: dict[str, torch.Tensor], step: int, rebuild_cache: bool) -> None:
+        """A restarted job: every agent gets the state kept from the last completed epoch
+        (``step`` optimizer steps in), and with ``rebuild_cache`` rebuilds its cache with
+        forward-only pipeline steps before the cache phase."""
+        routing = tensors_pb2.Routing(
+            job_id=self.job_id,
+            step=RESTORE_STEP,
+            kind=tensors_pb2.TENSOR_KIND_ADAPTER,
+            sender="coordinator",
+        )
+        await asyncio.gather(
             *(
-                download(self.channels[d], EXPORT_METHOD, request, self.metadata)
+                send_tensors(self.channels[d], state, routing, token=self.token, peer=d)
                 for d in self.devices
             )
+        )
+        request = agent_pb2.RestoreStateRequest(
+            job_id=self.job_id, step=step, rebuild_cache=rebuild_cache
+        )
+        await asyncio.gather(
+            *(self.stubs[d].RestoreState(request, metadata=self.metadata) for d in self.devices)
+        )
+
+    async def export(self, optimizer_state: bool = False) -> dict[str, torch.Tensor]:
+        """The union of what the agents trained (each stage's owner sends its part; in the
+        cache phase every agent holds the same whole, so one sends it); with
+        ``optimizer_state`` also its optimizer state (see ``TrainingSession.export``)."""
+        request = agent_pb2.ExportAdaptersRequest(
+            job_id=self.job_id, optimizer_state=optimizer_state
+        ).SerializeToString()
+        senders = self.devices[:1] if self.owners else self.devices
+        parts = await asyncio.gather(
+            *(download(self.channels[d], EXPORT_METHOD, request, self.metadata) for d in senders)
         )
         merged: dict[str, torch.Tensor] = {}
         for part in parts:
@@ -209,9 +236,10 @@ class MeshCalls:
                 merged.setdefault(name, tensor)
         return merged
 
-    async def close(self) -> None:
+    async def close(self, skip: Collection[str] = ()) -> None:
         """Close the job on every agent at once (an agent that went away or froze has
-        nothing to close: its call fails or times out, and the others are not held up)."""
+        nothing to close: its call fails or times out, and the others are not held up;
+        ``skip``: agents known to be gone, not called at all)."""
         request = agent_pb2.CloseJobRequest(job_id=self.job_id)
 
         async def close_on(device: str) -> None:
@@ -220,4 +248,4 @@ class MeshCalls:
                     request, metadata=self.metadata, timeout=CLOSE_TIMEOUT_S
                 )
 
-        await asyncio.gather(*(close_on(d) for d in self.devices))
+        await asyncio.gather(*(close_on(d) for d in self.devices if d not in skip))

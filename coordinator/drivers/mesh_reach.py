@@ -4,8 +4,8 @@ The registry calls an agent lost only once it has missed its heartbeats for a wh
 default), so a device that has just gone away (unplugged, crashed, off the network) is
 still listed as alive. Before a job is planned the driver asks every listed agent's health
 service, with a short deadline, and leaves out the ones that do not answer. While the job
-runs it keeps asking its agents at the heartbeat interval and fails the job once one has
-missed as many checks in a row as the registry allows heartbeats (a frozen agent keeps its
+runs it keeps asking its agents at the heartbeat interval and restarts the job without one
+that has missed as many checks in a row as the registry allows heartbeats (a frozen agent keeps its
 connections open: without this the job would hang until TCP keepalives gave up). When a
 call fails in the middle of a job, the same question names the agent that went away,
 instead of a bare gRPC status.
@@ -14,6 +14,7 @@ instead of a bare gRPC status.
 from __future__ import annotations
 
 import asyncio
+import collections
 from dataclasses import dataclass
 
 import grpc
@@ -80,18 +81,29 @@ async def first_silent(
     misses: int,
 ) -> dict[str, str]:
     """Ask the agents' health every ``interval_s`` and return, with why, the ones that have
-    not answered ``misses`` times in a row (as the registry's heartbeats would say: an
+    not answered ``misses`` checks in a row (as the registry's heartbeats would say: an
     agent that is frozen rather than gone keeps its connections open, and a call to it
-    would wait for TCP keepalives). Never returns while every agent answers."""
+    would wait for TCP keepalives). A check may take up to its deadline (at least
+    ``HEALTH_TIMEOUT_S``); the next one starts on time all the same, so that a frozen agent
+    is found about ``misses`` intervals plus one deadline after it froze. Never returns
+    while every agent answers."""
     missed = dict.fromkeys(channels, 0)
-    while True:
-        await asyncio.sleep(interval_s)
-        silent = await silent_agents(channels, metadata, max(interval_s, HEALTH_TIMEOUT_S))
-        for name in missed:
-            missed[name] = missed[name] + 1 if name in silent else 0
-        gone = {name: silent[name] for name in silent if missed[name] >= misses}
-        if gone:
-            return gone
+    deadline = max(interval_s, HEALTH_TIMEOUT_S)
+    checks: collections.deque[asyncio.Future[dict[str, str]]] = collections.deque()
+    try:
+        while True:
+            await asyncio.sleep(interval_s)
+            checks.append(asyncio.ensure_future(silent_agents(channels, metadata, deadline)))
+            while checks and checks[0].done():  # the answers in the order they were asked
+                silent = checks.popleft().result()
+                for name in missed:
+                    missed[name] = missed[name] + 1 if name in silent else 0
+                gone = {name: silent[name] for name in silent if missed[name] >= misses}
+                if gone:
+                    return gone
+    finally:
+        for check in checks:
+            check.cancel()
 
 
 class AgentsSilent(RuntimeError):
@@ -102,13 +114,19 @@ class AgentsSilent(RuntimeError):
         self.silent = silent
 
 
-def silent_failure(silent: dict[str, str], position: JobPosition) -> str:
-    """The job's reason when agents stopped answering, and what to do."""
+def lost_agents(silent: dict[str, str], position: JobPosition) -> str:
+    """``"agent(s) agent-2 (why) stopped answering in epoch 3, step 16"``."""
     agents = ", ".join(f"{name} ({reason})" for name, reason in sorted(silent.items()))
+    return f"agent(s) {agents} stopped answering {position}"
+
+
+def silent_failure(silent: dict[str, str], position: JobPosition, restarts: int = 0) -> str:
+    """The job's reason when agents stopped answering (``restarts``: after how many
+    restarts), and what to do."""
+    after = f" after {restarts} restart(s), its max_restarts" if restarts else ""
     return (
-        f"agent(s) {agents} stopped answering {position}; the job failed and the other "
-        "agents dropped it. Resubmit it to train on the agents still alive (pac status "
-        "lists them)"
+        f"{lost_agents(silent, position)}; the job failed{after} and the other agents "
+        "dropped it. Resubmit it to train on the agents still alive (pac status lists them)"
     )
 
 

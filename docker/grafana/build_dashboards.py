@@ -154,6 +154,10 @@ JOB = Dashboard(
         Panel("Evaluation metrics", [('pac_job_eval_metric{job=~"$job"}', "{{job}} {{metric}}")]),
         Panel("Step per agent", [('pac_agent_current_step{job=~"$job"}', "{{device}}")]),
         Panel("Jobs by state", [("pac_coordinator_jobs", "{{state}}")]),
+        Panel(
+            "Restarts (an agent went away; the job went on without it)",
+            [('pac_job_restarts_total{job=~"$job"}', "{{job}}")],
+        ),
     ],
     job_variable=True,
 )

@@ -42,17 +42,26 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: Path, model: TunedModel, optimizer: torch.optim.Optimizer) -> None:
-    """Restore parameters and optimizer state saved by :func:`save_checkpoint`."""
-    tensors = load_file(str(path))
-    params = dict(model.named_parameters())
+def split_state(tensors: Tensors) -> tuple[Tensors, dict[str, dict[str, torch.Tensor]]]:
+    """``tensors`` in the layout of :func:`trained_state` as (parameters, optimizer state
+    per parameter name)."""
+    params = {name: value for name, value in tensors.items() if "::" not in name}
+    states: dict[str, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         if "::" in name:
-            continue
+            param, key = name.split("::", 1)
+            states.setdefault(param, {})[key] = value
+    unknown = sorted(set(states) - set(params))
+    if unknown:
+        raise ValueError(f"optimizer state without its parameter: {', '.join(unknown[:5])}")
+    return params, states
+
+
+def load_checkpoint(path: Path, model: TunedModel, optimizer: torch.optim.Optimizer) -> None:
+    """Restore parameters and optimizer state saved by :func:`save_checkpoint`."""
+    saved, states = split_state(load_file(str(path)))
+    params = dict(model.named_parameters())
+    for name, value in saved.items():
         with torch.no_grad():
             params[name].copy_(value)
-        optimizer.state[params[name]] = {
-            key.split("::", 1)[1]: tensors[key].clone()
-            for key in tensors
-            if key.startswith(name + "::")
-        }
+        optimizer.state[params[name]] = {k: v.clone() for k, v in states.get(name, {}).items()}

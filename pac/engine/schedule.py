@@ -31,3 +31,17 @@ def make_optimizer(
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def resume_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
+    """Put ``scheduler`` (and its optimizer's learning rates) where it is after ``step``
+    optimizer steps, as if it had stepped that many times (a job restarted from a
+    checkpoint continues its schedule)."""
+    rates = [
+        base * factor(step)
+        for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+    ]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate
+    scheduler.last_epoch = step
+    scheduler._last_lr = rates  # what get_last_lr() reports

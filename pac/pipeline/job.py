@@ -10,6 +10,10 @@ from typing import Any
 from pac.pipeline.layout import PipelineLayout
 from pac.tasks import TaskSpec
 
+# The step number of the message that carries a restarted job's state to its agents (the
+# trained parameters and optimizer state the coordinator kept from the last epoch's end).
+RESTORE_STEP = -3
+
 
 @dataclass(frozen=True)
 class MeshJobSettings:

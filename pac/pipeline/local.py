@@ -47,10 +47,15 @@ class InProcessMesh:
         layout.validate(len(first.model.family.blocks()))
 
     def step(
-        self, step: int, batch: Tensors, samples: Sequence[EncodedSample] | None = None
+        self,
+        step: int,
+        batch: Tensors,
+        samples: Sequence[EncodedSample] | None = None,
+        train: bool = True,
     ) -> float:
         """One mini-batch on every device at once, each given only its rows and its stage's
-        keys (as the coordinator sends them); returns the mini-batch's mean loss."""
+        keys (as the coordinator sends them); returns the mini-batch's mean loss.
+        ``train=False``: the forwards alone (see ``DeviceWorker.run_step``)."""
         head = next(iter(self.workers.values())).model.head
         count = head.count(batch)
         ids = [s.fingerprint for s in samples] if samples else None
@@ -60,7 +65,8 @@ class InProcessMesh:
 
         def run(device: str, worker: DeviceWorker) -> None:
             try:
-                results[device] = worker.run_step(step, pipeline_part(self.layout, device, whole))
+                part = pipeline_part(self.layout, device, whole)
+                results[device] = worker.run_step(step, part, train)
             except BaseException as error:  # surfaced to the caller below
                 errors.append(error)
 

@@ -119,10 +119,18 @@ class DeviceWorker:
         return {name: torch.cat([p[name] for p in pieces]) for name in pieces[0]}
 
     # ---- one step --------------------------------------------------------------------
-    def run_step(self, step: int, part: BatchPart) -> StepResult:
+    def run_step(self, step: int, part: BatchPart, train: bool = True) -> StepResult:
         """``part``: this device's rows of the mini-batch (at least its share of every
         micro-batch, with the keys this stage reads), their samples' fingerprints (cache
-        keys, or None) and the whole mini-batch's size and loss count."""
+        keys, or None) and the whole mini-batch's size and loss count.
+
+        ``train=False`` runs the forwards alone (no gradient, no backward, no optimizer
+        step): what rebuilds a lost activation cache, which the backbone's forward alone
+        fills, without touching what was trained."""
+        with torch.set_grad_enabled(train):
+            return self._run_step(step, part, train)
+
+    def _run_step(self, step: int, part: BatchPart, train: bool) -> StepResult:
         loss_count = part.loss_count
         micro = micro_batch_rows(part.size, self.layout.micro_batches)
         mine = [device_rows(m, self.spec.shares)[self.rank] for m in micro]
@@ -140,6 +148,8 @@ class DeviceWorker:
                 if previous is not None:
                     inputs = self._gather(step, "act", micro[index], index, rows, previous)
                     for key, value in inputs.items():
+                        if not train:
+                            break
                         if self.computation.carries_grad(key) and value.is_floating_point():
                             value.requires_grad_(True)
                 batch = part.rows(rows)
@@ -155,8 +165,9 @@ class DeviceWorker:
                     result.loss_sum += float(output.loss.detach())
                     result.count += output.count
                     result.samples += rows[1] - rows[0]
-                flight[index] = _InFlight(inputs, output)
-            else:
+                if train:
+                    flight[index] = _InFlight(inputs, output)
+            elif train:
                 done = flight.pop(index)
                 if following is None:
                     assert done.output.loss is not None
@@ -174,11 +185,12 @@ class DeviceWorker:
                         if v.requires_grad
                     }
                     self._send(step, "grad", micro[index], index, rows, previous, back)
-        self._all_reduce(step, micro)
-        self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        if train:
+            self._all_reduce(step, micro)
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
         if self.cache is not None:
             self.cache.cache.flush()
         result.waited_seconds = self.waited
@@ -202,7 +214,11 @@ class DeviceWorker:
         ):
             names = sorted(n for n, p in params.items() if p.grad is not None)
             all_reduce_gradients(
-                self.transport, group, self.device, step, [params[n] for n in names],
+                self.transport,
+                group,
+                self.device,
+                step,
+                [params[n] for n in names],
                 timeout=self.timeout,
             )
             return

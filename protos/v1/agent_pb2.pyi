@@ -789,19 +789,79 @@ class ExportAdaptersRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
+    OPTIMIZER_STATE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    optimizer_state: _builtins.bool
+    """Also the optimizer's state of what this agent trained ("{param}::{state}" tensors, as
+    in a checkpoint): what the coordinator keeps to restart the job from this point.
+    """
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
+        optimizer_state: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "optimizer_state", b"optimizer_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportAdaptersRequest: _TypeAlias = ExportAdaptersRequest  # noqa: Y015
+
+@_typing.final
+class RestoreStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    REBUILD_CACHE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    step: _builtins.int
+    """The optimizer steps already taken (the learning-rate schedule continues from here)."""
+    rebuild_cache: _builtins.bool
+    """The job's activation cache is lost with the agent that went away: the pipeline steps
+    before the cache phase only run the backbone forward to rebuild it, and train nothing.
+    """
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        step: _builtins.int = ...,
+        rebuild_cache: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "rebuild_cache", b"rebuild_cache", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreStateRequest: _TypeAlias = RestoreStateRequest  # noqa: Y015
+
+@_typing.final
+class RestoreStateReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    OPTIMIZER_STATES_FIELD_NUMBER: _builtins.int
+    parameters: _builtins.int
+    """Parameters loaded, and how many of them got their optimizer state (this agent's
+    stage's: the others come with the cache phase's gather).
+    """
+    optimizer_states: _builtins.int
+    def __init__(
+        self,
+        *,
+        parameters: _builtins.int = ...,
+        optimizer_states: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["optimizer_states", b"optimizer_states", "parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreStateReply: _TypeAlias = RestoreStateReply  # noqa: Y015
 
 @_typing.final
 class ReleaseBackboneRequest(_message.Message):

@@ -90,6 +90,11 @@ class AgentStub:
                 request_serializer=protos_dot_v1_dot_agent__pb2.ExportAdaptersRequest.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_tensors__pb2.TensorChunk.FromString,
                 _registered_method=True)
+        self.RestoreState = channel.unary_unary(
+                '/pac.v1.Agent/RestoreState',
+                request_serializer=protos_dot_v1_dot_agent__pb2.RestoreStateRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_agent__pb2.RestoreStateReply.FromString,
+                _registered_method=True)
         self.ReleaseBackbone = channel.unary_unary(
                 '/pac.v1.Agent/ReleaseBackbone',
                 request_serializer=protos_dot_v1_dot_agent__pb2.ReleaseBackboneRequest.SerializeToString,
@@ -192,6 +197,15 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RestoreState(self, request, context):
+        """Mesh job restarted on the agents still answering: load the trained parameters and
+        optimizer state the coordinator kept from the last completed epoch (sent just before as
+        one tensor message: TENSOR_KIND_ADAPTER, step RESTORE_STEP = -3, sender "coordinator").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReleaseBackbone(self, request, context):
         """Free the backbone of a job's stages (epochs 2..N train from the cache alone).
         """
@@ -277,6 +291,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.ExportAdapters,
                     request_deserializer=protos_dot_v1_dot_agent__pb2.ExportAdaptersRequest.FromString,
                     response_serializer=protos_dot_v1_dot_tensors__pb2.TensorChunk.SerializeToString,
+            ),
+            'RestoreState': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreState,
+                    request_deserializer=protos_dot_v1_dot_agent__pb2.RestoreStateRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_agent__pb2.RestoreStateReply.SerializeToString,
             ),
             'ReleaseBackbone': grpc.unary_unary_rpc_method_handler(
                     servicer.ReleaseBackbone,
@@ -596,6 +615,33 @@ class Agent:
             '/pac.v1.Agent/ExportAdapters',
             protos_dot_v1_dot_agent__pb2.ExportAdaptersRequest.SerializeToString,
             protos_dot_v1_dot_tensors__pb2.TensorChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pac.v1.Agent/RestoreState',
+            protos_dot_v1_dot_agent__pb2.RestoreStateRequest.SerializeToString,
+            protos_dot_v1_dot_agent__pb2.RestoreStateReply.FromString,
             options,
             channel_credentials,
             insecure,

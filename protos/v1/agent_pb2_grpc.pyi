@@ -64,6 +64,11 @@ class AgentStub:
     """Move cache entries to peers after epoch 1 (all-to-all)."""
     ExportAdapters: _grpc.UnaryStreamMultiCallable[_agent_pb2.ExportAdaptersRequest, _tensors_pb2.TensorChunk]
     """Stream the trained adapters back as one tensor message (TENSOR_KIND_ADAPTER)."""
+    RestoreState: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RestoreStateRequest, _agent_pb2.RestoreStateReply]
+    """Mesh job restarted on the agents still answering: load the trained parameters and
+    optimizer state the coordinator kept from the last completed epoch (sent just before as
+    one tensor message: TENSOR_KIND_ADAPTER, step RESTORE_STEP = -3, sender "coordinator").
+    """
     ReleaseBackbone: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ReleaseBackboneRequest, _agent_pb2.ReleaseBackboneReply]
     """Free the backbone of a job's stages (epochs 2..N train from the cache alone)."""
     CloseJob: _grpc.UnaryUnaryMultiCallable[_agent_pb2.CloseJobRequest, _agent_pb2.CloseJobReply]
@@ -98,6 +103,11 @@ class AgentAsyncStub(AgentStub):
     """Move cache entries to peers after epoch 1 (all-to-all)."""
     ExportAdapters: _aio.UnaryStreamMultiCallable[_agent_pb2.ExportAdaptersRequest, _tensors_pb2.TensorChunk]  # type: ignore[assignment]
     """Stream the trained adapters back as one tensor message (TENSOR_KIND_ADAPTER)."""
+    RestoreState: _aio.UnaryUnaryMultiCallable[_agent_pb2.RestoreStateRequest, _agent_pb2.RestoreStateReply]  # type: ignore[assignment]
+    """Mesh job restarted on the agents still answering: load the trained parameters and
+    optimizer state the coordinator kept from the last completed epoch (sent just before as
+    one tensor message: TENSOR_KIND_ADAPTER, step RESTORE_STEP = -3, sender "coordinator").
+    """
     ReleaseBackbone: _aio.UnaryUnaryMultiCallable[_agent_pb2.ReleaseBackboneRequest, _agent_pb2.ReleaseBackboneReply]  # type: ignore[assignment]
     """Free the backbone of a job's stages (epochs 2..N train from the cache alone)."""
     CloseJob: _aio.UnaryUnaryMultiCallable[_agent_pb2.CloseJobRequest, _agent_pb2.CloseJobReply]  # type: ignore[assignment]
@@ -195,6 +205,17 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_tensors_pb2.TensorChunk], _abc.AsyncIterator[_tensors_pb2.TensorChunk]]:
         """Stream the trained adapters back as one tensor message (TENSOR_KIND_ADAPTER)."""
+
+    @_abc_1.abstractmethod
+    def RestoreState(
+        self,
+        request: _agent_pb2.RestoreStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.RestoreStateReply, _abc.Awaitable[_agent_pb2.RestoreStateReply]]:
+        """Mesh job restarted on the agents still answering: load the trained parameters and
+        optimizer state the coordinator kept from the last completed epoch (sent just before as
+        one tensor message: TENSOR_KIND_ADAPTER, step RESTORE_STEP = -3, sender "coordinator").
+        """
 
     @_abc_1.abstractmethod
     def ReleaseBackbone(

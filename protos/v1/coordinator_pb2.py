@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.v1 import agent_pb2 as protos_dot_v1_dot_agent__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotos/v1/coordinator.proto\x12\x06pac.v1\x1a\x15protos/v1/agent.proto\"X\n\x0fRegisterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12&\n\x07profile\x18\x03 \x01(\x0b\x32\x15.pac.v1.DeviceProfile\"]\n\rRegisterReply\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x1c\n\x14\x63oordinator_instance\x18\x03 \x01(\t\"g\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x11\n\trss_bytes\x18\x04 \x01(\x04\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\".\n\x0eHeartbeatReply\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\"\xdb\x01\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12&\n\x07profile\x18\x04 \x01(\x0b\x32\x15.pac.v1.DeviceProfile\x12!\n\x05state\x18\x05 \x01(\x0e\x32\x12.pac.v1.AgentState\x12\x17\n\x0fregistered_unix\x18\x06 \x01(\x01\x12\x1b\n\x13last_heartbeat_unix\x18\x07 \x01(\x01\x12\x0e\n\x06job_id\x18\x08 \x01(\t\x12\x0c\n\x04step\x18\t \x01(\x03\")\n\x11ListAgentsRequest\x12\x14\n\x0cinclude_lost\x18\x01 \x01(\x08\"4\n\x0fListAgentsReply\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.pac.v1.AgentInfo\"e\n\x08\x44\x61taSpec\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x13\n\x0btext_fields\x18\x03 \x03(\t\x12\x13\n\x0blabel_field\x18\x04 \x01(\t\x12\x11\n\teval_path\x18\x05 \x01(\t\"e\n\x08TaskSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x0c\n\x04head\x18\x03 \x01(\t\x12\x12\n\nmax_length\x18\x04 \x01(\r\x12\x19\n\x11max_target_length\x18\x05 \x01(\r\"\xc6\x01\n\x10TrainingSettings\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x15\n\rmicro_batches\x18\x03 \x01(\r\x12\x15\n\rlearning_rate\x18\x04 \x01(\x01\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x16\n\x0eside_reduction\x18\x06 \x01(\r\x12\x13\n\x0b\x63\x61\x63he_dtype\x18\x07 \x01(\t\x12\x14\n\x0cweight_decay\x18\x08 \x01(\x01\x12\x0f\n\x07\x64ropout\x18\t \x01(\x01\"\xda\x01\n\x07JobSpec\x12\x11\n\tmodel_dir\x18\x01 \x01(\t\x12\x1e\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x10.pac.v1.DataSpec\x12\x1e\n\x04task\x18\x03 \x01(\x0b\x32\x10.pac.v1.TaskSpec\x12\x11\n\ttechnique\x18\x04 \x01(\t\x12\x16\n\x0etechnique_json\x18\x05 \x01(\t\x12*\n\x08training\x18\x06 \x01(\x0b\x32\x18.pac.v1.TrainingSettings\x12\x12\n\noutput_dir\x18\x07 \x01(\t\x12\x11\n\tplacement\x18\x08 \x01(\t\"\xdc\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1d\n\x04spec\x18\x02 \x01(\x0b\x32\x0f.pac.v1.JobSpec\x12\x1f\n\x05state\x18\x03 \x01(\x0e\x32\x10.pac.v1.JobState\x12\r\n\x05\x65poch\x18\x04 \x01(\r\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x06 \x01(\x03\x12\x0c\n\x04loss\x18\x07 \x01(\x01\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\t \x01(\x01\x12\x14\n\x0cupdated_unix\x18\n \x01(\x01\x12)\n\x07metrics\x18\x0b \x03(\x0b\x32\x18.pac.v1.Job.MetricsEntry\x12\x1a\n\x12samples_per_second\x18\x0c \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\r \x01(\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"1\n\x10SubmitJobRequest\x12\x1d\n\x04spec\x18\x01 \x01(\x0b\x32\x0f.pac.v1.JobSpec\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xb4\x02\n\x0bJobProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1f\n\x05state\x18\x02 \x01(\x0e\x32\x10.pac.v1.JobState\x12\r\n\x05\x65poch\x18\x03 \x01(\r\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x05 \x01(\x03\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x1a\n\x12samples_per_second\x18\x07 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x08 \x01(\x01\x12\x11\n\tunix_time\x18\t \x01(\x01\x12\x31\n\x07metrics\x18\n \x03(\x0b\x32 .pac.v1.JobProgress.MetricsEntry\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"*\n\rListJobsReply\x12\x19\n\x04jobs\x18\x01 \x03(\x0b\x32\x0b.pac.v1.Job*p\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41GENT_STATE_ALIVE\x10\x01\x12\x14\n\x10\x41GENT_STATE_LOST\x10\x02\x12\x18\n\x14\x41GENT_STATE_DRAINING\x10\x03*\xfc\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x17\n\x13JOB_STATE_PROFILING\x10\x02\x12\x16\n\x12JOB_STATE_PLANNING\x10\x03\x12\x15\n\x11JOB_STATE_LOADING\x10\x04\x12\x16\n\x12JOB_STATE_TRAINING\x10\x05\x12\x1c\n\x18JOB_STATE_REDISTRIBUTING\x10\x06\x12\x12\n\x0eJOB_STATE_DONE\x10\x07\x12\x14\n\x10JOB_STATE_FAILED\x10\x08\x12\x17\n\x13JOB_STATE_CANCELLED\x10\t2\x9c\x03\n\x0b\x43oordinator\x12:\n\x08Register\x12\x17.pac.v1.RegisterRequest\x1a\x15.pac.v1.RegisterReply\x12=\n\tHeartbeat\x12\x18.pac.v1.HeartbeatRequest\x1a\x16.pac.v1.HeartbeatReply\x12@\n\nListAgents\x12\x19.pac.v1.ListAgentsRequest\x1a\x17.pac.v1.ListAgentsReply\x12\x32\n\tSubmitJob\x12\x18.pac.v1.SubmitJobRequest\x1a\x0b.pac.v1.Job\x12,\n\x06GetJob\x12\x15.pac.v1.GetJobRequest\x1a\x0b.pac.v1.Job\x12:\n\x08WatchJob\x12\x17.pac.v1.WatchJobRequest\x1a\x13.pac.v1.JobProgress0\x01\x12\x32\n\tCancelJob\x12\x18.pac.v1.CancelJobRequest\x1a\x0b.pac.v1.Job2E\n\x07JobList\x12:\n\x08ListJobs\x12\x17.pac.v1.ListJobsRequest\x1a\x15.pac.v1.ListJobsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotos/v1/coordinator.proto\x12\x06pac.v1\x1a\x15protos/v1/agent.proto\"X\n\x0fRegisterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12&\n\x07profile\x18\x03 \x01(\x0b\x32\x15.pac.v1.DeviceProfile\"]\n\rRegisterReply\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x1c\n\x14\x63oordinator_instance\x18\x03 \x01(\t\"g\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x11\n\trss_bytes\x18\x04 \x01(\x04\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\".\n\x0eHeartbeatReply\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\"\xdb\x01\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12&\n\x07profile\x18\x04 \x01(\x0b\x32\x15.pac.v1.DeviceProfile\x12!\n\x05state\x18\x05 \x01(\x0e\x32\x12.pac.v1.AgentState\x12\x17\n\x0fregistered_unix\x18\x06 \x01(\x01\x12\x1b\n\x13last_heartbeat_unix\x18\x07 \x01(\x01\x12\x0e\n\x06job_id\x18\x08 \x01(\t\x12\x0c\n\x04step\x18\t \x01(\x03\")\n\x11ListAgentsRequest\x12\x14\n\x0cinclude_lost\x18\x01 \x01(\x08\"4\n\x0fListAgentsReply\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.pac.v1.AgentInfo\"e\n\x08\x44\x61taSpec\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x13\n\x0btext_fields\x18\x03 \x03(\t\x12\x13\n\x0blabel_field\x18\x04 \x01(\t\x12\x11\n\teval_path\x18\x05 \x01(\t\"e\n\x08TaskSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x0c\n\x04head\x18\x03 \x01(\t\x12\x12\n\nmax_length\x18\x04 \x01(\r\x12\x19\n\x11max_target_length\x18\x05 \x01(\r\"\xf2\x01\n\x10TrainingSettings\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x15\n\rmicro_batches\x18\x03 \x01(\r\x12\x15\n\rlearning_rate\x18\x04 \x01(\x01\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x16\n\x0eside_reduction\x18\x06 \x01(\r\x12\x13\n\x0b\x63\x61\x63he_dtype\x18\x07 \x01(\t\x12\x14\n\x0cweight_decay\x18\x08 \x01(\x01\x12\x0f\n\x07\x64ropout\x18\t \x01(\x01\x12\x19\n\x0cmax_restarts\x18\n \x01(\rH\x00\x88\x01\x01\x42\x0f\n\r_max_restarts\"\xda\x01\n\x07JobSpec\x12\x11\n\tmodel_dir\x18\x01 \x01(\t\x12\x1e\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x10.pac.v1.DataSpec\x12\x1e\n\x04task\x18\x03 \x01(\x0b\x32\x10.pac.v1.TaskSpec\x12\x11\n\ttechnique\x18\x04 \x01(\t\x12\x16\n\x0etechnique_json\x18\x05 \x01(\t\x12*\n\x08training\x18\x06 \x01(\x0b\x32\x18.pac.v1.TrainingSettings\x12\x12\n\noutput_dir\x18\x07 \x01(\t\x12\x11\n\tplacement\x18\x08 \x01(\t\"\xdc\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1d\n\x04spec\x18\x02 \x01(\x0b\x32\x0f.pac.v1.JobSpec\x12\x1f\n\x05state\x18\x03 \x01(\x0e\x32\x10.pac.v1.JobState\x12\r\n\x05\x65poch\x18\x04 \x01(\r\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x06 \x01(\x03\x12\x0c\n\x04loss\x18\x07 \x01(\x01\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\t \x01(\x01\x12\x14\n\x0cupdated_unix\x18\n \x01(\x01\x12)\n\x07metrics\x18\x0b \x03(\x0b\x32\x18.pac.v1.Job.MetricsEntry\x12\x1a\n\x12samples_per_second\x18\x0c \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\r \x01(\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"1\n\x10SubmitJobRequest\x12\x1d\n\x04spec\x18\x01 \x01(\x0b\x32\x0f.pac.v1.JobSpec\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xb4\x02\n\x0bJobProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1f\n\x05state\x18\x02 \x01(\x0e\x32\x10.pac.v1.JobState\x12\r\n\x05\x65poch\x18\x03 \x01(\r\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x05 \x01(\x03\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x1a\n\x12samples_per_second\x18\x07 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x08 \x01(\x01\x12\x11\n\tunix_time\x18\t \x01(\x01\x12\x31\n\x07metrics\x18\n \x03(\x0b\x32 .pac.v1.JobProgress.MetricsEntry\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"*\n\rListJobsReply\x12\x19\n\x04jobs\x18\x01 \x03(\x0b\x32\x0b.pac.v1.Job*p\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41GENT_STATE_ALIVE\x10\x01\x12\x14\n\x10\x41GENT_STATE_LOST\x10\x02\x12\x18\n\x14\x41GENT_STATE_DRAINING\x10\x03*\xfc\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x17\n\x13JOB_STATE_PROFILING\x10\x02\x12\x16\n\x12JOB_STATE_PLANNING\x10\x03\x12\x15\n\x11JOB_STATE_LOADING\x10\x04\x12\x16\n\x12JOB_STATE_TRAINING\x10\x05\x12\x1c\n\x18JOB_STATE_REDISTRIBUTING\x10\x06\x12\x12\n\x0eJOB_STATE_DONE\x10\x07\x12\x14\n\x10JOB_STATE_FAILED\x10\x08\x12\x17\n\x13JOB_STATE_CANCELLED\x10\t2\x9c\x03\n\x0b\x43oordinator\x12:\n\x08Register\x12\x17.pac.v1.RegisterRequest\x1a\x15.pac.v1.RegisterReply\x12=\n\tHeartbeat\x12\x18.pac.v1.HeartbeatRequest\x1a\x16.pac.v1.HeartbeatReply\x12@\n\nListAgents\x12\x19.pac.v1.ListAgentsRequest\x1a\x17.pac.v1.ListAgentsReply\x12\x32\n\tSubmitJob\x12\x18.pac.v1.SubmitJobRequest\x1a\x0b.pac.v1.Job\x12,\n\x06GetJob\x12\x15.pac.v1.GetJobRequest\x1a\x0b.pac.v1.Job\x12:\n\x08WatchJob\x12\x17.pac.v1.WatchJobRequest\x1a\x13.pac.v1.JobProgress0\x01\x12\x32\n\tCancelJob\x12\x18.pac.v1.CancelJobRequest\x1a\x0b.pac.v1.Job2E\n\x07JobList\x12:\n\x08ListJobs\x12\x17.pac.v1.ListJobsRequest\x1a\x15.pac.v1.ListJobsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,10 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOB_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_JOBPROGRESS_METRICSENTRY']._loaded_options = None
   _globals['_JOBPROGRESS_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_AGENTSTATE']._serialized_start=2227
-  _globals['_AGENTSTATE']._serialized_end=2339
-  _globals['_JOBSTATE']._serialized_start=2342
-  _globals['_JOBSTATE']._serialized_end=2594
+  _globals['_AGENTSTATE']._serialized_start=2271
+  _globals['_AGENTSTATE']._serialized_end=2383
+  _globals['_JOBSTATE']._serialized_start=2386
+  _globals['_JOBSTATE']._serialized_end=2638
   _globals['_REGISTERREQUEST']._serialized_start=62
   _globals['_REGISTERREQUEST']._serialized_end=150
   _globals['_REGISTERREPLY']._serialized_start=152
@@ -59,31 +59,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKSPEC']._serialized_start=822
   _globals['_TASKSPEC']._serialized_end=923
   _globals['_TRAININGSETTINGS']._serialized_start=926
-  _globals['_TRAININGSETTINGS']._serialized_end=1124
-  _globals['_JOBSPEC']._serialized_start=1127
-  _globals['_JOBSPEC']._serialized_end=1345
-  _globals['_JOB']._serialized_start=1348
-  _globals['_JOB']._serialized_end=1696
-  _globals['_JOB_METRICSENTRY']._serialized_start=1650
-  _globals['_JOB_METRICSENTRY']._serialized_end=1696
-  _globals['_SUBMITJOBREQUEST']._serialized_start=1698
-  _globals['_SUBMITJOBREQUEST']._serialized_end=1747
-  _globals['_GETJOBREQUEST']._serialized_start=1749
-  _globals['_GETJOBREQUEST']._serialized_end=1780
-  _globals['_WATCHJOBREQUEST']._serialized_start=1782
-  _globals['_WATCHJOBREQUEST']._serialized_end=1815
-  _globals['_JOBPROGRESS']._serialized_start=1818
-  _globals['_JOBPROGRESS']._serialized_end=2126
-  _globals['_JOBPROGRESS_METRICSENTRY']._serialized_start=1650
-  _globals['_JOBPROGRESS_METRICSENTRY']._serialized_end=1696
-  _globals['_CANCELJOBREQUEST']._serialized_start=2128
-  _globals['_CANCELJOBREQUEST']._serialized_end=2162
-  _globals['_LISTJOBSREQUEST']._serialized_start=2164
-  _globals['_LISTJOBSREQUEST']._serialized_end=2181
-  _globals['_LISTJOBSREPLY']._serialized_start=2183
-  _globals['_LISTJOBSREPLY']._serialized_end=2225
-  _globals['_COORDINATOR']._serialized_start=2597
-  _globals['_COORDINATOR']._serialized_end=3009
-  _globals['_JOBLIST']._serialized_start=3011
-  _globals['_JOBLIST']._serialized_end=3080
+  _globals['_TRAININGSETTINGS']._serialized_end=1168
+  _globals['_JOBSPEC']._serialized_start=1171
+  _globals['_JOBSPEC']._serialized_end=1389
+  _globals['_JOB']._serialized_start=1392
+  _globals['_JOB']._serialized_end=1740
+  _globals['_JOB_METRICSENTRY']._serialized_start=1694
+  _globals['_JOB_METRICSENTRY']._serialized_end=1740
+  _globals['_SUBMITJOBREQUEST']._serialized_start=1742
+  _globals['_SUBMITJOBREQUEST']._serialized_end=1791
+  _globals['_GETJOBREQUEST']._serialized_start=1793
+  _globals['_GETJOBREQUEST']._serialized_end=1824
+  _globals['_WATCHJOBREQUEST']._serialized_start=1826
+  _globals['_WATCHJOBREQUEST']._serialized_end=1859
+  _globals['_JOBPROGRESS']._serialized_start=1862
+  _globals['_JOBPROGRESS']._serialized_end=2170
+  _globals['_JOBPROGRESS_METRICSENTRY']._serialized_start=1694
+  _globals['_JOBPROGRESS_METRICSENTRY']._serialized_end=1740
+  _globals['_CANCELJOBREQUEST']._serialized_start=2172
+  _globals['_CANCELJOBREQUEST']._serialized_end=2206
+  _globals['_LISTJOBSREQUEST']._serialized_start=2208
+  _globals['_LISTJOBSREQUEST']._serialized_end=2225
+  _globals['_LISTJOBSREPLY']._serialized_start=2227
+  _globals['_LISTJOBSREPLY']._serialized_end=2269
+  _globals['_COORDINATOR']._serialized_start=2641
+  _globals['_COORDINATOR']._serialized_end=3053
+  _globals['_JOBLIST']._serialized_start=3055
+  _globals['_JOBLIST']._serialized_end=3124
 # @@protoc_insertion_point(module_scope)

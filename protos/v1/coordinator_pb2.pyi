@@ -352,6 +352,7 @@ class TrainingSettings(_message.Message):
     CACHE_DTYPE_FIELD_NUMBER: _builtins.int
     WEIGHT_DECAY_FIELD_NUMBER: _builtins.int
     DROPOUT_FIELD_NUMBER: _builtins.int
+    MAX_RESTARTS_FIELD_NUMBER: _builtins.int
     epochs: _builtins.int
     batch_size: _builtins.int
     micro_batches: _builtins.int
@@ -367,6 +368,10 @@ class TrainingSettings(_message.Message):
     """Dropout of the trained modules: parallel-adapters' side blocks or LoRA's input; the
     other techniques train at the model's own dropout, and refuse a non-zero value.
     """
+    max_restarts: _builtins.int
+    """How many times a mesh job may start over on the agents still answering when one goes
+    away, from the end of its last completed epoch (unset: 2; 0: fail at once).
+    """
     def __init__(
         self,
         *,
@@ -379,12 +384,15 @@ class TrainingSettings(_message.Message):
         cache_dtype: _builtins.str = ...,
         weight_decay: _builtins.float = ...,
         dropout: _builtins.float = ...,
+        max_restarts: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "max_restarts", b"max_restarts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "cache_dtype", b"cache_dtype", "dropout", b"dropout", "epochs", b"epochs", "learning_rate", b"learning_rate", "micro_batches", b"micro_batches", "seed", b"seed", "side_reduction", b"side_reduction", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "batch_size", b"batch_size", "cache_dtype", b"cache_dtype", "dropout", b"dropout", "epochs", b"epochs", "learning_rate", b"learning_rate", "max_restarts", b"max_restarts", "micro_batches", b"micro_batches", "seed", b"seed", "side_reduction", b"side_reduction", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_restarts: _TypeAlias = _typing.Literal["max_restarts"]  # noqa: Y015
+    _WhichOneofArgType__max_restarts: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_restarts) -> _WhichOneofReturnType__max_restarts | None: ...
 
 Global___TrainingSettings: _TypeAlias = TrainingSettings  # noqa: Y015
 

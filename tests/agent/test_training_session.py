@@ -31,3 +31,68 @@ def test_a_different_local_model_is_refused_before_loading(
     transport = cast(WireTransport, cast(Any, None))
     with pytest.raises(WeightsMismatch, match="is not the job's"):
         TrainingSession("job", "agent-0", settings, tmp_path, transport)
+
+
+def lora_session(model_dir: Path, cache_root: Path) -> TrainingSession:
+    settings = MeshJobSettings(
+        model_dir=str(model_dir),
+        task=TaskSpec("classification", labels=("a", "b")),
+        technique="lora",
+        technique_settings={},
+        layout=PipelineLayout((StageSpec(0, 2, ("agent-0",), (1.0,)),), micro_batches=1),
+        addresses={"agent-0": "127.0.0.1:1"},
+        learning_rate=1e-2,
+        total_steps=20,
+    )
+    return TrainingSession("job", "agent-0", settings, cache_root, cast(Any, None))
+
+
+def test_a_restored_state_sets_the_parameters_the_schedule_and_at_the_first_step_the_state(
+    tiny_model_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    import torch
+
+    from agent.errors import BadRequest
+
+    session = lora_session(tiny_model_dir("bert"), tmp_path)
+    optimizer = session.worker.optimizer
+    trainable = {n: p for n, p in session.worker.model.named_parameters() if p.requires_grad}
+    state: dict[str, torch.Tensor] = {}
+    for name, param in trainable.items():
+        state[name] = param.detach() + 1.0
+        state[f"{name}::exp_avg"] = torch.full_like(param, 0.5)
+        state[f"{name}::exp_avg_sq"] = torch.full_like(param, 4.0)
+        state[f"{name}::step"] = torch.tensor(7.0)
+
+    assert session.restore(state, step=7, rebuild_cache=True) == (len(trainable),) * 2
+    assert not session.rebuilding  # a LoRA job keeps no cache to rebuild
+    for name, param in trainable.items():
+        assert torch.equal(param, state[name]), name
+    # The schedule continues at step 7 (as if it had stepped 7 times).
+    fresh = lora_session(tiny_model_dir("bert"), tmp_path / "fresh")
+    for _ in range(7):
+        fresh.worker.optimizer.step()
+        assert fresh.worker.scheduler is not None
+        fresh.worker.scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(
+        fresh.worker.optimizer.param_groups[0]["lr"]
+    )
+    assert session.worker.scheduler is not None
+    assert session.worker.scheduler.get_last_lr() == fresh.worker.scheduler.get_last_lr()
+
+    # The optimizer state waits for the parameters this device steps.
+    assert not optimizer.state
+    one_name, one = next(iter(trainable.items()))
+    one.grad = torch.zeros_like(one)
+    optimizer.step()
+    assert set(optimizer.state) == {one}
+    assert float(optimizer.state[one]["step"]) == 8.0
+    torch.testing.assert_close(optimizer.state[one]["exp_avg"], torch.full_like(one, 0.45))
+    assert len(session.pending_state) == len(trainable) - 1
+
+    with pytest.raises(BadRequest, match="lacks"):
+        session.restore({"nope.weight": torch.zeros(2)}, 0, False)
+    with pytest.raises(BadRequest, match="shape"):
+        session.restore({one_name: torch.zeros(3, 3, 3)}, 0, False)
+    with pytest.raises(BadRequest, match="without its parameter"):
+        session.restore({f"{one_name}::exp_avg": torch.zeros_like(one)}, 0, False)

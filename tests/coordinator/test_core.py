@@ -62,6 +62,7 @@ def test_a_local_job_trains_to_done_with_progress_and_adapters(
     ({"technique": "adapters", "dropout": 0.1}, "dropout", "no dropout of its own"),
     ({"dropout": 0.1, "technique_settings": {"dropout": 0.2}}, "dropout", "disagrees"),
     ({"weight_decay": -0.1}, "weight_decay", "non-negative"),
+    ({"max_restarts": -1}, "max_restarts", "use 0"),
 ])
 def test_malformed_jobs_are_refused_naming_the_field(
         make_coordinator: Callable[..., Coordinator], spec: JobSpec,

@@ -184,7 +184,8 @@ def test_an_agent_that_freezes_or_dies_mid_job_is_named_and_the_next_job_plans_a
             model_dir=str(tiny_model_dir("bert")), data_path=str(toy_data),
             task="classification", epochs=epochs, batch_size=6, max_length=16,
             technique_settings={"layout": layout} if layout else {},
-            placement="mesh", output_dir=str(tmp_path / out))))
+            # No restart on the agents left (tests/coordinator/test_restarts.py): fail.
+            max_restarts=0, placement="mesh", output_dir=str(tmp_path / out))))
 
     # All three agents in the first jobs (the planner alone might leave one out).
     everyone = {"stages": [{"begin": 0, "end": 2, "devices": ["agent-0", "agent-1", "agent-2"],

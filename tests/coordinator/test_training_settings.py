@@ -19,7 +19,8 @@ from coordinator.commands import submit
 from coordinator.core import Coordinator
 from coordinator.drivers.local import technique_settings
 from coordinator.drivers.mesh_job import JobData
-from coordinator.jobs import JobSpec, JobState
+from coordinator.job_messages import spec_from_proto, spec_to_proto
+from coordinator.jobs import DEFAULT_MAX_RESTARTS, JobSpec, JobState
 from pac.cli import main as pac_main
 from pac.engine.trainer import TrainConfig, Trainer
 from pac.pipeline.job import MeshJobSettings
@@ -101,6 +102,21 @@ def test_pac_submit_sends_weight_decay_dropout_and_the_data_format() -> None:
     assert json.loads(merged.technique_json) == {"reduction": 4, "checkpoint_every": 5}
     assert message.training.weight_decay == pytest.approx(0.01)
     assert message.training.dropout == pytest.approx(0.1)
+
+
+def test_max_restarts_travels_and_defaults_to_two_when_unset() -> None:
+    parser = argparse.ArgumentParser()
+    submit.add_arguments(parser)
+    base = ["--model", "/m", "--data", "/d.jsonl", "--task", "classification"]
+    assert spec_from_proto(submit.build_spec(parser.parse_args(base))).max_restarts == 2
+    none = submit.build_spec(parser.parse_args([*base, "--max-restarts", "0"]))
+    assert none.training.HasField("max_restarts")
+    assert spec_from_proto(none).max_restarts == 0
+    # A client that does not know the field (proto3 presence): the default, not 0.
+    none.training.ClearField("max_restarts")
+    assert spec_from_proto(none).max_restarts == DEFAULT_MAX_RESTARTS == 2
+    assert spec_from_proto(spec_to_proto(JobSpec("/m", "/d", "classification", max_restarts=5))
+                           ).max_restarts == 5
 
 
 def test_pac_train_refuses_a_dropout_the_technique_cannot_take(

@@ -165,7 +165,9 @@ def test_a_cached_epoch_stops_between_steps_when_cancelled(
         path = mesh.run_dir / "cache" / agent / run.job_id / CHECKPOINT_FILE
         with safe_open(str(path), "pt") as saved:
             step = int(saved.metadata()["step"])
-        assert step % 2 == 0 and STEPS < step <= max(steps) + 1, (agent, step)
+        # (The agents may run a step or two past the last one reported before the cancel
+        # reaches them; they must not run to the job's end.)
+        assert step % 2 == 0 and STEPS < step < EPOCHS * STEPS, (agent, step)
         # The job is closed: its activation cache is gone from the agent, the checkpoint
         # beside it stays.
         assert [p.name for p in path.parent.iterdir()] == [CHECKPOINT_FILE]

@@ -1,0 +1,77 @@
+"""Restarting a mesh job on the agents still answering when one goes away.
+
+After every epoch the coordinator keeps what the agents trained together with its
+optimizer state (:class:`EpochState`, from the export it evaluates anyway). When an agent
+stops answering, the job starts over on the others (at most ``max_restarts`` times): a new
+plan, the job opened again under a new attempt id (a frozen agent that wakes up cannot
+mix its old messages into the new attempt), the kept state restored on every agent, and
+the epochs after the kept one. A parallel-adapters job's activation cache went with the
+lost agent (and the others' shares with the closed attempt), so the restarted job first
+rebuilds it: forward-only pipeline steps over epoch 1's mini-batches, which train nothing
+(the cache depends on the frozen backbone alone), then redistribution and the cache phase.
+
+No sample is lost or counted twice: the epochs up to the kept one count once (in the
+state), and the interrupted epoch runs again from its first step, in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+RESTARTS_FILE = "restarts.jsonl"
+
+
+@dataclass(frozen=True)
+class EpochState:
+    """The trained parameters and their optimizer state (``"{param}::{state}"``, as in a
+    checkpoint) after ``epoch`` epochs, ``step`` optimizer steps."""
+
+    tensors: dict[str, torch.Tensor]
+    epoch: int
+    step: int
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        return {name: value for name, value in self.tensors.items() if "::" not in name}
+
+
+@dataclass
+class Restarts:
+    """A job's restarts: how many it may take, the state it would restart from, and the
+    restarts taken (each: why, from which epoch, on which agents)."""
+
+    allowed: int
+    kept: EpochState | None = None
+    taken: list[dict[str, object]] = field(default_factory=list)
+
+    @property
+    def left(self) -> int:
+        return self.allowed - len(self.taken)
+
+    def attempt_id(self, job_id: str) -> str:
+        """The id the agents know this attempt by: the job's, then ``"{job}-r{n}"``."""
+        return f"{job_id}-r{len(self.taken)}" if self.taken else job_id
+
+    def resume_epoch(self) -> int:
+        """The first epoch the next attempt trains."""
+        return self.kept.epoch + 1 if self.kept else 1
+
+    def take(self, why: str, agents: list[str], out_dir: Path) -> dict[str, object]:
+        """Record a restart (and append it to the job's ``restarts.jsonl``)."""
+        record: dict[str, object] = {
+            "restart": len(self.taken) + 1,
+            "why": why,
+            "resume_epoch": self.resume_epoch(),
+            "resume_step": self.kept.step if self.kept else 0,
+            "agents": agents,
+            "time": time.time(),
+        }
+        self.taken.append(record)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / RESTARTS_FILE, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        return record
