@@ -30,6 +30,7 @@ class Registration:
         token: str | None,
         status: Callable[[], coordinator_pb2.HeartbeatRequest],
         on_change: Callable[[bool], None] = lambda registered: None,
+        on_ended: Callable[[list[str]], None] = lambda job_ids: None,
         retry_s: float = 1.0,
         max_retry_s: float = 30.0,
     ) -> None:
@@ -38,6 +39,7 @@ class Registration:
         self.metadata = token_metadata(token)
         self.status = status
         self.on_change = on_change
+        self.on_ended = on_ended
         self.retry_s = retry_s
         self.max_retry_s = max_retry_s
         self.agent_id = ""
@@ -112,3 +114,5 @@ class Registration:
                 )
                 return
             interval = reply.heartbeat_interval_s or interval
+            if reply.ended_jobs:
+                self.on_ended(list(reply.ended_jobs))

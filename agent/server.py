@@ -136,8 +136,20 @@ class AgentServer:
         step = max((job.step for job in self.runtime.jobs.values()), default=0)
         job_id = next(iter(self.runtime.jobs), "")
         return coordinator_pb2.HeartbeatRequest(
-            job_id=job_id, step=step, rss_bytes=rss_bytes(), draining=self.runtime.draining
+            job_id=job_id,
+            step=step,
+            rss_bytes=rss_bytes(),
+            draining=self.runtime.draining,
+            open_jobs=list(self.runtime.jobs),
         )
+
+    def _close_ended(self, job_ids: list[str]) -> None:
+        """Close the jobs the coordinator says have ended (it could not tell this agent
+        itself: the agent was frozen or cut off when the job went on without it)."""
+        for job_id in job_ids:
+            if job_id in self.runtime.jobs:
+                log.warning("job %s has ended without this agent: closing it here", job_id)
+                self.runtime.close_job(job_id)
 
     def _registration_changed(self, registered: bool) -> None:
         self.metrics.registered.set(int(registered))
@@ -201,6 +213,7 @@ class AgentServer:
                 config.join_token,
                 self._status,
                 on_change=self._registration_changed,
+                on_ended=self._close_ended,
                 retry_s=config.registration_retry_s,
             )
             self._tasks.append(asyncio.create_task(self.registration.run()))

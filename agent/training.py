@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from agent.errors import BadRequest, WeightsMismatch
 from pac.cache.key import CacheKey, fingerprint_model_dir
@@ -176,10 +177,12 @@ class TrainingSession:
         self.cache_lock = threading.Lock()
         self.owners: dict[str, str] = {}
         self.data_parallel: DataParallelWorker | None = None
-        # A restarted job (restore): its steps before the cache phase only rebuild the
-        # cache; the optimizer state restored waits here for the parameters it belongs to.
-        self.rebuilding = False
+        # A restarted job (restore): its steps numbered below the restored step only
+        # rebuild the cache; the optimizer state restored waits here for the parameters it
+        # belongs to.
+        self.restored_step = 0
         self.pending_state: dict[torch.nn.Parameter, dict[str, torch.Tensor]] = {}
+        self._pending_hook: RemovableHandle | None = None
 
     @property
     def cache(self) -> ActivationCache:
@@ -191,7 +194,7 @@ class TrainingSession:
         """Epoch 1: this device's pipeline part; later epochs: its data-parallel part, on
         ``part`` (the rows the coordinator sent this device). Then a checkpoint at the end
         of every epoch and every ``checkpoint_every`` steps."""
-        if self.rebuilding:
+        if step < self.restored_step:
             return self.worker.run_step(step, part, train=False)
         if self.data_parallel is None:
             result = self.worker.run_step(step, part)
@@ -222,8 +225,9 @@ class TrainingSession:
         trained parameters and their optimizer state as the coordinator kept them after
         ``step`` optimizer steps). Every parameter takes its value now; the optimizer state
         goes to the parameters this device steps (its stage's, known at its first step, or
-        all of them when the cache phase begins), so that what it exports stays its own.
-        ``rebuild_cache``: the steps before the cache phase only rebuild the cache.
+        all of them when the cache phase begins before it trained), so that what it exports
+        stays its own. ``rebuild_cache``: the steps numbered below ``step`` only run the
+        forwards to rebuild the cache (then training goes on at ``step``).
         Returns (parameters loaded, optimizer states waiting)."""
         if self.data_parallel is not None:
             raise BadRequest("restore a job's state before its cache phase, not in it")
@@ -249,21 +253,29 @@ class TrainingSession:
         self.pending_state = {
             params[name]: {k: v.clone() for k, v in kept.items()} for name, kept in states.items()
         }
-        self.worker.optimizer.register_step_pre_hook(self._install_pending_state)
+        if self._pending_hook is None:
+            self._pending_hook = self.worker.optimizer.register_step_pre_hook(
+                self._install_pending_state
+            )
         if self.worker.scheduler is not None:
             assert isinstance(self.worker.scheduler, torch.optim.lr_scheduler.LambdaLR)
             resume_schedule(self.worker.scheduler, step)
-        self.rebuilding = rebuild_cache and self.worker.cache is not None
+        self.restored_step = step if rebuild_cache and self.worker.cache is not None else 0
         return len(values), len(self.pending_state)
 
     def _install_pending_state(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
-        """Before an optimizer step: the restored state of the parameters it steps."""
-        if not self.pending_state:
-            return
+        """Before the first optimizer step after a restore: the restored state of the
+        parameters it steps (this device's stage's: in a stage's group the gradients are
+        summed, so every member steps them all). The rest is other stages' state, which
+        the cache phase's gather brings: dropped here."""
         for group in optimizer.param_groups:
             for param in group["params"]:
                 if param.grad is not None and param in self.pending_state:
                     optimizer.state[param] = self.pending_state.pop(param)
+        self.pending_state = {}
+        if self._pending_hook is not None:
+            self._pending_hook.remove()
+            self._pending_hook = None
 
     def redistribute(self, owners: dict[str, str]) -> tuple[dict[str, int], int]:
         """Send every cache entry whose sample another device owns to that device, then
@@ -305,10 +317,11 @@ class TrainingSession:
         if not isinstance(model, ParallelAdaptersModel) or self.worker.cache is None:
             raise ValueError("only a parallel-adapters job has a cache phase")
         devices = self.settings.layout.devices
-        # A restarted job's cache was rebuilt: every device holds the whole restored state.
+        # Restored and not trained since (its cache was rebuilt): every device holds the
+        # whole restored state.
         for param, kept in self.pending_state.items():
             self.worker.optimizer.state[param] = kept
-        self.pending_state, self.rebuilding = {}, False
+        self.pending_state = {}
         gather_state(model, self.worker.optimizer, self.transport, devices, self.device)
         self.data_parallel = DataParallelWorker(
             self.device,

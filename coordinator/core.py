@@ -25,6 +25,7 @@ from coordinator.jobs import (
     JobState,
     Progress,
     UnknownJob,
+    job_of_attempt,
     validate_spec,
 )
 from coordinator.metrics import CoordinatorMetrics
@@ -95,6 +96,13 @@ class Coordinator:
         with self._changed:
             listed = list(self._jobs.values())
         return sorted(listed, key=lambda job: (job.created_at, job.job_id))
+
+    def ended_jobs(self, held: list[str]) -> list[str]:
+        """Of the jobs (attempt ids) an agent holds open, those whose job has ended or is
+        unknown here: the agent may close them."""
+        with self._changed:
+            jobs = {name: self._jobs.get(job_of_attempt(name)) for name in held}
+        return [name for name, job in jobs.items() if job is None or job.state.terminal]
 
     def agents(self, include_lost: bool = False) -> LiveAgents:
         return self.registry.agents(include_lost=include_lost)

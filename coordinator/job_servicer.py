@@ -23,7 +23,7 @@ from protos.v1 import coordinator_pb2_grpc as pb_grpc
 
 class CoordinatorServicer(RegistryServicer):
     def __init__(self, coordinator: Coordinator) -> None:
-        super().__init__(coordinator.registry)
+        super().__init__(coordinator.registry, coordinator.ended_jobs)
         self.coordinator = coordinator
 
     async def SubmitJob(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -96,6 +97,19 @@ class UnknownJob(KeyError):
 
 
 DEFAULT_MAX_RESTARTS = 2
+# A restarted mesh job's agents know attempt n >= 1 as "{job_id}-r{n}" (job ids are hex).
+_ATTEMPT = re.compile(r"^(?P<job>.+)-r(?P<attempt>[0-9]+)$")
+
+
+def attempt_id(job_id: str, attempt: int) -> str:
+    """What the agents call attempt ``attempt`` of a job (0: the job's own id)."""
+    return f"{job_id}-r{attempt}" if attempt else job_id
+
+
+def job_of_attempt(name: str) -> str:
+    """The job id of an attempt id (see :func:`attempt_id`)."""
+    match = _ATTEMPT.match(name)
+    return match["job"] if match else name
 
 
 @dataclass(frozen=True)

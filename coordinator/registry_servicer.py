@@ -7,7 +7,7 @@ the Coordinator service answer UNIMPLEMENTED until the job service exists.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -36,8 +36,16 @@ def agent_info(record: AgentRecord, liveness: AgentLiveness) -> coordinator_pb2.
 
 
 class RegistryServicer(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, registry: AgentRegistry) -> None:
+    """``ended_jobs(held)``: which of the jobs an agent holds open have ended (a registry
+    without jobs knows none)."""
+
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        ended_jobs: Callable[[list[str]], list[str]] = lambda held: [],
+    ) -> None:
         self.registry = registry
+        self.ended_jobs = ended_jobs
 
     async def Register(
         self, request: coordinator_pb2.RegisterRequest, context: grpc.aio.ServicerContext
@@ -68,7 +76,8 @@ class RegistryServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 "restarted): register again",
             )
         return coordinator_pb2.HeartbeatReply(
-            heartbeat_interval_s=self.registry.heartbeat_interval_s
+            heartbeat_interval_s=self.registry.heartbeat_interval_s,
+            ended_jobs=self.ended_jobs(list(request.open_jobs)) if request.open_jobs else [],
         )
 
     async def ListAgents(

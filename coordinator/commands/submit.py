@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="checkpoint every K steps too (always after each epoch); on a mesh each agent "
-        "writes its own",
+        "writes its own, and the coordinator keeps the state there: a job restarted after "
+        "an agent went away loses at most K steps",
     )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)

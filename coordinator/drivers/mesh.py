@@ -18,7 +18,8 @@ keep the pipeline for every epoch. After each epoch the coordinator merges the a
 trained parameters, evaluates them (backbone live, on the coordinator, which holds the
 evaluation data) and writes the adapters, keeping them with their optimizer state. An
 agent that goes away mid-job is named with where the job was (mesh_reach.py), and the job
-starts over on the agents still answering from the last epoch kept, up to the job's
+starts over on the agents still answering from the last state kept (every epoch, and every
+``checkpoint_every`` steps when the job sets it), up to the job's
 ``max_restarts`` times (mesh_restart.py); then it fails with that reason.
 """
 
@@ -63,7 +64,7 @@ from coordinator.drivers.mesh_redistribution import (
     layer_cache_bytes,
     predicted_bytes,
 )
-from coordinator.drivers.mesh_restart import EpochState, Restarts
+from coordinator.drivers.mesh_restart import KeptState, Restarts
 from coordinator.jobs import Job, JobState, Progress
 from coordinator.registry import AgentLiveness, AgentRecord
 from pac.data.encoding import EncodedSample
@@ -263,21 +264,28 @@ class MeshDriver:
         run.phases["open_job_seconds"] = time.perf_counter() - started
         metrics: dict[str, float] = {}
         cache_phase = spec.technique == "parallel-adapters"
-        first = restarts.resume_epoch()
-        if restarts.kept is not None:
+        kept = restarts.kept
+        first, offset = (kept.epoch, kept.offset) if kept else (1, 0)
+        if kept is not None:
             started = time.perf_counter()
-            await calls.restore(restarts.kept.tensors, restarts.kept.step, cache_phase)
+            await calls.restore(kept.tensors, kept.step, cache_phase)
             if cache_phase:
-                # Forward-only steps over epoch 1's mini-batches refill the caches.
-                if not await self._epoch(calls, run, 1, lambda _: None, cancelled):
+                # Forward-only steps (numbered below the kept step) refill the caches with
+                # what epoch 1 cached before the kept step: all of it past epoch 1.
+                rebuild = len(run.batches(1)) if first > 1 else offset
+                if not await self._epoch(calls, run, 1, lambda _: None, cancelled, 0, rebuild):
                     return JobResult(output_dir=job.output_dir)
-                await self._redistribute(calls, run, layout, profiles, progress)
+                if first > 1:
+                    await self._redistribute(calls, run, layout, profiles, progress)
             run.phases["restore_seconds"] = time.perf_counter() - started
-            run.step = restarts.kept.step
+            run.step = kept.step
+        keep_every = int(spec.technique_settings.get("checkpoint_every", 0))
         for epoch in range(first, spec.epochs + 1):
             progress(Progress(state=JobState.TRAINING, epoch=epoch))
             started = time.perf_counter()
-            if not await self._epoch(calls, run, epoch, progress, cancelled):
+            skip = offset if epoch == first else 0
+            keep = (restarts, keep_every)
+            if not await self._epoch(calls, run, epoch, progress, cancelled, skip, keep=keep):
                 return JobResult(output_dir=job.output_dir)
             seconds = time.perf_counter() - started
             if epoch == 1 and cache_phase and spec.epochs > 1:
@@ -354,10 +362,15 @@ class MeshDriver:
         epoch: int,
         progress: ProgressSink,
         cancelled: threading.Event,
+        start: int = 0,
+        end: int | None = None,
+        keep: tuple[Restarts, int] | None = None,
     ) -> bool:
-        """One pass over the training data on the mesh; False when cancelled. Epoch 1 is a
-        round trip per step; in the cache phase the agents get many steps per call and
-        report each one as it ends (progress and cancellation stay per step)."""
+        """Mini-batches ``start:end`` of the epoch on the mesh (all of them by default);
+        False when cancelled. Epoch 1 is a round trip per step; in the cache phase the
+        agents get many steps per call and report each one as it ends (progress and
+        cancellation stay per step). ``keep=(restarts, every)``: the state is kept for a
+        restart after every ``every`` steps (the agents' calls end there)."""
         started, done = time.perf_counter(), 0
         calls_before, bytes_before = calls.step_calls, calls.batch_bytes
 
@@ -367,10 +380,16 @@ class MeshDriver:
 
         if cancelled.is_set():
             return False
-        groups = run.batches(epoch)
-        async with contextlib.aclosing(calls.steps(run.step, map(step_input, groups))) as steps:
+        groups = run.batches(epoch)[start:end]
+        every = keep[1] if keep else 0
+        position = start
+        inputs = map(step_input, groups)
+        async with contextlib.aclosing(calls.steps(run.step, inputs, every)) as steps:
             async for item, totals in steps:
                 run.step += 1
+                position += 1
+                if keep and every and run.step % every == 0 and position < start + len(groups):
+                    keep[0].kept = await self._kept(calls, run.step, epoch, position)
                 done += len(item.sample_ids)
                 rate = done / max(time.perf_counter() - started, 1e-9)
                 progress(
@@ -452,6 +471,10 @@ class MeshDriver:
             for device, reply in releases.items()
         }
 
+    async def _kept(self, calls: MeshCalls, step: int, epoch: int, offset: int) -> KeptState:
+        """What the agents have trained after ``step`` steps, with its optimizer state."""
+        return KeptState(await calls.export(optimizer_state=True), step, epoch, offset)
+
     async def _evaluate(
         self,
         calls: MeshCalls,
@@ -464,7 +487,7 @@ class MeshDriver:
         """Merge what the agents trained (kept with its optimizer state: a restart starts
         from here), write the adapters, evaluate them."""
         started = time.perf_counter()
-        kept = EpochState(await calls.export(optimizer_state=True), epoch, run.step)
+        kept = await self._kept(calls, run.step, epoch + 1, 0)
         restarts.kept = kept
         metrics = await asyncio.to_thread(run.evaluate, kept.parameters())
         metrics["epoch"] = float(epoch)

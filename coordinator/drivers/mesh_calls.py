@@ -43,6 +43,13 @@ class StepInput:
     loss_count: int
 
 
+def _window(step: int, boundary: int) -> int:
+    """How many steps a call from ``step`` takes (ending at a multiple of ``boundary``)."""
+    if boundary <= 0:
+        return STEPS_PER_CALL
+    return min(STEPS_PER_CALL, boundary - step % boundary)
+
+
 class MeshCalls:
     def __init__(
         self,
@@ -122,11 +129,13 @@ class MeshCalls:
         )
 
     async def steps(
-        self, first_step: int, inputs: Iterable[StepInput]
+        self, first_step: int, inputs: Iterable[StepInput], boundary: int = 0
     ) -> AsyncGenerator[tuple[StepInput, StepTotals]]:
         """Run ``inputs`` as steps ``first_step ..``, yielding each with its loss terms.
         Epoch 1 is one round trip per step; the cache phase sends ``STEPS_PER_CALL`` steps
-        per call. Closing the iterator early stops the agents after their current step."""
+        per call, and a call ends where the steps done reach a multiple of ``boundary``
+        (the agents are then between steps: what they trained can be exported). Closing
+        the iterator early stops the agents after their current step."""
         pending = iter(inputs)
         step = first_step
         if not self.owners:
@@ -134,7 +143,7 @@ class MeshCalls:
                 yield item, await self.step(step, item.batch, item.sample_ids, item.loss_count)
                 step += 1
             return
-        while window := list(itertools.islice(pending, STEPS_PER_CALL)):
+        while window := list(itertools.islice(pending, _window(step, boundary))):
             async with contextlib.aclosing(self.run_steps(step, window)) as totals:
                 async for offset, total in totals:
                     yield window[offset], total

@@ -1,17 +1,20 @@
 """Restarting a mesh job on the agents still answering when one goes away.
 
-After every epoch the coordinator keeps what the agents trained together with its
-optimizer state (:class:`EpochState`, from the export it evaluates anyway). When an agent
+After every epoch, and every ``checkpoint_every`` steps when the job sets it, the
+coordinator keeps what the agents trained together with its optimizer state
+(:class:`KeptState`; at an epoch's end it is the export it evaluates anyway). When an agent
 stops answering, the job starts over on the others (at most ``max_restarts`` times): a new
 plan, the job opened again under a new attempt id (a frozen agent that wakes up cannot
 mix its old messages into the new attempt), the kept state restored on every agent, and
-the epochs after the kept one. A parallel-adapters job's activation cache went with the
+the steps after the kept one. A parallel-adapters job's activation cache went with the
 lost agent (and the others' shares with the closed attempt), so the restarted job first
-rebuilds it: forward-only pipeline steps over epoch 1's mini-batches, which train nothing
-(the cache depends on the frozen backbone alone), then redistribution and the cache phase.
+rebuilds what it needs of it: forward-only pipeline steps, which train nothing (the cache
+depends on the frozen backbone alone), over epoch 1's mini-batches up to the kept step
+(the rest of epoch 1 then trains and caches as usual), or all of them when the kept step
+is past epoch 1 (then redistribution and the cache phase).
 
-No sample is lost or counted twice: the epochs up to the kept one count once (in the
-state), and the interrupted epoch runs again from its first step, in the same order.
+No sample is lost or counted twice: the steps up to the kept one count once (in the
+state), and the interrupted ones run again, on the same mini-batches in the same order.
 """
 
 from __future__ import annotations
@@ -23,17 +26,21 @@ from pathlib import Path
 
 import torch
 
+from coordinator.jobs import attempt_id
+
 RESTARTS_FILE = "restarts.jsonl"
 
 
 @dataclass(frozen=True)
-class EpochState:
+class KeptState:
     """The trained parameters and their optimizer state (``"{param}::{state}"``, as in a
-    checkpoint) after ``epoch`` epochs, ``step`` optimizer steps."""
+    checkpoint) after ``step`` optimizer steps: ``offset`` mini-batches of epoch ``epoch``
+    done (0: the epoch is yet to begin)."""
 
     tensors: dict[str, torch.Tensor]
-    epoch: int
     step: int
+    epoch: int
+    offset: int = 0
 
     def parameters(self) -> dict[str, torch.Tensor]:
         return {name: value for name, value in self.tensors.items() if "::" not in name}
@@ -45,7 +52,7 @@ class Restarts:
     restarts taken (each: why, from which epoch, on which agents)."""
 
     allowed: int
-    kept: EpochState | None = None
+    kept: KeptState | None = None
     taken: list[dict[str, object]] = field(default_factory=list)
 
     @property
@@ -54,11 +61,11 @@ class Restarts:
 
     def attempt_id(self, job_id: str) -> str:
         """The id the agents know this attempt by: the job's, then ``"{job}-r{n}"``."""
-        return f"{job_id}-r{len(self.taken)}" if self.taken else job_id
+        return attempt_id(job_id, len(self.taken))
 
     def resume_epoch(self) -> int:
-        """The first epoch the next attempt trains."""
-        return self.kept.epoch + 1 if self.kept else 1
+        """The epoch the next attempt trains first (from its ``kept.offset``-th step)."""
+        return self.kept.epoch if self.kept else 1
 
     def take(self, why: str, agents: list[str], out_dir: Path) -> dict[str, object]:
         """Record a restart (and append it to the job's ``restarts.jsonl``)."""
@@ -66,6 +73,7 @@ class Restarts:
             "restart": len(self.taken) + 1,
             "why": why,
             "resume_epoch": self.resume_epoch(),
+            "resume_offset": self.kept.offset if self.kept else 0,
             "resume_step": self.kept.step if self.kept else 0,
             "agents": agents,
             "time": time.time(),

@@ -142,12 +142,17 @@ class HeartbeatRequest(_message.Message):
     STEP_FIELD_NUMBER: _builtins.int
     RSS_BYTES_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    OPEN_JOBS_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     job_id: _builtins.str
     """What the agent is doing, for `pac agents` and the dashboards."""
     step: _builtins.int
     rss_bytes: _builtins.int
     draining: _builtins.bool
+    @_builtins.property
+    def open_jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every job the agent holds open (its model replica, its share of the cache)."""
+
     def __init__(
         self,
         *,
@@ -156,10 +161,11 @@ class HeartbeatRequest(_message.Message):
         step: _builtins.int = ...,
         rss_bytes: _builtins.int = ...,
         draining: _builtins.bool = ...,
+        open_jobs: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "draining", b"draining", "job_id", b"job_id", "rss_bytes", b"rss_bytes", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "draining", b"draining", "job_id", b"job_id", "open_jobs", b"open_jobs", "rss_bytes", b"rss_bytes", "step", b"step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -170,15 +176,24 @@ class HeartbeatReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    ENDED_JOBS_FIELD_NUMBER: _builtins.int
     heartbeat_interval_s: _builtins.float
+    @_builtins.property
+    def ended_jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The agent's open jobs that have ended, or that the coordinator does not know: the
+        agent closes them (one it could not be told to close: it froze or was cut off when
+        the job restarted without it or ended).
+        """
+
     def __init__(
         self,
         *,
         heartbeat_interval_s: _builtins.float = ...,
+        ended_jobs: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_s", b"heartbeat_interval_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_jobs", b"ended_jobs", "heartbeat_interval_s", b"heartbeat_interval_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -23,6 +23,7 @@ from coordinator.drivers.mesh_restart import RESTARTS_FILE
 from coordinator.job_messages import spec_to_proto
 from coordinator.jobs import JobSpec
 from pac.cluster.local_mesh import LocalMesh
+from pac.engine.checkpoint import CHECKPOINT_FILE
 from pac.engine.export import WEIGHTS_FILE
 from pac.engine.loading import load_model
 from pac.engine.trainer import TrainConfig, Trainer
@@ -75,10 +76,14 @@ def job_spec(model_dir: Path, data: Path, out: Path, technique: str) -> JobSpec:
 
 
 def run_freezing_agent_2(
-    mesh: LocalMesh, spec: JobSpec, when: Callable[[pb.JobProgress], bool]
+    mesh: LocalMesh,
+    spec: JobSpec,
+    when: Callable[[pb.JobProgress], bool],
+    woken: Callable[[str], None] | None = None,
 ) -> list[pb.JobProgress]:
     """Submit ``spec``, freeze agent-2 at the first event ``when`` accepts, watch the job to
-    its end; then replace agent-2 with a fresh process for the next test."""
+    its end; then (``woken``) let agent-2 go on and call ``woken(job_id)``; then replace
+    agent-2 with a fresh process for the next test."""
     auth = token_metadata(mesh.join_token)
     events: list[pb.JobProgress] = []
     try:
@@ -94,6 +99,9 @@ def run_freezing_agent_2(
                     mesh.signal("agent-2", signal.SIGSTOP)
                     frozen = True
             assert frozen, "the job ended before agent-2 could be frozen"
+        if woken is not None:
+            mesh.signal("agent-2", signal.SIGCONT)
+            woken(job.job_id)
     finally:
         mesh.signal("agent-2", signal.SIGKILL)
         mesh.stop("agent-2", timeout_s=5)
@@ -115,26 +123,35 @@ def one_device(model_dir: Path, data: Path, out: Path, technique: str) -> dict[s
     return reference.model.trainable_state_dict()
 
 
-def assert_restarted_once(events: list[pb.JobProgress], out: Path, resume_epoch: int) -> None:
+def assert_restarted_once(
+    events: list[pb.JobProgress], out: Path, every: int = 0, epoch: int = 0
+) -> dict[str, object]:
+    """The job is DONE after one restart, on agent-0 and agent-1, from a state kept at an
+    epoch's end or (``every``) at a multiple of ``every`` steps (in ``epoch`` if given);
+    every epoch was evaluated once. Returns the restart's record."""
     assert events[-1].state == pb.JOB_STATE_DONE, events[-1]
     states = [e.state for e in events]
     restart = states.index(pb.JOB_STATE_PROFILING, states.index(pb.JOB_STATE_TRAINING))
     assert restart > 0  # PROFILING again after TRAINING: the job started over
     records = [json.loads(line) for line in (out / RESTARTS_FILE).read_text().splitlines()]
     assert len(records) == 1, records
-    assert records[0]["resume_epoch"] == resume_epoch
-    assert records[0]["resume_step"] == (resume_epoch - 1) * STEPS
-    assert records[0]["agents"] == ["agent-0", "agent-1"]
-    assert str(records[0]["why"]).startswith("agent(s) agent-2 ("), records[0]
-    # Every epoch was evaluated once, the interrupted one after the restart.
+    record = records[0]
+    step, resumed, offset = record["resume_step"], record["resume_epoch"], record["resume_offset"]
+    assert step == (resumed - 1) * STEPS + offset, record
+    assert offset == 0 or (every and step % every == 0), record
+    assert not epoch or resumed == epoch, record
+    assert record["agents"] == ["agent-0", "agent-1"]
+    assert str(record["why"]).startswith("agent(s) agent-2 ("), record
+    # Every epoch was evaluated once, those after the restart with the restart counted.
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1.0, 2.0, 3.0]
-    assert [m.get("restarts", 0.0) for m in metrics][resume_epoch - 1 :] == [1.0] * (
-        EPOCHS - resume_epoch + 1
+    assert [m.get("restarts", 0.0) for m in metrics][resumed - 1 :] == [1.0] * (
+        EPOCHS - resumed + 1
     )
     assert events[-1].metrics["restarts"] == 1.0
     plan = (out / "plan.txt").read_text()
     assert "agent-2" not in plan and "agent-0" in plan
+    return record
 
 
 def assert_equal(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
@@ -143,23 +160,42 @@ def assert_equal(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
         torch.testing.assert_close(got[name], value, atol=2e-5, rtol=1e-4, msg=name)
 
 
-def test_a_parallel_adapters_job_restarts_from_its_last_epoch_and_equals_one_device(
+def test_a_job_frozen_in_its_cache_phase_restarts_from_the_step_kept_and_equals_one_device(
     mesh: LocalMesh, tiny_model_dir: Callable[[str], Path], tmp_path: Path
 ) -> None:
     model_dir, data = tiny_model_dir("t5"), write_rows(tmp_path / "train.jsonl")
     out = tmp_path / "mesh-out"
     spec = job_spec(model_dir, data, out, "parallel-adapters")
-    # Frozen once epoch 2 (the cache phase) has begun: the job restarts from epoch 1's end,
-    # rebuilds the cache on agent-0 and agent-1, and trains epochs 2 and 3 from it.
+    spec.technique_settings["checkpoint_every"] = 3  # the state is kept every 3 steps too
+
+    def closes_the_job_it_missed(job_id: str) -> None:
+        """Woken after the job ended without it, agent-2 still held the job (nobody could
+        close it): its next heartbeat learns that the job has ended, and it closes it."""
+        log = mesh.run_dir / "logs" / "agent-2.log"
+        mesh.wait_for(
+            lambda: f"job {job_id} has ended without this agent" in log.read_text(),
+            "agent-2 to close the job it missed",
+            timeout_s=30,
+        )
+        held = mesh.run_dir / "cache" / "agent-2" / job_id
+        assert [p.name for p in held.iterdir()] in ([], [CHECKPOINT_FILE])  # cache deleted
+
+    # Frozen in the cache phase: the job restarts from the last state kept (past epoch 1),
+    # rebuilds the whole cache on agent-0 and agent-1, and goes on from that step.
     events = run_freezing_agent_2(
-        mesh, spec, lambda e: e.state == pb.JOB_STATE_TRAINING and e.epoch == 2
+        mesh,
+        spec,
+        lambda e: e.state == pb.JOB_STATE_TRAINING and e.step >= STEPS + 4,
+        woken=closes_the_job_it_missed,
     )
-    assert_restarted_once(events, out, resume_epoch=2)
+    record = assert_restarted_once(events, out, every=3)
+    assert int(str(record["resume_step"])) > STEPS
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    # The restart's restore, cache rebuild and redistribution are in epoch 2's record.
-    assert metrics[1]["restore_seconds"] > 0 and "redistribute_seconds" in metrics[1]
+    # The restart's restore, cache rebuild and redistribution are in its first epoch's record.
+    resumed = metrics[int(str(record["resume_epoch"])) - 1]
+    assert resumed["restore_seconds"] > 0 and "redistribute_seconds" in resumed
     log = (mesh.run_dir / "logs" / "coordinator.log").read_text()
-    assert "restart 1 of 2 on agent-0, agent-1 from epoch 2" in log
+    assert "restart 1 of 2 on agent-0, agent-1 from epoch" in log
     expected = one_device(model_dir, data, tmp_path / "one-device", "parallel-adapters")
     assert_equal(load_file(str(out / WEIGHTS_FILE)), expected)
 
@@ -174,7 +210,27 @@ def test_a_job_that_loses_an_agent_in_its_first_epoch_starts_over_and_equals_one
         mesh, spec, lambda e: e.state == pb.JOB_STATE_TRAINING and e.epoch == 1 and e.step >= 2
     )
     # Nothing was kept yet: the job starts from its first step on the others.
-    assert_restarted_once(events, out, resume_epoch=1)
+    record = assert_restarted_once(events, out, epoch=1)
+    assert record["resume_step"] == 0
+    expected = one_device(model_dir, data, tmp_path / "one-device", "parallel-adapters")
+    assert_equal(load_file(str(out / WEIGHTS_FILE)), expected)
+
+
+def test_a_job_kept_in_the_middle_of_epoch_1_rebuilds_what_was_cached_and_equals_one_device(
+    mesh: LocalMesh, tiny_model_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    model_dir, data = tiny_model_dir("t5"), write_rows(tmp_path / "train.jsonl")
+    out = tmp_path / "mesh-out"
+    spec = job_spec(model_dir, data, out, "parallel-adapters")
+    spec.technique_settings["checkpoint_every"] = 2
+    # Epoch 1 is a round trip per step: frozen after step 5, the job stops at step 6 or 7.
+    events = run_freezing_agent_2(
+        mesh, spec, lambda e: e.state == pb.JOB_STATE_TRAINING and e.epoch == 1 and e.step >= 5
+    )
+    # Restarted from step 4 or 6 of epoch 1: forward-only steps rebuild what the steps
+    # before it had cached, then epoch 1 trains (and caches) on from there.
+    record = assert_restarted_once(events, out, every=2, epoch=1)
+    assert int(str(record["resume_step"])) >= 4
     expected = one_device(model_dir, data, tmp_path / "one-device", "parallel-adapters")
     assert_equal(load_file(str(out / WEIGHTS_FILE)), expected)
 
@@ -190,9 +246,13 @@ def test_a_pipeline_lora_job_restarts_with_each_stage_s_optimizer_state(
     data = write_rows(tmp_path / "train.jsonl")
     out = tmp_path / "mesh-out"
     spec = job_spec(model_dir, data, out, "lora")
+    spec.technique_settings["checkpoint_every"] = 4
+    # Each stage's device keeps its own stage's optimizer state: the restart gives every
+    # device the whole state, and each takes its new stage's at its first step.
     events = run_freezing_agent_2(
-        mesh, spec, lambda e: e.state == pb.JOB_STATE_TRAINING and e.epoch == 2
+        mesh, spec, lambda e: e.state == pb.JOB_STATE_TRAINING and e.step >= STEPS + 3
     )
-    assert_restarted_once(events, out, resume_epoch=2)
+    record = assert_restarted_once(events, out, every=4)
+    assert int(str(record["resume_step"])) >= STEPS
     expected = one_device(model_dir, data, tmp_path / "one-device", "lora")
     assert_equal(load_file(str(out / WEIGHTS_FILE)), expected)
