@@ -98,11 +98,12 @@ class Coordinator:
         return sorted(listed, key=lambda job: (job.created_at, job.job_id))
 
     def ended_jobs(self, held: list[str]) -> list[str]:
-        """Of the jobs (attempt ids) an agent holds open, those whose job has ended or is
-        unknown here: the agent may close them."""
+        """Of the jobs (attempt ids) an agent holds open, those whose job has ended here: the
+        agent may close them. (One this coordinator does not know was opened by someone
+        else, a tool talking to the agent directly: not its to close.)"""
         with self._changed:
             jobs = {name: self._jobs.get(job_of_attempt(name)) for name in held}
-        return [name for name, job in jobs.items() if job is None or job.state.terminal]
+        return [name for name, job in jobs.items() if job is not None and job.state.terminal]
 
     def agents(self, include_lost: bool = False) -> LiveAgents:
         return self.registry.agents(include_lost=include_lost)

@@ -2,12 +2,13 @@
 the end of its last completed epoch (a parallel-adapters job rebuilds its cache first), and
 ends where single-device training of the same job ends: no sample lost or counted twice.
 
-The agent is frozen (SIGSTOP) rather than killed: its peers then cannot finish the epoch
-without it, so the restart happens whatever the timing, and the job's health checks find it
-(heartbeats every 0.5 s, 3 may be missed)."""
+The agent is mostly frozen (SIGSTOP) rather than killed: its peers then cannot finish the
+epoch without it, so the restart happens whatever the timing, and the job's health checks
+find it (heartbeats every 0.5 s, 3 may be missed); once it leaves (SIGTERM: it drains)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -75,15 +76,16 @@ def job_spec(model_dir: Path, data: Path, out: Path, technique: str) -> JobSpec:
     )
 
 
-def run_freezing_agent_2(
+def run_losing_agent_2(
     mesh: LocalMesh,
     spec: JobSpec,
     when: Callable[[pb.JobProgress], bool],
     woken: Callable[[str], None] | None = None,
+    signum: int = signal.SIGSTOP,
 ) -> list[pb.JobProgress]:
-    """Submit ``spec``, freeze agent-2 at the first event ``when`` accepts, watch the job to
-    its end; then (``woken``) let agent-2 go on and call ``woken(job_id)``; then replace
-    agent-2 with a fresh process for the next test."""
+    """Submit ``spec``, send agent-2 ``signum`` (freeze it) at the first event ``when``
+    accepts, watch the job to its end; then (``woken``) let agent-2 go on and call
+    ``woken(job_id)``; then replace agent-2 with a fresh process for the next test."""
     auth = token_metadata(mesh.join_token)
     events: list[pb.JobProgress] = []
     try:
@@ -96,14 +98,15 @@ def run_freezing_agent_2(
             ):
                 events.append(event)
                 if not frozen and when(event):
-                    mesh.signal("agent-2", signal.SIGSTOP)
+                    mesh.signal("agent-2", signum)
                     frozen = True
             assert frozen, "the job ended before agent-2 could be frozen"
         if woken is not None:
             mesh.signal("agent-2", signal.SIGCONT)
             woken(job.job_id)
     finally:
-        mesh.signal("agent-2", signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # (SIGTERM: it may have exited)
+            mesh.signal("agent-2", signal.SIGKILL)
         mesh.stop("agent-2", timeout_s=5)
         mesh.start("agent-2")
         mesh.wait_for_agents(AGENTS, timeout_s=30)
@@ -182,7 +185,7 @@ def test_a_job_frozen_in_its_cache_phase_restarts_from_the_step_kept_and_equals_
 
     # Frozen in the cache phase: the job restarts from the last state kept (past epoch 1),
     # rebuilds the whole cache on agent-0 and agent-1, and goes on from that step.
-    events = run_freezing_agent_2(
+    events = run_losing_agent_2(
         mesh,
         spec,
         lambda e: e.state == pb.JOB_STATE_TRAINING and e.step >= STEPS + 4,
@@ -206,7 +209,7 @@ def test_a_job_that_loses_an_agent_in_its_first_epoch_starts_over_and_equals_one
     model_dir, data = tiny_model_dir("t5"), write_rows(tmp_path / "train.jsonl")
     out = tmp_path / "mesh-out"
     spec = job_spec(model_dir, data, out, "parallel-adapters")
-    events = run_freezing_agent_2(
+    events = run_losing_agent_2(
         mesh, spec, lambda e: e.state == pb.JOB_STATE_TRAINING and e.epoch == 1 and e.step >= 2
     )
     # Nothing was kept yet: the job starts from its first step on the others.
@@ -224,7 +227,7 @@ def test_a_job_kept_in_the_middle_of_epoch_1_rebuilds_what_was_cached_and_equals
     spec = job_spec(model_dir, data, out, "parallel-adapters")
     spec.technique_settings["checkpoint_every"] = 2
     # Epoch 1 is a round trip per step: frozen after step 5, the job stops at step 6 or 7.
-    events = run_freezing_agent_2(
+    events = run_losing_agent_2(
         mesh, spec, lambda e: e.state == pb.JOB_STATE_TRAINING and e.epoch == 1 and e.step >= 5
     )
     # Restarted from step 4 or 6 of epoch 1: forward-only steps rebuild what the steps
@@ -235,7 +238,7 @@ def test_a_job_kept_in_the_middle_of_epoch_1_rebuilds_what_was_cached_and_equals
     assert_equal(load_file(str(out / WEIGHTS_FILE)), expected)
 
 
-def test_a_pipeline_lora_job_restarts_with_each_stage_s_optimizer_state(
+def test_a_pipeline_lora_job_an_agent_leaves_restarts_with_each_stage_s_optimizer_state(
     mesh: LocalMesh, tiny_model_dir: Callable[[str], Path], tmp_path: Path
 ) -> None:
     # LoRA trains the backbone at its own dropout: at 0, so that the two runs can agree.
@@ -248,11 +251,28 @@ def test_a_pipeline_lora_job_restarts_with_each_stage_s_optimizer_state(
     spec = job_spec(model_dir, data, out, "lora")
     spec.technique_settings["checkpoint_every"] = 4
     # Each stage's device keeps its own stage's optimizer state: the restart gives every
-    # device the whole state, and each takes its new stage's at its first step.
-    events = run_freezing_agent_2(
-        mesh, spec, lambda e: e.state == pb.JOB_STATE_TRAINING and e.step >= STEPS + 3
+    # device the whole state, and each takes its new stage's at its first step. agent-2
+    # leaves (SIGTERM: it drains, answers NOT_SERVING and refuses new work, then exits).
+    events = run_losing_agent_2(
+        mesh,
+        spec,
+        lambda e: e.state == pb.JOB_STATE_TRAINING and e.step >= STEPS + 3,
+        signum=signal.SIGTERM,
     )
     record = assert_restarted_once(events, out, every=4)
     assert int(str(record["resume_step"])) >= STEPS
     expected = one_device(model_dir, data, tmp_path / "one-device", "lora")
     assert_equal(load_file(str(out / WEIGHTS_FILE)), expected)
+
+
+def test_the_cache_phase_calls_end_where_the_state_is_kept() -> None:
+    from coordinator.drivers.mesh_calls import STEPS_PER_CALL, _window
+
+    # Steps 10..19 kept every 3 steps: calls of 2, 3, 3 and 2 steps (ending after steps
+    # 12, 15 and 18 done, where the coordinator exports the agents' state between steps).
+    sizes, step = [], 10
+    while step < 20:
+        sizes.append(min(_window(step, 3), 20 - step))
+        step += sizes[-1]
+    assert sizes == [2, 3, 3, 2]
+    assert _window(5, 0) == STEPS_PER_CALL and _window(0, 1000) == STEPS_PER_CALL
