@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from agent import allocator
+from agent.checkpoints import attempts_on_disk, newest_checkpoint
 from agent.errors import (
     BadRequest,
     Draining,
@@ -38,7 +39,7 @@ from agent.profiling import ProfileResult, profile_layers
 from agent.stage import Stage
 from agent.training import TrainingSession, WireTransport
 from pac.pipeline.batch_part import BatchPart, unpack_steps
-from pac.pipeline.job import RESTORE_STEP, MeshJobSettings
+from pac.pipeline.job import RESTORE_STEP, MeshJobSettings, job_of_attempt
 from pac.pipeline.worker import StepResult
 from pac.wire.compression import CompressionPolicy
 from pac.wire.mailbox import Mailbox, RoutingKey
@@ -287,6 +288,18 @@ class AgentRuntime:
         self, job_id: str, optimizer_state: bool = False
     ) -> dict[str, torch.Tensor]:
         return await asyncio.to_thread(self._training(job_id).export, optimizer_state)
+
+    async def read_checkpoint(self, job_id: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The newest checkpoint this agent holds of any attempt of ``job_id`` (no tensors
+        and step 0 when none), with the job's attempts it knows ("attempts": on disk or
+        open) and holds open ("open"): see the ReadCheckpoint RPC."""
+        found = await asyncio.to_thread(newest_checkpoint, self.cache_dir, job_id)
+        tensors, metadata = found or ({}, {"step": "0", "epoch": "0", "attempt": ""})
+        open_now = sorted(j for j in self.jobs if job_of_attempt(j)[0] == job_id)
+        on_disk = await asyncio.to_thread(attempts_on_disk, self.cache_dir, job_id)
+        metadata["open"] = ",".join(open_now)
+        metadata["attempts"] = ",".join(sorted(set(open_now) | set(on_disk)))
+        return tensors, metadata
 
     async def restore_state(
         self, job_id: str, step: int, rebuild_cache: bool, timeout: float

@@ -173,7 +173,7 @@ class AgentServer:
                     agent_service,
                     servicer,
                     raw_requests={"SendTensors"},
-                    raw_responses={"ExportAdapters"},
+                    raw_responses={"ExportAdapters", "ReadCheckpoint"},
                 ),
             )
         )

@@ -303,6 +303,23 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
         return await _answer(context, call)
 
+    async def ReadCheckpoint(  # type: ignore[override]
+        self,
+        request: agent_pb2.ReadCheckpointRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[bytes]:
+        async def call() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+            if not request.job_id:
+                raise BadRequest("ReadCheckpoint needs a job_id")
+            return await self.runtime.read_checkpoint(request.job_id)
+
+        tensors, metadata = await _answer(context, call)
+        routing = tensors_pb2.Routing(
+            job_id=request.job_id, kind=tensors_pb2.TENSOR_KIND_ADAPTER, sender=self.runtime.name
+        )
+        for frame in ChunkStream(encode(tensors, metadata), routing).frames():
+            yield frame
+
     async def ReleaseBackbone(
         self, request: agent_pb2.ReleaseBackboneRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.ReleaseBackboneReply:

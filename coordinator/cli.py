@@ -149,6 +149,7 @@ async def _serve(
         planner_address=args.planner,
         agent_check_interval_s=args.heartbeat_interval,
         agent_check_misses=args.missed_heartbeats,
+        registry=registry,
     )
     try:
         coordinator = Coordinator(

@@ -25,11 +25,11 @@ from coordinator.jobs import (
     JobState,
     Progress,
     UnknownJob,
-    job_of_attempt,
     validate_spec,
 )
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import AgentRegistry
+from pac.pipeline.job import job_of_attempt
 
 log = logging.getLogger("pac.coordinator")
 JobListener = Callable[[Job], None]
@@ -69,7 +69,13 @@ class Coordinator:
         self._cancel: dict[str, threading.Event] = {}
         self._queue: Queue[str | None] = Queue()
         self._stopping = threading.Event()
-        interrupted = self.store.fail_interrupted(clock())
+        requeued, interrupted = self.store.settle_interrupted(clock(), self._resumable)
+        if requeued:
+            log.warning(
+                "jobs %s were running when the last coordinator stopped: queued again, to "
+                "resume from their agents' checkpoints",
+                ", ".join(requeued),
+            )
         if interrupted:
             log.warning(
                 "jobs %s were running when the last coordinator stopped: failed",
@@ -97,12 +103,17 @@ class Coordinator:
             listed = list(self._jobs.values())
         return sorted(listed, key=lambda job: (job.created_at, job.job_id))
 
+    def _resumable(self, job: Job) -> bool:
+        """A mesh job may restart (its agents keep its checkpoints): it resumes when a
+        coordinator restarted during it."""
+        return job.spec.placement == "mesh" and "mesh" in self.drivers and job.spec.max_restarts > 0
+
     def ended_jobs(self, held: list[str]) -> list[str]:
         """Of the jobs (attempt ids) an agent holds open, those whose job has ended here: the
         agent may close them. (One this coordinator does not know was opened by someone
         else, a tool talking to the agent directly: not its to close.)"""
         with self._changed:
-            jobs = {name: self._jobs.get(job_of_attempt(name)) for name in held}
+            jobs = {name: self._jobs.get(job_of_attempt(name)[0]) for name in held}
         return [name for name, job in jobs.items() if job is not None and job.state.terminal]
 
     def agents(self, include_lost: bool = False) -> LiveAgents:

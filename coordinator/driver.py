@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from coordinator.jobs import Job, Progress
-from coordinator.registry import AgentLiveness, AgentRecord
+from coordinator.registry import AgentLiveness, AgentRecord, AgentRegistry
 from pac.wire.channel import TransportSecurity
 
 ProgressSink = Callable[[Progress], None]
@@ -53,6 +53,10 @@ class DriverContext:
     # miss before the job fails: the registry's heartbeat interval and missed heartbeats.
     agent_check_interval_s: float = 2.0
     agent_check_misses: int = 3
+    # The agent registry, for a job that a coordinator restart interrupted: it waits up to
+    # ``resume_wait_s`` for the agents that ran it to register again before it resumes.
+    registry: AgentRegistry | None = None
+    resume_wait_s: float = 60.0
 
 
 def default_drivers(context: DriverContext | None = None) -> dict[str, JobDriver]:

@@ -2,8 +2,9 @@
 
 One row per job (its spec as JSON, state, epoch, step, loss, metrics, reason, timestamps)
 and one row per progress event, so that a restarted coordinator still knows every job.
-Resuming a running epoch is not done here: ``fail_interrupted`` marks the jobs that were
-running when the last coordinator stopped as FAILED, with the reason in words.
+A job that was running when the last coordinator stopped is settled by
+``settle_interrupted``: queued again when its driver can resume it (a mesh job resumes
+from its agents' checkpoints), else FAILED with the reason in words.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from coordinator.jobs import Job, JobSpec, JobState, UnknownJob
@@ -195,14 +197,21 @@ class JobStore:
             ).fetchall()
         return [(str(state), int(epoch), int(step)) for state, epoch, step in rows]
 
-    def fail_interrupted(self, now: float) -> list[str]:
-        """Mark every job that was live when the last coordinator stopped as FAILED with
-        :data:`RESTART_REASON`; returns their ids. QUEUED jobs never started and stay
-        queued (the coordinator queues them again)."""
-        failed = []
+    def settle_interrupted(
+        self, now: float, resumable: Callable[[Job], bool] = lambda job: False
+    ) -> tuple[list[str], list[str]]:
+        """Every job that was live when the last coordinator stopped goes back to QUEUED
+        when ``resumable(job)`` (its progress kept: the driver sees where it was), else is
+        marked FAILED with :data:`RESTART_REASON`. Returns (requeued ids, failed ids).
+        QUEUED jobs never started and stay queued (the coordinator queues them again)."""
+        requeued, failed = [], []
         for job in self.jobs():
             if job.state.terminal or job.state == JobState.QUEUED:
                 continue
-            self.save(job.moved_to(JobState.FAILED, now, reason=RESTART_REASON))
-            failed.append(job.job_id)
-        return failed
+            if resumable(job):
+                self.save(job.moved_to(JobState.QUEUED, now))
+                requeued.append(job.job_id)
+            else:
+                self.save(job.moved_to(JobState.FAILED, now, reason=RESTART_REASON))
+                failed.append(job.job_id)
+        return requeued, failed

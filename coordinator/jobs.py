@@ -8,6 +8,8 @@ the state machine that moves it.
     any live state but QUEUED -> PROFILING   (a mesh job restarted on the agents still
            answering when one went away; a restarted parallel-adapters job rebuilds its
            cache while LOADING, then REDISTRIBUTING -> TRAINING(k+1))
+    any live state but QUEUED -> QUEUED      (a mesh job that a coordinator restart
+           interrupted: the next coordinator resumes it from its agents' checkpoints)
 
 Everything here is plain data: printable, comparable in a test, storable as JSON.
 """
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -60,8 +61,9 @@ class JobState(str, Enum):
 
 
 _ENDINGS = {JobState.FAILED, JobState.CANCELLED}
-# A mesh job that lost an agent starts over on the others (PROFILING) from any live state.
-_LIVE_ENDINGS = _ENDINGS | {JobState.PROFILING}
+# A mesh job that lost an agent starts over on the others (PROFILING) from any live state;
+# one that a coordinator restart interrupted is queued again (QUEUED) by the next one.
+_LIVE_ENDINGS = _ENDINGS | {JobState.PROFILING, JobState.QUEUED}
 TRANSITIONS: dict[JobState, set[JobState]] = {
     JobState.QUEUED: {JobState.PROFILING, JobState.LOADING} | _ENDINGS,
     JobState.PROFILING: {JobState.PLANNING} | _LIVE_ENDINGS,
@@ -97,19 +99,6 @@ class UnknownJob(KeyError):
 
 
 DEFAULT_MAX_RESTARTS = 2
-# A restarted mesh job's agents know attempt n >= 1 as "{job_id}-r{n}" (job ids are hex).
-_ATTEMPT = re.compile(r"^(?P<job>.+)-r(?P<attempt>[0-9]+)$")
-
-
-def attempt_id(job_id: str, attempt: int) -> str:
-    """What the agents call attempt ``attempt`` of a job (0: the job's own id)."""
-    return f"{job_id}-r{attempt}" if attempt else job_id
-
-
-def job_of_attempt(name: str) -> str:
-    """The job id of an attempt id (see :func:`attempt_id`)."""
-    match = _ATTEMPT.match(name)
-    return match["job"] if match else name
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,13 @@ from coordinator.drivers.mesh_reach import (
     silent_agents,
     silent_failure,
 )
+from coordinator.drivers.mesh_recovery import (
+    close_stale,
+    newest_complete,
+    read_checkpoints,
+    wait_for_agents,
+    write_attempt,
+)
 from coordinator.drivers.mesh_redistribution import (
     assign_owners,
     cache_shares,
@@ -102,6 +109,11 @@ class MeshDriver:
     async def _run(
         self, job: Job, agents: LiveAgents, progress: ProgressSink, cancelled: threading.Event
     ) -> JobResult:
+        if job.step and self.context.registry is not None:
+            # A coordinator restart interrupted it: its agents are registering again.
+            agents = await wait_for_agents(
+                self.context.registry, Path(job.output_dir), self.context.resume_wait_s
+            )
         live = sorted(
             (record for record, liveness in agents if liveness is AgentLiveness.ALIVE),
             key=lambda record: record.name,
@@ -154,6 +166,34 @@ class MeshDriver:
         finally:
             for channel in channels.values():
                 await channel.close()
+
+    async def _recover(
+        self,
+        job: Job,
+        run: JobData,
+        live: list[AgentRecord],
+        channels: dict[str, grpc.aio.Channel],
+        restarts: Restarts,
+        progress: ProgressSink,
+    ) -> None:
+        """A job a coordinator restart interrupted (it had begun: it has a step): resume it
+        from the newest complete checkpoint its agents hold (mesh_recovery.py)."""
+        metadata = token_metadata(self.context.join_token)
+        found = await read_checkpoints(channels, job.job_id, metadata)
+        await close_stale(channels, found, metadata)
+        # (This counts as a restart: the attempt it opens is the first past all seen.)
+        restarts.base = found.next_attempt() - 1
+        trained = [n for n, p in run.model().named_parameters() if p.requires_grad]
+        newest = await asyncio.to_thread(newest_complete, found, trained)
+        if newest is not None:
+            step, state = newest
+            per_epoch = len(run.batches(1))
+            restarts.kept = KeptState(state, step, step // per_epoch + 1, step % per_epoch)
+        else:
+            log.warning("job %s: no complete checkpoint on its agents: it starts over", job.job_id)
+        why = "the coordinator restarted during the job"
+        self._record_restart(job, why, live, restarts)
+        progress(Progress(restarted=why))
 
     def _record_restart(
         self, job: Job, why: str, live: list[AgentRecord], restarts: Restarts
@@ -226,6 +266,9 @@ class MeshDriver:
             layout.validate(len(run.loaded.family.blocks()))
             run.plan = chosen
             run.predicted_step_s = chosen.step_time_s if chosen else 0.0
+            if job.step and not restarts.taken and restarts.kept is None:
+                await self._recover(job, run, live, channels, restarts, progress)
+            write_attempt(Path(job.output_dir), restarts.attempt_id(job.job_id), layout.devices)
             calls = MeshCalls(
                 restarts.attempt_id(job.job_id),
                 channels,
@@ -266,6 +309,9 @@ class MeshDriver:
         cache_phase = spec.technique == "parallel-adapters"
         kept = restarts.kept
         first, offset = (kept.epoch, kept.offset) if kept else (1, 0)
+        if first > spec.epochs:  # every step was done; the last evaluation was not
+            metrics = await self._evaluate(None, run, job, spec.epochs, 0.0, restarts)
+            return JobResult(metrics=metrics, output_dir=job.output_dir)
         if kept is not None:
             started = time.perf_counter()
             await calls.restore(kept.tensors, kept.step, cache_phase)
@@ -477,7 +523,7 @@ class MeshDriver:
 
     async def _evaluate(
         self,
-        calls: MeshCalls,
+        calls: MeshCalls | None,
         run: JobData,
         job: Job,
         epoch: int,
@@ -485,10 +531,13 @@ class MeshDriver:
         restarts: Restarts,
     ) -> dict[str, float]:
         """Merge what the agents trained (kept with its optimizer state: a restart starts
-        from here), write the adapters, evaluate them."""
+        from here; ``calls`` None: what ``restarts`` kept already), write the adapters,
+        evaluate them."""
         started = time.perf_counter()
-        kept = await self._kept(calls, run.step, epoch + 1, 0)
-        restarts.kept = kept
+        if calls is not None:
+            restarts.kept = await self._kept(calls, run.step, epoch + 1, 0)
+        kept = restarts.kept
+        assert kept is not None
         metrics = await asyncio.to_thread(run.evaluate, kept.parameters())
         metrics["epoch"] = float(epoch)
         metrics["seconds"] = seconds

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from coordinator.jobs import attempt_id
+from pac.pipeline.job import attempt_id
 
 RESTARTS_FILE = "restarts.jsonl"
 
@@ -54,6 +54,9 @@ class Restarts:
     allowed: int
     kept: KeptState | None = None
     taken: list[dict[str, object]] = field(default_factory=list)
+    # The agents' attempt number of the job's first attempt here: past every attempt they
+    # have seen when a restarted coordinator resumes the job (mesh_recovery.py).
+    base: int = 0
 
     @property
     def left(self) -> int:
@@ -61,7 +64,7 @@ class Restarts:
 
     def attempt_id(self, job_id: str) -> str:
         """The id the agents know this attempt by: the job's, then ``"{job}-r{n}"``."""
-        return attempt_id(job_id, len(self.taken))
+        return attempt_id(job_id, self.base + len(self.taken))
 
     def resume_epoch(self) -> int:
         """The epoch the next attempt trains first (from its ``kept.offset``-th step)."""

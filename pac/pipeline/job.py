@@ -4,6 +4,7 @@ one device travels as :class:`pac.pipeline.batch_part.BatchPart`)."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -11,8 +12,21 @@ from pac.pipeline.layout import PipelineLayout
 from pac.tasks import TaskSpec
 
 # The step number of the message that carries a restarted job's state to its agents (the
-# trained parameters and optimizer state the coordinator kept from the last epoch's end).
+# trained parameters and optimizer state the coordinator kept).
 RESTORE_STEP = -3
+# A restarted mesh job's agents know attempt n >= 1 as "{job_id}-r{n}" (job ids are hex).
+_ATTEMPT = re.compile(r"^(?P<job>.+)-r(?P<attempt>[0-9]+)$")
+
+
+def attempt_id(job_id: str, attempt: int) -> str:
+    """What the agents call attempt ``attempt`` of a job (0: the job's own id)."""
+    return f"{job_id}-r{attempt}" if attempt else job_id
+
+
+def job_of_attempt(name: str) -> tuple[str, int]:
+    """The job id and attempt number of an attempt id (see :func:`attempt_id`)."""
+    match = _ATTEMPT.match(name)
+    return (match["job"], int(match["attempt"])) if match else (name, 0)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,13 @@ from protos.v1 import tensors_pb2
 
 async def receive_frames(frames: AsyncIterator[bytes]) -> dict[str, torch.Tensor]:
     """The tensors of one framed message (raises MalformedMessage / ChecksumMismatch)."""
+    return (await receive_message(frames))[0]
+
+
+async def receive_message(
+    frames: AsyncIterator[bytes],
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and string metadata of one framed message."""
     assembly: Reassembly | None = None
     trailer: tensors_pb2.TensorTrailer | None = None
     async for frame in frames:
@@ -35,8 +42,8 @@ async def receive_frames(frames: AsyncIterator[bytes]) -> dict[str, torch.Tensor
             raise MalformedMessage(f"unexpected {part or 'empty'} frame in a tensor stream")
     if assembly is None:
         raise MalformedMessage("the stream carried no header")
-    tensors, _ = decode(assembly.finish(trailer))
-    return {name: t.clone() for name, t in tensors.items()}
+    tensors, metadata = decode(assembly.finish(trailer))
+    return {name: t.clone() for name, t in tensors.items()}, dict(metadata)
 
 
 async def download(
@@ -46,5 +53,15 @@ async def download(
     metadata: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, torch.Tensor]:
     """Call a unary-request, framed-stream-response ``method`` and decode its message."""
+    return (await download_message(channel, method, request, metadata))[0]
+
+
+async def download_message(
+    channel: grpc.aio.Channel,
+    method: str,
+    request: bytes,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """:func:`download`, with the message's string metadata."""
     call = channel.unary_stream(method, request_serializer=None, response_deserializer=None)
-    return await receive_frames(call(request, metadata=metadata).__aiter__())
+    return await receive_message(call(request, metadata=metadata).__aiter__())

@@ -95,6 +95,11 @@ class AgentStub:
                 request_serializer=protos_dot_v1_dot_agent__pb2.RestoreStateRequest.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_agent__pb2.RestoreStateReply.FromString,
                 _registered_method=True)
+        self.ReadCheckpoint = channel.unary_stream(
+                '/pac.v1.Agent/ReadCheckpoint',
+                request_serializer=protos_dot_v1_dot_agent__pb2.ReadCheckpointRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_tensors__pb2.TensorChunk.FromString,
+                _registered_method=True)
         self.ReleaseBackbone = channel.unary_unary(
                 '/pac.v1.Agent/ReleaseBackbone',
                 request_serializer=protos_dot_v1_dot_agent__pb2.ReleaseBackboneRequest.SerializeToString,
@@ -206,6 +211,16 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadCheckpoint(self, request, context):
+        """The newest checkpoint this agent holds of a job (any of its attempts), as one tensor
+        message (TENSOR_KIND_ADAPTER) whose metadata says its "step", "epoch" and "attempt",
+        and lists the job's "attempts" this agent holds open ("" = none); no tensors and step
+        0 when it holds no checkpoint. What a restarted coordinator resumes a job from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReleaseBackbone(self, request, context):
         """Free the backbone of a job's stages (epochs 2..N train from the cache alone).
         """
@@ -296,6 +311,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.RestoreState,
                     request_deserializer=protos_dot_v1_dot_agent__pb2.RestoreStateRequest.FromString,
                     response_serializer=protos_dot_v1_dot_agent__pb2.RestoreStateReply.SerializeToString,
+            ),
+            'ReadCheckpoint': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadCheckpoint,
+                    request_deserializer=protos_dot_v1_dot_agent__pb2.ReadCheckpointRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_tensors__pb2.TensorChunk.SerializeToString,
             ),
             'ReleaseBackbone': grpc.unary_unary_rpc_method_handler(
                     servicer.ReleaseBackbone,
@@ -642,6 +662,33 @@ class Agent:
             '/pac.v1.Agent/RestoreState',
             protos_dot_v1_dot_agent__pb2.RestoreStateRequest.SerializeToString,
             protos_dot_v1_dot_agent__pb2.RestoreStateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pac.v1.Agent/ReadCheckpoint',
+            protos_dot_v1_dot_agent__pb2.ReadCheckpointRequest.SerializeToString,
+            protos_dot_v1_dot_tensors__pb2.TensorChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,12 @@ class AgentStub:
     optimizer state the coordinator kept from the last completed epoch (sent just before as
     one tensor message: TENSOR_KIND_ADAPTER, step RESTORE_STEP = -3, sender "coordinator").
     """
+    ReadCheckpoint: _grpc.UnaryStreamMultiCallable[_agent_pb2.ReadCheckpointRequest, _tensors_pb2.TensorChunk]
+    """The newest checkpoint this agent holds of a job (any of its attempts), as one tensor
+    message (TENSOR_KIND_ADAPTER) whose metadata says its "step", "epoch" and "attempt",
+    and lists the job's "attempts" this agent holds open ("" = none); no tensors and step
+    0 when it holds no checkpoint. What a restarted coordinator resumes a job from.
+    """
     ReleaseBackbone: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ReleaseBackboneRequest, _agent_pb2.ReleaseBackboneReply]
     """Free the backbone of a job's stages (epochs 2..N train from the cache alone)."""
     CloseJob: _grpc.UnaryUnaryMultiCallable[_agent_pb2.CloseJobRequest, _agent_pb2.CloseJobReply]
@@ -107,6 +113,12 @@ class AgentAsyncStub(AgentStub):
     """Mesh job restarted on the agents still answering: load the trained parameters and
     optimizer state the coordinator kept from the last completed epoch (sent just before as
     one tensor message: TENSOR_KIND_ADAPTER, step RESTORE_STEP = -3, sender "coordinator").
+    """
+    ReadCheckpoint: _aio.UnaryStreamMultiCallable[_agent_pb2.ReadCheckpointRequest, _tensors_pb2.TensorChunk]  # type: ignore[assignment]
+    """The newest checkpoint this agent holds of a job (any of its attempts), as one tensor
+    message (TENSOR_KIND_ADAPTER) whose metadata says its "step", "epoch" and "attempt",
+    and lists the job's "attempts" this agent holds open ("" = none); no tensors and step
+    0 when it holds no checkpoint. What a restarted coordinator resumes a job from.
     """
     ReleaseBackbone: _aio.UnaryUnaryMultiCallable[_agent_pb2.ReleaseBackboneRequest, _agent_pb2.ReleaseBackboneReply]  # type: ignore[assignment]
     """Free the backbone of a job's stages (epochs 2..N train from the cache alone)."""
@@ -215,6 +227,18 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         """Mesh job restarted on the agents still answering: load the trained parameters and
         optimizer state the coordinator kept from the last completed epoch (sent just before as
         one tensor message: TENSOR_KIND_ADAPTER, step RESTORE_STEP = -3, sender "coordinator").
+        """
+
+    @_abc_1.abstractmethod
+    def ReadCheckpoint(
+        self,
+        request: _agent_pb2.ReadCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_tensors_pb2.TensorChunk], _abc.AsyncIterator[_tensors_pb2.TensorChunk]]:
+        """The newest checkpoint this agent holds of a job (any of its attempts), as one tensor
+        message (TENSOR_KIND_ADAPTER) whose metadata says its "step", "epoch" and "attempt",
+        and lists the job's "attempts" this agent holds open ("" = none); no tensors and step
+        0 when it holds no checkpoint. What a restarted coordinator resumes a job from.
         """
 
     @_abc_1.abstractmethod

@@ -190,14 +190,14 @@ def test_a_misbehaving_driver_fails_its_job_and_the_next_job_still_runs(
 
 def test_an_agent_is_told_which_of_its_open_jobs_have_ended(
         make_coordinator: Callable[..., Coordinator], spec: JobSpec, gated_driver: Any) -> None:
-    from coordinator.jobs import attempt_id, job_of_attempt
+    from pac.pipeline.job import attempt_id, job_of_attempt
 
     coordinator = make_coordinator(drivers={"local": gated_driver})
     running = coordinator.submit(spec)
     assert gated_driver.training.wait(10)
     queued = coordinator.submit(spec)
     coordinator.cancel(queued.job_id)
-    assert job_of_attempt(attempt_id(running.job_id, 2)) == running.job_id
+    assert job_of_attempt(attempt_id(running.job_id, 2)) == (running.job_id, 2)
     held = [running.job_id, attempt_id(running.job_id, 1), queued.job_id,
             attempt_id(queued.job_id, 1), "0123456789ab"]
     # A running job's attempts stay open, a cancelled job's are over; a job this

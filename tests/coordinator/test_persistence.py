@@ -70,3 +70,26 @@ def test_a_state_change_is_synced_to_disk_and_a_step_within_an_epoch_is_not(
     assert again.get("j1").epoch == 2 and again.get("j1").step == 4
     assert [step for _, _, step in again.events("j1")] == [0, 0, 1, 2, 3, 4]
     again.close()
+
+
+def test_a_resumable_job_is_queued_again_with_its_progress_and_the_others_fail(
+        spec: JobSpec, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from coordinator.job_store import JobStore
+    from coordinator.jobs import Job
+
+    store = JobStore(tmp_path / "state")
+    mesh = replace(Job("m1", replace(spec, placement="mesh")), state=JobState.TRAINING,
+                   epoch=2, step=14)
+    local = replace(Job("l1", spec), state=JobState.TRAINING, epoch=1, step=3)
+    for job in (mesh, local):
+        store.save(job)
+    requeued, failed = store.settle_interrupted(
+        10.0, lambda job: job.spec.placement == "mesh")
+    assert (requeued, failed) == (["m1"], ["l1"])
+    again = store.get("m1")
+    # Queued with where it was: the driver resumes it from its agents' checkpoints.
+    assert again.state == JobState.QUEUED and (again.epoch, again.step) == (2, 14)
+    assert store.get("l1").state == JobState.FAILED
+    assert store.get("l1").reason == RESTART_REASON
