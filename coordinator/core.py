@@ -67,6 +67,8 @@ class Coordinator:
         self._changed = threading.Condition()
         self._listeners: dict[str, list[JobListener]] = {}
         self._cancel: dict[str, threading.Event] = {}
+        # Each running mesh job's current attempt id (what its agents know it by).
+        self._attempts: dict[str, str] = {}
         self._queue: Queue[str | None] = Queue()
         self._stopping = threading.Event()
         requeued, interrupted = self.store.settle_interrupted(clock(), self._resumable)
@@ -109,12 +111,18 @@ class Coordinator:
         return job.spec.placement == "mesh" and "mesh" in self.drivers and job.spec.max_restarts > 0
 
     def ended_jobs(self, held: list[str]) -> list[str]:
-        """Of the jobs (attempt ids) an agent holds open, those whose job has ended here: the
-        agent may close them. (One this coordinator does not know was opened by someone
-        else, a tool talking to the agent directly: not its to close.)"""
+        """Of the jobs (attempt ids) an agent holds open, those whose job has ended here, or
+        that are an earlier attempt of a job now running another (the agent missed the
+        restart): the agent may close them. (One this coordinator does not know was opened
+        by someone else, a tool talking to the agent directly: not its to close.)"""
+        ended = []
         with self._changed:
-            jobs = {name: self._jobs.get(job_of_attempt(name)[0]) for name in held}
-        return [name for name, job in jobs.items() if job is not None and job.state.terminal]
+            for name in held:
+                job_id = job_of_attempt(name)[0]
+                job, current = self._jobs.get(job_id), self._attempts.get(job_id, name)
+                if job is not None and (job.state.terminal or name != current):
+                    ended.append(name)
+        return ended
 
     def agents(self, include_lost: bool = False) -> LiveAgents:
         return self.registry.agents(include_lost=include_lost)
@@ -237,6 +245,9 @@ class Coordinator:
     def _progress(self, job_id: str, progress: Progress) -> None:
         if self._stopping.is_set():
             return  # the store is closing; this job is failed by the next coordinator
+        if progress.attempt:
+            with self._changed:
+                self._attempts[job_id] = progress.attempt
         self._update(job_id, lambda job: self._apply(job, progress), progress)
 
     def _run_jobs(self) -> None:
@@ -277,6 +288,7 @@ class Coordinator:
         finally:
             with self._changed:
                 self._cancel.pop(job_id, None)
+                self._attempts.pop(job_id, None)
         if self._stopping.is_set():
             return
         if cancelled.is_set():

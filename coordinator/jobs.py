@@ -333,3 +333,5 @@ class Progress:
     redistribution_bytes: int = 0
     # Why the job just started over on the agents still answering ("" = it did not).
     restarted: str = ""
+    # The id the agents know the job's current attempt by ("" = unchanged).
+    attempt: str = ""

@@ -268,7 +268,9 @@ class MeshDriver:
             run.predicted_step_s = chosen.step_time_s if chosen else 0.0
             if job.step and not restarts.taken and restarts.kept is None:
                 await self._recover(job, run, live, channels, restarts, progress)
-            write_attempt(Path(job.output_dir), restarts.attempt_id(job.job_id), layout.devices)
+            attempt = restarts.attempt_id(job.job_id)
+            write_attempt(Path(job.output_dir), attempt, layout.devices)
+            progress(Progress(attempt=attempt))
             calls = MeshCalls(
                 restarts.attempt_id(job.job_id),
                 channels,

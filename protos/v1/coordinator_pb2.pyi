@@ -180,9 +180,9 @@ class HeartbeatReply(_message.Message):
     heartbeat_interval_s: _builtins.float
     @_builtins.property
     def ended_jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The agent's open jobs that this coordinator ran and that have ended: the agent closes
-        them (one it could not be told to close: it froze or was cut off when the job
-        restarted without it, or ended).
+        """The agent's open jobs that this coordinator ran and that have ended, or that are an
+        earlier attempt of a job now running another: the agent closes them (one it could not
+        be told to close: it froze or was cut off when the job restarted without it, or ended).
         """
 
     def __init__(

@@ -203,6 +203,10 @@ def test_an_agent_is_told_which_of_its_open_jobs_have_ended(
     # A running job's attempts stay open, a cancelled job's are over; a job this
     # coordinator never ran (a tool's, opened on the agent directly) is not its to close.
     assert coordinator.ended_jobs(held) == held[2:4]
+    # Once the running job restarted as attempt 1, its attempt 0 is over (an agent that
+    # missed the restart still holds it).
+    coordinator._progress(running.job_id, Progress(attempt=attempt_id(running.job_id, 1)))
+    assert coordinator.ended_jobs(held) == [held[0], *held[2:4]]
     coordinator.cancel(running.job_id)
     coordinator.wait(running.job_id, timeout=10)
     assert coordinator.ended_jobs(held) == held[:4]
