@@ -148,10 +148,10 @@ class AgentServer:
         itself: the agent was frozen or cut off when the job went on without it)."""
         for job_id in job_ids:
             if job_id in self.runtime.jobs:
-                log.warning(
-                    "job %s has ended, or goes on without this agent: closing it here", job_id
-                )
                 self.runtime.close_job(job_id)
+                log.warning(
+                    "job %s has ended, or goes on without this agent: closed it here", job_id
+                )
 
     def _registration_changed(self, registered: bool) -> None:
         self.metrics.registered.set(int(registered))

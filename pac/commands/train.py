@@ -86,6 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="checkpoint every K steps too (always after each epoch)",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from OUT/checkpoint.safetensors (a run stopped part way; same settings)",
+    )
     parser.add_argument("--max-train-samples", type=int)
     parser.add_argument("--max-eval-samples", type=int)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -125,6 +130,7 @@ def ladder_settings(spec: str) -> dict[str, object]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from pac.engine.checkpoint import CHECKPOINT_FILE
     from pac.engine.dataset import DataFields
     from pac.engine.errors import USER_ERRORS
     from pac.engine.trainer import EpochReport, TrainConfig, Trainer
@@ -178,6 +184,13 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet and sys.stderr.isatty(),
         )
         trainer = Trainer(config)
+        if args.resume:
+            checkpoint = args.out / CHECKPOINT_FILE
+            if not checkpoint.is_file():
+                raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
+            step = trainer.resume(checkpoint)
+            per_epoch = trainer.steps_per_epoch
+            print(f"resumed from {checkpoint} at step {step} ({per_epoch} per epoch)")
         trainable = sum(p.numel() for p in trainer.model.trainable_parameters())
         print(
             f"{args.technique} on {trainer.loaded.family.name} ({args.model}): "

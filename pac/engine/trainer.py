@@ -8,6 +8,7 @@ Baselines (full, LoRA, adapters) run the backbone forward and backward every epo
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from tqdm import tqdm
 
 from pac.cache.key import CacheKey
@@ -24,14 +26,14 @@ from pac.cache.store import ActivationCache
 from pac.data.batches import batches
 from pac.data.collate import collate
 from pac.data.encoding import EncodedSample
-from pac.engine.checkpoint import CHECKPOINT_FILE, save_checkpoint
+from pac.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from pac.engine.dataset import DataFields, load_samples, pad_id, resolve_task
 from pac.engine.evaluation import Evaluation, evaluate_outputs
 from pac.engine.export import save_adapters
 from pac.engine.ladder_cache import LadderCache
 from pac.engine.loading import LoadedModel, load_model
 from pac.engine.memory import peak_rss_bytes, release_backbone, rss_bytes
-from pac.engine.schedule import DEFAULT_LEARNING_RATE, make_optimizer
+from pac.engine.schedule import DEFAULT_LEARNING_RATE, make_optimizer, resume_schedule
 from pac.tasks import TaskSpec
 from pac.techniques import build_technique
 from pac.techniques.backbone_dtype import backbone_dtype_of
@@ -209,17 +211,21 @@ class Trainer:
 
     # ---- epochs ------------------------------------------------------------------------
     def train_epoch(
-        self, epoch: int, on_step: Callable[[int, float], None] | None = None
+        self,
+        epoch: int,
+        on_step: Callable[[int, float], None] | None = None,
+        skip: int = 0,
     ) -> tuple[float, str]:
-        """One pass over the training set; returns (mean loss, phase)."""
+        """One pass over the training set (after its first ``skip`` mini-batches: a run
+        resumed in the middle of the epoch); returns (mean loss, phase)."""
         phase = "cache" if self.backbone_released else "backbone"
         self.epoch = epoch
         self.model.train()
         total, count = 0.0, 0
-        steps = self._batches(self.train_samples, epoch, shuffle=True)
+        steps = itertools.islice(self._batches(self.train_samples, epoch, shuffle=True), skip, None)
         bar = tqdm(
             steps,
-            total=self.steps_per_epoch,
+            total=self.steps_per_epoch - skip,
             desc=f"epoch {epoch} ({phase})",
             disable=not self.config.progress,
             leave=False,
@@ -272,11 +278,50 @@ class Trainer:
             self.rss_after_release / 2**20,
         )
 
+    def resume(self, checkpoint: Path) -> int:
+        """Continue from ``checkpoint`` (what :meth:`checkpoint` wrote for the same
+        settings): the trained parameters, their optimizer state, the schedule and the
+        step; :meth:`run` then goes on from that step. Returns the step."""
+        try:
+            load_checkpoint(checkpoint, self.model, self.optimizer)
+        except KeyError as error:
+            raise ValueError(
+                f"{checkpoint} was written for other settings: it names {error}, which "
+                "this run's model does not train"
+            ) from None
+        with safe_open(str(checkpoint), framework="pt") as handle:
+            self.global_step = int((handle.metadata() or {}).get("step", 0))
+        resume_schedule(self.scheduler, self.global_step)
+        return self.global_step
+
+    def fill_cache(self) -> int:
+        """Cache the ladder points of every training and evaluation sample the cache does
+        not hold yet (a run resumed past epoch 1, whose cache was not complete); returns
+        how many mini-batches needed the backbone."""
+        if self.ladder_cache is None or self.backbone_released:
+            return 0
+        assert isinstance(self.model, ParallelAdaptersModel)
+        computed = 0
+        with torch.no_grad():
+            for samples, batch in self._batches(self.train_samples + self.eval_samples, 0, False):
+                if not self.ladder_cache.holds(samples):
+                    ladder = self.model.ladder(batch)
+                    self.ladder_cache.store([s.fingerprint for s in samples], batch, ladder)
+                    computed += 1
+        self.ladder_cache.cache.flush()
+        return computed
+
     def run(self, on_epoch: Callable[[EpochReport], None] | None = None) -> list[EpochReport]:
+        """The epochs (from where :meth:`resume` left the run, if it did), then the
+        adapters' export."""
         reports = []
-        for epoch in range(1, self.config.epochs + 1):
+        first, skip = divmod(self.global_step, self.steps_per_epoch)
+        for epoch in range(first + 1, self.config.epochs + 1):
+            if epoch > 1 and self.ladder_cache is not None and not self.backbone_released:
+                self.fill_cache()  # resumed past epoch 1: the cache must hold everything
+                self.release_backbone()
             start = time.perf_counter()
-            loss, phase = self.train_epoch(epoch)
+            loss, phase = self.train_epoch(epoch, skip=skip if epoch == first + 1 else 0)
             report = self.end_epoch(epoch, phase, loss, time.perf_counter() - start)
             reports.append(report)
             if on_epoch is not None:
@@ -290,6 +335,7 @@ class Trainer:
         evaluation = self.evaluate()
         self.checkpoint()
         if self.ladder_cache is not None and not self.backbone_released:
+            self.fill_cache()  # (a run resumed inside epoch 1 skipped some mini-batches)
             self.release_backbone()
         report = EpochReport(
             epoch=epoch,

@@ -12,6 +12,7 @@ import contextlib
 import json
 import shutil
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -108,7 +109,16 @@ def run_losing_agent_2(
         with contextlib.suppress(ProcessLookupError):  # (SIGTERM: it may have exited)
             mesh.signal("agent-2", signal.SIGKILL)
         mesh.stop("agent-2", timeout_s=5)
+        restarted = time.time()
         mesh.start("agent-2")
+        # The new process registered (the registry may still list the old one as alive).
+        mesh.wait_for(
+            lambda: any(
+                a.name == "agent-2" and a.registered_unix >= restarted for a in mesh.status()
+            ),
+            "the new agent-2 to register",
+            timeout_s=60,
+        )
         mesh.wait_for_agents(AGENTS, timeout_s=30)
     return events
 
@@ -176,7 +186,8 @@ def test_a_job_frozen_in_its_cache_phase_restarts_from_the_step_kept_and_equals_
         close it): its next heartbeat learns that the job has ended, and it closes it."""
         log = mesh.run_dir / "logs" / "agent-2.log"
         mesh.wait_for(
-            lambda: f"job {job_id} has ended, or goes on without this agent" in log.read_text(),
+            lambda: f"job {job_id} has ended, or goes on without this agent: closed"
+            in log.read_text(),
             "agent-2 to close the job it missed",
             timeout_s=30,
         )
