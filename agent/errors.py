@@ -49,3 +49,9 @@ class PeerUnreachable(AgentError):
     """A peer this agent must reach (to probe a link) does not answer."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class JobClosed(AgentError):
+    """A step of a job that was closed meanwhile (its agent was frozen or cut off)."""
+
+    code = grpc.StatusCode.ABORTED

@@ -316,13 +316,15 @@ class AgentRuntime:
             ) from None
         return await asyncio.to_thread(training.restore, dict(message.tensors), step, rebuild_cache)
 
-    def close_job(self, job_id: str) -> None:
+    async def close_job(self, job_id: str) -> None:
         """Forget the job; its activation cache is deleted unless the job keeps it (its
-        checkpoint stays)."""
+        checkpoint stays). A step still running (the coordinator went on without this
+        agent) sees its waits cancelled and ends before the cache goes."""
         session = self.job(job_id)
         del self.jobs[job_id]
+        self.mailbox.drop_job(job_id)
         if session.training is not None:
-            freed = session.training.discard_cache()
+            freed = await asyncio.to_thread(session.training.discard_cache)
             if freed:
                 log.info("job %s closed: its activation cache (%d bytes) deleted", job_id, freed)
             self._report_cache_bytes()
@@ -331,7 +333,6 @@ class AgentRuntime:
         ]
         if session.training and session.training.data_parallel is not None and not in_cache_phase:
             allocator.backbone_threshold()  # the next job's epoch 1 allocates large blocks
-        self.mailbox.drop_job(job_id)
         with contextlib.suppress(KeyError):
             self.metrics.current_step.remove(job_id)
 

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from agent.device import measure_device, pick_device
-from agent.errors import PeerUnreachable
+from agent.errors import JobNotFound, PeerUnreachable
 from agent.metrics import AgentMetrics, rss_bytes
 from agent.registration import Registration
 from agent.runtime import AgentRuntime
@@ -89,6 +89,7 @@ class AgentServer:
         self.registration: Registration | None = None
         self._coordinator_channel: grpc.aio.Channel | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._closing: set[asyncio.Task[None]] = set()  # jobs the coordinator says ended
         self._metrics_server: Any = None
         self.stopped = asyncio.Event()
 
@@ -148,10 +149,14 @@ class AgentServer:
         itself: the agent was frozen or cut off when the job went on without it)."""
         for job_id in job_ids:
             if job_id in self.runtime.jobs:
-                self.runtime.close_job(job_id)
-                log.warning(
-                    "job %s has ended, or goes on without this agent: closed it here", job_id
-                )
+                task = asyncio.create_task(self._close_missed(job_id))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
+    async def _close_missed(self, job_id: str) -> None:
+        with contextlib.suppress(JobNotFound):  # (closed meanwhile)
+            await self.runtime.close_job(job_id)
+            log.warning("job %s has ended, or goes on without this agent: closed it here", job_id)
 
     def _registration_changed(self, registered: bool) -> None:
         self.metrics.registered.set(int(registered))

@@ -341,7 +341,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         self, request: agent_pb2.CloseJobRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.CloseJobReply:
         async def call() -> agent_pb2.CloseJobReply:
-            self.runtime.close_job(request.job_id)
+            await self.runtime.close_job(request.job_id)
             return agent_pb2.CloseJobReply()
 
         return await _answer(context, call)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from agent.errors import BadRequest, WeightsMismatch
+from agent.errors import BadRequest, JobClosed, WeightsMismatch
 from pac.cache.key import CacheKey, fingerprint_model_dir
 from pac.cache.store import ActivationCache
 from pac.engine.checkpoint import CHECKPOINT_FILE, save_checkpoint, split_state, trained_state
@@ -169,6 +169,7 @@ class TrainingSession:
         self.worker = DeviceWorker(
             device, settings.layout, self.model, transport, optimizer, scheduler, cache
         )
+        self.job_id = job_id
         self.device = device
         self.transport = transport
         self.checkpoint_path = cache_root / job_id / CHECKPOINT_FILE
@@ -177,6 +178,10 @@ class TrainingSession:
         self.cache_lock = threading.Lock()
         self.owners: dict[str, str] = {}
         self.data_parallel: DataParallelWorker | None = None
+        # A step in flight holds this; closing the job waits for it, so that nothing is
+        # written into the cache after it was deleted.
+        self.step_lock = threading.Lock()
+        self.closed = False
         # A restarted job (restore): its steps numbered below the restored step only
         # rebuild the cache; the optimizer state restored waits here for the parameters it
         # belongs to.
@@ -193,7 +198,14 @@ class TrainingSession:
     def run_step(self, step: int, part: BatchPart) -> StepResult:
         """Epoch 1: this device's pipeline part; later epochs: its data-parallel part, on
         ``part`` (the rows the coordinator sent this device). Then a checkpoint at the end
-        of every epoch and every ``checkpoint_every`` steps."""
+        of every epoch and every ``checkpoint_every`` steps. One step at a time, and none
+        while the job's cache is being deleted."""
+        with self.step_lock:
+            if self.closed:
+                raise JobClosed(f"job {self.job_id!r} was closed on {self.device}")
+            return self._run_step(step, part)
+
+    def _run_step(self, step: int, part: BatchPart) -> StepResult:
         if step < self.restored_step:
             return self.worker.run_step(step, part, train=False)
         if self.data_parallel is None:
@@ -344,10 +356,12 @@ class TrainingSession:
         """Delete this job's activation cache (the job is over; no other job reads it: each
         keeps its own under its id) unless its settings say ``keep_cache``; returns the
         bytes deleted. The checkpoint beside it stays."""
-        if self.worker.cache is None or self.settings.extra.get("keep_cache"):
-            return 0
-        with self.cache_lock:
-            return self.cache.delete()
+        with self.step_lock:  # (a step still running ends first: its waits were cancelled)
+            self.closed = True
+            if self.worker.cache is None or self.settings.extra.get("keep_cache"):
+                return 0
+            with self.cache_lock:
+                return self.cache.delete()
 
     def export(self, optimizer_state: bool = False) -> Tensors:
         """The parameters this replica trained (all of them after the cache phase's

@@ -103,3 +103,23 @@ def test_a_restored_state_sets_the_parameters_the_schedule_and_at_the_first_step
         session.restore({one_name: torch.zeros(3, 3, 3)}, 0, False)
     with pytest.raises(BadRequest, match="without its parameter"):
         session.restore({f"{one_name}::exp_avg": torch.zeros_like(one)}, 0, False)
+
+
+def test_closing_waits_for_the_step_in_flight_and_refuses_later_steps(
+    tiny_model_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    import threading
+
+    from agent.errors import JobClosed
+
+    session = lora_session(tiny_model_dir("bert"), tmp_path)
+    discarded: list[int] = []
+    with session.step_lock:  # a step in flight (an agent woken after its job went on)
+        closing = threading.Thread(target=lambda: discarded.append(session.discard_cache()))
+        closing.start()
+        closing.join(0.3)
+        assert closing.is_alive() and not session.closed  # it waits for the step to end
+    closing.join(10)
+    assert discarded == [0] and session.closed  # (LoRA keeps no cache: nothing to delete)
+    with pytest.raises(JobClosed, match="was closed"):
+        session.run_step(0, cast(Any, None))
