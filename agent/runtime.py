@@ -161,6 +161,7 @@ class AgentRuntime:
             return self.jobs[job_id]
         session = JobSession(job_id, settings_json, _compression(settings_json))
         self.jobs[job_id] = session
+        self.mailbox.reopen(job_id)
         return session
 
     async def start_training(self, job_id: str) -> bool:

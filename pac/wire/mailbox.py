@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pac.wire.errors import DuplicateMessage
+from pac.wire.errors import DuplicateMessage, UnknownJob
 from protos.v1 import tensors_pb2
 
 
@@ -51,6 +51,8 @@ class Mailbox:
 
     def __init__(self) -> None:
         self._slots: dict[RoutingKey, asyncio.Future[TensorMessage]] = {}
+        # Jobs dropped and not opened again: a wait for one fails at once.
+        self._dropped: set[str] = set()
 
     def _slot(self, key: RoutingKey) -> asyncio.Future[TensorMessage]:
         slot = self._slots.get(key)
@@ -69,7 +71,10 @@ class Mailbox:
 
     async def get(self, key: RoutingKey, timeout: float | None = None) -> TensorMessage:
         """The message filed under ``key`` (waiting for it up to ``timeout`` seconds; then
-        TimeoutError). Taking it removes it."""
+        TimeoutError). Taking it removes it. A job dropped meanwhile ends the wait
+        (UnknownJob), and so does asking for one already dropped: nothing will come."""
+        if key.job_id in self._dropped:
+            raise UnknownJob(f"{key}: the job was closed here; no message will come")
         slot = self._slot(key)
         try:
             return await asyncio.wait_for(asyncio.shield(slot), timeout)
@@ -81,8 +86,14 @@ class Mailbox:
         """Keys of messages that arrived and were not taken yet."""
         return [key for key, slot in self._slots.items() if slot.done()]
 
+    def reopen(self, job_id: str) -> None:
+        """Accept waits for a job dropped before (opened again under the same id)."""
+        self._dropped.discard(job_id)
+
     def drop_job(self, job_id: str) -> int:
-        """Forget every message and wait of a job; returns how many messages were dropped."""
+        """Forget every message and wait of a job (a wait in progress or to come fails);
+        returns how many messages were dropped."""
+        self._dropped.add(job_id)
         keys = [key for key in self._slots if key.job_id == job_id]
         dropped = 0
         for key in keys:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pac.wire.compression import CompressionPolicy, compress, decompress
-from pac.wire.errors import DuplicateMessage, LimitExceeded, MalformedMessage
+from pac.wire.errors import DuplicateMessage, LimitExceeded, MalformedMessage, UnknownJob
 from pac.wire.limits import InFlightLedger, WireLimits
 from pac.wire.mailbox import Mailbox, RoutingKey, TensorMessage
 from protos.v1 import tensors_pb2
@@ -69,6 +69,17 @@ def test_mailbox_delivers_in_either_order_and_refuses_duplicates() -> None:
         with pytest.raises(TimeoutError):
             await mailbox.get(key, timeout=0.01)
         mailbox.put(message(3))
+        waiting = asyncio.create_task(mailbox.get(key, timeout=5))
+        await asyncio.sleep(0)
         assert mailbox.drop_job("j") == 1 and mailbox.pending() == []
+        with pytest.raises(asyncio.CancelledError):
+            await waiting  # a wait in progress ends with the job
+        # A wait asked after the job was dropped fails at once (a step that goes on after
+        # its job was closed must not wait out its timeout), until the job is opened again.
+        with pytest.raises(UnknownJob, match="was closed here"):
+            await mailbox.get(key, timeout=5)
+        mailbox.reopen("j")
+        with pytest.raises(TimeoutError):
+            await mailbox.get(key, timeout=0.01)
 
     asyncio.run(scenario())
