@@ -25,13 +25,13 @@ def attempts_on_disk(cache_dir: Path, job_id: str) -> list[str]:
 
 
 def newest_checkpoint(
-    cache_dir: Path, job_id: str
+    cache_dir: Path, attempts: list[str]
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
-    """The newest checkpoint of any attempt of ``job_id`` under ``cache_dir``: its tensors
-    and its metadata (``step``, ``epoch``, and the ``attempt`` that wrote it); None when
-    there is none."""
+    """The newest checkpoint of ``attempts`` (of one job: see :func:`attempts_on_disk`)
+    under ``cache_dir``: its tensors and its metadata (``step``, ``epoch``, and the
+    ``attempt`` that wrote it); None when there is none."""
     newest: tuple[int, Path] | None = None
-    for attempt in attempts_on_disk(cache_dir, job_id):
+    for attempt in attempts:
         path = cache_dir / attempt / CHECKPOINT_FILE
         if not path.is_file():
             continue

@@ -294,10 +294,10 @@ class AgentRuntime:
         """The newest checkpoint this agent holds of any attempt of ``job_id`` (no tensors
         and step 0 when none), with the job's attempts it knows ("attempts": on disk or
         open) and holds open ("open"): see the ReadCheckpoint RPC."""
-        found = await asyncio.to_thread(newest_checkpoint, self.cache_dir, job_id)
+        on_disk = await asyncio.to_thread(attempts_on_disk, self.cache_dir, job_id)
+        found = await asyncio.to_thread(newest_checkpoint, self.cache_dir, on_disk)
         tensors, metadata = found or ({}, {"step": "0", "epoch": "0", "attempt": ""})
         open_now = sorted(j for j in self.jobs if job_of_attempt(j)[0] == job_id)
-        on_disk = await asyncio.to_thread(attempts_on_disk, self.cache_dir, job_id)
         metadata["open"] = ",".join(open_now)
         metadata["attempts"] = ",".join(sorted(set(open_now) | set(on_disk)))
         return tensors, metadata

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -284,12 +284,17 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         async def call() -> dict[str, torch.Tensor]:
             return await self.runtime.export_adapters(request.job_id, request.optimizer_state)
 
-        tensors = await _answer(context, call)
-        routing = tensors_pb2.Routing(
-            job_id=request.job_id, kind=tensors_pb2.TENSOR_KIND_ADAPTER, sender=self.runtime.name
-        )
-        for frame in ChunkStream(encode(tensors, {}), routing).frames():
+        for frame in self._frames(request.job_id, await _answer(context, call), {}):
             yield frame
+
+    def _frames(
+        self, job_id: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+    ) -> Iterator[bytes]:
+        """``tensors`` and ``metadata`` as the frames of one tensor message of the job."""
+        routing = tensors_pb2.Routing(
+            job_id=job_id, kind=tensors_pb2.TENSOR_KIND_ADAPTER, sender=self.runtime.name
+        )
+        return ChunkStream(encode(tensors, metadata), routing).frames()
 
     async def RestoreState(
         self, request: agent_pb2.RestoreStateRequest, context: grpc.aio.ServicerContext
@@ -314,10 +319,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             return await self.runtime.read_checkpoint(request.job_id)
 
         tensors, metadata = await _answer(context, call)
-        routing = tensors_pb2.Routing(
-            job_id=request.job_id, kind=tensors_pb2.TENSOR_KIND_ADAPTER, sender=self.runtime.name
-        )
-        for frame in ChunkStream(encode(tensors, metadata), routing).frames():
+        for frame in self._frames(request.job_id, tensors, metadata):
             yield frame
 
     async def ReleaseBackbone(

@@ -187,8 +187,7 @@ class MeshDriver:
         newest = await asyncio.to_thread(newest_complete, found, trained)
         if newest is not None:
             step, state = newest
-            per_epoch = len(run.batches(1))
-            restarts.kept = KeptState(state, step, step // per_epoch + 1, step % per_epoch)
+            restarts.kept = KeptState.at(state, step, run.steps_per_epoch)
         else:
             log.warning("job %s: no complete checkpoint on its agents: it starts over", job.job_id)
         why = "the coordinator restarted during the job"
@@ -272,7 +271,7 @@ class MeshDriver:
             write_attempt(Path(job.output_dir), attempt, layout.devices)
             progress(Progress(attempt=attempt))
             calls = MeshCalls(
-                restarts.attempt_id(job.job_id),
+                attempt,
                 channels,
                 list(layout.devices),
                 self.context.join_token,
@@ -320,7 +319,7 @@ class MeshDriver:
             if cache_phase:
                 # Forward-only steps (numbered below the kept step) refill the caches with
                 # what epoch 1 cached before the kept step: all of it past epoch 1.
-                rebuild = len(run.batches(1)) if first > 1 else offset
+                rebuild = run.steps_per_epoch if first > 1 else offset
                 if not await self._epoch(calls, run, 1, lambda _: None, cancelled, 0, rebuild):
                     return JobResult(output_dir=job.output_dir)
                 if first > 1:
@@ -332,8 +331,9 @@ class MeshDriver:
             progress(Progress(state=JobState.TRAINING, epoch=epoch))
             started = time.perf_counter()
             skip = offset if epoch == first else 0
-            keep = (restarts, keep_every)
-            if not await self._epoch(calls, run, epoch, progress, cancelled, skip, keep=keep):
+            if not await self._epoch(
+                calls, run, epoch, progress, cancelled, skip, restarts=restarts, every=keep_every
+            ):
                 return JobResult(output_dir=job.output_dir)
             seconds = time.perf_counter() - started
             if epoch == 1 and cache_phase and spec.epochs > 1:
@@ -412,13 +412,14 @@ class MeshDriver:
         cancelled: threading.Event,
         start: int = 0,
         end: int | None = None,
-        keep: tuple[Restarts, int] | None = None,
+        restarts: Restarts | None = None,
+        every: int = 0,
     ) -> bool:
         """Mini-batches ``start:end`` of the epoch on the mesh (all of them by default);
         False when cancelled. Epoch 1 is a round trip per step; in the cache phase the
         agents get many steps per call and report each one as it ends (progress and
-        cancellation stay per step). ``keep=(restarts, every)``: the state is kept for a
-        restart after every ``every`` steps (the agents' calls end there)."""
+        cancellation stay per step). With ``restarts``, the state is kept for a restart
+        after every ``every`` steps (the agents' calls end there)."""
         started, done = time.perf_counter(), 0
         calls_before, bytes_before = calls.step_calls, calls.batch_bytes
 
@@ -429,15 +430,13 @@ class MeshDriver:
         if cancelled.is_set():
             return False
         groups = run.batches(epoch)[start:end]
-        every = keep[1] if keep else 0
-        position = start
         inputs = map(step_input, groups)
         async with contextlib.aclosing(calls.steps(run.step, inputs, every)) as steps:
             async for item, totals in steps:
                 run.step += 1
-                position += 1
-                if keep and every and run.step % every == 0 and position < start + len(groups):
-                    keep[0].kept = await self._kept(calls, run.step, epoch, position)
+                # (At the epoch's end the evaluation keeps the state.)
+                if restarts and every and run.step % every == 0 and run.step % run.steps_per_epoch:
+                    restarts.kept = await self._kept(calls, run)
                 done += len(item.sample_ids)
                 rate = done / max(time.perf_counter() - started, 1e-9)
                 progress(
@@ -519,9 +518,10 @@ class MeshDriver:
             for device, reply in releases.items()
         }
 
-    async def _kept(self, calls: MeshCalls, step: int, epoch: int, offset: int) -> KeptState:
-        """What the agents have trained after ``step`` steps, with its optimizer state."""
-        return KeptState(await calls.export(optimizer_state=True), step, epoch, offset)
+    async def _kept(self, calls: MeshCalls, run: JobData) -> KeptState:
+        """What the agents have trained so far, with its optimizer state."""
+        tensors = await calls.export(optimizer_state=True)
+        return KeptState.at(tensors, run.step, run.steps_per_epoch)
 
     async def _evaluate(
         self,
@@ -537,7 +537,7 @@ class MeshDriver:
         evaluate them."""
         started = time.perf_counter()
         if calls is not None:
-            restarts.kept = await self._kept(calls, run.step, epoch + 1, 0)
+            restarts.kept = await self._kept(calls, run)
         kept = restarts.kept
         assert kept is not None
         metrics = await asyncio.to_thread(run.evaluate, kept.parameters())
@@ -558,7 +558,7 @@ class MeshDriver:
             run.redistribution_bytes = None
         if epoch == 1 and run.predicted_step_s:
             # The planner's prediction for the pipeline epoch, beside the measurement.
-            metrics["predicted_seconds"] = run.predicted_step_s * len(run.batches(1))
+            metrics["predicted_seconds"] = run.predicted_step_s * run.steps_per_epoch
         await asyncio.to_thread(run.save, Path(job.output_dir), metrics)
         return metrics
 

@@ -249,12 +249,21 @@ class MeshCalls:
         """Close the job on every agent at once (an agent that went away or froze has
         nothing to close: its call fails or times out, and the others are not held up;
         ``skip``: agents known to be gone, not called at all)."""
-        request = agent_pb2.CloseJobRequest(job_id=self.job_id)
+        await asyncio.gather(
+            *(
+                close_job_on(self.stubs[d], self.job_id, self.metadata)
+                for d in self.devices
+                if d not in skip
+            )
+        )
 
-        async def close_on(device: str) -> None:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await self.stubs[device].CloseJob(
-                    request, metadata=self.metadata, timeout=CLOSE_TIMEOUT_S
-                )
 
-        await asyncio.gather(*(close_on(d) for d in self.devices if d not in skip))
+async def close_job_on(
+    stub: agent_pb2_grpc.AgentStub, job_id: str, metadata: tuple[tuple[str, str], ...]
+) -> None:
+    """Close ``job_id`` on one agent, waiting at most ``CLOSE_TIMEOUT_S`` (an agent that
+    went away or froze has nothing to close: its failure is ignored)."""
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await stub.CloseJob(
+            agent_pb2.CloseJobRequest(job_id=job_id), metadata=metadata, timeout=CLOSE_TIMEOUT_S
+        )

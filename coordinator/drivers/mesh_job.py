@@ -100,6 +100,10 @@ class JobData:
         )
         return cls(spec, loaded, task, samples, eval_samples, mesh)
 
+    @property
+    def steps_per_epoch(self) -> int:
+        return int(self.settings.extra["steps_per_epoch"])
+
     def batches(self, epoch: int) -> list[list[EncodedSample]]:
         """The same order as single-device training (seeded per epoch)."""
         return batches(

@@ -15,7 +15,6 @@ close them) are closed first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -27,13 +26,13 @@ import grpc
 import torch
 
 from coordinator.driver import LiveAgents
+from coordinator.drivers.mesh_calls import close_job_on
 from coordinator.registry import AgentLiveness, AgentRegistry
 from pac.pipeline.job import job_of_attempt
 from pac.wire.download import download_message
 from protos.v1 import agent_pb2, agent_pb2_grpc
 
 READ_CHECKPOINT_METHOD = "/pac.v1.Agent/ReadCheckpoint"
-CLOSE_TIMEOUT_S = 2.0
 # In the job's output: the agents of its current attempt (what a restarted coordinator
 # waits for before it resumes the job).
 ATTEMPT_FILE = "attempt.json"
@@ -105,18 +104,12 @@ async def close_stale(
 ) -> None:
     """Close the attempts the agents still hold open (nobody else will: the coordinator
     that opened them is gone)."""
-
-    async def close(name: str, attempt: str) -> None:
-        stub = agent_pb2_grpc.AgentStub(channels[name])
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await stub.CloseJob(
-                agent_pb2.CloseJobRequest(job_id=attempt),
-                metadata=metadata,
-                timeout=CLOSE_TIMEOUT_S,
-            )
-
     await asyncio.gather(
-        *(close(name, attempt) for name, attempts in found.open.items() for attempt in attempts)
+        *(
+            close_job_on(agent_pb2_grpc.AgentStub(channels[name]), attempt, metadata)
+            for name, attempts in found.open.items()
+            for attempt in attempts
+        )
     )
 
 

@@ -42,6 +42,11 @@ class KeptState:
     epoch: int
     offset: int = 0
 
+    @classmethod
+    def at(cls, tensors: dict[str, torch.Tensor], step: int, per_epoch: int) -> KeptState:
+        """``tensors`` after ``step`` steps of epochs of ``per_epoch`` steps each."""
+        return cls(tensors, step, step // per_epoch + 1, step % per_epoch)
+
     def parameters(self) -> dict[str, torch.Tensor]:
         return {name: value for name, value in self.tensors.items() if "::" not in name}
 

@@ -296,20 +296,31 @@ class Trainer:
 
     def fill_cache(self) -> int:
         """Cache the ladder points of every training and evaluation sample the cache does
-        not hold yet (a run resumed past epoch 1, whose cache was not complete); returns
-        how many mini-batches needed the backbone."""
+        not hold yet (a resumed run's cache may lack some); returns how many mini-batches
+        needed the backbone."""
         if self.ladder_cache is None or self.backbone_released:
             return 0
         assert isinstance(self.model, ParallelAdaptersModel)
-        computed = 0
+        samples = self.train_samples + self.eval_samples
+        missing = [
+            group
+            for group in batches(samples, self.config.batch_size, shuffle=False, seed=0, epoch=0)
+            if not self.ladder_cache.holds(group)
+        ]
         with torch.no_grad():
-            for samples, batch in self._batches(self.train_samples + self.eval_samples, 0, False):
-                if not self.ladder_cache.holds(samples):
-                    ladder = self.model.ladder(batch)
-                    self.ladder_cache.store([s.fingerprint for s in samples], batch, ladder)
-                    computed += 1
+            for group in missing:
+                batch = collate(group, self.pad_id, task=self.task)
+                ladder = self.model.ladder(batch)
+                self.ladder_cache.store([s.fingerprint for s in group], batch, ladder)
         self.ladder_cache.cache.flush()
-        return computed
+        return len(missing)
+
+    def _release_after_epoch_one(self) -> None:
+        """Release the backbone once the cache holds every sample (it may lack some in a
+        resumed run)."""
+        if self.ladder_cache is not None and not self.backbone_released:
+            self.fill_cache()
+            self.release_backbone()
 
     def run(self, on_epoch: Callable[[EpochReport], None] | None = None) -> list[EpochReport]:
         """The epochs (from where :meth:`resume` left the run, if it did), then the
@@ -317,9 +328,8 @@ class Trainer:
         reports = []
         first, skip = divmod(self.global_step, self.steps_per_epoch)
         for epoch in range(first + 1, self.config.epochs + 1):
-            if epoch > 1 and self.ladder_cache is not None and not self.backbone_released:
-                self.fill_cache()  # resumed past epoch 1: the cache must hold everything
-                self.release_backbone()
+            if epoch > 1:  # (resumed past epoch 1)
+                self._release_after_epoch_one()
             start = time.perf_counter()
             loss, phase = self.train_epoch(epoch, skip=skip if epoch == first + 1 else 0)
             report = self.end_epoch(epoch, phase, loss, time.perf_counter() - start)
@@ -334,9 +344,7 @@ class Trainer:
         cache's first fill, and append the epoch's report to ``metrics.jsonl``."""
         evaluation = self.evaluate()
         self.checkpoint()
-        if self.ladder_cache is not None and not self.backbone_released:
-            self.fill_cache()  # (a run resumed inside epoch 1 skipped some mini-batches)
-            self.release_backbone()
+        self._release_after_epoch_one()
         report = EpochReport(
             epoch=epoch,
             phase=phase,

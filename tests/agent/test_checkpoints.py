@@ -26,10 +26,11 @@ def test_the_newest_checkpoint_of_any_attempt_of_the_job_is_found(tmp_path: Path
     write(tmp_path, "abcd", 50)  # another job
     write(tmp_path, "xyz-r1", 70)  # another job's attempt
     assert attempts_on_disk(tmp_path, "abc") == ["abc", "abc-r1", "abc-r2"]
-    found = newest_checkpoint(tmp_path, "abc")
+    found = newest_checkpoint(tmp_path, attempts_on_disk(tmp_path, "abc"))
     assert found is not None
     tensors, metadata = found
     assert metadata["step"] == "9" and metadata["attempt"] == "abc-r1"
     assert torch.equal(tensors["w"], torch.full((2,), 9.0))
-    assert newest_checkpoint(tmp_path, "nope") is None
-    assert newest_checkpoint(tmp_path / "missing", "abc") is None
+    assert newest_checkpoint(tmp_path, attempts_on_disk(tmp_path, "nope")) is None
+    missing = tmp_path / "missing"
+    assert newest_checkpoint(missing, attempts_on_disk(missing, "abc")) is None
