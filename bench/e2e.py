@@ -1,10 +1,12 @@
 """The whole job on the local mesh, PAC against the paper's baselines (Table 2's shape).
 
     python bench/e2e.py [--samples 512] [--epochs 3] [--backbone-dtype bf16] [--no-dropout0]
-                        [--pac-runs 3]
+                        [--pac-runs 3] [--backbone bert-base]
 
-Same model (real all-MiniLM-L6-v2), data (Rotten Tomatoes sentences), batch, seed and 4
-agents on loopback for every approach; each approach gets a fresh mesh so that each agent's
+Same model (real all-MiniLM-L6-v2; ``--backbone bert-base``: BERT-base's shape with random
+weights, where the backbone's share of the cost is closer to the paper's T5-Base and larger
+models), data (Rotten Tomatoes sentences), batch, seed and 4 agents on loopback for every
+approach; each approach gets a fresh mesh so that each agent's
 peak memory is its own:
 - PAC: epoch 1 on the planner's layout, then redistribution and the cache phase (the run
   of median total time of ``--pac-runs``, min and max printed beside it);
@@ -53,24 +55,53 @@ def layout(stages: list[tuple[int, int, list[str]]], micro: int) -> dict[str, An
     }
 
 
-APPROACHES: dict[str, tuple[str, dict[str, Any] | None]] = {
-    "PAC (parallel adapters)": ("parallel-adapters", None),
-    "EDDL-like DP, LoRA": ("lora", layout([(0, 6, AGENTS)], 1)),
-    "EDDL-like DP, adapters": ("adapters", layout([(0, 6, AGENTS)], 1)),
-    "Eco-FL-like pipeline, LoRA": (
-        "lora",
-        layout(
-            [(0, 2, AGENTS[:1]), (2, 3, AGENTS[1:2]), (3, 4, AGENTS[2:3]), (4, 6, AGENTS[3:])], 4
-        ),
-    ),
-    "Eco-FL-like pipeline, full": (
-        "full",
-        layout(
-            [(0, 2, AGENTS[:1]), (2, 3, AGENTS[1:2]), (3, 4, AGENTS[2:3]), (4, 6, AGENTS[3:])], 4
-        ),
-    ),
-    "standalone LoRA": ("lora", layout([(0, 6, AGENTS[:1])], 1)),
+def approaches(layers: int) -> dict[str, tuple[str, dict[str, Any] | None]]:
+    """Each approach's technique and fixed layout (None: the planner's) for a backbone of
+    ``layers`` blocks; the pipeline's cuts are MiniLM's (2, 3, 4 of 6) scaled to ``layers``."""
+    cuts = [0, *(round(c * layers / 6) for c in (2, 3, 4)), layers]
+    pipeline = layout([(cuts[i], cuts[i + 1], AGENTS[i : i + 1]) for i in range(4)], 4)
+    return {
+        "PAC (parallel adapters)": ("parallel-adapters", None),
+        "EDDL-like DP, LoRA": ("lora", layout([(0, layers, AGENTS)], 1)),
+        "EDDL-like DP, adapters": ("adapters", layout([(0, layers, AGENTS)], 1)),
+        "Eco-FL-like pipeline, LoRA": ("lora", pipeline),
+        "Eco-FL-like pipeline, full": ("full", pipeline),
+        "standalone LoRA": ("lora", layout([(0, layers, AGENTS[:1])], 1)),
+    }
+
+
+# BERT-base's shape (110M parameters; the paper's smallest backbone, T5-Base, has 220M).
+BERT_BASE_SHAPE = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "intermediate_size": 3072,
+    "num_attention_heads": 12,
 }
+TOKENIZER_FILES = (
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+
+
+def bert_base_shaped(minilm: Path, into: Path, seed: int = 0) -> Path:
+    """A BERT of BERT-base's shape with random weights (seed ``seed``) and MiniLM's
+    tokenizer, saved into ``into`` and loaded by the jobs through the same from_pretrained
+    path as MiniLM: a step's time and memory depend on the shape, not on the weights' values
+    (its accuracy means nothing and is not reported as a result)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    config = json.loads((minilm / "config.json").read_text())
+    config.update(BERT_BASE_SHAPE)
+    into.mkdir(parents=True)
+    torch.manual_seed(seed)
+    model = BertModel(BertConfig(**{k: v for k, v in config.items() if k != "_name_or_path"}))
+    model.save_pretrained(into, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        (into / name).symlink_to((minilm / name).resolve())
+    return into
 
 
 MiB = 2**20
@@ -204,6 +235,13 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--backbone-dtype", default="float32", choices=("float32", "bf16"))
     parser.add_argument(
+        "--backbone",
+        default="minilm",
+        choices=("minilm", "bert-base"),
+        help="minilm: the real all-MiniLM-L6-v2 (22M parameters); bert-base: BERT-base's "
+        "shape (110M) with random weights and MiniLM's tokenizer, for time and memory only",
+    )
+    parser.add_argument(
         "--only", nargs="*", default=None, help="run only these approaches (names as printed)"
     )
     parser.add_argument(
@@ -219,14 +257,19 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="pac-bench-e2e-"))
     data = write_rotten_tomatoes(work / "data", train=args.samples, dev=1, test=1)["train"]
     model = minilm_dir()
+    label = "MiniLM (real weights)"
+    if args.backbone == "bert-base":
+        model = bert_base_shaped(model, work / "bert-base-shaped")
+        label = "BERT-base shape (random weights; accuracy not meaningful)"
+    layers = json.loads((model / "config.json").read_text())["num_hidden_layers"]
     print(
-        f"# bench/e2e.py: MiniLM, {args.samples} sentences, {args.epochs} epochs, batch "
+        f"# bench/e2e.py: {label}, {args.samples} sentences, {args.epochs} epochs, batch "
         f"{BATCH}, 4 agents on loopback (1 torch thread each), frozen backbones in "
         f"{args.backbone_dtype}; {machine_line(1)}"
     )
     quiet = without_dropout(model, work / "model-dropout0")
     runs: list[tuple[str, str, dict[str, Any] | None, Path]] = []
-    for name, (technique, fixed) in APPROACHES.items():
+    for name, (technique, fixed) in approaches(layers).items():
         if args.only and name not in args.only:
             continue
         runs.append((name, technique, fixed, model))
@@ -237,7 +280,13 @@ def main() -> int:
         # PAC's job is short and the machine noisy: the median of --pac-runs fresh runs.
         repeats = [
             run(
-                name, technique, fixed, model_dir, data, args.epochs, work / f"run{i}-{r}",
+                name,
+                technique,
+                fixed,
+                model_dir,
+                data,
+                args.epochs,
+                work / f"run{i}-{r}",
                 args.backbone_dtype,
             )
             for r in range(args.pac_runs if name == PAC else 1)
