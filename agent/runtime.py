@@ -35,6 +35,7 @@ from agent.errors import (
 )
 from agent.metrics import AgentMetrics
 from agent.peak_memory import CACHE_PHASE
+from agent.profile_memo import ProfileAsk, ProfileMemo
 from agent.profiling import ProfileResult, profile_layers
 from agent.stage import Stage
 from agent.training import TrainingSession, WireTransport
@@ -110,6 +111,7 @@ class AgentRuntime:
         self.mailbox = mailbox or Mailbox()
         self.device = device
         self.jobs: dict[str, JobSession] = {}
+        self.profiles = ProfileMemo()
         self.draining = False
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -355,34 +357,25 @@ class AgentRuntime:
         session.stages[stage] = loaded
         return loaded
 
-    async def profile(
-        self,
-        model_dir: Path,
-        start: int,
-        end: int,
-        batch_size: int,
-        seq_len: int,
-        repeats: int,
-        side_network: bool = False,
-        second_batch_size: int = 0,
-        backward_technique: str = "",
-        packed_backbone: bool = False,
-    ) -> ProfileResult:
-        """Forward time of blocks ``[start, end)`` on this device, and of the side network
-        when asked (worker thread)."""
-        return await asyncio.to_thread(
-            profile_layers,
-            model_dir,
-            start,
-            end,
-            batch_size,
-            seq_len,
-            repeats,
+    async def profile(self, ask: ProfileAsk, max_age_s: float = 0.0) -> tuple[ProfileResult, float]:
+        """Forward time of the blocks ``ask`` names on this device, and of the side network
+        when asked (worker thread), with its age: a profile of the same request measured at
+        most ``max_age_s`` ago on the same model files is answered again (agent/profile_memo.py)."""
+        return await asyncio.to_thread(self.profiles.profile, ask, max_age_s, self._measure)
+
+    def _measure(self, ask: ProfileAsk) -> ProfileResult:
+        return profile_layers(
+            ask.model_dir,
+            ask.start,
+            ask.end,
+            ask.batch_size,
+            ask.seq_len,
+            ask.repeats,
             self.device,
-            side_network,
-            second_batch_size,
-            backward_technique,
-            packed_backbone,
+            ask.side_network,
+            ask.second_batch_size,
+            ask.backward_technique,
+            ask.packed_backbone,
         )
 
     def release_backbone(self, job_id: str) -> int:

@@ -17,6 +17,7 @@ import grpc
 import torch
 
 from agent.errors import AgentError, BadRequest, NotYetSupported
+from agent.profile_memo import ProfileAsk
 from agent.runtime import AgentRuntime
 from pac.pipeline.worker import StepResult
 from pac.wire.chunking import ChunkStream
@@ -115,8 +116,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             if not request.model_dir:
                 raise BadRequest("Profile needs a model_dir on the agent")
             async with self.runtime.work():
-                measured = await self.runtime.profile(
-                    Path(request.model_dir),
+                ask = ProfileAsk(
+                    Path(request.model_dir).resolve(),
                     request.layer_start,
                     request.layer_end,
                     request.batch_size or 1,
@@ -127,11 +128,13 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                     request.backward_technique,
                     request.packed_backbone,
                 )
+                measured, age_s = await self.runtime.profile(ask, request.max_age_s)
             return agent_pb2.ProfileReply(
                 device=self._describe(),
                 embed_seconds=measured.embed_seconds,
                 side_seconds=measured.side_seconds,
                 second_batch_seconds=measured.second_batch_seconds,
+                age_s=age_s,
                 layers=[
                     agent_pb2.LayerProfile(
                         index=t.index,

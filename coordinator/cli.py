@@ -66,6 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an agent silent this many intervals is marked lost",
     )
     parser.add_argument(
+        "--profile-max-age",
+        type=float,
+        default=3600.0,
+        help="seconds an agent's profile of a model stays good for the next job on the same "
+        "model and shapes (0: every job measures its agents again)",
+    )
+    parser.add_argument(
         "--placement", default="local", help="driver of jobs whose spec names none (local, or mesh)"
     )
     parser.add_argument("--log-level", default="INFO")
@@ -150,6 +157,7 @@ async def _serve(
         agent_check_interval_s=args.heartbeat_interval,
         agent_check_misses=args.missed_heartbeats,
         registry=registry,
+        profile_max_age_s=args.profile_max_age,
     )
     try:
         coordinator = Coordinator(

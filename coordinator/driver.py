@@ -57,6 +57,9 @@ class DriverContext:
     # ``resume_wait_s`` for the agents that ran it to register again before it resumes.
     registry: AgentRegistry | None = None
     resume_wait_s: float = 60.0
+    # An agent answers a job's profiling with its profile of the same model and shapes when
+    # it is at most this old (agent/profile_memo.py); 0 = always measure.
+    profile_max_age_s: float = 3600.0
 
 
 def default_drivers(context: DriverContext | None = None) -> dict[str, JobDriver]:

@@ -384,7 +384,7 @@ class MeshDriver:
         metadata = token_metadata(self.context.join_token)
         stubs = {name: agent_pb2_grpc.AgentStub(channel) for name, channel in channels.items()}
         started = time.perf_counter()
-        timings = await profile_agents(stubs, spec, metadata)
+        timings = await profile_agents(stubs, spec, metadata, self.context.profile_max_age_s)
         phases["profile_seconds"] = time.perf_counter() - started
         started = time.perf_counter()
         links = await measure_links(stubs, {r.name: r.address for r in live}, metadata)

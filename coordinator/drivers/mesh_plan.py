@@ -71,9 +71,11 @@ async def profile_agents(
     stubs: dict[str, agent_pb2_grpc.AgentStub],
     spec: JobSpec,
     metadata: tuple[tuple[str, str], ...],
+    max_age_s: float = 0.0,
 ) -> dict[str, BlockTiming]:
     """Every agent times the job's blocks at one sample and at the job's micro-batch size
-    (at most ``PROFILE_MAX_BATCH``; all agents at once, as they will train at once)."""
+    (at most ``PROFILE_MAX_BATCH``; all agents at once, as they will train at once), or
+    answers with its profile of the same request at most ``max_age_s`` old."""
     # Two sizes tell the fixed cost from the per-sample one; beyond a few samples a
     # larger batch only makes profiling slower.
     micro = min(PROFILE_MAX_BATCH, max(2, spec.batch_size // max(1, spec.micro_batches)))
@@ -90,10 +92,9 @@ async def profile_agents(
         # PAC's agents run the frozen blocks prepacked unless the job turns it off.
         packed_backbone=spec.technique == "parallel-adapters"
         and bool(spec.technique_settings.get("packed_backbone", True)),
+        max_age_s=max_age_s,
     )
-    replies = await asyncio.gather(
-        *(stubs[n].Profile(request, metadata=metadata) for n in names)
-    )
+    replies = await asyncio.gather(*(stubs[n].Profile(request, metadata=metadata) for n in names))
     timings = {}
     for name, many in zip(names, replies, strict=True):
         t1 = list(many.second_batch_seconds)
@@ -104,6 +105,9 @@ async def profile_agents(
             backward = sum(layer.backward_seconds for layer in many.layers)
             ratio = backward / sum(t2) if sum(t2) > 0 else 0.0
             timings[name] = BlockTiming(fitted.per_sample_s, fitted.overhead_s, side_s, ratio)
+    ages = {n: round(r.age_s) for n, r in zip(names, replies, strict=True) if r.age_s > 0}
+    if ages:
+        log.info("profiles measured earlier, age in seconds by agent: %s", ages)
     log.info("measured blocks by agent: %s", timings)
     return timings
 
@@ -130,8 +134,10 @@ async def measure_links(
             links[(name, by_address[link.peer])] = LinkProfile(link.bandwidth_bps, link.latency_s)
     log.info(
         "measured links: %s",
-        {f"{a}-{b}": f"{x.bandwidth_bps * 8 / 1e6:.0f} Mbit/s, {x.latency_s * 1e3:.2f} ms"
-         for (a, b), x in links.items()},
+        {
+            f"{a}-{b}": f"{x.bandwidth_bps * 8 / 1e6:.0f} Mbit/s, {x.latency_s * 1e3:.2f} ms"
+            for (a, b), x in links.items()
+        },
     )
     return links
 
@@ -221,8 +227,7 @@ async def request_plan(
             reply = await planner_pb2_grpc.PlannerStub(channel).Plan(request, timeout=120)
         except grpc.aio.AioRpcError as error:
             raise PlanningError(
-                f"the planner at {planner_address} answered {error.code().name}: "
-                f"{error.details()}"
+                f"the planner at {planner_address} answered {error.code().name}: {error.details()}"
             ) from None
     return plan_from_proto(reply.plan)
 
@@ -253,8 +258,7 @@ def plan_report(
         )
         if timing.side_per_sample_s:
             line += (
-                f", side block forward+backward {timing.side_per_sample_s * 1e3:.3f} ms "
-                "per sample"
+                f", side block forward+backward {timing.side_per_sample_s * 1e3:.3f} ms per sample"
             )
         if timing.backward_ratio:
             line += f", backward {timing.backward_ratio:.2f}x forward"

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from pac.cache.errors import CacheCorruptError
 from pac.cache.precision import VALUES
+from pac.durable import replace_durably
 
 INDEX_FILE = "index.json"
 SHARD_PATTERN = re.compile(r"^shard_(\d{5,})\.safetensors$")
@@ -151,6 +152,4 @@ def write_atomic(path: Path, payload: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:
         handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    replace_durably(tmp, path)

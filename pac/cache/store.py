@@ -54,6 +54,7 @@ from pac.cache.index import (
 )
 from pac.cache.key import CacheKey
 from pac.cache.precision import VALUES, get_codec
+from pac.durable import fsync_path
 
 log = logging.getLogger("pac.cache")
 
@@ -574,11 +575,7 @@ class ActivationCache:
         tmp = path.with_name(path.name + ".tmp")
         try:
             save_file(tensors, str(tmp), metadata=metadata)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(tmp)
         except Exception as err:
             tmp.unlink(missing_ok=True)
             if _is_no_space(err):

@@ -1,7 +1,7 @@
 """Trained adapters on disk: ``adapters.safetensors`` + ``adapter_config.json``.
 
-Both files are written atomically (temporary file, then rename), so a crash never leaves a
-torn export.
+Both files are written atomically (temporary file, flushed to the disk, then renamed), so a
+crash, even a power cut, never leaves a torn export.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from pac.durable import replace_durably
 from pac.tasks import TaskSpec
 
 WEIGHTS_FILE = "adapters.safetensors"
@@ -24,13 +25,14 @@ FORMAT = "pac-mesh-adapters/1"
 
 
 def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``
+    once its bytes are on the disk (pac.durable.replace_durably)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -149,6 +149,7 @@ class ProfileRequest(_message.Message):
     SECOND_BATCH_SIZE_FIELD_NUMBER: _builtins.int
     BACKWARD_TECHNIQUE_FIELD_NUMBER: _builtins.int
     PACKED_BACKBONE_FIELD_NUMBER: _builtins.int
+    MAX_AGE_S_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     model_dir: _builtins.str
     """A local Hugging Face model directory on the agent."""
@@ -173,6 +174,11 @@ class ProfileRequest(_message.Message):
     """Time the blocks on oneDNN-prepacked weights, as a parallel-adapters job with
     packed_backbone runs them (ignored where this build cannot pack; not with a backward).
     """
+    max_age_s: _builtins.float
+    """Accept a profile of the same request that this agent measured at most this many
+    seconds ago on the same model files (unchanged names, sizes and modification times)
+    instead of running the model again; 0 = measure now.
+    """
     def __init__(
         self,
         *,
@@ -187,10 +193,11 @@ class ProfileRequest(_message.Message):
         second_batch_size: _builtins.int = ...,
         backward_technique: _builtins.str = ...,
         packed_backbone: _builtins.bool = ...,
+        max_age_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backward_technique", b"backward_technique", "batch_size", b"batch_size", "job_id", b"job_id", "layer_end", b"layer_end", "layer_start", b"layer_start", "model_dir", b"model_dir", "packed_backbone", b"packed_backbone", "repeats", b"repeats", "second_batch_size", b"second_batch_size", "seq_len", b"seq_len", "side_network", b"side_network"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backward_technique", b"backward_technique", "batch_size", b"batch_size", "job_id", b"job_id", "layer_end", b"layer_end", "layer_start", b"layer_start", "max_age_s", b"max_age_s", "model_dir", b"model_dir", "packed_backbone", b"packed_backbone", "repeats", b"repeats", "second_batch_size", b"second_batch_size", "seq_len", b"seq_len", "side_network", b"side_network"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -239,9 +246,14 @@ class ProfileReply(_message.Message):
     EMBED_SECONDS_FIELD_NUMBER: _builtins.int
     SIDE_SECONDS_FIELD_NUMBER: _builtins.int
     SECOND_BATCH_SECONDS_FIELD_NUMBER: _builtins.int
+    AGE_S_FIELD_NUMBER: _builtins.int
     embed_seconds: _builtins.float
     side_seconds: _builtins.float
     """The whole side network's forward + backward on the batch (0 unless asked for)."""
+    age_s: _builtins.float
+    """0 when measured for this request; else the age in seconds of the profile answered
+    again (ProfileRequest.max_age_s).
+    """
     @_builtins.property
     def device(self) -> Global___DeviceProfile: ...
     @_builtins.property
@@ -258,10 +270,11 @@ class ProfileReply(_message.Message):
         embed_seconds: _builtins.float = ...,
         side_seconds: _builtins.float = ...,
         second_batch_seconds: _abc.Iterable[_builtins.float] | None = ...,
+        age_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "embed_seconds", b"embed_seconds", "layers", b"layers", "second_batch_seconds", b"second_batch_seconds", "side_seconds", b"side_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_s", b"age_s", "device", b"device", "embed_seconds", b"embed_seconds", "layers", b"layers", "second_batch_seconds", b"second_batch_seconds", "side_seconds", b"side_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

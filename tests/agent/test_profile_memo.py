@@ -1,0 +1,134 @@
+"""An agent answers a repeated profile request from its memo, and measures again when the
+request, the model files or the allowed age say so."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.profile_memo import ProfileAsk, ProfileMemo
+from agent.profiling import LayerTiming, ProfileResult
+from pac.families.base import FamilyError
+from protos.v1 import agent_pb2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Measure:
+    """Counts its calls; each result is told apart by its embed_seconds."""
+
+    def __init__(self) -> None:
+        self.asks: list[ProfileAsk] = []
+
+    def __call__(self, ask: ProfileAsk) -> ProfileResult:
+        self.asks.append(ask)
+        return ProfileResult(float(len(self.asks)), [LayerTiming(0, 0.5, 10, 20)])
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    directory = tmp_path / "model"
+    directory.mkdir()
+    (directory / "config.json").write_text("{}")
+    (directory / "model.safetensors").write_bytes(b"weights")
+    return directory
+
+
+def ask_for(model: Path, **changes: Any) -> ProfileAsk:
+    return replace(ProfileAsk(model, 0, 0, 8, 64, 2, side_network=True), **changes)
+
+
+def test_the_same_request_within_its_age_is_answered_from_the_memo(model: Path) -> None:
+    clock, measure = Clock(), Measure()
+    memo = ProfileMemo(clock)
+    first, age = memo.profile(ask_for(model), 60.0, measure)
+    assert (first.embed_seconds, age) == (1.0, 0.0)
+    clock.now += 45
+    again, age = memo.profile(ask_for(model), 60.0, measure)
+    assert again is first and age == pytest.approx(45.0)
+    assert len(measure.asks) == 1
+    # max_age_s 0 asks for a fresh measurement, which then replaces the kept one
+    fresh, age = memo.profile(ask_for(model), 0.0, measure)
+    assert (fresh.embed_seconds, age) == (2.0, 0.0)
+    assert memo.profile(ask_for(model), 60.0, measure)[0] is fresh
+
+
+def test_too_old_another_request_or_changed_model_files_measure_again(model: Path) -> None:
+    clock, measure = Clock(), Measure()
+    memo = ProfileMemo(clock)
+    memo.profile(ask_for(model), 60.0, measure)
+    clock.now += 61
+    assert memo.profile(ask_for(model), 60.0, measure)[1] == 0.0  # older than allowed
+    assert len(measure.asks) == 2
+    for other in (ask_for(model, batch_size=4), ask_for(model, packed_backbone=True)):
+        assert memo.profile(other, 60.0, measure)[1] == 0.0
+    assert len(measure.asks) == 4
+    clock.now += 5
+    assert memo.profile(ask_for(model), 60.0, measure)[1] == pytest.approx(5.0)
+    assert len(measure.asks) == 4  # the first request's newest profile is still good
+    weights = model / "model.safetensors"
+    weights.write_bytes(b"new weights")  # another size
+    assert memo.profile(ask_for(model), 60.0, measure)[1] == 0.0
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # same size
+    assert memo.profile(ask_for(model), 60.0, measure)[1] == 0.0
+    (model / "tokenizer.json").write_text("{}")  # a file added
+    assert memo.profile(ask_for(model), 60.0, measure)[1] == 0.0
+    assert len(measure.asks) == 7
+
+
+def test_the_memo_keeps_the_newest_requests(model: Path) -> None:
+    clock, measure = Clock(), Measure()
+    memo = ProfileMemo(clock, size=2)
+    for batch in (1, 2, 3):
+        memo.profile(ask_for(model, batch_size=batch), 60.0, measure)
+    memo.profile(ask_for(model, batch_size=3), 60.0, measure)
+    memo.profile(ask_for(model, batch_size=2), 60.0, measure)
+    assert len(measure.asks) == 3
+    memo.profile(ask_for(model, batch_size=1), 60.0, measure)  # the oldest went
+    assert len(measure.asks) == 4
+
+
+def test_a_missing_model_directory_is_measured_and_so_refused(tmp_path: Path) -> None:
+    def measure(ask: ProfileAsk) -> ProfileResult:
+        raise FamilyError(f"{ask.model_dir} is not a model directory")
+
+    with pytest.raises(FamilyError, match="not a model directory"):
+        ProfileMemo().profile(ask_for(tmp_path / "gone"), 60.0, measure)
+
+
+def test_an_agent_answers_a_repeated_profile_with_its_age(
+    tiny_model_dir: Callable[[str], Path], start_agents: Any, agent_stub: Any, auth: Any
+) -> None:
+    model_dir = tiny_model_dir("bert")
+
+    def request(max_age_s: float) -> agent_pb2.ProfileRequest:
+        return agent_pb2.ProfileRequest(
+            model_dir=str(model_dir), batch_size=2, seq_len=8, repeats=1, max_age_s=max_age_s
+        )
+
+    async def scenario() -> list[agent_pb2.ProfileReply]:
+        async with start_agents(1) as [agent], agent_stub(agent.address) as stub:
+            replies = [await stub.Profile(request(600), metadata=auth)]
+            await asyncio.sleep(0.05)
+            replies.append(await stub.Profile(request(600), metadata=auth))
+            replies.append(await stub.Profile(request(0), metadata=auth))
+            return replies
+
+    measured, remembered, fresh = asyncio.run(scenario())
+    assert measured.age_s == 0 and fresh.age_s == 0
+    assert 0.05 <= remembered.age_s < 600
+    assert list(remembered.layers) == list(measured.layers)  # the same numbers, not new ones
+    assert remembered.device.name == "agent-0"
