@@ -306,9 +306,11 @@ class AgentRuntime:
 
     async def restore_state(
         self, job_id: str, step: int, rebuild_cache: bool, timeout: float
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, list[str]]:
         """Load the state the coordinator sent for a restarted job (one tensor message,
-        step ``RESTORE_STEP``) into the job's replica."""
+        step ``RESTORE_STEP``) into the job's replica. Returns (parameters loaded, optimizer
+        states waiting, and with ``rebuild_cache`` the samples whose ladder points the
+        cache taken over from an earlier attempt holds: the rebuild skips them)."""
         training = self._training(job_id)
         key = RoutingKey(job_id, RESTORE_STEP, 0, 0, tensors_pb2.TENSOR_KIND_ADAPTER)
         try:
@@ -317,17 +319,22 @@ class AgentRuntime:
             raise TimeoutError(
                 f"no state to restore arrived for {key} within {timeout} s"
             ) from None
-        return await asyncio.to_thread(training.restore, dict(message.tensors), step, rebuild_cache)
+        loaded, waiting = await asyncio.to_thread(
+            training.restore, dict(message.tensors), step, rebuild_cache
+        )
+        held = await asyncio.to_thread(training.complete_samples) if rebuild_cache else []
+        return loaded, waiting, held
 
-    async def close_job(self, job_id: str) -> None:
-        """Forget the job; its activation cache is deleted unless the job keeps it (its
-        checkpoint stays). A step still running (the coordinator went on without this
-        agent) sees its waits cancelled and ends before the cache goes."""
+    async def close_job(self, job_id: str, keep_cache: bool = False) -> None:
+        """Forget the job; its activation cache is deleted unless ``keep_cache`` (the job's
+        next attempt takes it over) or the job keeps it (its checkpoint stays). A step
+        still running (the coordinator went on without this agent) sees its waits
+        cancelled and ends before the cache goes."""
         session = self.job(job_id)
         del self.jobs[job_id]
         self.mailbox.drop_job(job_id)
         if session.training is not None:
-            freed = await asyncio.to_thread(session.training.discard_cache)
+            freed = await asyncio.to_thread(session.training.discard_cache, keep_cache)
             if freed:
                 log.info("job %s closed: its activation cache (%d bytes) deleted", job_id, freed)
             self._report_cache_bytes()

@@ -304,10 +304,12 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     ) -> agent_pb2.RestoreStateReply:
         async def call() -> agent_pb2.RestoreStateReply:
             async with self.runtime.work():
-                loaded, states = await self.runtime.restore_state(
+                loaded, states, held = await self.runtime.restore_state(
                     request.job_id, request.step, request.rebuild_cache, RESTORE_TIMEOUT_S
                 )
-            return agent_pb2.RestoreStateReply(parameters=loaded, optimizer_states=states)
+            return agent_pb2.RestoreStateReply(
+                parameters=loaded, optimizer_states=states, cached_samples=held
+            )
 
         return await _answer(context, call)
 
@@ -346,7 +348,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         self, request: agent_pb2.CloseJobRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.CloseJobReply:
         async def call() -> agent_pb2.CloseJobReply:
-            await self.runtime.close_job(request.job_id)
+            await self.runtime.close_job(request.job_id, request.keep_cache)
             return agent_pb2.CloseJobReply()
 
         return await _answer(context, call)

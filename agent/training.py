@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.hooks import RemovableHandle
 
+from agent.cache_adoption import adopt_cache
 from agent.errors import BadRequest, JobClosed, WeightsMismatch
 from pac.cache.key import CacheKey, fingerprint_model_dir
 from pac.cache.store import ActivationCache
@@ -27,7 +28,7 @@ from pac.engine.schedule import make_optimizer, resume_schedule
 from pac.pipeline.all_reduce import DEFAULT_BUCKET_BYTES
 from pac.pipeline.batch_part import BatchPart
 from pac.pipeline.cache_phase import CACHE_PHASE_ALL_REDUCE, DataParallelWorker, gather_state
-from pac.pipeline.entries import split_part_id
+from pac.pipeline.entries import EntryIndex, split_part_id
 from pac.pipeline.job import MeshJobSettings
 from pac.pipeline.transport import MessageKey, Tensors
 from pac.pipeline.worker import DeviceWorker, StepResult
@@ -160,10 +161,13 @@ class TrainingSession:
             weight_decay=settings.weight_decay,
         )
         cache = None
+        self.adopted_from: str | None = None
         if isinstance(self.model, ParallelAdaptersModel):
             key = CacheKey.for_model_dir(
                 settings.model_dir, self.model.cache_ladder, settings.cache_precision
             )
+            earlier = list(settings.extra.get("adopt_cache_from", []))
+            self.adopted_from = adopt_cache(cache_root, job_id, earlier, key.namespace)
             store = ActivationCache(cache_root / job_id, key)
             cache = LadderCache(store, self.loaded.family, self.model.points)
         self.worker = DeviceWorker(
@@ -340,7 +344,6 @@ class TrainingSession:
             devices,
             model,
             self.worker.cache,
-            len(self.settings.layout.stages),
             self.transport,
             self.worker.optimizer,
             self.worker.scheduler,
@@ -352,13 +355,31 @@ class TrainingSession:
         freed = release_backbone(self.loaded.family, keep_lm_head=self.settings.task.generates_text)
         return freed, before, rss_bytes()
 
-    def discard_cache(self) -> int:
+    def complete_samples(self) -> list[str]:
+        """The samples whose every ladder point this device's cache holds (a restarted
+        attempt's, taken over from the earlier attempt: agent/cache_adoption.py); entries
+        of samples that lack points (a rebuild cut short) are deleted. Sorted."""
+        if self.worker.cache is None:
+            return []
+        with self.cache_lock:
+            entries = EntryIndex(self.cache)
+            complete = entries.complete(self.worker.cache.points)
+            partial = [e for e in self.cache.sample_ids() if split_part_id(e)[0] not in complete]
+            if partial:
+                self.cache.remove(partial)
+        return sorted(complete)
+
+    def discard_cache(self, keep: bool = False) -> int:
         """Delete this job's activation cache (the job is over; no other job reads it: each
-        keeps its own under its id) unless its settings say ``keep_cache``; returns the
-        bytes deleted. The checkpoint beside it stays."""
+        keeps its own under its id) unless ``keep`` (a restart's next attempt takes it over)
+        or its settings say ``keep_cache``; returns the bytes deleted. The checkpoint
+        beside it stays."""
         with self.step_lock:  # (a step still running ends first: its waits were cancelled)
             self.closed = True
-            if self.worker.cache is None or self.settings.extra.get("keep_cache"):
+            if self.worker.cache is None or keep or self.settings.extra.get("keep_cache"):
+                if self.worker.cache is not None:
+                    with self.cache_lock:
+                        self.cache.flush()
                 return 0
             with self.cache_lock:
                 return self.cache.delete()

@@ -122,6 +122,8 @@ def run(
         "detect": marks["restarted"] - marks["froze"] if "restarted" in marks else 0.0,
         "resume": marks["resumed"] - marks["restarted"] if "resumed" in marks else 0.0,
         "phases": {p: resumed[0].get(p, 0.0) for p in RESTART_PHASES},
+        # A restart past epoch 1: the samples the agents that stayed kept, and those rebuilt.
+        "samples": (resumed[0].get("cached_samples"), resumed[0].get("rebuilt_samples")),
         "weights": {k: v.to(torch.float64) for k, v in load_file(str(out / WEIGHTS_FILE)).items()},
     }
 
@@ -163,6 +165,9 @@ def main() -> int:
             phases = ", ".join(
                 f"{p.removesuffix('_seconds')} {s:.2f}" for p, s in row["phases"].items() if s
             )
+            kept, rebuilt = row["samples"]
+            if rebuilt is not None:
+                phases += f"; cache: {kept:.0f} samples kept, {rebuilt:.0f} rebuilt"
             print(f"{name}: the restart's phases (s): {phases}")
     worst = max((n for n in rows if n != "no failure"), key=lambda n: rows[n]["total"])
     print(

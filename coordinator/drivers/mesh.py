@@ -72,9 +72,10 @@ from coordinator.drivers.mesh_redistribution import (
     predicted_bytes,
 )
 from coordinator.drivers.mesh_restart import KeptState, Restarts
-from coordinator.jobs import Job, JobState, Progress
+from coordinator.jobs import Job, JobSpec, JobState, Progress
 from coordinator.registry import AgentLiveness, AgentRecord
 from pac.data.encoding import EncodedSample
+from pac.pipeline.job import job_of_attempt
 from pac.pipeline.layout import PipelineLayout
 from pac.techniques.heads import loss_count
 from pac.wire.auth import token_metadata
@@ -149,9 +150,8 @@ class MeshDriver:
                 except AgentsSilent as gone:
                     lost = gone.silent
                 except grpc.aio.AioRpcError as error:
-                    lost = await silent_agents(channels, metadata)
-                    if not lost:  # every agent answers: the call itself failed
-                        raise MeshError(call_failure(error, lost, position)) from None
+                    # Every agent answers (_run_on found none silent): the call itself failed.
+                    raise MeshError(call_failure(error, {}, position)) from None
                 if cancelled.is_set():  # the user stopped it anyway: CANCELLED
                     return JobResult(output_dir=job.output_dir)
                 live = [record for record in live if record.name not in lost]
@@ -180,7 +180,6 @@ class MeshDriver:
         from the newest complete checkpoint its agents hold (mesh_recovery.py)."""
         metadata = token_metadata(self.context.join_token)
         found = await read_checkpoints(channels, job.job_id, metadata)
-        await close_stale(channels, found, metadata)
         # (This counts as a restart: the attempt it opens is the first past all seen.)
         restarts.base = found.next_attempt() - 1
         trained = [n for n, p in run.model().named_parameters() if p.requires_grad]
@@ -190,6 +189,14 @@ class MeshDriver:
             restarts.kept = KeptState.at(state, step, run.steps_per_epoch)
         else:
             log.warning("job %s: no complete checkpoint on its agents: it starts over", job.job_id)
+        # The attempts the agents still hold open are closed (their coordinator is gone);
+        # their caches are kept for this attempt when it restarts past epoch 1.
+        keep = _adopts_caches(job.spec, restarts)
+        await close_stale(channels, found, metadata, keep_cache=keep)
+        stale = {attempt for attempts in found.open.values() for attempt in attempts}
+        restarts.kept_caches = (
+            sorted(stale, key=lambda a: job_of_attempt(a)[1], reverse=True) if keep else []
+        )
         why = "the coordinator restarted during the job"
         self._record_restart(job, why, live, restarts)
         progress(Progress(restarted=why))
@@ -277,6 +284,9 @@ class MeshDriver:
                 self.context.join_token,
                 token_metadata(self.context.join_token),
             )
+            if restarts.kept_caches and _adopts_caches(spec, restarts):
+                # The agents that stayed kept their caches: this attempt takes them over.
+                run.settings.extra["adopt_cache_from"] = list(restarts.kept_caches)
             return await self._while_answering(
                 self._train(job, calls, run, layout, profiles, progress, cancelled, restarts),
                 {d: channels[d] for d in layout.devices},
@@ -284,9 +294,23 @@ class MeshDriver:
         except AgentsSilent as silent_now:
             gone = silent_now.silent  # (no CloseJob for them: it would wait its deadline)
             raise
+        except grpc.aio.AioRpcError:
+            # A call failed: because an agent went away (then the job restarts), or not.
+            gone = await silent_agents(channels, token_metadata(self.context.join_token))
+            if not gone:
+                raise
+            raise AgentsSilent(gone) from None
         finally:
             if calls is not None:
-                await calls.close(skip=gone)
+                # The agents still here keep their caches for the restart that follows.
+                keep = (
+                    bool(gone)
+                    and restarts.left > 0
+                    and not cancelled.is_set()
+                    and _adopts_caches(spec, restarts)
+                )
+                await calls.close(skip=gone, keep_cache=keep)
+                restarts.kept_caches = [calls.job_id] if keep else []
 
     async def _train(
         self,
@@ -315,12 +339,27 @@ class MeshDriver:
             return JobResult(metrics=metrics, output_dir=job.output_dir)
         if kept is not None:
             started = time.perf_counter()
-            await calls.restore(kept.tensors, kept.step, cache_phase)
+            held = await calls.restore(kept.tensors, kept.step, cache_phase)
             if cache_phase:
                 # Forward-only steps (numbered below the kept step) refill the caches with
-                # what epoch 1 cached before the kept step: all of it past epoch 1.
+                # what epoch 1 cached before the kept step (all of it past epoch 1), but
+                # for the samples the agents that stayed still hold.
                 rebuild = run.steps_per_epoch if first > 1 else offset
-                if not await self._epoch(calls, run, 1, lambda _: None, cancelled, 0, rebuild):
+                needed = [s for g in run.batches(1)[:rebuild] for s in g]
+                missing = [s for s in needed if s.fingerprint not in held]
+                run.phases["cached_samples"] = float(len(needed) - len(missing))
+                run.phases["rebuilt_samples"] = float(len(missing))
+                log.info(
+                    "job %s: rebuilding the cache of %d samples (the agents kept %d)",
+                    job.job_id,
+                    len(missing),
+                    len(needed) - len(missing),
+                )
+                groups = [
+                    missing[i : i + spec.batch_size]
+                    for i in range(0, len(missing), spec.batch_size)
+                ]
+                if not await self._epoch(calls, run, 1, lambda _: None, cancelled, groups=groups):
                     return JobResult(output_dir=job.output_dir)
                 if first > 1:
                     await self._redistribute(calls, run, layout, profiles, progress)
@@ -414,12 +453,14 @@ class MeshDriver:
         end: int | None = None,
         restarts: Restarts | None = None,
         every: int = 0,
+        groups: list[list[EncodedSample]] | None = None,
     ) -> bool:
-        """Mini-batches ``start:end`` of the epoch on the mesh (all of them by default);
-        False when cancelled. Epoch 1 is a round trip per step; in the cache phase the
-        agents get many steps per call and report each one as it ends (progress and
-        cancellation stay per step). With ``restarts``, the state is kept for a restart
-        after every ``every`` steps (the agents' calls end there)."""
+        """Mini-batches ``start:end`` of the epoch on the mesh (all of them by default;
+        ``groups``: these mini-batches instead); False when cancelled. Epoch 1 is a round
+        trip per step; in the cache phase the agents get many steps per call and report
+        each one as it ends (progress and cancellation stay per step). With ``restarts``,
+        the state is kept for a restart after every ``every`` steps (the agents' calls end
+        there)."""
         started, done = time.perf_counter(), 0
         calls_before, bytes_before = calls.step_calls, calls.batch_bytes
 
@@ -429,7 +470,8 @@ class MeshDriver:
 
         if cancelled.is_set():
             return False
-        groups = run.batches(epoch)[start:end]
+        if groups is None:
+            groups = run.batches(epoch)[start:end]
         inputs = map(step_input, groups)
         async with contextlib.aclosing(calls.steps(run.step, inputs, every)) as steps:
             async for item, totals in steps:
@@ -561,6 +603,15 @@ class MeshDriver:
             metrics["predicted_seconds"] = run.predicted_step_s * run.steps_per_epoch
         await asyncio.to_thread(run.save, Path(job.output_dir), metrics)
         return metrics
+
+
+def _adopts_caches(spec: JobSpec, restarts: Restarts) -> bool:
+    """Whether a restart from the state ``restarts`` keeps takes over the caches of the
+    agents that stayed: a parallel-adapters job restarted past epoch 1, whose restart
+    rebuilds the cache and then trains from it (restarted inside epoch 1, its training
+    steps cache again as they go, and the old entries are not kept)."""
+    kept = restarts.kept
+    return spec.technique == "parallel-adapters" and kept is not None and kept.epoch > 1
 
 
 def _devices_of(layout: dict[str, Any]) -> list[str]:

@@ -205,10 +205,14 @@ class MeshCalls:
         )
         return dict(zip(self.devices, replies, strict=True))
 
-    async def restore(self, state: dict[str, torch.Tensor], step: int, rebuild_cache: bool) -> None:
+    async def restore(
+        self, state: dict[str, torch.Tensor], step: int, rebuild_cache: bool
+    ) -> set[str]:
         """A restarted job: every agent gets the state kept from the last completed epoch
         (``step`` optimizer steps in), and with ``rebuild_cache`` rebuilds its cache with
-        forward-only pipeline steps before the cache phase."""
+        forward-only pipeline steps before the cache phase. Returns the samples whose
+        ladder points the agents' caches already hold (taken over from the attempt
+        before: the rebuild skips them)."""
         routing = tensors_pb2.Routing(
             job_id=self.job_id,
             step=RESTORE_STEP,
@@ -224,9 +228,10 @@ class MeshCalls:
         request = agent_pb2.RestoreStateRequest(
             job_id=self.job_id, step=step, rebuild_cache=rebuild_cache
         )
-        await asyncio.gather(
+        replies = await asyncio.gather(
             *(self.stubs[d].RestoreState(request, metadata=self.metadata) for d in self.devices)
         )
+        return {sample for reply in replies for sample in reply.cached_samples}
 
     async def export(self, optimizer_state: bool = False) -> dict[str, torch.Tensor]:
         """The union of what the agents trained (each stage's owner sends its part; in the
@@ -245,13 +250,14 @@ class MeshCalls:
                 merged.setdefault(name, tensor)
         return merged
 
-    async def close(self, skip: Collection[str] = ()) -> None:
+    async def close(self, skip: Collection[str] = (), keep_cache: bool = False) -> None:
         """Close the job on every agent at once (an agent that went away or froze has
         nothing to close: its call fails or times out, and the others are not held up;
-        ``skip``: agents known to be gone, not called at all)."""
+        ``skip``: agents known to be gone, not called at all; ``keep_cache``: the agents
+        keep their activation caches for the job's next attempt)."""
         await asyncio.gather(
             *(
-                close_job_on(self.stubs[d], self.job_id, self.metadata)
+                close_job_on(self.stubs[d], self.job_id, self.metadata, keep_cache)
                 for d in self.devices
                 if d not in skip
             )
@@ -259,11 +265,16 @@ class MeshCalls:
 
 
 async def close_job_on(
-    stub: agent_pb2_grpc.AgentStub, job_id: str, metadata: tuple[tuple[str, str], ...]
+    stub: agent_pb2_grpc.AgentStub,
+    job_id: str,
+    metadata: tuple[tuple[str, str], ...],
+    keep_cache: bool = False,
 ) -> None:
     """Close ``job_id`` on one agent, waiting at most ``CLOSE_TIMEOUT_S`` (an agent that
     went away or froze has nothing to close: its failure is ignored)."""
     with contextlib.suppress(grpc.aio.AioRpcError):
         await stub.CloseJob(
-            agent_pb2.CloseJobRequest(job_id=job_id), metadata=metadata, timeout=CLOSE_TIMEOUT_S
+            agent_pb2.CloseJobRequest(job_id=job_id, keep_cache=keep_cache),
+            metadata=metadata,
+            timeout=CLOSE_TIMEOUT_S,
         )

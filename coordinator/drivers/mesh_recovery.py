@@ -101,12 +101,14 @@ async def close_stale(
     channels: dict[str, grpc.aio.Channel],
     found: Found,
     metadata: tuple[tuple[str, str], ...],
+    keep_cache: bool = False,
 ) -> None:
     """Close the attempts the agents still hold open (nobody else will: the coordinator
-    that opened them is gone)."""
+    that opened them is gone); ``keep_cache``: the agents keep their caches for the next
+    attempt."""
     await asyncio.gather(
         *(
-            close_job_on(agent_pb2_grpc.AgentStub(channels[name]), attempt, metadata)
+            close_job_on(agent_pb2_grpc.AgentStub(channels[name]), attempt, metadata, keep_cache)
             for name, attempts in found.open.items()
             for attempt in attempts
         )

@@ -7,11 +7,14 @@ stops answering, the job starts over on the others (at most ``max_restarts`` tim
 plan, the job opened again under a new attempt id (a frozen agent that wakes up cannot
 mix its old messages into the new attempt), the kept state restored on every agent, and
 the steps after the kept one. A parallel-adapters job's activation cache went with the
-lost agent (and the others' shares with the closed attempt), so the restarted job first
-rebuilds what it needs of it: forward-only pipeline steps, which train nothing (the cache
-depends on the frozen backbone alone), over epoch 1's mini-batches up to the kept step
-(the rest of epoch 1 then trains and caches as usual), or all of them when the kept step
-is past epoch 1 (then redistribution and the cache phase).
+lost agent; the agents that stayed keep theirs (CloseJob ``keep_cache``) and the new attempt
+takes them over (``adopt_cache_from``; a sample counts when its entries hold every ladder
+point, whichever layout cut them: pac.pipeline.entries.EntryIndex). The restarted job
+first rebuilds the rest of what it needs: forward-only pipeline steps, which train nothing
+(the cache depends on the frozen backbone alone), over the samples of epoch 1's
+mini-batches up to the kept step that no agent holds (the rest of epoch 1 then trains and
+caches as usual), or of all of them when the kept step is past epoch 1 (then
+redistribution and the cache phase).
 
 No sample is lost or counted twice: the steps up to the kept one count once (in the
 state), and the interrupted ones run again, on the same mini-batches in the same order.
@@ -62,6 +65,9 @@ class Restarts:
     # The agents' attempt number of the job's first attempt here: past every attempt they
     # have seen when a restarted coordinator resumes the job (mesh_recovery.py).
     base: int = 0
+    # The attempts (newest first) whose activation caches the agents that stayed kept for
+    # the next attempt to take over (CloseJob keep_cache); empty: none kept.
+    kept_caches: list[str] = field(default_factory=list)
 
     @property
     def left(self) -> int:

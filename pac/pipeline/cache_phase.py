@@ -1,10 +1,12 @@
 """Epochs 2..N on the mesh: every device trains the whole side network from its cache.
 
 After epoch 1 each device holds, per sample it computed, the ladder points of its own
-stage (cache entry ``"{fingerprint}@{stage}"``). :mod:`pac.pipeline.ownership` gives every
-sample one owner (shares proportional to the devices' speed); redistribution moves each entry to
-its sample's owner; :func:`gather_state` gives every device every stage's side-network
-parameters and optimizer state. Then a step is: each device computes the loss of the
+stage (cache entry ``"{fingerprint}@{stage}"``; a step reads a sample's points from the
+entries that hold them, :class:`pac.pipeline.entries.EntryIndex`).
+:mod:`pac.pipeline.ownership` gives every sample one owner (shares proportional to the
+devices' speed); redistribution moves each entry to its sample's owner;
+:func:`gather_state` gives every device every stage's side-network parameters and
+optimizer state. Then a step is: each device computes the loss of the
 mini-batch's samples it owns (divided by the whole mini-batch's count), the gradients are
 summed by a bucketed all-reduce (:mod:`pac.pipeline.all_reduce`, a ring by default), and
 every device takes the same optimizer step, so that the result is the single-device result
@@ -26,7 +28,7 @@ from pac.pipeline.all_reduce import (
     recv_all,
     send_all,
 )
-from pac.pipeline.entries import part_id
+from pac.pipeline.entries import EntryIndex
 from pac.pipeline.step_clock import StepClock
 from pac.pipeline.transport import MessageKey, Tensors, Transport
 from pac.techniques.parallel_adapters import ParallelAdaptersModel
@@ -86,7 +88,6 @@ class DataParallelWorker:
         devices: Sequence[str],
         model: ParallelAdaptersModel,
         cache: LadderCache,
-        stages: int,
         transport: Transport,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
@@ -97,18 +98,25 @@ class DataParallelWorker:
         self.device, self.devices = device, list(devices)
         self.bucket_bytes = bucket_bytes
         self.algorithm = algorithm
-        self.model, self.cache, self.stages = model, cache, stages
+        self.model, self.cache = model, cache
+        self.entries: EntryIndex | None = None  # (read from the cache at the first step)
         self.transport, self.optimizer, self.scheduler = transport, optimizer, scheduler
         self.owners = owners
         self.clock = StepClock()
 
     def ladder(self, fingerprints: Sequence[str], batch: Tensors) -> Tensors:
-        """The rows' ladder points from every stage's entry, padded to the batch's length."""
+        """The rows' ladder points from the entries that hold them (one read per group of
+        points that the same entries hold: per stage of the layout that wrote them), padded
+        to the batch's length."""
+        if self.entries is None:
+            self.entries = EntryIndex(self.cache.cache)
+        where = self.entries.locate(fingerprints, self.cache.points)
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for point in self.cache.points:
+            groups.setdefault(tuple(w[point] for w in where), []).append(point)
         ladder: Tensors = {}
-        for stage in range(self.stages):
-            ids = [part_id(f, stage) for f in fingerprints]
-            points = self.cache.cache.shapes(ids[0])
-            padded, _ = self.cache.cache.get_batch(ids, list(points))
+        for ids, points in groups.items():
+            padded, _ = self.cache.cache.get_batch(list(ids), points)
             ladder.update(padded)
         for point, value in ladder.items():
             length = batch[self.cache.mask_keys[point]].shape[1]

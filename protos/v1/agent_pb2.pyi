@@ -876,20 +876,29 @@ class RestoreStateReply(_message.Message):
 
     PARAMETERS_FIELD_NUMBER: _builtins.int
     OPTIMIZER_STATES_FIELD_NUMBER: _builtins.int
+    CACHED_SAMPLES_FIELD_NUMBER: _builtins.int
     parameters: _builtins.int
     """Parameters loaded, and how many of them got their optimizer state (this agent's
     stage's: the others come with the cache phase's gather).
     """
     optimizer_states: _builtins.int
+    @_builtins.property
+    def cached_samples(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With rebuild_cache: the samples (fingerprints) whose every ladder point this agent's
+        cache holds, taken over from an earlier attempt (CloseJobRequest.keep_cache); the
+        rebuild need not compute them again.
+        """
+
     def __init__(
         self,
         *,
         parameters: _builtins.int = ...,
         optimizer_states: _builtins.int = ...,
+        cached_samples: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["optimizer_states", b"optimizer_states", "parameters", b"parameters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_samples", b"cached_samples", "optimizer_states", b"optimizer_states", "parameters", b"parameters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -949,15 +958,22 @@ class CloseJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
+    KEEP_CACHE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    keep_cache: _builtins.bool
+    """Keep the job's activation cache on disk: the job's next attempt (a restart without an
+    agent that went away) takes it over when its settings name this attempt in
+    "adopt_cache_from", and rebuilds only the samples it lacks.
+    """
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
+        keep_cache: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "keep_cache", b"keep_cache"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

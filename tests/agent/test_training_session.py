@@ -33,18 +33,30 @@ def test_a_different_local_model_is_refused_before_loading(
         TrainingSession("job", "agent-0", settings, tmp_path, transport)
 
 
-def lora_session(model_dir: Path, cache_root: Path) -> TrainingSession:
+def mesh_session(
+    model_dir: Path,
+    cache_root: Path,
+    technique: str = "lora",
+    attempt: str = "job",
+    extra: dict[str, Any] | None = None,
+) -> TrainingSession:
+    """A one-device mesh job's session on ``model_dir`` (no transport: nothing is sent)."""
     settings = MeshJobSettings(
         model_dir=str(model_dir),
         task=TaskSpec("classification", labels=("a", "b")),
-        technique="lora",
+        technique=technique,
         technique_settings={},
         layout=PipelineLayout((StageSpec(0, 2, ("agent-0",), (1.0,)),), micro_batches=1),
         addresses={"agent-0": "127.0.0.1:1"},
         learning_rate=1e-2,
         total_steps=20,
+        extra=extra or {},
     )
-    return TrainingSession("job", "agent-0", settings, cache_root, cast(Any, None))
+    return TrainingSession(attempt, "agent-0", settings, cache_root, cast(Any, None))
+
+
+def lora_session(model_dir: Path, cache_root: Path) -> TrainingSession:
+    return mesh_session(model_dir, cache_root)
 
 
 def test_a_restored_state_sets_the_parameters_the_schedule_and_at_the_first_step_the_state(
@@ -123,3 +135,49 @@ def test_closing_waits_for_the_step_in_flight_and_refuses_later_steps(
     assert discarded == [0] and session.closed  # (LoRA keeps no cache: nothing to delete)
     with pytest.raises(JobClosed, match="was closed"):
         session.run_step(0, cast(Any, None))
+
+
+def pac_session(
+    model_dir: Path, cache_root: Path, attempt: str, adopt_from: list[str] | None = None
+) -> TrainingSession:
+    extra = {"adopt_cache_from": adopt_from} if adopt_from else {}
+    return mesh_session(model_dir, cache_root, "parallel-adapters", attempt, extra)
+
+
+def test_a_restarted_attempt_takes_over_the_cache_its_earlier_attempt_kept(
+    tiny_model_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Closed with keep_cache, an attempt's cache goes to the next attempt that names it;
+    only samples with every ladder point count as held, the rest is deleted."""
+    import torch
+
+    from pac.pipeline.entries import part_id
+    from pac.techniques.parallel_adapters import ParallelAdaptersModel
+
+    model_dir = tiny_model_dir("bert")
+    first = pac_session(model_dir, tmp_path, "job")
+    points: list[str] = list(cast(ParallelAdaptersModel, first.worker.model).points)
+    assert len(points) > 1
+
+    def states(seed: int, names: list[str]) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        return {p: torch.randn(3, 8, generator=generator) for p in names}
+
+    first.cache.put(part_id("whole", 0), states(1, points[:1]))
+    first.cache.put(part_id("whole", 1), states(2, points[1:]))  # cut by the old layout
+    first.cache.put(part_id("half", 0), states(3, points[:1]))  # its other stage was lost
+    stored = first.cache.get("whole@1")  # (at the cache's precision, fp16)
+    assert first.discard_cache(keep=True) == 0
+    second = pac_session(model_dir, tmp_path, "job-r1", adopt_from=["job"])
+    assert second.adopted_from == "job"
+    assert not (tmp_path / "job" / first.cache.key.namespace).exists()
+    assert (tmp_path / "job-r1" / first.cache.key.namespace).is_dir()
+    assert second.complete_samples() == ["whole"]
+    assert sorted(second.cache.sample_ids()) == ["whole@0", "whole@1"]  # "half" deleted
+    assert stored.keys() == set(points[1:])
+    for point, value in second.cache.get("whole@1").items():
+        assert torch.equal(value, stored[point]), point
+    # Closed without keep, the cache is deleted and a later attempt finds none.
+    assert second.discard_cache() > 0
+    third = pac_session(model_dir, tmp_path, "job-r2", adopt_from=["job-r1", "job"])
+    assert third.adopted_from is None and third.complete_samples() == []

@@ -23,6 +23,7 @@ from protos.v1 import coordinator_pb2 as pb
 from protos.v1 import coordinator_pb2_grpc as pb_grpc
 from tests.coordinator.test_restarts import (
     AGENTS,
+    ROWS,
     STEPS,
     assert_equal,
     job_spec,
@@ -67,11 +68,19 @@ def test_a_job_a_coordinator_crash_interrupted_resumes_from_its_agents_checkpoin
         assert record["why"] == "the coordinator restarted during the job"
         step = int(record["resume_step"])
         assert step > STEPS and (step % 3 == 0 or step % STEPS == 0), record
-        # A new attempt id (past the one the agents held open), which they were told to close.
+        # A new attempt id (past the one the agents held open), which they were told to
+        # close, keeping their caches: the new attempt took them over (past epoch 1).
         assert json.loads((out / ATTEMPT_FILE).read_text())["attempt"] == f"{job.job_id}-r1"
         for agent in AGENTS:
             log = (mesh.run_dir / "logs" / f"{agent}.log").read_text()
-            assert f"job {job.job_id} closed: its activation cache" in log, agent
+            assert f"job {job.job_id}-r1 took over the activation cache of {job.job_id}\n" in (
+                log
+            ), agent
+            assert f"job {job.job_id} closed: its activation cache" not in log, agent
+        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        resumed = metrics[int(record["resume_epoch"]) - 1]
+        # Every agent stayed: none of the cache is rebuilt.
+        assert (resumed["cached_samples"], resumed["rebuilt_samples"]) == (ROWS, 0), resumed
         coordinator_log = (mesh.run_dir / "logs" / "coordinator.log").read_text()
         assert "queued again, to resume from their agents' checkpoints" in coordinator_log
     expected = one_device(model_dir, data, tmp_path / "one-device", "parallel-adapters")

@@ -195,7 +195,8 @@ def test_a_job_frozen_in_its_cache_phase_restarts_from_the_step_kept_and_equals_
         assert [p.name for p in held.iterdir()] in ([], [CHECKPOINT_FILE])  # cache deleted
 
     # Frozen in the cache phase: the job restarts from the last state kept (past epoch 1),
-    # rebuilds the whole cache on agent-0 and agent-1, and goes on from that step.
+    # agent-0 and agent-1 keep the cache entries they owned and rebuild agent-2's share
+    # only, and it goes on from that step.
     events = run_losing_agent_2(
         mesh,
         spec,
@@ -208,6 +209,10 @@ def test_a_job_frozen_in_its_cache_phase_restarts_from_the_step_kept_and_equals_
     # The restart's restore, cache rebuild and redistribution are in its first epoch's record.
     resumed = metrics[int(str(record["resume_epoch"])) - 1]
     assert resumed["restore_seconds"] > 0 and "redistribute_seconds" in resumed
+    # Every sample is either kept by the agents that stayed or rebuilt, never both: the
+    # rebuild computes agent-2's share (the planner gave it about a third), not all.
+    assert resumed["cached_samples"] + resumed["rebuilt_samples"] == ROWS, resumed
+    assert 0 < resumed["rebuilt_samples"] < ROWS / 2 < resumed["cached_samples"], resumed
     log = (mesh.run_dir / "logs" / "coordinator.log").read_text()
     assert "restart 1 of 2 on agent-0, agent-1 from epoch" in log
     expected = one_device(model_dir, data, tmp_path / "one-device", "parallel-adapters")
