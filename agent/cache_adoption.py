@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,3 +35,18 @@ def adopt_cache(
             log.info("job %s took over the activation cache of %s", attempt, old)
             return old
     return None
+
+
+def discard_kept_caches(cache_root: Path, attempts: Sequence[str]) -> int:
+    """Delete the activation caches that ``attempts`` (a job's other attempts, closed with
+    keep_cache) left under ``cache_root`` and no attempt took over: the job has ended here.
+    Their checkpoints stay. Returns the bytes deleted."""
+    freed = 0
+    for attempt in attempts:
+        folder = cache_root / attempt
+        if not folder.is_dir():
+            continue
+        for namespace in (p for p in folder.iterdir() if p.is_dir()):
+            freed += sum(f.stat().st_size for f in namespace.rglob("*") if f.is_file())
+            shutil.rmtree(namespace, ignore_errors=True)
+    return freed

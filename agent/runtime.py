@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from agent import allocator
+from agent.cache_adoption import discard_kept_caches
 from agent.checkpoints import attempts_on_disk, newest_checkpoint
 from agent.errors import (
     BadRequest,
@@ -337,6 +338,16 @@ class AgentRuntime:
             freed = await asyncio.to_thread(session.training.discard_cache, keep_cache)
             if freed:
                 log.info("job %s closed: its activation cache (%d bytes) deleted", job_id, freed)
+            if not keep_cache and not session.training.settings.extra.get("keep_cache"):
+                # Caches that earlier attempts kept for a restart nobody took over.
+                job, _ = job_of_attempt(job_id)
+                others = await asyncio.to_thread(attempts_on_disk, self.cache_dir, job)
+                others = [a for a in others if a != job_id and a not in self.jobs]
+                left = await asyncio.to_thread(discard_kept_caches, self.cache_dir, others)
+                if left:
+                    log.info(
+                        "job %s closed: %d bytes of earlier attempts' caches deleted", job_id, left
+                    )
             self._report_cache_bytes()
         in_cache_phase = [
             s for s in self.jobs.values() if s.training and s.training.data_parallel is not None
