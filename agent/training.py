@@ -338,7 +338,8 @@ class TrainingSession:
         for param, kept in self.pending_state.items():
             self.worker.optimizer.state[param] = kept
         self.pending_state = {}
-        gather_state(model, self.worker.optimizer, self.transport, devices, self.device)
+        groups = [stage.devices for stage in self.settings.layout.stages]
+        gather_state(model, self.worker.optimizer, self.transport, groups, self.device)
         self.data_parallel = DataParallelWorker(
             self.device,
             devices,

@@ -46,18 +46,27 @@ def gather_state(
     model: ParallelAdaptersModel,
     optimizer: torch.optim.Optimizer,
     transport: Transport,
-    devices: Sequence[str],
+    groups: Sequence[Sequence[str]],
     me: str,
     timeout: float | None = 300.0,
 ) -> int:
-    """All-gather every device's trained parameters and optimizer state; returns how many
-    parameters this device took from others."""
-    mine = trained_state(model, optimizer)
-    peers = [peer for peer in devices if peer != me]
-    # To every peer at once, and every peer's state awaited together.
-    send_all(transport, [(MessageKey(STATE_STEP, "allreduce", 0, me, p), mine) for p in peers])
+    """Give every device every stage's trained parameters and optimizer state (``groups``:
+    each stage's devices, which hold the same state). A stage's group sends its state to
+    the devices outside it, one member to each in turn: a device gets one message per
+    other stage, and replicas send each other nothing (a one-stage layout sends nothing
+    at all). Returns how many parameters this device took from others."""
+    devices = [d for group in groups for d in group]
+    mine_group = next(group for group in groups if me in group)
+    targets = [
+        peer
+        for peer in devices
+        if peer not in mine_group and mine_group[devices.index(peer) % len(mine_group)] == me
+    ]
+    senders = [group[devices.index(me) % len(group)] for group in groups if me not in group]
+    mine = trained_state(model, optimizer) if targets else {}
+    send_all(transport, [(MessageKey(STATE_STEP, "allreduce", 0, me, p), mine) for p in targets])
     states = recv_all(
-        transport, [MessageKey(STATE_STEP, "allreduce", 0, p, me) for p in peers], timeout
+        transport, [MessageKey(STATE_STEP, "allreduce", 0, s, me) for s in senders], timeout
     )
     params = dict(model.named_parameters())
     taken = 0
