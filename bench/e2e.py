@@ -12,7 +12,8 @@ peak memory is its own:
   of median total time of ``--pac-runs``, min and max printed beside it);
 - PAC again on agents that ran a 1-epoch job on the same model just before (untimed): they
   answer the job's profiling from their memo (the coordinator's ``--profile-max-age``), as
-  a household's next job on its model does (``--no-earlier-job`` skips it);
+  a household's next job on its model does (its peak memory includes the earlier job's;
+  ``--no-earlier-job`` skips it);
 - EDDL-like pure data parallel (1 stage on all 4 agents) with LoRA and with adapters;
 - Eco-FL-like pure pipeline (4 stages, one agent each) with LoRA and with full fine-tuning;
 - standalone LoRA on one agent.
@@ -81,12 +82,6 @@ BERT_BASE_SHAPE = {
     "intermediate_size": 3072,
     "num_attention_heads": 12,
 }
-TOKENIZER_FILES = (
-    "vocab.txt",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
 
 
 def bert_base_shaped(minilm: Path, into: Path, seed: int = 0) -> Path:
@@ -97,6 +92,8 @@ def bert_base_shaped(minilm: Path, into: Path, seed: int = 0) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
+    from pac.cache.key import TOKENIZER_FILES
+
     config = json.loads((minilm / "config.json").read_text())
     config.update(BERT_BASE_SHAPE)
     into.mkdir(parents=True)
@@ -104,7 +101,8 @@ def bert_base_shaped(minilm: Path, into: Path, seed: int = 0) -> Path:
     model = BertModel(BertConfig(**{k: v for k, v in config.items() if k != "_name_or_path"}))
     model.save_pretrained(into, safe_serialization=True)
     for name in TOKENIZER_FILES:
-        (into / name).symlink_to((minilm / name).resolve())
+        if (minilm / name).exists():
+            (into / name).symlink_to((minilm / name).resolve())
     return into
 
 

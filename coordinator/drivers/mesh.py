@@ -284,7 +284,7 @@ class MeshDriver:
                 self.context.join_token,
                 token_metadata(self.context.join_token),
             )
-            if restarts.kept_caches and _adopts_caches(spec, restarts):
+            if restarts.kept_caches:
                 # The agents that stayed kept their caches: this attempt takes them over.
                 run.settings.extra["adopt_cache_from"] = list(restarts.kept_caches)
             return await self._while_answering(

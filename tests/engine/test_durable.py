@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,26 +14,22 @@ import pac.durable
 from pac.cache.index import write_atomic
 from pac.engine.export import atomic_write
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="names an fd's file through /proc/self/fd"
-)
-
 
 @pytest.fixture
 def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str]]]:
-    """What reached ``os.fsync`` and ``os.replace`` through pac.durable, in order."""
+    """What pac.durable flushed (the path it opened and fsynced) and renamed, in order."""
     seen: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
+    real_fsync, real_replace = pac.durable.fsync_path, os.replace
 
-    def fsync(fd: int) -> None:
-        seen.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
+    def fsync_path(path: str | Path) -> None:
+        real_fsync(path)  # (the real flush, on a file or a directory)
+        seen.append(("fsync", str(path)))
 
     def replace(src: str | Path, dst: str | Path) -> None:
         seen.append(("replace", str(dst)))
         real_replace(src, dst)
 
-    monkeypatch.setattr(pac.durable.os, "fsync", fsync)
+    monkeypatch.setattr(pac.durable, "fsync_path", fsync_path)
     monkeypatch.setattr(pac.durable.os, "replace", replace)
     yield seen
 
