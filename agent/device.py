@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -50,6 +51,32 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def usable_cpus() -> list[int]:
+    """The CPU cores this process may run on (its affinity; every core where the
+    platform cannot say)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is not None:
+        return sorted(affinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def _ranges(cpus: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
+    runs: list[list[int]] = []
+    for cpu in cpus:
+        if runs and cpu == runs[-1][-1] + 1:
+            runs[-1].append(cpu)
+        else:
+            runs.append([cpu])
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def cpu_pool(cpus: list[int]) -> str:
+    """The name of the cores this agent computes on: the machine and the cores
+    (``"laptop:cpus=0-3"``). Agents with the same name share those cores."""
+    return f"{socket.gethostname()}:cpus={_ranges(cpus)}"
+
+
 def matmul_gflops(device: torch.device, size: int = 512, budget_s: float = 0.25) -> float:
     """float32 ``[size, size] @ [size, size]`` throughput in GFLOP/s, timed for about
     ``budget_s`` after one warm-up."""
@@ -77,13 +104,14 @@ def measure_device(
     cache_dir.mkdir(parents=True, exist_ok=True)
     accelerator_name = _cpu_name()
     accelerator_memory = total
+    cpus = usable_cpus()
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(0)
         accelerator_name, accelerator_memory = properties.name, properties.total_memory
     return agent_pb2.DeviceProfile(
         name=name,
         address=address,
-        cpu_cores=os.cpu_count() or 1,
+        cpu_cores=len(cpus),
         threads=torch.get_num_threads(),
         memory_bytes=total,
         available_memory_bytes=available,
@@ -93,4 +121,5 @@ def measure_device(
         accelerator_memory_bytes=accelerator_memory,
         matmul_gflops=matmul_gflops(device, budget_s=benchmark_s),
         torch_version=torch.__version__,
+        cpu_pool=cpu_pool(cpus),
     )

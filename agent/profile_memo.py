@@ -37,6 +37,8 @@ class ProfileAsk:
     second_batch_size: int = 0
     backward_technique: str = ""
     packed_backbone: bool = False
+    # Agents of this one's CPU pool measuring at the same time (ProfileRequest.pool_agents)
+    pool_agents: int = 0
 
 
 Stamp = tuple[tuple[str, int, int], ...]

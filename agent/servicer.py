@@ -127,6 +127,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                     request.second_batch_size,
                     request.backward_technique,
                     request.packed_backbone,
+                    request.pool_agents,
                 )
                 measured, age_s = await self.runtime.profile(ask, request.max_age_s)
             return agent_pb2.ProfileReply(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
 from planner import baselines
 from planner.cache_phase import proportional_shares, side_speeds
 from planner.costs import MODEL_NOTES, CostModel, Layout, evaluate
+from planner.cpu_pools import pool_uses
 from planner.device_types import MAX_TYPES, device_types
 from planner.errors import PlanInfeasible, gib
 from planner.plan import DeviceGroup, Plan, Stage
@@ -44,12 +46,47 @@ def plan(
 ) -> Plan:
     """Plan ``model`` on ``cluster``: the least predicted step time under the cost model.
 
-    ``strategy`` ``"pac"`` searches stages and groups jointly (exact on device types); the
-    others plan a baseline with the same cost model. Raises :class:`PlanInfeasible` when
-    nothing fits, ValueError on bad input.
+    ``strategy`` ``"pac"`` searches stages and groups jointly (exact on device types), on
+    every way to use the devices that share CPU cores (planner/cpu_pools.py); the others
+    plan a baseline with the same cost model on every device. Raises
+    :class:`PlanInfeasible` when nothing fits, ValueError on bad input.
     """
     tech = Technique.parse(technique)
     ms = micro_batch_counts(global_batch, micro_batches)
+    if strategy != "pac":
+        return _plan_on(cluster, model, tech, global_batch, ms, strategy, max_types)
+    best: Plan | None = None
+    refusal: PlanInfeasible | None = None
+    whole: float | None = None
+    for use in pool_uses(cluster):
+        try:
+            found = _plan_on(use.cluster, model, tech, global_batch, ms, strategy, max_types)
+        except PlanInfeasible as error:
+            refusal = refusal or error  # the first use is every device: the roomiest
+            continue
+        if whole is None and all(len(s.used) == s.of for s in use.shares):
+            whole = found.step_time_s
+        if best is None or found.step_time_s < best.step_time_s:
+            notes = tuple(str(share) for share in use.shares)
+            if notes and whole is not None and found.step_time_s < whole:
+                notes += (f"on every device of the pool(s) a step would take {whole:.4f} s",)
+            best = replace(found, notes=found.notes + notes)
+    if best is None:
+        assert refusal is not None
+        raise refusal
+    return best
+
+
+def _plan_on(
+    cluster: Cluster,
+    model: ModelProfile,
+    tech: Technique,
+    global_batch: int,
+    ms: list[int],
+    strategy: str,
+    max_types: int,
+) -> Plan:
+    """The plan of ``strategy`` on exactly these devices (at their given speeds)."""
     costs = CostModel(cluster, model, tech)
     notes = list(MODEL_NOTES)
     if strategy == "pac":

@@ -41,6 +41,9 @@ def cluster_from_proto(msg: pb.Cluster) -> Cluster:
             backward_s=tuple(sorted((k, tuple(v.seconds)) for k, v in d.backward_s.items())),
             gflops=d.gflops,
             micro_batch_overhead_s=d.micro_batch_overhead_s,
+            cpu_pool=d.cpu_pool,
+            pool_cores=d.pool_cores,
+            threads=d.threads or 1,
         )
         for d in msg.devices
     )
@@ -83,7 +86,9 @@ def cluster_to_proto(cluster: Cluster) -> pb.Cluster:
     for d in cluster.devices:
         device = msg.devices.add(name=d.name, forward_s=d.forward_s, side_s=d.side_s,
                                  memory_bytes=d.memory_bytes, gflops=d.gflops,
-                                 micro_batch_overhead_s=d.micro_batch_overhead_s)
+                                 micro_batch_overhead_s=d.micro_batch_overhead_s,
+                                 cpu_pool=d.cpu_pool, pool_cores=d.pool_cores,
+                                 threads=d.threads)
         for technique, times in d.backward_s:
             device.backward_s[technique].seconds.extend(times)
     default = cluster.network.default

@@ -161,6 +161,7 @@ def device_profile(
     gflops: float | None = None, layer_forward_s: float | None = None,
     micro_batch_overhead_s: float = 0.0, side_layer_s: float | None = None,
     backward_ratio: tuple[str, float] | None = None,
+    cpu_pool: str = "", pool_cores: int = 0, threads: int = 1,
 ) -> DeviceProfile:
     """Per-layer times from a throughput (GFLOP/s) or one measured mean layer time.
 
@@ -171,7 +172,8 @@ def device_profile(
     blocks; that technique's backward is then the forward times the ratio instead of the
     rule of thumb (full ~2x, LoRA ~1.05x, adapters ~1.1x).
     ``micro_batch_overhead_s``: the device's fixed seconds per micro-batch and stage (see
-    :class:`DeviceProfile`), passed through.
+    :class:`DeviceProfile`), passed through, as are ``cpu_pool``, ``pool_cores`` and
+    ``threads`` (devices that share CPU cores).
     """
     flops = [layer_flops(layer, seq) for layer in shape.layers]
     if layer_forward_s is not None:
@@ -204,6 +206,9 @@ def device_profile(
         ),
         gflops=rate / 1e9,
         micro_batch_overhead_s=micro_batch_overhead_s,
+        cpu_pool=cpu_pool,
+        pool_cores=pool_cores,
+        threads=threads,
     )
 
 
@@ -263,8 +268,10 @@ def cluster_from_json(data: dict[str, Any], shape: ModelShape, seq: int) -> Clus
     A device: ``name``, ``memory_gb``, ``gflops`` or ``layer_forward_ms`` (measured mean
     time of one layer per sample), optional ``count`` and ``micro_batch_overhead_ms``
     (fixed milliseconds per micro-batch and stage; ``micro_batch_overhead_s`` in seconds
-    also works). Links: ``default`` and ``overrides`` (``between``: [device, device]),
-    each with ``bandwidth_mbps`` and ``latency_ms``.
+    also works), and for devices that share a machine's CPU cores ``cpu_pool`` (a name),
+    ``pool_cores`` and ``threads`` (each device's; default 1). Links: ``default`` and
+    ``overrides`` (``between``: [device, device]), each with ``bandwidth_mbps`` and
+    ``latency_ms``.
     """
     specs = data.get("devices")
     if not isinstance(specs, list) or not specs:
@@ -283,6 +290,9 @@ def cluster_from_json(data: dict[str, Any], shape: ModelShape, seq: int) -> Clus
                 gflops=spec.get("gflops"),
                 layer_forward_s=None if forward_ms is None else float(forward_ms) / 1e3,
                 micro_batch_overhead_s=overhead,
+                cpu_pool=str(spec.get("cpu_pool", "")),
+                pool_cores=int(spec.get("pool_cores", 0)),
+                threads=int(spec.get("threads", 1)),
             ))
     links = data.get("links", {})
     default = _link(links.get("default", {"bandwidth_mbps": 1000, "latency_ms": 0.2}),

@@ -47,6 +47,10 @@ class DeviceProfile:
     whatever its share (kernel launches, Python dispatch, message handling): what makes
     many small micro-batches dearer than a few large ones. Estimated from profiling at two
     batch sizes (the intercept of time against samples); 0 when unknown.
+    ``cpu_pool``: devices of a cluster with the same non-empty pool compute on the same
+    ``pool_cores`` CPU cores (agents on one machine), ``threads`` threads each; their
+    times were measured with every device of the pool in the cluster measuring at once
+    (see planner/cpu_pools.py). "" = a device of its own.
     """
 
     name: str
@@ -56,12 +60,20 @@ class DeviceProfile:
     backward_s: tuple[tuple[str, tuple[float, ...]], ...] = ()
     gflops: float = 0.0
     micro_batch_overhead_s: float = 0.0
+    cpu_pool: str = ""
+    pool_cores: int = 0
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.micro_batch_overhead_s) and self.micro_batch_overhead_s >= 0):
             raise ValueError(
                 f"device {self.name!r}: micro_batch_overhead_s must be a finite number of "
                 f"seconds >= 0, got {self.micro_batch_overhead_s}"
+            )
+        if self.cpu_pool and (self.pool_cores < 1 or self.threads < 1):
+            raise ValueError(
+                f"device {self.name!r} in CPU pool {self.cpu_pool!r} needs pool_cores >= 1 "
+                f"and threads >= 1, got {self.pool_cores} and {self.threads}"
             )
 
     def backward_for(self, technique: Technique) -> tuple[float, ...]:
@@ -126,6 +138,15 @@ class Cluster:
             raise ValueError("the cluster has no devices; list at least one")
         if len(set(names)) != len(names):
             raise ValueError(f"device names must be unique, got {names}")
+        cores: dict[str, int] = {}
+        for device in self.devices:
+            if device.cpu_pool and cores.setdefault(device.cpu_pool, device.pool_cores) != (
+                device.pool_cores
+            ):
+                raise ValueError(
+                    f"the devices of CPU pool {device.cpu_pool!r} disagree on its cores: "
+                    f"{cores[device.cpu_pool]} and {device.pool_cores} ({device.name!r})"
+                )
 
 
 @dataclass(frozen=True)

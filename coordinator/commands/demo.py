@@ -143,11 +143,6 @@ def run(args: argparse.Namespace) -> int:
         "peak memory per agent: "
         + ", ".join(f"{name} {mb:.0f} MB" for name, mb in peaks.items())
     )
-    if any(mb > 0 for mb in cache_peaks.values()):
-        print(
-            "peak memory per agent in the cache phase: "
-            + ", ".join(f"{name} {mb:.0f} MB" for name, mb in cache_peaks.items())
-        )
     last = records[-1]
     released = [
         f"{name} {last[f'rss_mb_before_release.{name}']:.0f} -> "
@@ -155,6 +150,17 @@ def run(args: argparse.Namespace) -> int:
         for name in peaks
         if f"rss_mb_before_release.{name}" in last
     ]
+    trained = [name for name, mb in cache_peaks.items() if mb > 0]
+    if trained:
+        print(
+            "peak memory per agent in the cache phase: "
+            + ", ".join(f"{name} {cache_peaks[name]:.0f} MB" for name in trained)
+        )
+    if trained and len(trained) < len(cache_peaks):
+        print(
+            f"the planner trained on {len(trained)} of the {len(cache_peaks)} agents (why: "
+            f"{root / 'adapters' / 'plan.txt'})"
+        )
     if released:
         print("RSS when the backbone was released: " + ", ".join(released))
     print(

@@ -46,6 +46,7 @@ from coordinator.drivers.mesh_plan import (
     measure_links,
     plan_report,
     planner_inputs,
+    pool_of,
     profile_agents,
     request_plan,
 )
@@ -423,7 +424,10 @@ class MeshDriver:
         metadata = token_metadata(self.context.join_token)
         stubs = {name: agent_pb2_grpc.AgentStub(channel) for name, channel in channels.items()}
         started = time.perf_counter()
-        timings = await profile_agents(stubs, spec, metadata, self.context.profile_max_age_s)
+        pools = {name: pool_of(profiles[name]) for name in stubs if name in profiles}
+        timings = await profile_agents(
+            stubs, spec, metadata, self.context.profile_max_age_s, pools
+        )
         phases["profile_seconds"] = time.perf_counter() - started
         started = time.perf_counter()
         links = await measure_links(stubs, {r.name: r.address for r in live}, metadata)

@@ -72,10 +72,13 @@ async def profile_agents(
     spec: JobSpec,
     metadata: tuple[tuple[str, str], ...],
     max_age_s: float = 0.0,
+    pools: dict[str, str] | None = None,
 ) -> dict[str, BlockTiming]:
     """Every agent times the job's blocks at one sample and at the job's micro-batch size
     (at most ``PROFILE_MAX_BATCH``; all agents at once, as they will train at once), or
-    answers with its profile of the same request at most ``max_age_s`` old."""
+    answers with its profile of the same request at most ``max_age_s`` old. ``pools``:
+    each agent's CPU pool (:func:`pool_of`), so that each is told how many agents of its
+    pool measure with it."""
     # Two sizes tell the fixed cost from the per-sample one; beyond a few samples a
     # larger batch only makes profiling slower.
     micro = min(PROFILE_MAX_BATCH, max(2, spec.batch_size // max(1, spec.micro_batches)))
@@ -94,7 +97,21 @@ async def profile_agents(
         and bool(spec.technique_settings.get("packed_backbone", True)),
         max_age_s=max_age_s,
     )
-    replies = await asyncio.gather(*(stubs[n].Profile(request, metadata=metadata) for n in names))
+    pools = pools or {}
+    members = [pools.get(n, "") for n in names]
+
+    def ask(name: str) -> agent_pb2.ProfileRequest:
+        pool = pools.get(name, "")
+        if not pool:
+            return request
+        with_pool = agent_pb2.ProfileRequest()
+        with_pool.CopyFrom(request)
+        with_pool.pool_agents = members.count(pool)
+        return with_pool
+
+    replies = await asyncio.gather(
+        *(stubs[n].Profile(ask(n), metadata=metadata) for n in names)
+    )
     timings = {}
     for name, many in zip(names, replies, strict=True):
         t1 = list(many.second_batch_seconds)
@@ -142,6 +159,12 @@ async def measure_links(
     return links
 
 
+def pool_of(profile: agent_pb2.DeviceProfile) -> str:
+    """The CPU pool an agent's compute shares with the agents of the same pool: its
+    ``cpu_pool`` when it computes on the CPU; "" (its own) on an accelerator."""
+    return profile.cpu_pool if profile.accelerator in ("", "cpu") else ""
+
+
 def network_of(links: dict[tuple[str, str], LinkProfile]) -> Network:
     """The measured pairs as the planner's network; any other pair is taken to be as slow
     as the slowest measured link."""
@@ -186,6 +209,9 @@ def planner_inputs(
                     if timing and timing.backward_ratio
                     else None
                 ),
+                cpu_pool=pool_of(profile),
+                pool_cores=profile.cpu_cores,
+                threads=max(1, profile.threads),
             )
         )
     return Cluster(tuple(devices), network_of(links)), model_profile(shape, seq)

@@ -92,6 +92,7 @@ class DeviceProfile(_message.Message):
     ACCELERATOR_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     MATMUL_GFLOPS_FIELD_NUMBER: _builtins.int
     TORCH_VERSION_FIELD_NUMBER: _builtins.int
+    CPU_POOL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     """host:port where peers reach this agent."""
@@ -110,6 +111,11 @@ class DeviceProfile(_message.Message):
     matmul_gflops: _builtins.float
     """float32 matmul throughput measured at start on `accelerator`."""
     torch_version: _builtins.str
+    cpu_pool: _builtins.str
+    """The CPU cores this agent computes on, named by machine and CPU affinity
+    ("hostname:cpus=0-3"): agents with the same pool share its cpu_cores cores, so while
+    they all compute each gets its fair share of them.
+    """
     def __init__(
         self,
         *,
@@ -125,10 +131,11 @@ class DeviceProfile(_message.Message):
         accelerator_memory_bytes: _builtins.int = ...,
         matmul_gflops: _builtins.float = ...,
         torch_version: _builtins.str = ...,
+        cpu_pool: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "accelerator_memory_bytes", b"accelerator_memory_bytes", "accelerator_name", b"accelerator_name", "address", b"address", "available_memory_bytes", b"available_memory_bytes", "cpu_cores", b"cpu_cores", "free_disk_bytes", b"free_disk_bytes", "matmul_gflops", b"matmul_gflops", "memory_bytes", b"memory_bytes", "name", b"name", "threads", b"threads", "torch_version", b"torch_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "accelerator_memory_bytes", b"accelerator_memory_bytes", "accelerator_name", b"accelerator_name", "address", b"address", "available_memory_bytes", b"available_memory_bytes", "cpu_cores", b"cpu_cores", "cpu_pool", b"cpu_pool", "free_disk_bytes", b"free_disk_bytes", "matmul_gflops", b"matmul_gflops", "memory_bytes", b"memory_bytes", "name", b"name", "threads", b"threads", "torch_version", b"torch_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -150,6 +157,7 @@ class ProfileRequest(_message.Message):
     BACKWARD_TECHNIQUE_FIELD_NUMBER: _builtins.int
     PACKED_BACKBONE_FIELD_NUMBER: _builtins.int
     MAX_AGE_S_FIELD_NUMBER: _builtins.int
+    POOL_AGENTS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     model_dir: _builtins.str
     """A local Hugging Face model directory on the agent."""
@@ -179,6 +187,11 @@ class ProfileRequest(_message.Message):
     seconds ago on the same model files (unchanged names, sizes and modification times)
     instead of running the model again; 0 = measure now.
     """
+    pool_agents: _builtins.int
+    """How many agents of this agent's CPU pool (DeviceProfile.cpu_pool), this one included,
+    measure at the same time as this one (0 = not said): the times are those of a fair
+    share of the pool. A kept profile answers only a request with the same number.
+    """
     def __init__(
         self,
         *,
@@ -194,10 +207,11 @@ class ProfileRequest(_message.Message):
         backward_technique: _builtins.str = ...,
         packed_backbone: _builtins.bool = ...,
         max_age_s: _builtins.float = ...,
+        pool_agents: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backward_technique", b"backward_technique", "batch_size", b"batch_size", "job_id", b"job_id", "layer_end", b"layer_end", "layer_start", b"layer_start", "max_age_s", b"max_age_s", "model_dir", b"model_dir", "packed_backbone", b"packed_backbone", "repeats", b"repeats", "second_batch_size", b"second_batch_size", "seq_len", b"seq_len", "side_network", b"side_network"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backward_technique", b"backward_technique", "batch_size", b"batch_size", "job_id", b"job_id", "layer_end", b"layer_end", "layer_start", b"layer_start", "max_age_s", b"max_age_s", "model_dir", b"model_dir", "packed_backbone", b"packed_backbone", "pool_agents", b"pool_agents", "repeats", b"repeats", "second_batch_size", b"second_batch_size", "seq_len", b"seq_len", "side_network", b"side_network"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -85,6 +85,9 @@ class PlannerDeviceProfile(_message.Message):
     BACKWARD_S_FIELD_NUMBER: _builtins.int
     GFLOPS_FIELD_NUMBER: _builtins.int
     MICRO_BATCH_OVERHEAD_S_FIELD_NUMBER: _builtins.int
+    CPU_POOL_FIELD_NUMBER: _builtins.int
+    POOL_CORES_FIELD_NUMBER: _builtins.int
+    THREADS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     memory_bytes: _builtins.int
     """usable for training"""
@@ -94,6 +97,13 @@ class PlannerDeviceProfile(_message.Message):
     """Seconds spent on every micro-batch of a stage whatever its share (kernel launches,
     dispatch, message handling); 0 when unknown.
     """
+    cpu_pool: _builtins.str
+    """Devices with the same non-empty cpu_pool compute on the same pool_cores CPU cores
+    (agents on one machine), with `threads` threads each; their times were measured with
+    every device of the pool in the cluster measuring at once.
+    """
+    pool_cores: _builtins.int
+    threads: _builtins.int
     @_builtins.property
     def forward_s(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """backbone forward, per layer"""
@@ -118,10 +128,13 @@ class PlannerDeviceProfile(_message.Message):
         backward_s: _abc.Mapping[_builtins.str, Global___LayerTimes] | None = ...,
         gflops: _builtins.float = ...,
         micro_batch_overhead_s: _builtins.float = ...,
+        cpu_pool: _builtins.str = ...,
+        pool_cores: _builtins.int = ...,
+        threads: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backward_s", b"backward_s", "forward_s", b"forward_s", "gflops", b"gflops", "memory_bytes", b"memory_bytes", "micro_batch_overhead_s", b"micro_batch_overhead_s", "name", b"name", "side_s", b"side_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backward_s", b"backward_s", "cpu_pool", b"cpu_pool", "forward_s", b"forward_s", "gflops", b"gflops", "memory_bytes", b"memory_bytes", "micro_batch_overhead_s", b"micro_batch_overhead_s", "name", b"name", "pool_cores", b"pool_cores", "side_s", b"side_s", "threads", b"threads"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

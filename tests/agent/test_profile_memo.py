@@ -72,12 +72,16 @@ def test_too_old_another_request_or_changed_model_files_measure_again(model: Pat
     clock.now += 61
     assert memo.profile(ask_for(model), 60.0, measure)[1] == 0.0  # older than allowed
     assert len(measure.asks) == 2
-    for other in (ask_for(model, batch_size=4), ask_for(model, packed_backbone=True)):
+    for other in (
+        ask_for(model, batch_size=4),
+        ask_for(model, packed_backbone=True),
+        ask_for(model, pool_agents=3),  # measured beside another number of its pool's agents
+    ):
         assert memo.profile(other, 60.0, measure)[1] == 0.0
-    assert len(measure.asks) == 4
+    assert len(measure.asks) == 5
     clock.now += 5
     assert memo.profile(ask_for(model), 60.0, measure)[1] == pytest.approx(5.0)
-    assert len(measure.asks) == 4  # the first request's newest profile is still good
+    assert len(measure.asks) == 5  # the first request's newest profile is still good
     weights = model / "model.safetensors"
     weights.write_bytes(b"new weights")  # another size
     assert memo.profile(ask_for(model), 60.0, measure)[1] == 0.0
@@ -86,7 +90,7 @@ def test_too_old_another_request_or_changed_model_files_measure_again(model: Pat
     assert memo.profile(ask_for(model), 60.0, measure)[1] == 0.0
     (model / "tokenizer.json").write_text("{}")  # a file added
     assert memo.profile(ask_for(model), 60.0, measure)[1] == 0.0
-    assert len(measure.asks) == 7
+    assert len(measure.asks) == 8
 
 
 def test_the_memo_keeps_the_newest_requests(model: Path) -> None:
@@ -132,3 +136,4 @@ def test_an_agent_answers_a_repeated_profile_with_its_age(
     assert 0.05 <= remembered.age_s < 600
     assert list(remembered.layers) == list(measured.layers)  # the same numbers, not new ones
     assert remembered.device.name == "agent-0"
+

@@ -5,6 +5,8 @@ prepacked weights, as its agents run them; the coordinator asks for what the job
 from __future__ import annotations
 
 import asyncio
+import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -140,3 +142,36 @@ def test_the_coordinator_asks_for_the_blocks_as_the_job_runs_them(
     assert request.packed_backbone is packed
     assert request.side_network is (technique == "parallel-adapters")
     assert timings["a"].per_sample_s > 0
+
+
+def test_each_agent_is_told_how_many_of_its_pool_measure_with_it_and_the_planner_sees_it(
+) -> None:
+    from coordinator.drivers.mesh_plan import planner_inputs, pool_of
+
+    stubs = {name: _RecordingStub() for name in ("a", "b", "c", "gpu")}
+    profiles = {
+        name: agent_pb2.DeviceProfile(
+            name=name, cpu_pool=pool, cpu_cores=2, threads=1, accelerator=accelerator,
+            memory_bytes=1 << 32, matmul_gflops=10.0,
+        )
+        for name, pool, accelerator in (
+            ("a", "box:cpus=0-1", "cpu"), ("b", "box:cpus=0-1", "cpu"),
+            ("c", "laptop:cpus=0-1", "cpu"), ("gpu", "box:cpus=0-1", "cuda"),
+        )
+    }
+    pools = {name: pool_of(profile) for name, profile in profiles.items()}
+    assert pools["gpu"] == ""  # it computes on its GPU, not on the shared cores
+    spec = JobSpec(model_dir="/models/m", data_path="d.jsonl", task="classification")
+    timings = asyncio.run(profile_agents(stubs, spec, (), pools=pools))  # type: ignore[arg-type]
+    told = {name: stub.requests[0].pool_agents for name, stub in stubs.items()}
+    assert told == {"a": 2, "b": 2, "c": 1, "gpu": 0}
+    config = {"model_type": "bert", "num_hidden_layers": 2, "hidden_size": 64,
+              "intermediate_size": 128, "num_attention_heads": 2, "vocab_size": 100}
+    with tempfile.TemporaryDirectory() as model_dir:
+        (Path(model_dir) / "config.json").write_text(json.dumps(config))
+        spec = JobSpec(model_dir=model_dir, data_path="d.jsonl", task="classification")
+        cluster, _ = planner_inputs(spec, profiles, timings, {})
+    assert [(d.name, d.cpu_pool, d.pool_cores, d.threads) for d in cluster.devices] == [
+        ("a", "box:cpus=0-1", 2, 1), ("b", "box:cpus=0-1", 2, 1),
+        ("c", "laptop:cpus=0-1", 2, 1), ("gpu", "", 2, 1),
+    ]

@@ -4,10 +4,12 @@ restarts; the registry marks silent agents lost."""
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import grpc
 
+from agent.device import cpu_pool, usable_cpus
 from coordinator.registry import AgentLiveness, AgentRegistry
 from coordinator.server import serve_registry
 from pac.wire.auth import token_metadata
@@ -80,6 +82,10 @@ def test_agent_registers_heartbeats_and_reregisters_after_coordinator_restart(
                 assert info.name == "agent-0" and info.address == agent.address
                 assert info.state == coordinator_pb2.AGENT_STATE_ALIVE
                 assert info.profile.cpu_cores >= 1 and info.profile.matmul_gflops > 0
+                # The cores it computes on, named by machine and affinity: agents started
+                # on this machine with this affinity share them.
+                assert info.profile.cpu_pool == cpu_pool(usable_cpus())
+                assert info.profile.cpu_cores == len(os.sched_getaffinity(0))
                 first_seen = info.last_heartbeat_unix
                 registry = coordinator.registry
                 # Heartbeats arrive: the record's last heartbeat moves on.
