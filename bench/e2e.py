@@ -1,7 +1,7 @@
 """The whole job on the local mesh, PAC against the paper's baselines (Table 2's shape).
 
     python bench/e2e.py [--samples 512] [--epochs 3] [--backbone-dtype bf16] [--no-dropout0]
-                        [--pac-runs 3] [--backbone bert-base] [--no-earlier-job]
+                        [--pac-runs 3] [--backbone bert-base] [--no-earlier-job] [--no-control]
 
 Same model (real all-MiniLM-L6-v2; ``--backbone bert-base``: BERT-base's shape with random
 weights, where the backbone's share of the cost is closer to the paper's T5-Base and larger
@@ -16,7 +16,12 @@ peak memory is its own:
   ``--no-earlier-job`` skips it);
 - EDDL-like pure data parallel (1 stage on all 4 agents) with LoRA and with adapters;
 - Eco-FL-like pure pipeline (4 stages, one agent each) with LoRA and with full fine-tuning;
-- standalone LoRA on one agent.
+- standalone LoRA on one agent;
+- when PAC's plan leaves agents idle (the 4 agents share this machine's cores: the planner
+  trains on as many as there are cores, planner/cpu_pools.py), EDDL-like DP with LoRA again
+  on PAC's agents: a control printed apart from the paper's layouts, so that what PAC gains
+  from leaving agents idle is told from what it gains from the method (``--no-control``
+  skips it).
 Baselines run at the model's default dropout (what users run) and again at dropout 0 (a
 copy of the model whose config.json says 0; ``--no-dropout0`` skips those), as
 ../shared/BENCHMARKS.md asks; PAC's backbone runs in eval mode either way and its side
@@ -112,6 +117,8 @@ PAC = "PAC (parallel adapters)"
 # their memo (agent/profile_memo.py) instead of running the model again.
 PAC_EARLIER = "PAC, the agents' second job"
 DROPOUT0 = " (dropout 0)"
+CONTROL_OF = "EDDL-like DP, LoRA"
+CONTROL = f"{CONTROL_OF} on PAC's"
 
 
 def without_dropout(model_dir: Path, into: Path) -> Path:
@@ -212,6 +219,8 @@ def run(
         "cache_above": max(memory[a]["cache_peak"] - idle[a] for a in devices),
         "end": max(m["now"] for m in memory.values()),
         "parts": parts,
+        # The agents that reached the cache phase: those of PAC's plan.
+        "trained_on": [a for a in devices if memory[a]["cache_peak"] > 0],
     }
 
 
@@ -260,6 +269,12 @@ def main() -> int:
         "--no-earlier-job",
         action="store_true",
         help=f"skip the row {PAC_EARLIER!r} (PAC after a 1-epoch job on the same agents)",
+    )
+    parser.add_argument(
+        "--no-control",
+        action="store_true",
+        help=f"skip {CONTROL_OF!r} on the agents PAC's plan trained on, run when the "
+        "planner left agents idle",
     )
     parser.add_argument(
         "--pac-runs", type=int, default=3, help="PAC's fresh runs; the median one is reported"
@@ -313,6 +328,17 @@ def main() -> int:
         rows[name] = min(repeats, key=lambda row: abs(row["total"] - statistics.median(totals)))
         spread = f" (min {totals[0]:.1f}, max {totals[-1]:.1f})" if len(totals) > 1 else ""
         print(f"# done: {name} in {rows[name]['total']:.1f} s{spread}", flush=True)
+    controls = {}
+    planned_on = rows[PAC]["trained_on"] if PAC in rows else AGENTS
+    if 0 < len(planned_on) < len(AGENTS) and not args.no_control:
+        # The planner left agents idle (they share CPU cores): the best baseline's layout
+        # on the same agents, so that PAC's gain from the method is told from that choice.
+        name = f"{CONTROL} {len(planned_on)} agents"
+        technique, _ = approaches(layers)[CONTROL_OF]
+        fixed = layout([(0, layers, planned_on)], 1)
+        controls[name] = run(name, technique, fixed, model, data, args.epochs,
+                             work / "control", args.backbone_dtype)
+        print(f"# done: {name} in {controls[name]['total']:.1f} s", flush=True)
     print(
         "memory per agent, MB (the largest over the approach's agents): idle = RSS when "
         "registered, before the job (imports, interpreter); peak = VmHWM since the start; "
@@ -323,7 +349,7 @@ def main() -> int:
         f"{'above idle':>12}{'end':>6}{'time vs PAC':>13}"
     )
     pac = rows.get(PAC)
-    for name, row in rows.items():
+    for name, row in {**rows, **controls}.items():
         epochs = "/".join(f"{s:.1f}" for s in row["epochs"][:3])
         if len(row["epochs"]) > 3:
             epochs += f"/...({len(row['epochs'])})"
@@ -356,6 +382,13 @@ def main() -> int:
         f"PAC vs the best baseline over {args.epochs} epochs: {', '.join(speedups)} "
         "(target, default dropout: >= 5x over 3 epochs, >= 8x over 10)"
     )
+    for name, row in controls.items():
+        print(
+            f"PAC vs {name} (a control, not one of the paper's layouts): "
+            f"{row['total'] / pac['total']:.1f}x; the agents' second job "
+            + (f"{row['total'] / rows[PAC_EARLIER]['total']:.1f}x" if PAC_EARLIER in rows
+               else "not run")
+        )
     warm = rows.get(PAC_EARLIER)
     default = {n: r for n, r in baselines.items() if not n.endswith(DROPOUT0)}
     if warm is not None and default:
