@@ -46,7 +46,7 @@ RESTART_PHASES = (
     "profile_seconds",
     "probe_links_seconds",
     "plan_seconds",
-    "load_data_seconds",
+    "load_data_wait_seconds",  # the load overlaps the profiling: what was left after it
     "open_job_seconds",
     "restore_seconds",
     "redistribute_seconds",

@@ -39,14 +39,13 @@ import grpc
 
 from coordinator.driver import DriverContext, JobResult, LiveAgents, ProgressSink
 from coordinator.drivers.mesh_calls import MeshCalls, StepInput
-from coordinator.drivers.mesh_job import JobData
+from coordinator.drivers.mesh_job import JobData, JobInputs
 from coordinator.drivers.mesh_plan import (
     PlanningError,
     layout_of,
     measure_links,
     plan_report,
     planner_inputs,
-    pool_of,
     profile_agents,
     request_plan,
 )
@@ -248,12 +247,23 @@ class MeshDriver:
             chosen: Plan | None = None
             # Seconds of each phase before epoch 1, for the job's metrics.jsonl.
             phases: dict[str, float] = {}
-            if fixed:
-                progress(Progress(state=JobState.PLANNING))
-                layout = PipelineLayout.from_json(json.dumps(fixed))
-            else:
-                chosen = await self._plan(job, live, channels, profiles, progress, phases)
-                layout = layout_of(chosen)
+            # The model and data load here while the agents measure themselves.
+            reading = asyncio.ensure_future(asyncio.to_thread(JobInputs.timed_load, spec))
+            try:
+                if fixed:
+                    progress(Progress(state=JobState.PLANNING))
+                    layout = PipelineLayout.from_json(json.dumps(fixed))
+                else:
+                    chosen = await self._plan(job, live, channels, profiles, progress, phases)
+                    layout = layout_of(chosen)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await reading  # (a thread cannot be cancelled: let it end)
+                raise
+            started = time.perf_counter()
+            inputs, phases["load_data_seconds"] = await reading
+            # What of the load was left when the plan was ready (the rest overlapped it).
+            phases["load_data_wait_seconds"] = time.perf_counter() - started
             unknown = set(layout.devices) - set(channels)
             if unknown:
                 why = ", ".join(
@@ -264,12 +274,10 @@ class MeshDriver:
             log.info("job %s layout: %s", job.job_id, layout.to_json())
 
             progress(Progress(state=JobState.LOADING))
-            started = time.perf_counter()
             run = await asyncio.to_thread(
-                JobData.load, spec, layout, {r.name: r.address for r in live}
+                JobData.load, spec, layout, {r.name: r.address for r in live}, inputs
             )
             run.phases = phases
-            run.phases["load_data_seconds"] = time.perf_counter() - started
             layout.validate(len(run.loaded.family.blocks()))
             run.plan = chosen
             run.predicted_step_s = chosen.step_time_s if chosen else 0.0
@@ -424,9 +432,8 @@ class MeshDriver:
         metadata = token_metadata(self.context.join_token)
         stubs = {name: agent_pb2_grpc.AgentStub(channel) for name, channel in channels.items()}
         started = time.perf_counter()
-        pools = {name: pool_of(profiles[name]) for name in stubs if name in profiles}
         timings = await profile_agents(
-            stubs, spec, metadata, self.context.profile_max_age_s, pools
+            stubs, spec, metadata, self.context.profile_max_age_s, profiles
         )
         phases["profile_seconds"] = time.perf_counter() - started
         started = time.perf_counter()

@@ -4,9 +4,10 @@ evaluation), the encoded data, the settings every agent gets, and the step count
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -34,6 +35,37 @@ if TYPE_CHECKING:
     from planner.plan import Plan
 
 
+class JobInputs(NamedTuple):
+    """What a job reads on the coordinator whatever its layout: the model, the task, the
+    encoded training and evaluation samples, and the model directory's fingerprint."""
+
+    loaded: LoadedModel
+    task: TaskSpec
+    samples: list[EncodedSample]
+    eval_samples: list[EncodedSample]
+    fingerprint: str
+
+    @classmethod
+    def load(cls, spec: JobSpec) -> JobInputs:
+        # The job's backbone dtype: the coordinator evaluates (and exports) the model the
+        # agents train.
+        loaded = load_model(spec.model_dir, dtype=backbone_dtype_of(technique_settings(spec)))
+        fields = DataFields(spec.text_field, spec.pair_field, spec.label_field, spec.data_format)
+        task = resolve_task(task_spec(spec), Path(spec.data_path), fields)
+        samples = load_samples(Path(spec.data_path), loaded, task, fields)
+        eval_samples = (
+            load_samples(Path(spec.eval_path), loaded, task, fields) if spec.eval_path else []
+        )
+        return cls(loaded, task, samples, eval_samples, fingerprint_model_dir(spec.model_dir))
+
+    @classmethod
+    def timed_load(cls, spec: JobSpec) -> tuple[JobInputs, float]:
+        """:meth:`load`, and the seconds it took."""
+        started = time.perf_counter()
+        inputs = cls.load(spec)
+        return inputs, time.perf_counter() - started
+
+
 @dataclass
 class JobData:
     spec: JobSpec
@@ -56,20 +88,16 @@ class JobData:
     _model: TunedModel | None = None
 
     @classmethod
-    def load(cls, spec: JobSpec, layout: PipelineLayout, addresses: dict[str, str]) -> JobData:
-        # The job's backbone dtype: the coordinator evaluates (and exports) the model the
-        # agents train.
-        loaded = load_model(spec.model_dir, dtype=backbone_dtype_of(technique_settings(spec)))
-        fields = DataFields(spec.text_field, spec.pair_field, spec.label_field, spec.data_format)
-        task = resolve_task(
-            task_spec(spec),
-            Path(spec.data_path),
-            fields,
-        )
-        samples = load_samples(Path(spec.data_path), loaded, task, fields)
-        eval_samples = (
-            load_samples(Path(spec.eval_path), loaded, task, fields) if spec.eval_path else []
-        )
+    def load(
+        cls,
+        spec: JobSpec,
+        layout: PipelineLayout,
+        addresses: dict[str, str],
+        inputs: JobInputs | None = None,
+    ) -> JobData:
+        """The job on ``layout``; ``inputs``: its model and data when they were loaded
+        already (:meth:`JobInputs.load`, while the agents were being measured)."""
+        loaded, task, samples, eval_samples, fingerprint = inputs or JobInputs.load(spec)
         settings = technique_settings(spec)
         steps_per_epoch = -(-len(samples) // spec.batch_size)
         mesh = MeshJobSettings(
@@ -84,7 +112,7 @@ class JobData:
             total_steps=steps_per_epoch * spec.epochs,
             weight_decay=spec.weight_decay,
             cache_precision=CACHE_DTYPES.get(spec.cache_dtype, "fp16"),
-            model_fingerprint=fingerprint_model_dir(spec.model_dir),
+            model_fingerprint=fingerprint,
             extra={
                 "steps_per_epoch": steps_per_epoch,
                 "checkpoint_every": int(spec.technique_settings.get("checkpoint_every", 0)),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from coordinator.drivers.profile_pools import Measurer, measurers, pool_of
 from coordinator.jobs import JobSpec
 from pac.pipeline.layout import PipelineLayout, StageSpec
 from protos.v1 import agent_pb2, agent_pb2_grpc
@@ -46,12 +47,14 @@ class BlockTiming:
     over blocks), ``overhead_s`` per micro-batch through all blocks, whatever its size;
     ``side_per_sample_s``: one side block's forward + backward (mean; 0 = not measured);
     ``backward_ratio``: a baseline's backward over forward time of the blocks (0 = not
-    measured)."""
+    measured); ``measured_by``: the agent of the same CPU pool that measured for this one
+    ("" = itself)."""
 
     per_sample_s: float
     overhead_s: float
     side_per_sample_s: float = 0.0
     backward_ratio: float = 0.0
+    measured_by: str = ""
 
 
 def fit_timing(small: tuple[int, list[float]], large: tuple[int, list[float]]) -> BlockTiming:
@@ -72,13 +75,13 @@ async def profile_agents(
     spec: JobSpec,
     metadata: tuple[tuple[str, str], ...],
     max_age_s: float = 0.0,
-    pools: dict[str, str] | None = None,
+    profiles: dict[str, agent_pb2.DeviceProfile] | None = None,
 ) -> dict[str, BlockTiming]:
-    """Every agent times the job's blocks at one sample and at the job's micro-batch size
-    (at most ``PROFILE_MAX_BATCH``; all agents at once, as they will train at once), or
-    answers with its profile of the same request at most ``max_age_s`` old. ``pools``:
-    each agent's CPU pool (:func:`pool_of`), so that each is told how many agents of its
-    pool measure with it."""
+    """The agents time the job's blocks at one sample and at the job's micro-batch size
+    (at most ``PROFILE_MAX_BATCH``; all at once, as they will train at once), or answer
+    with their profile of the same request at most ``max_age_s`` old. Of the agents that
+    share CPU cores (``profiles``' ``cpu_pool``) one measures for the others
+    (coordinator/drivers/profile_pools.py)."""
     # Two sizes tell the fixed cost from the per-sample one; beyond a few samples a
     # larger batch only makes profiling slower.
     micro = min(PROFILE_MAX_BATCH, max(2, spec.batch_size // max(1, spec.micro_batches)))
@@ -97,23 +100,21 @@ async def profile_agents(
         and bool(spec.technique_settings.get("packed_backbone", True)),
         max_age_s=max_age_s,
     )
-    pools = pools or {}
-    members = [pools.get(n, "") for n in names]
+    chosen = measurers(names, profiles or {})
 
-    def ask(name: str) -> agent_pb2.ProfileRequest:
-        pool = pools.get(name, "")
-        if not pool:
+    def ask(measurer: Measurer) -> agent_pb2.ProfileRequest:
+        if not measurer.pool_agents:
             return request
         with_pool = agent_pb2.ProfileRequest()
         with_pool.CopyFrom(request)
-        with_pool.pool_agents = members.count(pool)
+        with_pool.pool_agents = measurer.pool_agents
         return with_pool
 
     replies = await asyncio.gather(
-        *(stubs[n].Profile(ask(n), metadata=metadata) for n in names)
+        *(stubs[m.name].Profile(ask(m), metadata=metadata) for m in chosen)
     )
     timings = {}
-    for name, many in zip(names, replies, strict=True):
+    for measurer, many in zip(chosen, replies, strict=True):
         t1 = list(many.second_batch_seconds)
         t2 = [layer.forward_seconds for layer in many.layers]
         if t1 and len(t1) == len(t2):
@@ -121,8 +122,14 @@ async def profile_agents(
             side_s = many.side_seconds / micro / len(t2)
             backward = sum(layer.backward_seconds for layer in many.layers)
             ratio = backward / sum(t2) if sum(t2) > 0 else 0.0
-            timings[name] = BlockTiming(fitted.per_sample_s, fitted.overhead_s, side_s, ratio)
-    ages = {n: round(r.age_s) for n, r in zip(names, replies, strict=True) if r.age_s > 0}
+            for name, factor in measurer.stands_for:
+                timings[name] = BlockTiming(
+                    fitted.per_sample_s * factor, fitted.overhead_s * factor,
+                    side_s * factor, ratio, "" if name == measurer.name else measurer.name,
+                )
+    ages = {
+        m.name: round(r.age_s) for m, r in zip(chosen, replies, strict=True) if r.age_s > 0
+    }
     if ages:
         log.info("profiles measured earlier, age in seconds by agent: %s", ages)
     log.info("measured blocks by agent: %s", timings)
@@ -157,12 +164,6 @@ async def measure_links(
         },
     )
     return links
-
-
-def pool_of(profile: agent_pb2.DeviceProfile) -> str:
-    """The CPU pool an agent's compute shares with the agents of the same pool: its
-    ``cpu_pool`` when it computes on the CPU; "" (its own) on an accelerator."""
-    return profile.cpu_pool if profile.accelerator in ("", "cpu") else ""
 
 
 def network_of(links: dict[tuple[str, str], LinkProfile]) -> Network:
@@ -288,6 +289,8 @@ def plan_report(
             )
         if timing.backward_ratio:
             line += f", backward {timing.backward_ratio:.2f}x forward"
+        if timing.measured_by:
+            line += f" (measured by {timing.measured_by}, which shares its CPU cores)"
         lines.append(line)
     for (a, b), link in links.items():
         lines.append(

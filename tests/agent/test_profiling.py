@@ -144,27 +144,39 @@ def test_the_coordinator_asks_for_the_blocks_as_the_job_runs_them(
     assert timings["a"].per_sample_s > 0
 
 
-def test_each_agent_is_told_how_many_of_its_pool_measure_with_it_and_the_planner_sees_it(
+def test_one_agent_of_a_cpu_pool_measures_for_the_others_and_the_planner_sees_the_pool(
 ) -> None:
-    from coordinator.drivers.mesh_plan import planner_inputs, pool_of
+    from coordinator.drivers.mesh_plan import planner_inputs
+    from coordinator.drivers.profile_pools import pool_of
 
-    stubs = {name: _RecordingStub() for name in ("a", "b", "c", "gpu")}
+    box = "box:cpus=0-1"
+    stubs = {name: _RecordingStub() for name in ("a", "b", "c", "d", "e", "laptop", "gpu")}
     profiles = {
         name: agent_pb2.DeviceProfile(
-            name=name, cpu_pool=pool, cpu_cores=2, threads=1, accelerator=accelerator,
+            name=name, cpu_pool=pool, cpu_cores=2, threads=threads, accelerator=accelerator,
             memory_bytes=1 << 32, matmul_gflops=10.0,
         )
-        for name, pool, accelerator in (
-            ("a", "box:cpus=0-1", "cpu"), ("b", "box:cpus=0-1", "cpu"),
-            ("c", "laptop:cpus=0-1", "cpu"), ("gpu", "box:cpus=0-1", "cuda"),
+        for name, pool, threads, accelerator in (
+            ("a", box, 1, "cpu"), ("b", box, 1, "cpu"), ("c", box, 1, "cpu"),
+            ("d", box, 2, "cpu"), ("e", box, 2, "cpu"),
+            ("laptop", "laptop:cpus=0-1", 1, "cpu"), ("gpu", box, 1, "cuda"),
         )
     }
-    pools = {name: pool_of(profile) for name, profile in profiles.items()}
-    assert pools["gpu"] == ""  # it computes on its GPU, not on the shared cores
+    assert pool_of(profiles["gpu"]) == ""  # it computes on its GPU, not on the shared cores
     spec = JobSpec(model_dir="/models/m", data_path="d.jsonl", task="classification")
-    timings = asyncio.run(profile_agents(stubs, spec, (), pools=pools))  # type: ignore[arg-type]
-    told = {name: stub.requests[0].pool_agents for name, stub in stubs.items()}
-    assert told == {"a": 2, "b": 2, "c": 1, "gpu": 0}
+    timings = asyncio.run(profile_agents(stubs, spec, (), profiles=profiles))  # type: ignore[arg-type]
+    # One agent per thread count of the box measures (a and d, at once); the others do not.
+    told = {name: [r.pool_agents for r in stub.requests] for name, stub in stubs.items()}
+    assert told == {"a": [2], "b": [], "c": [], "d": [2], "e": [], "laptop": [1], "gpu": [0]}
+    # a and d measured on the 2 cores with 1 and 2 threads: a had 2/3 of a core, d 4/3.
+    # With all 5 busy (7 threads) a one-thread agent has 2/7 of a core, a two-thread 4/7:
+    # their times are (2/3) / (2/7) = (4/3) / (4/7) = 7/3 of what was measured.
+    alone = timings["laptop"]
+    for name in "abcde":
+        assert timings[name].per_sample_s == pytest.approx(alone.per_sample_s * 7 / 3)
+        assert timings[name].side_per_sample_s == pytest.approx(alone.side_per_sample_s * 7 / 3)
+    assert [timings[n].measured_by for n in "abcde"] == ["", "a", "a", "", "d"]
+    assert timings["gpu"] == alone
     config = {"model_type": "bert", "num_hidden_layers": 2, "hidden_size": 64,
               "intermediate_size": 128, "num_attention_heads": 2, "vocab_size": 100}
     with tempfile.TemporaryDirectory() as model_dir:
@@ -172,6 +184,6 @@ def test_each_agent_is_told_how_many_of_its_pool_measure_with_it_and_the_planner
         spec = JobSpec(model_dir=model_dir, data_path="d.jsonl", task="classification")
         cluster, _ = planner_inputs(spec, profiles, timings, {})
     assert [(d.name, d.cpu_pool, d.pool_cores, d.threads) for d in cluster.devices] == [
-        ("a", "box:cpus=0-1", 2, 1), ("b", "box:cpus=0-1", 2, 1),
-        ("c", "laptop:cpus=0-1", 2, 1), ("gpu", "", 2, 1),
+        ("a", box, 2, 1), ("b", box, 2, 1), ("c", box, 2, 1), ("d", box, 2, 2),
+        ("e", box, 2, 2), ("laptop", "laptop:cpus=0-1", 2, 1), ("gpu", "", 2, 1),
     ]
