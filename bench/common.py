@@ -1,12 +1,38 @@
-"""What every bench script prints about the machine, and how it reads a child's numbers."""
+"""What every bench script prints about the machine, how it reads a child's numbers, and
+where it works."""
 
 from __future__ import annotations
 
+import argparse
+import atexit
 import json
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
+
+
+def add_keep_flag(parser: argparse.ArgumentParser) -> None:
+    """``--keep``: leave the bench's work directory (see :func:`work_dir`) behind."""
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the work directory (models, meshes' logs, outputs) instead of deleting it",
+    )
+
+
+def work_dir(prefix: str, keep: bool = False) -> Path:
+    """A new directory for a bench's models, meshes and outputs (gigabytes on a large
+    backbone), deleted when the bench exits unless ``keep``."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    if keep:
+        print(f"# work directory (kept): {work}", flush=True)
+    else:
+        atexit.register(shutil.rmtree, work, True)
+    return work
 
 
 def machine_line(threads: int) -> str:

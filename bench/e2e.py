@@ -42,14 +42,13 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import machine_line, submit_and_watch
+from bench.common import add_keep_flag, machine_line, submit_and_watch, work_dir
 from pac.cluster.local_mesh import scrape_metrics
 
 BATCH = 32
@@ -285,11 +284,12 @@ def main() -> int:
     parser.add_argument(
         "--pac-runs", type=int, default=3, help="PAC's fresh runs; the median one is reported"
     )
+    add_keep_flag(parser)
     args = parser.parse_args()
     from coordinator.commands.demo import minilm_dir
     from pac.data.rotten_tomatoes import write_rotten_tomatoes
 
-    work = Path(tempfile.mkdtemp(prefix="pac-bench-e2e-"))
+    work = work_dir("pac-bench-e2e-", args.keep)
     data = write_rotten_tomatoes(work / "data", train=args.samples, dev=1, test=1)["train"]
     model = minilm_dir()
     label = "MiniLM (real weights)"

@@ -19,14 +19,13 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import machine_line, submit_and_watch
+from bench.common import add_keep_flag, machine_line, submit_and_watch, work_dir
 
 BATCH, MICRO = 32, 4
 
@@ -116,11 +115,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--agents", type=int, nargs="+", default=[2, 4])
+    add_keep_flag(parser)
     args = parser.parse_args()
     from coordinator.commands.demo import minilm_dir
     from pac.data.rotten_tomatoes import write_rotten_tomatoes
 
-    work = Path(tempfile.mkdtemp(prefix="pac-bench-mesh-"))
+    work = work_dir("pac-bench-mesh-", args.keep)
     data = write_rotten_tomatoes(work / "data", train=args.samples, dev=1, test=1)["train"]
     model = minilm_dir()
     print(

@@ -22,13 +22,12 @@ import argparse
 import json
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import machine_line, submit, watch_job
+from bench.common import add_keep_flag, machine_line, submit, watch_job, work_dir
 
 BATCH = 32
 VICTIM = "agent-3"
@@ -132,11 +131,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=3)
+    add_keep_flag(parser)
     args = parser.parse_args()
     from coordinator.commands.demo import minilm_dir
     from pac.data.rotten_tomatoes import write_rotten_tomatoes
 
-    work = Path(tempfile.mkdtemp(prefix="pac-bench-restart-"))
+    work = work_dir("pac-bench-restart-", args.keep)
     data = write_rotten_tomatoes(work / "data", train=args.samples, dev=1, test=1)["train"]
     print(
         f"# bench/restart.py: MiniLM, PAC, {args.samples} sentences, {args.epochs} epochs, "

@@ -29,13 +29,12 @@ import argparse
 import json
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import machine_line, median, run_child, torch_only_rss_mb
+from bench.common import add_keep_flag, machine_line, median, run_child, torch_only_rss_mb, work_dir
 
 BASELINES = ("full", "lora", "adapters")
 BF16_BASELINES = ("lora", "adapters")  # full fine-tuning trains the backbone: float32 only
@@ -208,6 +207,7 @@ def main() -> int:
         default=2,
         help="the extra parallel-adapters rows ladder every K-th block (1 = skip them)",
     )
+    add_keep_flag(parser)
     args = parser.parse_args()
     if args.child:
         args.technique = args.child
@@ -216,7 +216,7 @@ def main() -> int:
 
     from pac.testing.tiny_models import build_tiny_model
 
-    work = Path(tempfile.mkdtemp(prefix="pac-bench-techniques-"))
+    work = work_dir("pac-bench-techniques-", args.keep)
     model = build_tiny_model("t5", work / "model", size=args.size)
     data = work / "train.jsonl"
     write_data(data, args.samples, words=args.length * 2)
