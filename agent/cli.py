@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch compute threads")
     parser.add_argument(
+        "--cpus",
+        default="",
+        help="compute on these CPU cores only, e.g. 0-1,4 (Linux; default: the affinity it "
+        "was started with); agents on the same cores share them (the planner knows)",
+    )
+    parser.add_argument(
         "--max-message-mib", type=int, default=2048, help="largest tensor message accepted, MiB"
     )
     parser.add_argument(
@@ -69,6 +75,16 @@ def run(args: argparse.Namespace) -> int:
     from agent import allocator
 
     allocator.one_arena()  # before any thread starts (see agent/allocator.py)
+    if args.cpus:  # before any thread starts too: threads inherit the affinity
+        import sys
+
+        from agent.device import pin_to_cpus
+
+        try:
+            pin_to_cpus(args.cpus)
+        except (ValueError, OSError) as error:
+            print(f"pac agent: --cpus {args.cpus}: {error}", file=sys.stderr)
+            return 2
 
     import asyncio
     import logging

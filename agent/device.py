@@ -71,6 +71,32 @@ def _ranges(cpus: list[int]) -> str:
     return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
+def parse_cpus(text: str) -> list[int]:
+    """``"0-2,5"`` -> ``[0, 1, 2, 5]``; a ValueError says what is wrong."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            raise ValueError(f"{part!r} is not a core or a range of cores like 0-3") from None
+        if low < 0 or high < low:
+            raise ValueError(f"{part!r} is not a range of cores like 0-3")
+        cpus.update(range(low, high + 1))
+    return sorted(cpus)
+
+
+def pin_to_cpus(text: str) -> list[int]:
+    """Run this process (its threads started from now on) on the cores ``text`` names
+    (:func:`parse_cpus`); returns them. OSError when the machine lacks one."""
+    cpus = parse_cpus(text)
+    setter = getattr(os, "sched_setaffinity", None)
+    if setter is None:
+        raise OSError("this platform cannot pin a process to cores")
+    setter(0, cpus)
+    return cpus
+
+
 def cpu_pool(cpus: list[int]) -> str:
     """The name of the cores this agent computes on: the machine and the cores
     (``"laptop:cpus=0-3"``). Agents with the same name share those cores."""

@@ -154,6 +154,8 @@ class LocalMesh:
     run_dir: Path = field(default_factory=lambda: Path("pac-mesh"))
     base_port: int | None = None
     threads: int | None = None
+    # The cores every agent computes on (``pac agent --cpus``; "" = the mesh's own).
+    agent_cpus: str = ""
     heartbeat_interval_s: float = 1.0
     missed_heartbeats: int = 3
     planner: bool = True
@@ -364,6 +366,7 @@ class LocalMesh:
                     "--insecure",
                     f"--threads={self.threads}",
                     "--drain-seconds=5",
+                    *([f"--cpus={self.agent_cpus}"] if self.agent_cpus else []),
                 ],
                 str(logs / f"{name}.log"),
                 f"{HOST}:{port}",
