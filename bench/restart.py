@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import add_keep_flag, machine_line, submit, watch_job, work_dir
 
 BATCH = 32
-VICTIM = "agent-3"
 # name -> (the epoch in whose progress reports the victim gets the signal, or 0 for none;
 # the first step reported that qualifies (0 = the epoch's start event); the signal)
 RUNS = {
@@ -60,6 +59,7 @@ def run(
     import torch
     from safetensors.torch import load_file
 
+    from coordinator.drivers.mesh_recovery import ATTEMPT_FILE
     from coordinator.drivers.mesh_restart import RESTARTS_FILE
     from coordinator.jobs import JobSpec
     from pac.cluster.local_mesh import LocalMesh
@@ -80,6 +80,7 @@ def run(
         output_dir=str(out),
     )
     marks: dict[str, float] = {}
+    victim: list[str] = []
     with LocalMesh(agents=4, run_dir=work / "mesh") as mesh:
 
         def on_event(event: Any) -> None:
@@ -88,7 +89,9 @@ def run(
             training, restart = event.state == pb.JOB_STATE_TRAINING, pb.JOB_STATE_PROFILING
             due = training and event.epoch == epoch and event.step >= step
             if epoch and "froze" not in marks and due:
-                mesh.signal(VICTIM if signum > 0 else "coordinator", abs(signum))
+                if signum > 0:  # the last agent the job trains on (the plan may leave some)
+                    victim.append(json.loads((out / ATTEMPT_FILE).read_text())["agents"][-1])
+                mesh.signal(victim[0] if signum > 0 else "coordinator", abs(signum))
                 marks["froze"] = now
             if "froze" in marks and "restarted" not in marks and event.state == restart:
                 marks["restarted"] = now
@@ -107,8 +110,8 @@ def run(
                 mesh.start("coordinator")
                 final = watch_job(mesh, job_id, on_event)
         finally:
-            if "froze" in marks and freeze_at[2] not in (signal.SIGKILL, -signal.SIGKILL):
-                mesh.signal(VICTIM, signal.SIGKILL)
+            if victim and freeze_at[2] != signal.SIGKILL:
+                mesh.signal(victim[0], signal.SIGKILL)
         total = time.perf_counter() - started
     records = [json.loads(line) for line in (out / "metrics.jsonl").open()]
     log = out / RESTARTS_FILE
@@ -123,6 +126,7 @@ def run(
         "phases": {p: resumed[0].get(p, 0.0) for p in RESTART_PHASES},
         # A restart past epoch 1: the samples the agents that stayed kept, and those rebuilt.
         "samples": (resumed[0].get("cached_samples"), resumed[0].get("rebuilt_samples")),
+        "victim": victim[0] if victim else "",
         "weights": {k: v.to(torch.float64) for k, v in load_file(str(out / WEIGHTS_FILE)).items()},
     }
 
@@ -140,7 +144,8 @@ def main() -> int:
     data = write_rotten_tomatoes(work / "data", train=args.samples, dev=1, test=1)["train"]
     print(
         f"# bench/restart.py: MiniLM, PAC, {args.samples} sentences, {args.epochs} epochs, "
-        f"batch {BATCH}, 4 agents on loopback, {VICTIM} frozen; {machine_line(1)}"
+        f"batch {BATCH}, 4 agents on loopback, the last agent the job trains on frozen or "
+        f"killed; {machine_line(1)}"
     )
     rows = {}
     for i, (name, freeze_at) in enumerate(RUNS.items()):
@@ -168,7 +173,8 @@ def main() -> int:
             kept, rebuilt = row["samples"]
             if rebuilt is not None:
                 phases += f"; cache: {kept:.0f} samples kept, {rebuilt:.0f} rebuilt"
-            print(f"{name}: the restart's phases (s): {phases}")
+            who = f" ({row['victim']})" if row["victim"] else ""
+            print(f"{name}{who}: the restart's phases (s): {phases}")
     worst = max((n for n in rows if n != "no failure"), key=lambda n: rows[n]["total"])
     print(
         f"losing 1 of 4 agents or the coordinator costs at most "
