@@ -107,6 +107,7 @@ CASES = [
     ("t5", "classification"),
     ("llama", "causal-lm"),
     ("gpt2", "classification"),
+    ("bert", "classification"),
 ]
 
 
