@@ -55,8 +55,7 @@ def measurers(
         threads = [max(1, profiles[m].threads) for m in members]
         cores = max(1, profiles[members[0]].cpu_cores)
         fair = cores_each(threads, cores)  # each agent's cores with the whole pool busy
-        firsts = {t: k for k, t in reversed(list(enumerate(threads)))}
-        measuring = sorted(firsts.values())
+        measuring = [k for k, t in enumerate(threads) if t not in threads[:k]]
         had = dict(zip(measuring, cores_each([threads[k] for k in measuring], cores),
                        strict=True))
         for k in measuring:

@@ -9,30 +9,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-import torch
 from safetensors.torch import load_file
 
 from coordinator.job_messages import spec_to_proto
 from coordinator.jobs import JobSpec
 from pac.cluster.local_mesh import LocalMesh
 from pac.engine.export import WEIGHTS_FILE
-from pac.engine.trainer import TrainConfig, Trainer
-from pac.tasks import TaskSpec
 from pac.wire.auth import token_metadata
 from protos.v1 import coordinator_pb2 as pb
 from protos.v1 import coordinator_pb2_grpc as pb_grpc
-
-ROWS, BATCH, EPOCHS, SEED, LR = 32, 8, 2, 3, 1e-2
-
-
-def write_rows(path: Path) -> Path:
-    rows = [
-        {"text": f"{'good fine' if i % 2 else 'bad dull'} tale {i} " + "so " * (i % 4),
-         "label": "pos" if i % 2 else "neg"}
-        for i in range(ROWS)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+from tests.coordinator.test_restarts import (
+    BATCH,
+    EPOCHS,
+    LR,
+    SEED,
+    assert_equal,
+    one_device,
+    write_rows,
+)
 
 
 def test_agents_on_one_core_are_planned_as_one_and_equal_one_device(
@@ -67,17 +61,5 @@ def test_agents_on_one_core_are_planned_as_one_and_equal_one_device(
     released = [k for k in record if k.startswith("rss_mb_before_release.")]
     assert len(released) == 1, released
     assert "profiles measured earlier" not in log
-    reference = Trainer(
-        TrainConfig(
-            model_dir=model_dir, train_path=data, eval_path=data, task=TaskSpec("classification"),
-            technique="parallel-adapters", technique_settings={"reduction": 4},
-            epochs=EPOCHS, batch_size=BATCH, learning_rate=LR, seed=SEED,
-            out_dir=tmp_path / "one-device",
-        )
-    )
-    reference.run()
-    expected = reference.model.trainable_state_dict()
-    got = load_file(str(out / WEIGHTS_FILE))
-    assert got.keys() == expected.keys()
-    for name, value in expected.items():
-        torch.testing.assert_close(got[name], value, atol=2e-5, rtol=1e-4, msg=name)
+    expected = one_device(model_dir, data, tmp_path / "one-device", "parallel-adapters")
+    assert_equal(load_file(str(out / WEIGHTS_FILE)), expected)
