@@ -1,19 +1,29 @@
 """Keeping the agent's resident memory from creeping up (glibc's malloc on Linux).
 
-Measured on the local mesh (MiniLM, 4 agents): after the backbone's release an agent's
-anonymous memory rose by about 70 MB over two cached epochs, with no live object behind
-it. Two causes, two settings:
+Two effects, measured on the local mesh (4 agents, 2 of them training):
 
 - Compute runs in the event loop's executor threads, a different one from step to step,
   and glibc gives threads their own arenas: freed blocks stay cached in every arena.
   One arena for the process (``M_ARENA_MAX`` 1, set at start: threads made later use it)
-  halves the rise. The agent has one compute thread at a time and a loop thread, so the
-  arena's lock is not contended.
-- glibc raises its mmap threshold each time a large block is freed, so later large
-  blocks come from the heap, where a freed one stays. In the cache phase (set at the
-  backbone's release) the threshold is fixed at 128 KiB: the ladder's tensors are mapped
-  and unmapped, and the rest of the rise goes. Not before: a backbone forward allocates
-  so much that mapping each block costs about 18% of its time.
+  halved a MiniLM agent's rise over two cached epochs. The agent has one compute thread at
+  a time and a loop thread, so the arena's lock is not contended.
+- **The holes the backbone leaves.** Epoch 1 serves the backbone's weights and large
+  activations from the heap (mapping each block instead costs a backbone forward about 18%
+  of its time). Their release leaves free space in the middle of the heap, below blocks
+  still alive, so the heap cannot shrink: about 500 MB on the BERT-base shape.
+  ``malloc_trim`` gives its pages back to the kernel, but malloc carves the cache phase's
+  blocks out of it again, a little further along at every step. An agent's anonymous
+  memory rose from 340 MB to 630 MB over 24 cached steps whose live blocks never passed
+  about 130 MB. Lowering the mmap threshold does not help: glibc maps a block only when no
+  free chunk fits it. Mapping every block is slow too: a cached epoch took 50% longer.
+
+  So at the backbone's release the agent **reserves** the holes
+  (:func:`reserve_heap_holes`): it allocates every free chunk of 1 MiB and more and never
+  writes to it, after ``malloc_trim`` has returned the pages, so they stay out of resident
+  memory. The cache phase's blocks then come from the heap's top, where freed blocks are
+  reused in place. Measured on the BERT-base shape: the anonymous memory stays within a
+  step's live blocks, at the same speed. At the job's end the holes are freed
+  (:func:`free_heap_holes`) for the next job's epoch 1.
 
 Elsewhere (no glibc) these are no-ops.
 """
@@ -24,26 +34,64 @@ import ctypes
 import ctypes.util
 import logging
 import sys
+from dataclasses import dataclass, field
 
 log = logging.getLogger("pac.agent")
 
 # mallopt parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
-CACHE_PHASE_MMAP_THRESHOLD = 128 << 10
+# The smallest threshold glibc starts with: while reserving, any block too large for a
+# free chunk is mapped (and so told apart) rather than carved from the heap's top.
+PROBE_MMAP_THRESHOLD = 128 << 10
 # glibc's ceiling for its own dynamic threshold (64-bit): what an epoch 1 ends up using.
 DYNAMIC_MMAP_THRESHOLD_MAX = 32 << 20
+# A chunk's size field (the word before the pointer malloc returns) has this bit set when
+# the chunk is mapped on its own (malloc/malloc.c, IS_MMAPPED).
+IS_MMAPPED = 0x2
+SIZE_SZ = ctypes.sizeof(ctypes.c_size_t)
+# Without mallinfo2 (glibc < 2.33), where the search for free chunks starts.
+UNKNOWN_FREE_BYTES = 16 << 30
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    if not hasattr(libc, "mallopt"):
+        return None
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    return libc
 
 
 def _mallopt(parameter: int, value: int) -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(ctypes.c_int(parameter), ctypes.c_int(value)) == 1)
+    libc = _libc()
+    return libc is not None and bool(
+        libc.mallopt(ctypes.c_int(parameter), ctypes.c_int(value)) == 1
+    )
 
 
 def one_arena() -> bool:
@@ -53,11 +101,59 @@ def one_arena() -> bool:
     return done
 
 
-def cache_phase_threshold() -> bool:
-    """Map blocks of 128 KiB and more (the cache phase: small tensors, no backbone)."""
-    return _mallopt(M_MMAP_THRESHOLD, CACHE_PHASE_MMAP_THRESHOLD)
+def heap_free_bytes() -> int | None:
+    """The bytes free inside the heap (glibc's ``mallinfo2().fordblks``); None without it."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = _MallInfo2
+    return int(libc.mallinfo2().fordblks)
 
 
-def backbone_threshold() -> bool:
-    """Back to serving large blocks from the heap (a job with a backbone may follow)."""
-    return _mallopt(M_MMAP_THRESHOLD, DYNAMIC_MMAP_THRESHOLD_MAX)
+@dataclass
+class HeapHoles:
+    """Free heap chunks held unwritten (see the module docstring): ``pointers`` as malloc
+    returned them, ``nbytes`` their total."""
+
+    pointers: list[int] = field(default_factory=list)
+    nbytes: int = 0
+
+
+def reserve_heap_holes(min_bytes: int = 1 << 20) -> HeapHoles:
+    """Give the heap's free pages back to the kernel and hold every free chunk of at least
+    ``min_bytes`` allocated, unwritten, so that later blocks do not touch them again.
+    Leaves the mmap threshold at glibc's dynamic maximum (blocks below 32 MiB from the
+    heap). Returns what it holds, for :func:`free_heap_holes`."""
+    holes = HeapHoles()
+    libc = _libc()
+    if libc is None:
+        return holes
+    libc.malloc_trim(0)
+    libc.mallopt(M_MMAP_THRESHOLD, PROBE_MMAP_THRESHOLD)
+    try:
+        free = heap_free_bytes()
+        size = 1 << ((UNKNOWN_FREE_BYTES if free is None else free).bit_length() - 1)
+        while size >= min_bytes:
+            pointer = libc.malloc(size)
+            if not pointer:  # (no room even to map it)
+                size //= 2
+                continue
+            if ctypes.c_size_t.from_address(pointer - SIZE_SZ).value & IS_MMAPPED:
+                libc.free(pointer)  # no free chunk this large is left
+                size //= 2
+                continue
+            holes.pointers.append(pointer)
+            holes.nbytes += size
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, DYNAMIC_MMAP_THRESHOLD_MAX)
+    log.debug("malloc: %d bytes of heap holes reserved", holes.nbytes)
+    return holes
+
+
+def free_heap_holes(holes: HeapHoles) -> None:
+    """Free what :func:`reserve_heap_holes` held (the next job's epoch 1 may use it)."""
+    libc = _libc()
+    if libc is not None:
+        for pointer in holes.pointers:
+            libc.free(pointer)
+    holes.pointers, holes.nbytes = [], 0

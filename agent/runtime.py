@@ -73,6 +73,9 @@ class JobSession:
     # A mesh training job's replica and worker (agent/training.py), when the job's settings
     # carry mesh settings.
     training: TrainingSession | None = None
+    # Heap chunks held unwritten from the backbone's release to the job's end
+    # (agent/allocator.py).
+    heap_holes: allocator.HeapHoles = field(default_factory=allocator.HeapHoles)
 
     def stage(self, index: int) -> Stage:
         stage = self.stages.get(index)
@@ -282,8 +285,11 @@ class AgentRuntime:
         """Gather the side network, release the backbone, train from the cache next."""
         released = await asyncio.to_thread(self._training(job_id).enter_cache_phase)
         self.metrics.backbone_released.labels(job_id).set(1)
-        # Small tensors from here on: map large blocks instead of caching them in the heap.
-        allocator.cache_phase_threshold()
+        # The backbone's blocks leave holes in the heap: held unwritten, the cache phase's
+        # blocks do not wander through them.
+        session = self.job(job_id)
+        allocator.free_heap_holes(session.heap_holes)  # (a repeated call: reserve afresh)
+        session.heap_holes = allocator.reserve_heap_holes()
         # The cache phase's peak memory is measured from here, the backbone gone.
         self.metrics.memory.mark(CACHE_PHASE)
         return released
@@ -349,11 +355,7 @@ class AgentRuntime:
                         "job %s closed: %d bytes of earlier attempts' caches deleted", job_id, left
                     )
             self._report_cache_bytes()
-        in_cache_phase = [
-            s for s in self.jobs.values() if s.training and s.training.data_parallel is not None
-        ]
-        if session.training and session.training.data_parallel is not None and not in_cache_phase:
-            allocator.backbone_threshold()  # the next job's epoch 1 allocates large blocks
+        allocator.free_heap_holes(session.heap_holes)  # (for the next job's epoch 1)
         with contextlib.suppress(KeyError):
             self.metrics.current_step.remove(job_id)
 

@@ -27,7 +27,12 @@ from pac.engine.memory import release_backbone, rss_bytes
 from pac.engine.schedule import make_optimizer, resume_schedule
 from pac.pipeline.all_reduce import DEFAULT_BUCKET_BYTES
 from pac.pipeline.batch_part import BatchPart
-from pac.pipeline.cache_phase import CACHE_PHASE_ALL_REDUCE, DataParallelWorker, gather_state
+from pac.pipeline.cache_phase import (
+    CACHE_PHASE_ALL_REDUCE,
+    DEFAULT_CHUNK_BYTES,
+    DataParallelWorker,
+    gather_state,
+)
 from pac.pipeline.entries import EntryIndex, split_part_id
 from pac.pipeline.job import MeshJobSettings
 from pac.pipeline.transport import MessageKey, Tensors
@@ -351,6 +356,7 @@ class TrainingSession:
             self.owners,
             bucket_bytes=int(self.settings.extra.get("bucket_bytes", DEFAULT_BUCKET_BYTES)),
             algorithm=str(self.settings.extra.get("all_reduce", CACHE_PHASE_ALL_REDUCE)),
+            chunk_bytes=int(self.settings.extra.get("cache_chunk_bytes", DEFAULT_CHUNK_BYTES)),
         )
         before = rss_bytes()
         freed = release_backbone(self.loaded.family, keep_lm_head=self.settings.task.generates_text)

@@ -211,6 +211,13 @@ def validate_spec(spec: JobSpec, placements: tuple[str, ...] = ("local",)) -> No
             "full fine-tuning trains the backbone and needs it in float32: drop backbone_dtype "
             "or pick a technique with a frozen backbone (parallel-adapters, lora, adapters)",
         )
+    chunk_bytes = spec.technique_settings.get("cache_chunk_bytes", 1)
+    if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+        bad(
+            "technique_settings",
+            f"cache_chunk_bytes {chunk_bytes!r}: give the bytes of cached hidden states a "
+            "device computes at once in the cache phase, a positive integer (default 12 MiB)",
+        )
     if spec.epochs < 1:
         bad("epochs", f"{spec.epochs}: train for at least 1 epoch")
     if spec.batch_size < 1:

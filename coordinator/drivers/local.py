@@ -27,7 +27,7 @@ class _Cancelled(Exception):
 
 
 # Keys of a job's technique_settings that steer the driver, not the technique.
-DRIVER_SETTINGS = ("layout", "checkpoint_every", "bucket_bytes", "keep_cache")
+DRIVER_SETTINGS = ("layout", "checkpoint_every", "bucket_bytes", "cache_chunk_bytes", "keep_cache")
 
 
 def technique_settings(spec: JobSpec) -> dict[str, object]:

@@ -23,7 +23,7 @@ from pac.engine.export import save_adapters
 from pac.engine.loading import LoadedModel, load_model
 from pac.engine.schedule import DEFAULT_LEARNING_RATE
 from pac.pipeline.all_reduce import DEFAULT_BUCKET_BYTES
-from pac.pipeline.cache_phase import CACHE_PHASE_ALL_REDUCE
+from pac.pipeline.cache_phase import CACHE_PHASE_ALL_REDUCE, DEFAULT_CHUNK_BYTES
 from pac.pipeline.job import MeshJobSettings
 from pac.pipeline.layout import PipelineLayout
 from pac.tasks import TaskSpec
@@ -121,6 +121,9 @@ class JobData:
                 ),
                 "all_reduce": str(
                     spec.technique_settings.get("all_reduce", CACHE_PHASE_ALL_REDUCE)
+                ),
+                "cache_chunk_bytes": int(
+                    spec.technique_settings.get("cache_chunk_bytes", DEFAULT_CHUNK_BYTES)
                 ),
                 # The agents delete a job's activation cache when it closes, unless kept.
                 "keep_cache": bool(spec.technique_settings.get("keep_cache", False)),

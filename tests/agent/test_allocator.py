@@ -1,26 +1,89 @@
-"""The agent's malloc settings (agent/allocator.py): accepted by glibc, no-ops elsewhere."""
+"""The agent's malloc settings (agent/allocator.py): one arena, and the heap's holes held
+unwritten through the cache phase; no-ops away from glibc."""
 
 from __future__ import annotations
 
 import ctypes.util
+import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
 from agent import allocator
 
-
-@pytest.mark.skipif(
+ROOT = Path(__file__).resolve().parents[2]
+glibc = pytest.mark.skipif(
     not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None,
-    reason="glibc's mallopt",
+    reason="glibc's malloc",
 )
-def test_the_allocator_settings_are_accepted_by_glibc() -> None:
+
+# Run in a fresh interpreter: it changes the process's malloc settings and fills its heap.
+HOLES = textwrap.dedent(
+    """
+    import ctypes
+    from agent import allocator
+
+    MiB = 1 << 20
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+
+    def anon_mib():
+        for line in open("/proc/self/status"):
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) // 1024
+
+    # An epoch 1 in miniature: 128 MiB of blocks from the heap, written, then freed below a
+    # block still alive, so the heap cannot shrink.
+    libc.mallopt(allocator.M_MMAP_THRESHOLD, allocator.DYNAMIC_MMAP_THRESHOLD_MAX)
+    *blocks, alive = [libc.malloc(4 * MiB) for _ in range(33)]
+    lo, hi = min(blocks), max(blocks) + 4 * MiB
+    assert alive > hi - 4 * MiB, "the live block sits above the freed ones"
+    for block in blocks:
+        ctypes.memset(block, 1, 4 * MiB)
+    for block in blocks:
+        libc.free(block)
+    before = anon_mib()
+
+    holes = allocator.reserve_heap_holes()
+    assert holes.nbytes >= 120 * MiB, holes.nbytes
+    assert all(lo <= p < hi for p in holes.pointers)
+    assert anon_mib() < before - 100, (before, anon_mib())  # the pages went back
+
+    later = [libc.malloc(4 * MiB) for _ in range(8)]  # the cache phase's blocks
+    assert not any(lo <= p < hi for p in later), "a block was carved out of a held hole"
+    for block in later:
+        libc.free(block)
+
+    allocator.free_heap_holes(holes)
+    assert holes.pointers == [] and holes.nbytes == 0
+    again = libc.malloc(4 * MiB)
+    assert lo <= again < hi, "the freed holes serve blocks again"
+    print("ok")
+    """
+)
+
+
+@glibc
+def test_one_arena_is_accepted_by_glibc() -> None:
     assert allocator.one_arena()
-    assert allocator.cache_phase_threshold()
-    assert allocator.backbone_threshold()  # and back, for a job with a backbone
+
+
+@glibc
+def test_held_holes_are_not_touched_and_come_back_at_the_end() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", HOLES], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
 def test_elsewhere_the_settings_are_no_ops(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "darwin")
     assert not allocator.one_arena()
-    assert not allocator.cache_phase_threshold()
+    holes = allocator.reserve_heap_holes()
+    assert holes.pointers == [] and holes.nbytes == 0
+    assert allocator.heap_free_bytes() is None
+    allocator.free_heap_holes(holes)

@@ -1,0 +1,124 @@
+"""A cache-phase step computes its rows in chunks (pac/pipeline/cache_phase.py): the same
+gradients as all rows at once, with one chunk's hidden states in memory at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from pac.cache.key import CacheKey
+from pac.cache.store import ActivationCache
+from pac.data.collate import collate
+from pac.engine.dataset import DataFields, load_samples, pad_id, resolve_task
+from pac.engine.ladder_cache import LadderCache
+from pac.engine.loading import load_model
+from pac.pipeline.cache_phase import DataParallelWorker, rows_per_chunk
+from pac.pipeline.entries import part_id
+from pac.pipeline.transport import InProcessHub, InProcessTransport
+from pac.tasks import TaskSpec
+from pac.techniques.parallel_adapters import ParallelAdaptersModel
+
+ROWS = 7
+
+
+Job = tuple[Callable[[], ParallelAdaptersModel], LadderCache, dict[str, torch.Tensor], list[str]]
+
+
+@pytest.fixture
+def cached_job(
+    tiny_model_dir: Callable[[str], Path], toy_data: Callable[..., Path], tmp_path: Path
+) -> Job:
+    """A tiny BERT's side network (a maker: each call gives the same fresh one), and a
+    cache holding a padded batch's ladder points in stage 0's entries (as epoch 1 on a
+    one-stage layout leaves them)."""
+    data = toy_data("classification", ROWS)
+    model_dir = tiny_model_dir("bert")
+    loaded = load_model(model_dir)
+    task = resolve_task(TaskSpec("classification"), data, DataFields())
+    samples = load_samples(data, loaded, task, DataFields())
+    batch = collate(samples, pad_id(loaded), task=task)
+    assert int(batch["attention_mask"].sum()) < batch["attention_mask"].numel()  # padded
+
+    def make_model() -> ParallelAdaptersModel:
+        torch.manual_seed(0)
+        model = ParallelAdaptersModel(load_model(model_dir).family, task)
+        torch.nn.init.normal_(model.side.up.weight, std=0.1)  # non-zero: gradients reach it
+        return model
+
+    model = make_model()
+    key = CacheKey("model", "tokenizer", ",".join(model.points), "fp32")
+    cache = LadderCache(ActivationCache(tmp_path / "cache", key), loaded.family, model.points)
+    fingerprints = [s.fingerprint for s in samples]
+    cache.store([part_id(f, 0) for f in fingerprints], batch, model.ladder(batch))
+    cache.cache.flush()
+    return make_model, cache, batch, fingerprints
+
+
+def row_bytes(model: ParallelAdaptersModel, batch: dict[str, torch.Tensor]) -> int:
+    """One padded row's ladder points in float32."""
+    return len(model.points) * batch["attention_mask"].shape[1] * model.family.hidden_size * 4
+
+
+def one_step(
+    make_model: Callable[[], ParallelAdaptersModel],
+    cache: LadderCache,
+    batch: dict[str, torch.Tensor],
+    fingerprints: list[str],
+    chunk_bytes: int,
+) -> tuple[ParallelAdaptersModel, float, int]:
+    """A fresh model after one cache-phase step of plain SGD at rate 1 (so the parameters
+    moved by exactly their gradients), its loss sum and its terms."""
+    model = make_model()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    worker = DataParallelWorker(
+        "x",
+        ["x"],
+        model,
+        cache,
+        InProcessTransport(InProcessHub(), "x"),
+        torch.optim.SGD(trained, lr=1.0),
+        None,
+        dict.fromkeys(fingerprints, "x"),
+        chunk_bytes=chunk_bytes,
+    )
+    loss_sum, terms, rows = worker.run_step(0, batch, fingerprints, loss_count=ROWS)
+    assert rows == ROWS
+    return model, loss_sum, terms
+
+
+def test_rows_per_chunk_fit_the_bytes(cached_job: Job) -> None:
+    make_model, cache, batch, _ = cached_job
+    model = make_model()
+    width, row = model.family.hidden_size, row_bytes(model, batch)
+    assert rows_per_chunk(batch, cache, width, 3 * row) == 3
+    assert rows_per_chunk(batch, cache, width, 3 * row - 1) == 2
+    assert rows_per_chunk(batch, cache, width, 1) == 1  # a row too large still runs alone
+    with pytest.raises(ValueError, match="at least 1"):
+        rows_per_chunk(batch, cache, width, 0)
+
+
+@pytest.mark.parametrize("rows_at_once", [1, 3])
+def test_a_chunked_step_equals_all_rows_at_once(cached_job: Job, rows_at_once: int) -> None:
+    make_model, cache, batch, fingerprints = cached_job
+    model = make_model()
+    row = row_bytes(model, batch)
+    whole, whole_loss, whole_terms = one_step(make_model, cache, batch, fingerprints, ROWS * row)
+    chunked, loss, terms = one_step(make_model, cache, batch, fingerprints, rows_at_once * row)
+    assert terms == whole_terms == ROWS
+    assert loss == pytest.approx(whole_loss, rel=1e-6)
+    moved = 0
+    for (name, before), after, expected in zip(
+        model.named_parameters(), chunked.parameters(), whole.parameters(), strict=True
+    ):
+        torch.testing.assert_close(after, expected, atol=1e-6, rtol=1e-5, msg=name)
+        moved += int(not torch.equal(after, before))
+    assert moved > 10  # the step trained the side network
+
+
+def test_a_worker_refuses_a_chunk_of_no_bytes(cached_job: Job) -> None:
+    make_model, cache, batch, fingerprints = cached_job
+    with pytest.raises(ValueError, match="chunk_bytes must be at least 1"):
+        one_step(make_model, cache, batch, fingerprints, 0)
