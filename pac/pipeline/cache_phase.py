@@ -93,9 +93,10 @@ def gather_state(
 
 
 # Decoded ladder points per chunk of rows. A chunk's peak (its points, the side network's
-# activations, their gradients) is about 3.3x this: BERT-base (13 points of 768 floats, 46
-# tokens) computes 6 rows at a time, about 8% slower than 17 at once for 65% less memory;
-# MiniLM's whole share of a mini-batch of 32 fits in one chunk.
+# activations, their gradients) is about 3.3x this. The BERT-base shape (13 points of 768
+# floats, 46-64 tokens) computes 4-6 rows at a time: on the local mesh (bench/e2e.py
+# --cache-chunk-mib) the cache phase's peak fell from 317 to 205 MB above the idle agent,
+# for a cached step 10% longer. MiniLM's share of a mini-batch of 32 fits in one chunk.
 DEFAULT_CHUNK_BYTES = 12 << 20
 
 

@@ -67,8 +67,14 @@ def test_three_epochs_on_the_mesh_equal_one_device(
         task="classification",
         technique="parallel-adapters",
         # keep_cache: the agents would delete their caches when the job closes; this test
-        # reads them afterwards.
-        technique_settings={"layout": layout, "reduction": 4, "keep_cache": True},
+        # reads them afterwards. cache_chunk_bytes 1: the cache phase computes one row at a
+        # time (its chunks of rows), and still equals one device.
+        technique_settings={
+            "layout": layout,
+            "reduction": 4,
+            "keep_cache": True,
+            "cache_chunk_bytes": 1,
+        },
         epochs=EPOCHS,
         batch_size=BATCH,
         learning_rate=LR,
