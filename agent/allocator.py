@@ -162,7 +162,7 @@ def free_heap_holes(holes: HeapHoles) -> None:
     give the heap's free pages back to the kernel (an idle agent holds no more than it
     needs)."""
     libc = _libc()
-    if libc is not None:
+    if libc is not None and holes.pointers:
         for pointer in holes.pointers:
             libc.free(pointer)
         libc.malloc_trim(0)

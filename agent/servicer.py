@@ -19,6 +19,7 @@ import torch
 from agent.errors import AgentError, BadRequest, NotYetSupported
 from agent.profile_memo import ProfileAsk
 from agent.runtime import AgentRuntime
+from pac.data.encoding import fingerprint_key
 from pac.pipeline.worker import StepResult
 from pac.wire.chunking import ChunkStream
 from pac.wire.codec import encode
@@ -309,7 +310,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                     request.job_id, request.step, request.rebuild_cache, RESTORE_TIMEOUT_S
                 )
             return agent_pb2.RestoreStateReply(
-                parameters=loaded, optimizer_states=states, cached_samples=held
+                parameters=loaded,
+                optimizer_states=states,
+                cached_sample_keys=[fingerprint_key(sample) for sample in held],
             )
 
         return await _answer(context, call)

@@ -74,7 +74,7 @@ from coordinator.drivers.mesh_redistribution import (
 from coordinator.drivers.mesh_restart import KeptState, Restarts
 from coordinator.jobs import Job, JobSpec, JobState, Progress
 from coordinator.registry import AgentLiveness, AgentRecord
-from pac.data.encoding import EncodedSample
+from pac.data.encoding import EncodedSample, fingerprint_key
 from pac.pipeline.job import job_of_attempt
 from pac.pipeline.layout import PipelineLayout
 from pac.techniques.heads import loss_count
@@ -355,7 +355,7 @@ class MeshDriver:
                 # for the samples the agents that stayed still hold.
                 rebuild = run.steps_per_epoch if first > 1 else offset
                 needed = [s for g in run.batches(1)[:rebuild] for s in g]
-                missing = [s for s in needed if s.fingerprint not in held]
+                missing = [s for s in needed if fingerprint_key(s.fingerprint) not in held]
                 run.phases["cached_samples"] = float(len(needed) - len(missing))
                 run.phases["rebuilt_samples"] = float(len(missing))
                 log.info(

@@ -207,12 +207,12 @@ class MeshCalls:
 
     async def restore(
         self, state: dict[str, torch.Tensor], step: int, rebuild_cache: bool
-    ) -> set[str]:
+    ) -> set[int]:
         """A restarted job: every agent gets the state kept from the last completed epoch
         (``step`` optimizer steps in), and with ``rebuild_cache`` rebuilds its cache with
         forward-only pipeline steps before the cache phase. Returns the samples whose
         ladder points the agents' caches already hold (taken over from the attempt
-        before: the rebuild skips them)."""
+        before: the rebuild skips them), as ``fingerprint_key`` of their fingerprints."""
         routing = tensors_pb2.Routing(
             job_id=self.job_id,
             step=RESTORE_STEP,
@@ -231,7 +231,7 @@ class MeshCalls:
         replies = await asyncio.gather(
             *(self.stubs[d].RestoreState(request, metadata=self.metadata) for d in self.devices)
         )
-        return {sample for reply in replies for sample in reply.cached_samples}
+        return {key for reply in replies for key in reply.cached_sample_keys}
 
     async def export(self, optimizer_state: bool = False) -> dict[str, torch.Tensor]:
         """The union of what the agents trained (each stage's owner sends its part; in the

@@ -74,6 +74,15 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     )
 
 
+def fingerprint_key(fingerprint: str) -> int:
+    """A sample's fingerprint as 8 bytes (an unsigned 64-bit integer): how an agent names
+    the samples its cache holds in a reply that may list hundreds of thousands
+    (``RestoreStateReply.cached_sample_keys``). Two of a job's samples share a key with a
+    chance of about n^2 / 2^65: 1 in 10 million for a million samples."""
+    digest = hashlib.blake2b(fingerprint.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
 def fingerprint(
     input_ids: Sequence[int],
     decoder_input_ids: Sequence[int] | None,

@@ -890,29 +890,24 @@ class RestoreStateReply(_message.Message):
 
     PARAMETERS_FIELD_NUMBER: _builtins.int
     OPTIMIZER_STATES_FIELD_NUMBER: _builtins.int
-    CACHED_SAMPLES_FIELD_NUMBER: _builtins.int
+    CACHED_SAMPLE_KEYS_FIELD_NUMBER: _builtins.int
     parameters: _builtins.int
     """Parameters loaded, and how many of them got their optimizer state (this agent's
     stage's: the others come with the cache phase's gather).
     """
     optimizer_states: _builtins.int
     @_builtins.property
-    def cached_samples(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """With rebuild_cache: the samples (fingerprints) whose every ladder point this agent's
-        cache holds, taken over from an earlier attempt (CloseJobRequest.keep_cache); the
-        rebuild need not compute them again.
-        """
-
+    def cached_sample_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
         parameters: _builtins.int = ...,
         optimizer_states: _builtins.int = ...,
-        cached_samples: _abc.Iterable[_builtins.str] | None = ...,
+        cached_sample_keys: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_samples", b"cached_samples", "optimizer_states", b"optimizer_states", "parameters", b"parameters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_sample_keys", b"cached_sample_keys", "optimizer_states", b"optimizer_states", "parameters", b"parameters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
