@@ -18,7 +18,7 @@ Two effects, measured on the local mesh (4 agents, 2 of them training):
   free chunk fits it. Mapping every block is slow too: a cached epoch took 50% longer.
 
   So at the backbone's release the agent **reserves** the holes
-  (:func:`reserve_heap_holes`): it allocates every free chunk of 1 MiB and more and never
+  (:func:`reserve_heap_holes`): it allocates every free chunk of 128 KiB and more and never
   writes to it, after ``malloc_trim`` has returned the pages, so they stay out of resident
   memory. The cache phase's blocks then come from the heap's top, where freed blocks are
   reused in place: the top keeps up to 64 MiB free (``M_TRIM_THRESHOLD``, what glibc's
@@ -124,9 +124,12 @@ class HeapHoles:
     nbytes: int = 0
 
 
-def reserve_heap_holes(min_bytes: int = 1 << 20) -> HeapHoles:
+def reserve_heap_holes(min_bytes: int = PROBE_MMAP_THRESHOLD) -> HeapHoles:
     """Give the heap's free pages back to the kernel and hold every free chunk of at least
     ``min_bytes`` allocated, unwritten, so that later blocks do not touch them again.
+    ``min_bytes`` is raised to the probing mmap threshold: a smaller request that no free
+    chunk fits would be carved from the heap's top, not mapped, and the search would grow
+    the heap instead of ending.
     Leaves the mmap threshold at glibc's dynamic maximum (blocks below 32 MiB from the
     heap) and the trim threshold at twice that. Returns what it holds, for
     :func:`free_heap_holes`."""
@@ -134,6 +137,7 @@ def reserve_heap_holes(min_bytes: int = 1 << 20) -> HeapHoles:
     libc = _libc()
     if libc is None:
         return holes
+    min_bytes = max(min_bytes, PROBE_MMAP_THRESHOLD)
     libc.malloc_trim(0)
     libc.mallopt(M_MMAP_THRESHOLD, PROBE_MMAP_THRESHOLD)
     try:

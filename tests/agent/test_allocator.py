@@ -62,6 +62,13 @@ HOLES = textwrap.dedent(
     assert holes.pointers == [] and holes.nbytes == 0
     again = libc.malloc(4 * MiB)
     assert lo <= again < hi, "the freed holes serve blocks again"
+    libc.free(again)
+
+    # Asked for holes smaller than the probing threshold, it still ends (a request no free
+    # chunk fits is mapped, never carved from the heap's top).
+    small = allocator.reserve_heap_holes(min_bytes=4096)
+    assert 0 < small.nbytes <= 132 * MiB, small.nbytes
+    allocator.free_heap_holes(small)
     print("ok")
     """
 )
