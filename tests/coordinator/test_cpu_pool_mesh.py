@@ -12,21 +12,12 @@ import grpc
 from safetensors.torch import load_file
 
 from coordinator.job_messages import spec_to_proto
-from coordinator.jobs import JobSpec
 from pac.cluster.local_mesh import LocalMesh
 from pac.engine.export import WEIGHTS_FILE
 from pac.wire.auth import token_metadata
 from protos.v1 import coordinator_pb2 as pb
 from protos.v1 import coordinator_pb2_grpc as pb_grpc
-from tests.coordinator.test_restarts import (
-    BATCH,
-    EPOCHS,
-    LR,
-    SEED,
-    assert_equal,
-    one_device,
-    write_rows,
-)
+from tests.coordinator.test_restarts import assert_equal, job_spec, one_device, write_rows
 
 
 def test_agents_on_one_core_are_planned_as_one_and_equal_one_device(
@@ -34,12 +25,8 @@ def test_agents_on_one_core_are_planned_as_one_and_equal_one_device(
 ) -> None:
     model_dir, data = tiny_model_dir("t5"), write_rows(tmp_path / "train.jsonl")
     out = tmp_path / "out"
-    spec = JobSpec(
-        model_dir=str(model_dir), data_path=str(data), eval_path=str(data),
-        task="classification", technique="parallel-adapters", technique_settings={"reduction": 4},
-        epochs=EPOCHS, batch_size=BATCH, learning_rate=LR, seed=SEED,
-        placement="mesh", output_dir=str(out),
-    )
+    spec = job_spec(model_dir, data, out, "parallel-adapters")
+    del spec.technique_settings["layout"]  # planned: the planner chooses the agents
     with LocalMesh(agents=3, run_dir=tmp_path / "mesh", planner=False, agent_cpus="0") as mesh:
         pools = {a.name: (a.profile.cpu_pool, a.profile.cpu_cores) for a in mesh.status()}
         assert len(pools) == 3 and len(set(pools.values())) == 1, pools
