@@ -106,13 +106,26 @@ def one_arena() -> bool:
     return done
 
 
-def heap_free_bytes() -> int | None:
-    """The bytes free inside the heap (glibc's ``mallinfo2().fordblks``); None without it."""
+def _mallinfo2() -> _MallInfo2 | None:
     libc = _libc()
     if libc is None or not hasattr(libc, "mallinfo2"):
         return None
     libc.mallinfo2.restype = _MallInfo2
-    return int(libc.mallinfo2().fordblks)
+    info: _MallInfo2 = libc.mallinfo2()
+    return info
+
+
+def heap_free_bytes() -> int | None:
+    """The bytes free inside the heap (glibc's ``mallinfo2().fordblks``); None without it."""
+    info = _mallinfo2()
+    return None if info is None else int(info.fordblks)
+
+
+def heap_used_bytes() -> int | None:
+    """The bytes malloc has handed out and not had back: in the heap (``uordblks``) and
+    mapped on their own (``hblkhd``); None without mallinfo2."""
+    info = _mallinfo2()
+    return None if info is None else int(info.uordblks + info.hblkhd)
 
 
 @dataclass
