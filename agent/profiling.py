@@ -23,6 +23,7 @@ from torch import nn
 from agent.errors import BadRequest
 from pac.families import ModelFamily, family_for_dir
 from pac.techniques.packed_backbone import pack_block_linears
+from pac.techniques.parallel_adapters.ladder import embed_points, layer_point
 
 T = TypeVar("T")
 
@@ -99,16 +100,20 @@ def profile_layers(
     if not 0 <= start < end <= len(blocks):
         raise BadRequest(f"layer range [{start}, {end}) is not inside {len(blocks)} blocks")
     batch = _random_batch(family, batch_size, seq_len, device)
+    # The side network reads every block's output: timing all blocks computes them anyway.
+    ladder: dict[str, torch.Tensor] | None = (
+        {} if side_network and start == 0 and end == len(blocks) else None
+    )
     with torch.no_grad():
         embed_seconds = _median_seconds(lambda: family.embed(batch), repeats)
-        timings = _time_blocks(family, batch, start, end, repeats)
+        timings = _time_blocks(family, batch, start, end, repeats, ladder)
         second: tuple[float, ...] = ()
         if second_batch_size:
             other = _random_batch(family, second_batch_size, seq_len, device)
             second = tuple(
                 t.forward_seconds for t in _time_blocks(family, other, start, end, repeats)
             )
-    side = _time_side_network(family, batch, repeats) if side_network else 0.0
+    side = _time_side_network(family, batch, repeats, ladder) if side_network else 0.0
     backward: tuple[float, ...] = ()
     if backward_technique:
         if backward_technique not in BACKWARD_TECHNIQUES:
@@ -217,10 +222,19 @@ def _random_batch(
 
 
 def _time_blocks(
-    family: ModelFamily, batch: dict[str, torch.Tensor], start: int, end: int, repeats: int
+    family: ModelFamily,
+    batch: dict[str, torch.Tensor],
+    start: int,
+    end: int,
+    repeats: int,
+    ladder: dict[str, torch.Tensor] | None = None,
 ) -> list[LayerTiming]:
+    """Each block's forward timing; with ``ladder``, the embedding and every block's output
+    are put in it by ladder point name (pac/techniques/parallel_adapters/ladder.py)."""
     blocks = family.blocks()
     state = family.embed(batch)
+    if ladder is not None:
+        ladder.update(embed_points(family, state))
     for index in range(start):
         state = family.run_block(index, state)
     timings = []
@@ -234,6 +248,8 @@ def _time_blocks(
             # The warm-up run's output is the next block's input: no extra run to advance.
             seconds, state = _timed(lambda: family.run_block(block.index, current), repeats)  # noqa: B023
             timed[signature] = seconds
+        if ladder is not None:
+            ladder[layer_point(block.index)] = state["hidden"]
         timings.append(
             LayerTiming(
                 block.index,
@@ -246,10 +262,14 @@ def _time_blocks(
 
 
 def _time_side_network(
-    family: ModelFamily, batch: dict[str, torch.Tensor], repeats: int
+    family: ModelFamily,
+    batch: dict[str, torch.Tensor],
+    repeats: int,
+    ladder: dict[str, torch.Tensor] | None = None,
 ) -> float:
     """Forward + backward of a default parallel-adapters side network (r = 8, every layer
-    laddered) from the backbone's ladder of ``batch``: what a training step adds."""
+    laddered) from the backbone's ladder of ``batch`` (``ladder``, when the blocks' timing
+    collected it): what a training step adds."""
     from pac.tasks import TaskSpec
     from pac.techniques import build_technique
     from pac.techniques.parallel_adapters import ParallelAdaptersModel
@@ -257,8 +277,10 @@ def _time_side_network(
     model = build_technique("parallel-adapters", family, TaskSpec("classification"), {})
     assert isinstance(model, ParallelAdaptersModel)
     model.to(batch["input_ids"].device)
-    with torch.no_grad():
-        ladder = model.ladder(batch)
+    if ladder is None or not set(model.points) <= set(ladder):
+        with torch.no_grad():
+            ladder = model.ladder(batch)
+    ladder = {point: ladder[point] for point in model.points}
 
     def step() -> None:
         outputs = model.forward_from_ladder(ladder, batch)

@@ -21,6 +21,7 @@ from coordinator.jobs import JobSpec
 from pac.families import family_for_dir
 from pac.families.bert import BertFamily
 from pac.techniques import packed_backbone
+from pac.techniques.parallel_adapters.ladder import ladder_points, run_ladder
 from protos.v1 import agent_pb2
 
 
@@ -56,6 +57,39 @@ def test_identical_blocks_run_once_and_share_the_first_ones_time(
     first, second = result.layers
     assert second.forward_seconds == first.forward_seconds > 0
     assert second.parameter_bytes == first.parameter_bytes
+
+
+def test_the_side_network_is_timed_on_the_outputs_the_block_timing_computed(
+    tiny_model_dir: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = BertFamily.run_block
+
+    def counted(self: BertFamily, index: int, state: dict[str, torch.Tensor]) -> Any:
+        calls.append(index)
+        return real(self, index, state)
+
+    monkeypatch.setattr(BertFamily, "run_block", counted)
+    result = profiling.profile_layers(tiny_model_dir("bert"), 0, 0, 2, 8, 3, side_network=True)
+    assert result.side_seconds > 0
+    assert calls == [0] * 4 + [1]  # the blocks' timing alone: no second run for the ladder
+
+
+@pytest.mark.parametrize("family_name", ["bert", "t5"])
+def test_the_block_timing_collects_the_ladder_the_backbone_gives(
+    tiny_model_dir: Callable[[str], Path], family_name: str
+) -> None:
+    family_class = family_for_dir(tiny_model_dir(family_name))
+    family = family_class(family_class.load(tiny_model_dir(family_name)))
+    batch = profiling._random_batch(family, 2, 8, None)
+    points = ladder_points(family, range(len(family.blocks())))
+    collected: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        profiling._time_blocks(family, batch, 0, len(family.blocks()), 1, collected)
+    expected = run_ladder(family, batch, points)
+    assert sorted(collected) == sorted(expected)
+    for point in points:
+        assert torch.equal(collected[point], expected[point]), point
 
 
 def test_blocks_that_differ_in_weights_or_inputs_are_timed_each(
