@@ -2,20 +2,68 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def attention_mask(key_mask: torch.Tensor, query_len: int, causal: bool) -> torch.Tensor:
-    """Boolean mask ``[batch, 1, query_len, key_len]`` (True = may attend) from a 0/1 key
-    mask ``[batch, key_len]``; with ``causal`` a query also sees no later key."""
-    allowed = key_mask.bool()[:, None, None, :].expand(-1, 1, query_len, -1)
+def attention_mask(
+    key_mask: torch.Tensor, query_len: int, causal: bool, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The additive mask (0 = may attend, -inf = may not) of a 0/1 key mask ``[batch,
+    key_len]``, in ``dtype``: ``[batch, 1, 1, key_len]``, the same for every query; with
+    ``causal`` ``[batch, 1, query_len, key_len]``, where a query also sees no later key.
+
+    Build it once per forward and give it to every block: attention keeps its mask for the
+    backward, and a boolean mask it would keep as a float ``[batch, 1, query, key]`` copy
+    per block."""
+    allowed = key_mask.bool()[:, None, None, :]
     if causal:
         key_len = key_mask.shape[1]
         lower = torch.ones(query_len, key_len, dtype=torch.bool, device=key_mask.device).tril()
         allowed = allowed & lower
-    return allowed
+    blocked = torch.zeros(allowed.shape, dtype=dtype, device=key_mask.device)
+    return blocked.masked_fill_(~allowed, float("-inf"))
+
+
+class _GeluThenLinear(torch.autograd.Function):
+    """``linear(gelu(hidden))`` that keeps only ``hidden`` for the backward and computes
+    ``gelu(hidden)`` again there: the MLP's widest activation is not held twice."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        ctx.save_for_backward(hidden, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(F.gelu(hidden), weight, bias)
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_out: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        hidden, weight = ctx.saved_tensors
+        rows = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_hidden = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[1]:
+            activated = F.gelu(hidden)
+            grad_weight = rows.t().mm(activated.reshape(-1, activated.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = rows.sum(0)
+        if ctx.needs_input_grad[0]:
+            grad_hidden = torch.ops.aten.gelu_backward(grad_out.matmul(weight), hidden)
+        return grad_hidden, grad_weight, grad_bias
+
+
+def gelu_then_linear(hidden: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``linear(F.gelu(hidden))``, the same values, holding one copy of ``hidden`` for the
+    backward instead of two (see :class:`_GeluThenLinear`)."""
+    if not torch.is_grad_enabled():
+        return linear(F.gelu(hidden))
+    out: torch.Tensor = _GeluThenLinear.apply(hidden, linear.weight, linear.bias)
+    return out
 
 
 class SideAttention(nn.Module):
@@ -33,7 +81,7 @@ class SideAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``x`` ``[batch, q, w]`` attends to ``memory`` ``[batch, k, w]`` under ``mask``
-        ``[batch, 1, q, k]``; returns ``[batch, q, w]``."""
+        (additive, broadcast to ``[batch, 1, q, k]``); returns ``[batch, q, w]``."""
         batch, q_len, width = x.shape
         head_dim = width // self.heads
         query = self.query(x).view(batch, q_len, self.heads, head_dim).transpose(1, 2)
@@ -78,7 +126,9 @@ class SideBlock(nn.Module):
             if memory is None or memory_mask is None:
                 raise ValueError("a cross-attending side block needs the side encoder's output")
             x = x + self.dropout(self.cross_attention(self.norm_cross(x), memory, memory_mask))
-        return x + self.dropout(self.mlp(self.norm_mlp(x)))
+        up, down = self.mlp[0], self.mlp[2]  # (Linear, GELU, Linear: the state dict's names)
+        assert isinstance(down, nn.Linear)
+        return x + self.dropout(gelu_then_linear(up(self.norm_mlp(x)), down))
 
 
 class LadderGate(nn.Module):

@@ -109,6 +109,16 @@ class SideNetwork(nn.Module):
         """Run the side blocks of layers ``[begin, end)``; ``ladder`` must hold their
         points (and ``"embed.decoder"`` when the range starts the decoder)."""
         state = dict(state)
+        masks: dict[tuple[str, int, bool], torch.Tensor] = {}
+
+        def mask(key: str, query_len: int, causal: bool) -> torch.Tensor:
+            """One mask per kind for all blocks (see layer.attention_mask)."""
+            if (key, query_len, causal) not in masks:
+                masks[key, query_len, causal] = attention_mask(
+                    batch[key], query_len, causal, self.up.weight.dtype
+                )
+            return masks[key, query_len, causal]
+
         for index in range(begin, end):
             if index == self.first_decoder_block:
                 assert self.encoder_norm is not None and self.decoder_embed_down is not None
@@ -119,10 +129,10 @@ class SideNetwork(nn.Module):
             in_decoder = self.first_decoder_block is not None and index >= self.first_decoder_block
             mask_key = "decoder_attention_mask" if in_decoder else "attention_mask"
             x = self.gates[str(index)](ladder[layer_point(index)], state["side"])
-            self_mask = attention_mask(batch[mask_key], x.shape[1], self.causal or in_decoder)
+            self_mask = mask(mask_key, x.shape[1], self.causal or in_decoder)
             memory_mask = None
             if in_decoder:
-                memory_mask = attention_mask(batch["attention_mask"], x.shape[1], False)
+                memory_mask = mask("attention_mask", x.shape[1], False)
             state["side"] = self.side_blocks[str(index)](
                 x, self_mask, state.get("memory"), memory_mask
             )
