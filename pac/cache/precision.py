@@ -34,7 +34,14 @@ class PrecisionCodec(ABC):
 
     @abstractmethod
     def decode_into(self, stored: Mapping[str, Tensor], out: Tensor) -> None:
-        """Write the float32 decoding of ``stored`` into ``out [T, d]`` (no extra copy)."""
+        """Write the decoding of ``stored`` into ``out [T, d]`` (no extra copy), float32 or
+        :attr:`exact_dtype`."""
+
+    @property
+    @abstractmethod
+    def exact_dtype(self) -> torch.dtype:
+        """The narrowest float dtype that holds every decoded value exactly: a ladder read
+        in it takes the least memory and widens to float32 without rounding."""
 
     @abstractmethod
     def bytes_per_token(self, d: int) -> int:
@@ -85,8 +92,13 @@ class CastCodec(PrecisionCodec):
         return {VALUES: values}
 
     def decode_into(self, stored: Mapping[str, Tensor], out: Tensor) -> None:
-        """``{"values": [T, d]}`` -> float32 written into ``out [T, d]``."""
+        """``{"values": [T, d]}`` -> written into ``out [T, d]``."""
         out.copy_(stored[VALUES])
+
+    @property
+    def exact_dtype(self) -> torch.dtype:
+        """The stored dtype itself."""
+        return self.dtype
 
     def bytes_per_token(self, d: int) -> int:
         """``d`` times the dtype's size."""
@@ -122,6 +134,11 @@ class Int8Codec(PrecisionCodec):
     def decode_into(self, stored: Mapping[str, Tensor], out: Tensor) -> None:
         """``values * scale[:, None]`` written into ``out [T, d]`` float32."""
         torch.mul(stored[VALUES], stored[SCALE][:, None], out=out)
+
+    @property
+    def exact_dtype(self) -> torch.dtype:
+        """float32: the products of values and scales need it."""
+        return torch.float32
 
     def bytes_per_token(self, d: int) -> int:
         """``d`` int8 values plus one fp32 scale."""

@@ -262,15 +262,26 @@ class ActivationCache:
             return None
 
     def get_batch(
-        self, sample_ids: Sequence[str], points: Sequence[str] | None = None
+        self,
+        sample_ids: Sequence[str],
+        points: Sequence[str] | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> CachedBatch:
-        """Padded float32 ``[B, T_max, d]`` per point plus int64 ``[B]`` lengths.
+        """Padded ``[B, T_max, d]`` per point in ``dtype`` (float32, or the codec's
+        ``exact_dtype``: the same values in less memory) plus int64 ``[B]`` lengths.
 
         ``points`` defaults to all points of the first sample. Each sample is decoded
         straight into its row of the batch; only the padding is zeroed.
         """
         if not sample_ids:
             raise ValueError("get_batch needs at least one sample id")
+        allowed = {torch.float32, self.codec.exact_dtype}
+        if dtype not in allowed:
+            names = " or ".join(sorted(str(d).removeprefix("torch.") for d in allowed))
+            raise ValueError(
+                f"the {self.key.precision} cache decodes into {names}, not "
+                f"{str(dtype).removeprefix('torch.')}"
+            )
         records = [self._record(sid) for sid in sample_ids]
         wanted = list(points) if points is not None else sorted(records[0].points)
         verified: list[Stored] | None = None
@@ -298,7 +309,7 @@ class ActivationCache:
                 for sid, rec in zip(sample_ids, records, strict=True)
             ]
             t_max = max(t for t, _ in shapes)
-            out = torch.empty(len(sample_ids), t_max, widths.pop(), dtype=torch.float32)
+            out = torch.empty(len(sample_ids), t_max, widths.pop(), dtype=dtype)
             for row, ((t, _), st) in enumerate(zip(shapes, stored, strict=True)):
                 self.codec.decode_into(st[point], out[row, :t])
                 out[row, t:] = 0

@@ -51,7 +51,16 @@ class LadderCache:
                 },
             )
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype a ladder is read in: the narrowest that holds the stored values exactly
+        (fp16 for an fp16 cache: half of float32's memory, the same values). The side network
+        widens each point to its own dtype as it reads it."""
+        return self.cache.codec.exact_dtype
+
     def load(self, samples: Sequence[EncodedSample]) -> dict[str, torch.Tensor]:
-        """``{point: [batch, seq, d]}`` float32, zero-padded to the batch's longest."""
-        padded, _lengths = self.cache.get_batch([s.fingerprint for s in samples], self.points)
+        """``{point: [batch, seq, d]}`` in :attr:`dtype`, zero-padded to the batch's longest."""
+        padded, _lengths = self.cache.get_batch(
+            [s.fingerprint for s in samples], self.points, self.dtype
+        )
         return padded

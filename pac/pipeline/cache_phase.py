@@ -152,7 +152,7 @@ class DataParallelWorker:
             groups.setdefault(tuple(w[point] for w in where), []).append(point)
         ladder: Tensors = {}
         for ids, points in groups.items():
-            padded, _ = self.cache.cache.get_batch(list(ids), points)
+            padded, _ = self.cache.cache.get_batch(list(ids), points, self.cache.dtype)
             ladder.update(padded)
         for point, value in ladder.items():
             length = batch[self.cache.mask_keys[point]].shape[1]

@@ -154,6 +154,34 @@ def test_get_batch_pads_with_zeros_and_reports_lengths(
         cache.get_batch(["s0", "nope"])
 
 
+@pytest.mark.parametrize(
+    ("precision", "exact"),
+    [("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16), ("int8", None)],
+)
+def test_get_batch_in_the_exact_dtype_holds_the_float32_values(
+    tmp_path: Path,
+    key: Callable[..., CacheKey],
+    make_sample: SampleMaker,
+    precision: str,
+    exact: torch.dtype | None,
+) -> None:
+    cache = ActivationCache(tmp_path, key(precision), shard_samples=2)
+    for i, lengths in enumerate(LENGTHS):
+        cache.put(f"s{i}", make_sample(i, lengths))
+    ids = ["s2", "s0", "s4"]
+    wide = cache.get_batch(ids, points=["embed", "layer.1"])
+    assert cache.codec.exact_dtype == (exact or torch.float32)
+    if exact is None:  # int8's values times their scales need float32
+        with pytest.raises(ValueError, match="the int8 cache decodes into float32, not float16"):
+            cache.get_batch(ids, points=["embed"], dtype=torch.float16)
+        return
+    narrow = cache.get_batch(ids, points=["embed", "layer.1"], dtype=exact)
+    for point, value in narrow.hidden.items():
+        assert value.dtype == exact
+        assert torch.equal(value.float(), wide.hidden[point])
+    assert torch.equal(narrow.lengths["embed"], wide.lengths["embed"])
+
+
 def test_a_flipped_byte_is_detected(
     tmp_path: Path, key: Callable[..., CacheKey], make_sample: SampleMaker,
     flip_byte: Callable[[Path, str], None],

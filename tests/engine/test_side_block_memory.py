@@ -1,6 +1,7 @@
-"""What a side block keeps for its backward (pac/techniques/parallel_adapters/layer.py): one
-copy of the MLP's hidden activation and one attention mask for all blocks, with the same
-values and gradients as the plain modules."""
+"""What the side network keeps for its backward (pac/techniques/parallel_adapters/layer.py):
+ladder points in the cache's own narrow dtype, one copy of the MLP's hidden activation and
+one attention mask for all blocks, with the same values and gradients as the plain
+modules."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pac.techniques.parallel_adapters.layer import attention_mask, gelu_then_linear
+from pac.techniques.parallel_adapters.layer import (
+    attention_mask,
+    gelu_then_linear,
+    widen_then_linear,
+)
 
 
 def saved_bytes(output: torch.Tensor) -> int:
@@ -66,3 +71,33 @@ def test_the_additive_mask_attends_as_the_boolean_one() -> None:
             F.scaled_dot_product_attention(q, k, v, attn_mask=additive),
             F.scaled_dot_product_attention(q, k, v, attn_mask=allowed),
         )
+
+
+def test_widen_then_linear_keeps_the_narrow_input_and_gives_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 8)
+    point = torch.randn(3, 5, 64).half()  # (a ladder point read from an fp16 cache)
+
+    plain = linear(point.float())
+    widened = widen_then_linear(point, linear)
+    torch.testing.assert_close(widened, plain, rtol=0, atol=0)
+
+    grad = torch.randn_like(plain)
+    expected = torch.autograd.grad(plain, (linear.weight, linear.bias), grad)
+    got = torch.autograd.grad(widened, (linear.weight, linear.bias), grad)
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+
+    assert saved_bytes(linear(point.float())) == point.numel() * 4
+    assert saved_bytes(widen_then_linear(point, linear)) == point.numel() * 2
+
+
+def test_widen_then_linear_passes_an_input_gradient_back_in_its_dtype() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 4)
+    x = torch.randn(2, 16, dtype=torch.bfloat16, requires_grad=True)
+    widen_then_linear(x, linear).sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(
+        x.grad.float(), linear.weight.sum(0).expand(2, -1).bfloat16().float()
+    )

@@ -28,6 +28,44 @@ def attention_mask(
     return blocked.masked_fill_(~allowed, float("-inf"))
 
 
+class _WidenThenLinear(torch.autograd.Function):
+    """``linear(x.to(weight.dtype))`` that keeps ``x`` in its own, narrower dtype for the
+    backward (the weight's gradient widens it again there)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(x.to(weight.dtype), weight, bias)
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_out: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        x, weight = ctx.saved_tensors
+        rows = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = rows.t().mm(x.reshape(-1, x.shape[-1]).to(weight.dtype))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = rows.sum(0)
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_out.matmul(weight).to(x.dtype)
+        return grad_x, grad_weight, grad_bias
+
+
+def widen_then_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``linear(x.to(linear.weight.dtype))``, the same values; a narrower ``x`` (a ladder
+    point read from an fp16 cache) is kept for the backward as it is, not as a float32 copy
+    (see :class:`_WidenThenLinear`)."""
+    if x.dtype == linear.weight.dtype or not torch.is_grad_enabled():
+        return linear(x.to(linear.weight.dtype))
+    out: torch.Tensor = _WidenThenLinear.apply(x, linear.weight, linear.bias)
+    return out
+
+
 class _GeluThenLinear(torch.autograd.Function):
     """``linear(gelu(hidden))`` that keeps only ``hidden`` for the backward and computes
     ``gelu(hidden)`` again there: the MLP's widest activation is not held twice."""
@@ -144,4 +182,4 @@ class LadderGate(nn.Module):
         """``backbone_hidden`` ``[batch, seq, d_model]`` in the backbone's (or the cache's)
         dtype, ``side`` ``[batch, seq, w]`` -> ``[batch, seq, w]`` in the gate's dtype."""
         gate = torch.sigmoid(self.alpha)
-        return gate * self.down(backbone_hidden.to(self.down.weight.dtype)) + (1.0 - gate) * side
+        return gate * widen_then_linear(backbone_hidden, self.down) + (1.0 - gate) * side

@@ -32,7 +32,12 @@ from pac.techniques.parallel_adapters.ladder import (
     layer_point,
     run_ladder,
 )
-from pac.techniques.parallel_adapters.layer import LadderGate, SideBlock, attention_mask
+from pac.techniques.parallel_adapters.layer import (
+    LadderGate,
+    SideBlock,
+    attention_mask,
+    widen_then_linear,
+)
 
 SideState = dict[str, torch.Tensor]
 
@@ -91,7 +96,7 @@ class SideNetwork(nn.Module):
 
     def begin(self, ladder: dict[str, torch.Tensor]) -> SideState:
         """The side state before block 0: ``{"side": [batch, seq, w]}``."""
-        return {"side": self.embed_down(self.read(ladder[EMBED]))}
+        return {"side": widen_then_linear(ladder[EMBED], self.embed_down)}
 
     def read(self, backbone_hidden: torch.Tensor) -> torch.Tensor:
         """A ladder point in the side network's own dtype: a bfloat16 backbone's (or a
@@ -123,7 +128,7 @@ class SideNetwork(nn.Module):
             if index == self.first_decoder_block:
                 assert self.encoder_norm is not None and self.decoder_embed_down is not None
                 state["memory"] = self.encoder_norm(state["side"])
-                state["side"] = self.decoder_embed_down(self.read(ladder[EMBED_DECODER]))
+                state["side"] = widen_then_linear(ladder[EMBED_DECODER], self.decoder_embed_down)
             if str(index) not in self.gates:
                 continue
             in_decoder = self.first_decoder_block is not None and index >= self.first_decoder_block
@@ -184,7 +189,8 @@ class ParallelAdaptersModel(TunedModel):
     def base_hidden(self, last: torch.Tensor) -> torch.Tensor:
         """The frozen final norm on the last block's output ``[batch, seq, d_model]``, in
         the side network's dtype. The norm runs in the backbone's dtype: a point read from
-        the cache (float32) is first rounded to it, as the live backbone would have it."""
+        the cache (in the cache's own dtype) is first cast to it, as the live backbone would
+        have it."""
         return self.side.read(self.family.final_hidden(last.to(self.backbone_dtype)))
 
     @property
