@@ -92,22 +92,25 @@ def gather_state(
     return taken
 
 
-# Decoded ladder points per chunk of rows. A chunk's peak (its points, the side network's
-# activations, their gradients) is about 3.3x this. The BERT-base shape (13 points of 768
-# floats, 46-64 tokens) computes 4-6 rows at a time: on the local mesh (bench/e2e.py
-# --cache-chunk-mib) the cache phase's peak fell from 317 to 205 MB above the idle agent,
-# for a cached step 10% longer. MiniLM's share of a mini-batch of 32 fits in one chunk.
-DEFAULT_CHUNK_BYTES = 12 << 20
+# Ladder points per chunk of rows, in the dtype they are read in (the cache's exact dtype:
+# fp16 for the default fp16 cache). A chunk's peak (its points, the side network's
+# activations, their gradients) is a few times this. On the BERT-base shape (13 points of
+# 768 values, 46-64 tokens) 5 MiB computes 4-5 rows at a time. On the local mesh (bench/e2e.py
+# --cache-chunk-mib) the cache phase's peak above the idle agent was 142, 151, 159, 166 and
+# 211 MB with chunks of 3, 4, 5, 6 and 12 MiB, and a cached step's compute 200, 183, 173,
+# 165 and 159 ms. MiniLM's share of a mini-batch of 32 fits in one chunk.
+DEFAULT_CHUNK_BYTES = 5 << 20
 
 
 def rows_per_chunk(
     batch: Tensors, cache: LadderCache, width: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES
 ) -> int:
     """How many rows of ``batch`` (padded to its length) to compute at once so that their
-    decoded float32 ladder points take at most ``chunk_bytes`` (at least one row)."""
+    ladder points, as read from ``cache``, take at most ``chunk_bytes`` (at least one row)."""
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be at least 1, not {chunk_bytes}")
-    row_bytes = sum(batch[cache.mask_keys[p]].shape[1] for p in cache.points) * width * 4
+    tokens = sum(batch[cache.mask_keys[p]].shape[1] for p in cache.points)
+    row_bytes = tokens * width * cache.dtype.itemsize
     return max(1, chunk_bytes // max(row_bytes, 1))
 
 

@@ -100,6 +100,19 @@ def test_rows_per_chunk_fit_the_bytes(cached_job: Job) -> None:
         rows_per_chunk(batch, cache, width, 0)
 
 
+def test_a_chunk_counts_the_bytes_as_read_from_an_fp16_cache(
+    cached_job: Job, tmp_path: Path
+) -> None:
+    make_model, cache, batch, _ = cached_job
+    model = make_model()
+    key = CacheKey("model", "tokenizer", ",".join(model.points), "fp16")
+    half = LadderCache(ActivationCache(tmp_path / "fp16", key), model.family, model.points)
+    assert half.dtype == torch.float16
+    width, row = model.family.hidden_size, row_bytes(model, batch)  # (as float32)
+    assert rows_per_chunk(batch, cache, width, 3 * row) == 3
+    assert rows_per_chunk(batch, half, width, 3 * row) == 6  # half the bytes per row
+
+
 @pytest.mark.parametrize("rows_at_once", [1, 3])
 def test_a_chunked_step_equals_all_rows_at_once(cached_job: Job, rows_at_once: int) -> None:
     make_model, cache, batch, fingerprints = cached_job
