@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,6 +29,24 @@ def attention_mask(
     return blocked.masked_fill_(~allowed, float("-inf"))
 
 
+def _linear_grads(
+    ctx: Any, grad_out: torch.Tensor, weight: torch.Tensor, read_input: Callable[[], torch.Tensor]
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The gradients of ``linear(input, weight, bias)`` for the inputs ``ctx`` needs them
+    for: of its input, weight and bias; ``read_input`` gives the input again (widened or
+    computed afresh) when the weight's gradient needs it."""
+    rows = grad_out.reshape(-1, grad_out.shape[-1])
+    grad_input = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[1]:
+        value = read_input()
+        grad_weight = rows.t().mm(value.reshape(-1, value.shape[-1]))
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = rows.sum(0)
+    if ctx.needs_input_grad[0]:
+        grad_input = grad_out.matmul(weight)
+    return grad_input, grad_weight, grad_bias
+
+
 class _WidenThenLinear(torch.autograd.Function):
     """``linear(x.to(weight.dtype))`` that keeps ``x`` in its own, narrower dtype for the
     backward (the weight's gradient widens it again there)."""
@@ -45,15 +64,10 @@ class _WidenThenLinear(torch.autograd.Function):
         ctx: Any, grad_out: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         x, weight = ctx.saved_tensors
-        rows = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[1]:
-            grad_weight = rows.t().mm(x.reshape(-1, x.shape[-1]).to(weight.dtype))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = rows.sum(0)
-        if ctx.needs_input_grad[0]:
-            grad_x = grad_out.matmul(weight).to(x.dtype)
-        return grad_x, grad_weight, grad_bias
+        grad_x, grad_weight, grad_bias = _linear_grads(
+            ctx, grad_out, weight, lambda: x.to(weight.dtype)
+        )
+        return None if grad_x is None else grad_x.to(x.dtype), grad_weight, grad_bias
 
 
 def widen_then_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
@@ -83,15 +97,12 @@ class _GeluThenLinear(torch.autograd.Function):
         ctx: Any, grad_out: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         hidden, weight = ctx.saved_tensors
-        rows = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_hidden = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[1]:
-            activated = F.gelu(hidden)
-            grad_weight = rows.t().mm(activated.reshape(-1, activated.shape[-1]))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = rows.sum(0)
-        if ctx.needs_input_grad[0]:
-            grad_hidden = torch.ops.aten.gelu_backward(grad_out.matmul(weight), hidden)
+        grad_activated, grad_weight, grad_bias = _linear_grads(
+            ctx, grad_out, weight, lambda: F.gelu(hidden)
+        )
+        grad_hidden = None
+        if grad_activated is not None:
+            grad_hidden = torch.ops.aten.gelu_backward(grad_activated, hidden)
         return grad_hidden, grad_weight, grad_bias
 
 
