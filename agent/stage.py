@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from agent.errors import BadRequest, WeightsMismatch
+from agent.weights_memo import WEIGHTS_HASHES
 from pac.families import ModelFamily, State, family_for_dir
-from pac.wire.integrity import weights_sha256
 
 
 def _free(module: nn.Module) -> None:
@@ -61,7 +61,7 @@ class Stage:
         """Load blocks ``[start, end)`` (end 0 = to the last block); refuse with
         WeightsMismatch when the weight files do not hash to ``expected_sha256``."""
         started = time.perf_counter()
-        digest = weights_sha256(model_dir)
+        digest = WEIGHTS_HASHES.sha256(model_dir)
         if expected_sha256 and digest != expected_sha256.lower():
             raise WeightsMismatch(
                 f"weights in {model_dir} hash to {digest[:16]}..., the coordinator expects "
