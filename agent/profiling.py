@@ -3,9 +3,11 @@
 Each block runs forward on a random batch of token ids; one untimed warm-up, then the
 median of ``repeats`` timed runs. A block built like one already timed (same class, same
 parameter shapes and dtypes, same input shapes, same layer type) takes that block's time
-and runs once, only to give the next block its input: a backbone's blocks are mostly
-copies of one another. On request the parallel-adapters side network is timed too: its
-forward from the backbone's ladder and its backward, as a training step runs it.
+and does not run: the next block takes that block's output as its input, the same shapes
+as its own would have (a block's time depends on shapes, not values, the premise of
+timing a copy once). A backbone's blocks are mostly copies of one another. On request the
+parallel-adapters side network is timed too: its forward from the backbone's ladder and
+its backward, as a training step runs it.
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ def profile_layers(
     if not 0 <= start < end <= len(blocks):
         raise BadRequest(f"layer range [{start}, {end}) is not inside {len(blocks)} blocks")
     batch = _random_batch(family, batch_size, seq_len, device)
-    # The side network reads every block's output: timing all blocks computes them anyway.
+    # The side network reads every block's output: timing the blocks gives one of the same
+    # shapes for each (its values do not change a step's time).
     ladder: dict[str, torch.Tensor] | None = (
         {} if side_network and start == 0 and end == len(blocks) else None
     )
@@ -151,12 +154,12 @@ def _time_blocks_backward(
             state = family.run_block(index, state)
     seconds = []
     timed: dict[Hashable, float] = {}
+    outputs: dict[Hashable, dict[str, torch.Tensor]] = {}  # (see _time_blocks)
     for block in blocks[start:end]:
         signature = block_signature(family, block.index, state)
         if signature in timed:
             seconds.append(timed[signature])
-            with torch.no_grad():
-                state = family.run_block(block.index, state)
+            state = outputs[signature]
             continue
         for param in block.module.parameters():
             param.requires_grad_(weights)
@@ -178,7 +181,7 @@ def _time_blocks_backward(
         timed[signature] = _median_seconds(step, repeats)
         seconds.append(timed[signature])
         with torch.no_grad():
-            state = family.run_block(block.index, state)
+            state = outputs[signature] = family.run_block(block.index, state)
     return seconds
 
 
@@ -238,16 +241,16 @@ def _time_blocks(
     for index in range(start):
         state = family.run_block(index, state)
     timings = []
-    timed: dict[Hashable, float] = {}
+    # Per signature: the time, and the output its block gave (shapes are all a later
+    # block's timing and the side network's take from it).
+    timed: dict[Hashable, tuple[float, dict[str, torch.Tensor]]] = {}
     for block in blocks[start:end]:
         current = state
         signature = block_signature(family, block.index, current)
-        if signature in timed:
-            seconds, state = timed[signature], family.run_block(block.index, current)
-        else:
+        if signature not in timed:
             # The warm-up run's output is the next block's input: no extra run to advance.
-            seconds, state = _timed(lambda: family.run_block(block.index, current), repeats)  # noqa: B023
-            timed[signature] = seconds
+            timed[signature] = _timed(lambda: family.run_block(block.index, current), repeats)  # noqa: B023
+        seconds, state = timed[signature]
         if ladder is not None:
             ladder[layer_point(block.index)] = state["hidden"]
         timings.append(
