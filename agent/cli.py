@@ -73,10 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agent import allocator
-    from agent.kernel_caches import bound_kernel_caches
+    from pac.engine.kernel_caches import bound_kernel_caches
 
     allocator.one_arena()  # before any thread starts (see agent/allocator.py)
-    bound_kernel_caches()  # before the first model runs (see agent/kernel_caches.py)
+    bound_kernel_caches()  # before the first model runs (see pac/engine/kernel_caches.py)
     if args.cpus:  # before any thread starts too: threads inherit the affinity
         import sys
 

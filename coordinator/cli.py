@@ -92,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from pac.engine.kernel_caches import bound_kernel_caches
+
+    bound_kernel_caches()  # local jobs run models here (see pac/engine/kernel_caches.py)
     from pac.wire.auth import read_join_token
     from pac.wire.channel import SecurityError, TransportSecurity
 

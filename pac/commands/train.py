@@ -128,6 +128,9 @@ def ladder_settings(spec: str) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pac.engine.kernel_caches import bound_kernel_caches
+
+    bound_kernel_caches()  # before the first model runs (see pac/engine/kernel_caches.py)
     import torch
 
     from pac.engine.checkpoint import CHECKPOINT_FILE

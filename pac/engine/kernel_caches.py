@@ -4,7 +4,7 @@ oneDNN (the prepacked backbone's linear layers, pac/techniques/packed_backbone.p
 primitive, a JIT-compiled kernel, for every input shape it meets and keeps it in two caches:
 its own primitive cache and ideep's LRU cache, 1024 entries each by default. Every padded
 length of a mini-batch is a new shape, and each one kept costs about 0.55 MB per linear
-layer shape, whatever the layer's size. Epoch 1 meets dozens of lengths, so an agent left it
+layer shape, whatever the layer's size. Epoch 1 meets dozens of lengths, so a process left it
 holding 25-50 MB of kernels that nothing would run again: the backbone is released, and the
 cache phase never calls oneDNN. Measured in-process on the BERT-base shape (48 mini-batches
 of random lengths 30-64): 50 MB of heap still in use after the backbone's release with the

@@ -1,5 +1,6 @@
-"""The agent bounds oneDNN's kernel caches (agent/kernel_caches.py): a packed backbone run
-on many padded lengths leaves a few kernels in the heap, not one per length."""
+"""Processes that run models bound oneDNN's kernel caches (pac/engine/kernel_caches.py): a
+packed backbone run on many padded lengths leaves a few kernels in the heap, not one per
+length."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from agent import allocator
-from agent.kernel_caches import KERNEL_CACHE_VARIABLES, bound_kernel_caches
+from pac.engine.kernel_caches import KERNEL_CACHE_VARIABLES, bound_kernel_caches
 from pac.techniques.packed_backbone import packing_supported
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +26,7 @@ KERNELS_LEFT = textwrap.dedent(
     f"""
     import gc, json, sys
     from agent import allocator
-    from agent.kernel_caches import bound_kernel_caches
+    from pac.engine.kernel_caches import bound_kernel_caches
     if sys.argv[1] == "bounded":
         bound_kernel_caches()
     import torch
