@@ -93,10 +93,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pac.engine.kernel_caches import bound_kernel_caches
-
-    bound_kernel_caches()  # local jobs run models here (see pac/engine/kernel_caches.py)
     from pac.wire.auth import read_join_token
     from pac.wire.channel import SecurityError, TransportSecurity
+
+    bound_kernel_caches()  # local jobs run models here (see pac/engine/kernel_caches.py)
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

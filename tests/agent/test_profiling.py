@@ -39,9 +39,9 @@ def _states(model_dir: Path) -> tuple[Any, list[dict[str, torch.Tensor]]]:
     return family, states
 
 
-def test_identical_blocks_run_once_and_share_the_first_ones_time(
-    tiny_model_dir: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def block_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The index of every BERT block run, in order."""
     calls: list[int] = []
     real = BertFamily.run_block
 
@@ -50,30 +50,28 @@ def test_identical_blocks_run_once_and_share_the_first_ones_time(
         return real(self, index, state)
 
     monkeypatch.setattr(BertFamily, "run_block", counted)
+    return calls
+
+
+def test_identical_blocks_run_once_and_share_the_first_ones_time(
+    tiny_model_dir: Callable[[str], Path], block_runs: list[int]
+) -> None:
     repeats = 3
     result = profiling.profile_layers(tiny_model_dir("bert"), 0, 0, 2, 8, repeats)
     # Block 0: a warm-up and 3 timed runs; block 1 (the same build) not at all: block 0's
     # output stands for its own.
-    assert calls == [0] * (1 + repeats)
+    assert block_runs == [0] * (1 + repeats)
     first, second = result.layers
     assert second.forward_seconds == first.forward_seconds > 0
     assert second.parameter_bytes == first.parameter_bytes
 
 
 def test_the_side_network_is_timed_on_the_outputs_the_block_timing_computed(
-    tiny_model_dir: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Callable[[str], Path], block_runs: list[int]
 ) -> None:
-    calls: list[int] = []
-    real = BertFamily.run_block
-
-    def counted(self: BertFamily, index: int, state: dict[str, torch.Tensor]) -> Any:
-        calls.append(index)
-        return real(self, index, state)
-
-    monkeypatch.setattr(BertFamily, "run_block", counted)
     result = profiling.profile_layers(tiny_model_dir("bert"), 0, 0, 2, 8, 3, side_network=True)
     assert result.side_seconds > 0
-    assert calls == [0] * 4  # the blocks' timing alone: no second run for the ladder
+    assert block_runs == [0] * 4  # the blocks' timing alone: no second run for the ladder
 
 
 @pytest.mark.parametrize("family_name", ["bert", "t5"])

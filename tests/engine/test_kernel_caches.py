@@ -63,7 +63,7 @@ def kernels_left(mode: str) -> int:
 @pytest.mark.skipif(
     not packing_supported(torch.float32, torch.device("cpu"))
     or allocator.heap_used_bytes() is None,
-    reason="oneDNN's prepacked linear and glibc's mallinfo2",
+    reason="needs oneDNN's prepacked linear (a CPU build with mkldnn) and glibc's mallinfo2",
 )
 def test_bounded_caches_keep_a_few_kernels_not_one_per_length() -> None:
     unbounded, bounded = kernels_left("unbounded"), kernels_left("bounded")

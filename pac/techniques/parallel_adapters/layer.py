@@ -29,90 +29,85 @@ def attention_mask(
     return blocked.masked_fill_(~allowed, float("-inf"))
 
 
-def _linear_grads(
-    ctx: Any, grad_out: torch.Tensor, weight: torch.Tensor, read_input: Callable[[], torch.Tensor]
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """The gradients of ``linear(input, weight, bias)`` for the inputs ``ctx`` needs them
-    for: of its input, weight and bias; ``read_input`` gives the input again (widened or
-    computed afresh) when the weight's gradient needs it."""
-    rows = grad_out.reshape(-1, grad_out.shape[-1])
-    grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[1]:
-        value = read_input()
-        grad_weight = rows.t().mm(value.reshape(-1, value.shape[-1]))
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_bias = rows.sum(0)
-    if ctx.needs_input_grad[0]:
-        grad_input = grad_out.matmul(weight)
-    return grad_input, grad_weight, grad_bias
+Prepare = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+CarryBack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class _WidenThenLinear(torch.autograd.Function):
-    """``linear(x.to(weight.dtype))`` that keeps ``x`` in its own, narrower dtype for the
-    backward (the weight's gradient widens it again there)."""
+class _LinearKeepingInput(torch.autograd.Function):
+    """``linear(prepare(x, weight))`` that keeps only ``x`` for the backward and prepares
+    it again there for the weight's gradient; ``carry_back(grad, x)`` takes a gradient of
+    ``prepare(x)`` back to ``x``."""
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        prepare: Prepare,
+        carry_back: CarryBack,
     ) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return F.linear(x.to(weight.dtype), weight, bias)
+        ctx.prepare, ctx.carry_back = prepare, carry_back
+        return F.linear(prepare(x, weight), weight, bias)
 
     @staticmethod
-    def backward(
-        ctx: Any, grad_out: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        grad_x, grad_weight, grad_bias = _linear_grads(
-            ctx, grad_out, weight, lambda: x.to(weight.dtype)
-        )
-        return None if grad_x is None else grad_x.to(x.dtype), grad_weight, grad_bias
+        rows = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[1]:
+            prepared = ctx.prepare(x, weight)
+            grad_weight = rows.t().mm(prepared.reshape(-1, prepared.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = rows.sum(0)
+        if ctx.needs_input_grad[0]:
+            grad_x = ctx.carry_back(grad_out.matmul(weight), x)
+        return grad_x, grad_weight, grad_bias, None, None
+
+
+def _linear_keeping_input(
+    x: torch.Tensor, linear: nn.Linear, prepare: Prepare, carry_back: CarryBack
+) -> torch.Tensor:
+    out: torch.Tensor = _LinearKeepingInput.apply(
+        x, linear.weight, linear.bias, prepare, carry_back
+    )
+    return out
+
+
+def _widen(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return x.to(weight.dtype)
+
+
+def _narrow(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return grad.to(x.dtype)
+
+
+def _gelu(hidden: torch.Tensor, _weight: torch.Tensor) -> torch.Tensor:
+    return F.gelu(hidden)
+
+
+def _gelu_back(grad: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.gelu_backward(grad, hidden)
 
 
 def widen_then_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     """``linear(x.to(linear.weight.dtype))``, the same values; a narrower ``x`` (a ladder
-    point read from an fp16 cache) is kept for the backward as it is, not as a float32 copy
-    (see :class:`_WidenThenLinear`)."""
+    point read from an fp16 cache) is kept for the backward as it is, not as a float32
+    copy: the weight's gradient widens it again there."""
     if x.dtype == linear.weight.dtype or not torch.is_grad_enabled():
         return linear(x.to(linear.weight.dtype))
-    out: torch.Tensor = _WidenThenLinear.apply(x, linear.weight, linear.bias)
-    return out
-
-
-class _GeluThenLinear(torch.autograd.Function):
-    """``linear(gelu(hidden))`` that keeps only ``hidden`` for the backward and computes
-    ``gelu(hidden)`` again there: the MLP's widest activation is not held twice."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-    ) -> torch.Tensor:
-        ctx.save_for_backward(hidden, weight)
-        ctx.has_bias = bias is not None
-        return F.linear(F.gelu(hidden), weight, bias)
-
-    @staticmethod
-    def backward(
-        ctx: Any, grad_out: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        hidden, weight = ctx.saved_tensors
-        grad_activated, grad_weight, grad_bias = _linear_grads(
-            ctx, grad_out, weight, lambda: F.gelu(hidden)
-        )
-        grad_hidden = None
-        if grad_activated is not None:
-            grad_hidden = torch.ops.aten.gelu_backward(grad_activated, hidden)
-        return grad_hidden, grad_weight, grad_bias
+    return _linear_keeping_input(x, linear, _widen, _narrow)
 
 
 def gelu_then_linear(hidden: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     """``linear(F.gelu(hidden))``, the same values, holding one copy of ``hidden`` for the
-    backward instead of two (see :class:`_GeluThenLinear`)."""
+    backward instead of two: the weight's gradient computes the GELU again (the MLP's
+    widest activation is not held twice)."""
     if not torch.is_grad_enabled():
         return linear(F.gelu(hidden))
-    out: torch.Tensor = _GeluThenLinear.apply(hidden, linear.weight, linear.bias)
-    return out
+    return _linear_keeping_input(hidden, linear, _gelu, _gelu_back)
 
 
 class SideAttention(nn.Module):
