@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
+
+from pac.wire.refusal import refuse_stream
 
 JOIN_TOKEN_METADATA = "x-pac-join-token"
 JOIN_TOKEN_ENV = "PAC_JOIN_TOKEN"
@@ -36,15 +38,19 @@ def read_join_token(token_file: str | None, env: str = JOIN_TOKEN_ENV) -> str | 
 
 
 def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as ``handler`` that answers UNAUTHENTICATED."""
+    """A handler of the same shape as ``handler`` that answers UNAUTHENTICATED (after
+    draining a client stream, so that the client reads this status: see refusal.py)."""
 
     async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
+    async def refuse(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+        await refuse_stream(requests, context, grpc.StatusCode.UNAUTHENTICATED, message)
+
     if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort)
+        return grpc.stream_stream_rpc_method_handler(refuse)
     if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort)
+        return grpc.stream_unary_rpc_method_handler(refuse)
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(abort)
     return grpc.unary_unary_rpc_method_handler(abort)

@@ -21,6 +21,7 @@ from pac.wire.errors import MalformedMessage, UnknownJob, WireError
 from pac.wire.limits import InFlightLedger, WireLimits
 from pac.wire.mailbox import Mailbox, TensorMessage
 from pac.wire.observer import NullObserver, TransferObserver
+from pac.wire.refusal import refuse_stream
 from protos.v1 import tensors_pb2
 
 # Decoding is views only, but casting compressed tensors back is compute: above this many
@@ -56,7 +57,7 @@ class TensorReceiver:
         try:
             return await self._receive(frames, context.peer())
         except WireError as error:
-            await context.abort(error.code, str(error))
+            await refuse_stream(frames, context, error.code, str(error))
         except asyncio.CancelledError:
             raise
         except Exception as error:  # a bug, not bad input: still a status, never a crash
