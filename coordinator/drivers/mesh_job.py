@@ -37,13 +37,15 @@ if TYPE_CHECKING:
 
 class JobInputs(NamedTuple):
     """What a job reads on the coordinator whatever its layout: the model, the task, the
-    encoded training and evaluation samples, and the model directory's fingerprint."""
+    encoded training and evaluation samples, the model directory's fingerprint, and the
+    tuned model built on the loaded one for evaluation and export (:func:`tuned_model`)."""
 
     loaded: LoadedModel
     task: TaskSpec
     samples: list[EncodedSample]
     eval_samples: list[EncodedSample]
     fingerprint: str
+    model: TunedModel
 
     @classmethod
     def load(cls, spec: JobSpec) -> JobInputs:
@@ -56,7 +58,12 @@ class JobInputs(NamedTuple):
         eval_samples = (
             load_samples(Path(spec.eval_path), loaded, task, fields) if spec.eval_path else []
         )
-        return cls(loaded, task, samples, eval_samples, fingerprint_model_dir(spec.model_dir))
+        # Built here, while the agents are measured, rather than when the job first needs
+        # it (redistribution), where every agent would wait for it.
+        model = tuned_model(spec, loaded, task)
+        return cls(
+            loaded, task, samples, eval_samples, fingerprint_model_dir(spec.model_dir), model
+        )
 
     @classmethod
     def timed_load(cls, spec: JobSpec) -> tuple[JobInputs, float]:
@@ -64,6 +71,13 @@ class JobInputs(NamedTuple):
         started = time.perf_counter()
         inputs = cls.load(spec)
         return inputs, time.perf_counter() - started
+
+
+def tuned_model(spec: JobSpec, loaded: LoadedModel, task: TaskSpec) -> TunedModel:
+    """The job's technique on ``loaded`` with the job's seed, so that its untrained parts
+    equal the agents'."""
+    torch.manual_seed(spec.seed)
+    return build_technique(spec.technique, loaded.family, task, technique_settings(spec))
 
 
 @dataclass
@@ -97,7 +111,7 @@ class JobData:
     ) -> JobData:
         """The job on ``layout``; ``inputs``: its model and data when they were loaded
         already (:meth:`JobInputs.load`, while the agents were being measured)."""
-        loaded, task, samples, eval_samples, fingerprint = inputs or JobInputs.load(spec)
+        loaded, task, samples, eval_samples, fingerprint, model = inputs or JobInputs.load(spec)
         settings = technique_settings(spec)
         steps_per_epoch = -(-len(samples) // spec.batch_size)
         mesh = MeshJobSettings(
@@ -129,7 +143,7 @@ class JobData:
                 "keep_cache": bool(spec.technique_settings.get("keep_cache", False)),
             },
         )
-        return cls(spec, loaded, task, samples, eval_samples, mesh)
+        return cls(spec, loaded, task, samples, eval_samples, mesh, _model=model)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -145,16 +159,9 @@ class JobData:
         return collate(group, pad_id(self.loaded), task=self.task)
 
     def model(self) -> TunedModel:
-        """The job's model on the coordinator (same seed: its untrained parts equal the
-        agents'), for evaluation and export."""
+        """The job's model on the coordinator, for evaluation and export."""
         if self._model is None:
-            torch.manual_seed(self.spec.seed)
-            self._model = build_technique(
-                self.spec.technique,
-                self.loaded.family,
-                self.task,
-                self.settings.technique_settings,
-            )
+            self._model = tuned_model(self.spec, self.loaded, self.task)
         return self._model
 
     @torch.no_grad()
