@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from pac.cache.digest_memo import MEMO_ENV
 from pac.testing.tiny_models import build_tiny_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def digest_memo_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Tests (and the agents they start) keep file digests in a memo of their own, never in
+    the user's ~/.cache (pac/cache/digest_memo.py)."""
+    path = tmp_path_factory.mktemp("digest-memo") / "file-digests.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(MEMO_ENV, str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")

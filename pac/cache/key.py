@@ -14,6 +14,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pac.cache import digest_memo
 from pac.cache.precision import get_codec
 
 # Bumped when the on-disk layout changes, so old caches are never misread.
@@ -127,13 +128,20 @@ def _combine(files: list[Path]) -> str:
 
 
 def file_digest(path: str | Path) -> str:
-    """sha256 hex of one file, streamed in 8 MiB reads, remembered by (path, size, mtime)."""
+    """sha256 hex of one file, streamed in 8 MiB reads, remembered by (path, size, mtime)
+    in this process and, for files of 1 MiB or more, on disk for the next one
+    (pac/cache/digest_memo.py)."""
     resolved = os.path.realpath(path)
     stat = os.stat(resolved)
     memo_key = (resolved, stat.st_size, stat.st_mtime_ns)
     cached = _file_digests.get(memo_key)
     if cached is not None:
         return cached
+    on_disk = stat.st_size >= digest_memo.MIN_FILE_BYTES
+    disk_key = digest_memo.entry_key(resolved, stat)
+    if on_disk and (kept := digest_memo.remembered(disk_key)) is not None:
+        _file_digests[memo_key] = kept
+        return kept
     digest = hashlib.sha256()
     buffer = bytearray(_READ_BYTES)
     view = memoryview(buffer)
@@ -144,4 +152,6 @@ def file_digest(path: str | Path) -> str:
                 break
             digest.update(view[:n])
     _file_digests[memo_key] = digest.hexdigest()
+    if on_disk:
+        digest_memo.remember(disk_key, _file_digests[memo_key])
     return _file_digests[memo_key]
