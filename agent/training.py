@@ -27,14 +27,10 @@ from pac.engine.memory import release_backbone, rss_bytes
 from pac.engine.schedule import make_optimizer, resume_schedule
 from pac.pipeline.all_reduce import DEFAULT_BUCKET_BYTES
 from pac.pipeline.batch_part import BatchPart
-from pac.pipeline.cache_phase import (
-    CACHE_PHASE_ALL_REDUCE,
-    DEFAULT_CHUNK_BYTES,
-    DataParallelWorker,
-    gather_state,
-)
+from pac.pipeline.cache_phase import CACHE_PHASE_ALL_REDUCE, DataParallelWorker, gather_state
 from pac.pipeline.entries import EntryIndex, split_part_id
 from pac.pipeline.job import MeshJobSettings
+from pac.pipeline.row_chunks import DEFAULT_CHUNK_BYTES
 from pac.pipeline.transport import MessageKey, Tensors
 from pac.pipeline.worker import DeviceWorker, StepResult
 from pac.techniques import build_technique
@@ -121,6 +117,35 @@ class WireTransport:
             return [dict(message.tensors) for message in messages]
 
         return asyncio.run_coroutine_threadsafe(gets(), self.loop).result()
+
+    def exchange(
+        self,
+        messages: Sequence[tuple[MessageKey, Tensors]],
+        keys: Sequence[MessageKey],
+        timeout: float | None = None,
+    ) -> list[Tensors]:
+        """Send ``messages`` and receive ``keys`` (in that order) at once: waiting for the
+        peers' acks overlaps waiting for their messages, in one hop onto the event loop. If
+        either side fails, the other is cancelled and the error raised."""
+
+        async def both() -> list[Tensors]:
+            sends = asyncio.ensure_future(
+                asyncio.gather(*(self._call(key, tensors) for key, tensors in messages))
+            )
+            gets = asyncio.ensure_future(
+                asyncio.gather(
+                    *(self.mailbox.get(RoutingKey.of(self._routing(k)), timeout) for k in keys)
+                )
+            )
+            try:
+                _, received = await asyncio.gather(sends, gets)
+            except BaseException:
+                sends.cancel()
+                gets.cancel()
+                raise
+            return [dict(message.tensors) for message in received]
+
+        return asyncio.run_coroutine_threadsafe(both(), self.loop).result()
 
     def recv(self, key: MessageKey, timeout: float | None = None) -> Tensors:
         routing = self._routing(key)

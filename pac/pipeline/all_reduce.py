@@ -64,7 +64,8 @@ def ring_all_reduce(
 ) -> list[torch.Tensor]:
     """The sums over ``devices`` of each 1-D tensor in ``vectors`` (one per bucket), by a
     ring; ``me``'s right neighbour is the next device in ``devices``. ``clock`` (optional)
-    sums the time spent sending (``send``) and blocked on the left neighbour (``wait``)."""
+    sums the time spent sending (``send``) and blocked on the left neighbour (``wait``), or
+    both as ``exchange`` (see :func:`_exchange`)."""
     n = len(devices)
     if n == 1:
         return list(vectors)
@@ -175,8 +176,13 @@ def _exchange(
     keys: Sequence[MessageKey],
     timeout: float | None,
 ) -> list[Tensors]:
-    """One round: send ``messages``, then the messages ``keys`` in that order (timed as
-    ``send`` and ``wait``)."""
+    """One round: send ``messages`` and receive the messages ``keys`` in that order. A
+    transport that can do both at once (``exchange``: the wire's) is timed as ``exchange``;
+    otherwise the sends go first, timed as ``send``, then the receives as ``wait``."""
+    exchange = getattr(transport, "exchange", None)
+    if exchange is not None:
+        with clock.part("exchange"):
+            return list(exchange(messages, keys, timeout))
     with clock.part("send"):
         send_all(transport, messages)
     with clock.part("wait"):

@@ -3,7 +3,8 @@
 A :class:`StepClock` sums wall-clock seconds under named parts (``ladder``: reading the
 rows' cached hidden states; ``compute``: the side network's forward and backward;
 ``send`` and ``wait``: the gradient all-reduce's sends and its time blocked on peers,
-which includes waiting for the slowest device's compute; ``optimizer``: the step and
+which includes waiting for the slowest device's compute, or ``exchange`` for both where the
+transport sends and receives at once (the agents' wire); ``optimizer``: the step and
 zeroing; ``checkpoint``). The agent exports each step's parts as a histogram, so a
 benchmark can say where a step goes without a profiler.
 """
