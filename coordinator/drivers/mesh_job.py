@@ -23,9 +23,10 @@ from pac.engine.export import save_adapters
 from pac.engine.loading import LoadedModel, load_model
 from pac.engine.schedule import DEFAULT_LEARNING_RATE
 from pac.pipeline.all_reduce import DEFAULT_BUCKET_BYTES
-from pac.pipeline.cache_phase import CACHE_PHASE_ALL_REDUCE, DEFAULT_CHUNK_BYTES
+from pac.pipeline.cache_phase import CACHE_PHASE_ALL_REDUCE
 from pac.pipeline.job import MeshJobSettings
 from pac.pipeline.layout import PipelineLayout
+from pac.pipeline.row_chunks import DEFAULT_CHUNK_BYTES
 from pac.tasks import TaskSpec
 from pac.techniques import build_technique
 from pac.techniques.backbone_dtype import backbone_dtype_of

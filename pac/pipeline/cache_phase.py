@@ -12,9 +12,10 @@ summed by a bucketed all-reduce (:mod:`pac.pipeline.all_reduce`, a ring by defau
 every device takes the same optimizer step, so that the result is the single-device result
 whatever the shares.
 
-A device computes its rows in chunks of about ``chunk_bytes`` of decoded ladder points
-(:func:`rows_per_chunk`), accumulating the gradients: its peak memory holds one chunk's
-points and activations, not its whole share's (the same sum, in another order).
+A device computes its rows in chunks of about ``chunk_bytes`` of decoded ladder points,
+each at its own longest row where the labels are per sample (:mod:`pac.pipeline.row_chunks`),
+accumulating the gradients: its peak memory holds one chunk's points and activations, not
+its whole share's (the same sum, in another order).
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ from pac.pipeline.all_reduce import (
     send_all,
 )
 from pac.pipeline.entries import EntryIndex
+from pac.pipeline.row_chunks import (
+    DEFAULT_CHUNK_BYTES,
+    chunk_rows,
+    per_sample_labels,
+    take_rows,
+)
 from pac.pipeline.step_clock import StepClock
 from pac.pipeline.transport import MessageKey, Tensors, Transport
 from pac.techniques.parallel_adapters import ParallelAdaptersModel
@@ -90,28 +97,6 @@ def gather_state(
             }
             taken += 1
     return taken
-
-
-# Ladder points per chunk of rows, in the dtype they are read in (the cache's exact dtype:
-# fp16 for the default fp16 cache). A chunk's peak (its points, the side network's
-# activations, their gradients) is a few times this. On the BERT-base shape (13 points of
-# 768 values, 46-64 tokens) 5 MiB computes 4-5 rows at a time. On the local mesh (bench/e2e.py
-# --cache-chunk-mib) the cache phase's peak above the idle agent was 142, 151, 159, 166 and
-# 211 MB with chunks of 3, 4, 5, 6 and 12 MiB, and a cached step's compute 200, 183, 173,
-# 165 and 159 ms. MiniLM's share of a mini-batch of 32 fits in one chunk.
-DEFAULT_CHUNK_BYTES = 5 << 20
-
-
-def rows_per_chunk(
-    batch: Tensors, cache: LadderCache, width: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES
-) -> int:
-    """How many rows of ``batch`` (padded to its length) to compute at once so that their
-    ladder points, as read from ``cache``, take at most ``chunk_bytes`` (at least one row)."""
-    if chunk_bytes < 1:
-        raise ValueError(f"chunk_bytes must be at least 1, not {chunk_bytes}")
-    tokens = sum(batch[cache.mask_keys[p]].shape[1] for p in cache.points)
-    row_bytes = tokens * width * cache.dtype.itemsize
-    return max(1, chunk_bytes // max(row_bytes, 1))
 
 
 class DataParallelWorker:
@@ -176,16 +161,13 @@ class DataParallelWorker:
         self.model.train()
         loss_sum, terms = 0.0, 0
         clock = self.clock
-        chunk = (
-            rows_per_chunk(batch, self.cache, self.model.family.hidden_size, self.chunk_bytes)
-            if sample_ids
-            else 1
-        )
-        for start in range(0, len(sample_ids), chunk):
-            rows = slice(start, start + chunk)
-            mine = {k: v[rows] for k, v in batch.items()}
+        width = self.model.family.hidden_size
+        trim = per_sample_labels(batch)
+        mask_keys = list(self.cache.mask_keys.values())
+        for rows in chunk_rows(batch, self.cache, width, self.chunk_bytes):
+            mine = take_rows(batch, rows, mask_keys, trim)
             with clock.part("ladder"):
-                ladder = self.ladder(sample_ids[rows], mine)
+                ladder = self.ladder([sample_ids[row] for row in rows], mine)
             with clock.part("compute"):
                 outputs = self.model.forward_from_ladder(ladder, mine)
                 loss, count = self.model.loss_terms(outputs, mine)

@@ -15,8 +15,9 @@ from pac.data.collate import collate
 from pac.engine.dataset import DataFields, load_samples, pad_id, resolve_task
 from pac.engine.ladder_cache import LadderCache
 from pac.engine.loading import load_model
-from pac.pipeline.cache_phase import DataParallelWorker, rows_per_chunk
+from pac.pipeline.cache_phase import DataParallelWorker
 from pac.pipeline.entries import part_id
+from pac.pipeline.row_chunks import chunk_rows, rows_per_chunk, take_rows
 from pac.pipeline.transport import InProcessHub, InProcessTransport
 from pac.tasks import TaskSpec
 from pac.techniques.parallel_adapters import ParallelAdaptersModel
@@ -135,3 +136,35 @@ def test_a_worker_refuses_a_chunk_of_no_bytes(cached_job: Job) -> None:
     make_model, cache, batch, fingerprints = cached_job
     with pytest.raises(ValueError, match="chunk_bytes must be at least 1"):
         one_step(make_model, cache, batch, fingerprints, 0)
+
+
+def test_rows_go_longest_first_in_chunks_of_their_own_length(cached_job: Job) -> None:
+    make_model, cache, batch, _ = cached_job
+    width = make_model().family.hidden_size
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    assert len(set(lengths)) > 1  # rows of several lengths
+    per_token = len(cache.points) * width * cache.dtype.itemsize
+    budget = 2 * max(lengths) * per_token
+    chunks = chunk_rows(batch, cache, width, budget)
+    assert sorted(row for chunk in chunks for row in chunk) == list(range(ROWS))
+    order = [row for chunk in chunks for row in chunk]
+    assert [lengths[row] for row in order] == sorted(lengths, reverse=True)
+    for chunk in chunks:
+        longest = max(lengths[row] for row in chunk)
+        assert len(chunk) * longest * per_token <= budget or len(chunk) == 1
+        taken = take_rows(batch, chunk, ["attention_mask"], trim=True)
+        assert taken["attention_mask"].shape == (len(chunk), longest)
+        assert int(taken["attention_mask"].sum()) == sum(lengths[row] for row in chunk)
+    # Shorter rows share a chunk: more rows fit than at the batch's padded length.
+    assert max(len(chunk) for chunk in chunks) > 2
+
+
+def test_rows_with_a_label_per_token_keep_their_order_and_length(cached_job: Job) -> None:
+    make_model, cache, batch, _ = cached_job
+    width = make_model().family.hidden_size
+    tokens = dict(batch, labels=torch.zeros_like(batch["attention_mask"]))
+    row = row_bytes(make_model(), batch)
+    assert chunk_rows(tokens, cache, width, 3 * row) == [[0, 1, 2], [3, 4, 5], [6]]
+    taken = take_rows(tokens, [3, 4, 5], ["attention_mask"], trim=False)
+    assert taken["attention_mask"].shape[1] == batch["attention_mask"].shape[1]
+    assert chunk_rows({k: v[:0] for k, v in batch.items()}, cache, width, 3 * row) == []

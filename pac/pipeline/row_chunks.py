@@ -1,0 +1,111 @@
+"""Which rows a cache-phase step computes together, and at what length.
+
+A device computes its rows of a mini-batch in chunks of about ``chunk_bytes`` of ladder
+points, as read from the cache, accumulating the gradients: its peak memory holds one
+chunk's points and activations, not its whole share's (the same sum, in another order).
+
+The mini-batch arrives padded to its longest sample, but the cache holds each sample's
+points unpadded. So where a sample's loss does not read its padding (one label per sample:
+classification, regression) the rows are taken longest first, and each chunk is computed
+at its own longest row: its padding columns, which every mask hides, are cut off. On the
+local mesh's sentences (27.6 tokens on average, mini-batches padded to 55) this computes
+about half the columns. Where the labels are per token, the rows keep the mini-batch's
+length and their order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from pac.engine.ladder_cache import LadderCache
+
+Tensors = dict[str, torch.Tensor]
+
+# Ladder points per chunk of rows, in the dtype they are read in (the cache's exact dtype:
+# fp16 for the default fp16 cache). A chunk's peak (its points, the side network's
+# activations, their gradients) is a few times this. On the BERT-base shape (13 points of
+# 768 values, 46-64 tokens) 5 MiB computes 4-5 rows at a time. On the local mesh (bench/e2e.py
+# --cache-chunk-mib) the cache phase's peak above the idle agent was 142, 151, 159, 166 and
+# 211 MB with chunks of 3, 4, 5, 6 and 12 MiB, and a cached step's compute 200, 183, 173,
+# 165 and 159 ms (rows at the mini-batch's length, before chunks were cut to their own).
+# MiniLM's share of a mini-batch of 32 fits in one chunk.
+DEFAULT_CHUNK_BYTES = 5 << 20
+
+
+def rows_per_chunk(
+    batch: Tensors, cache: LadderCache, width: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> int:
+    """How many rows of ``batch`` (padded to its length) to compute at once so that their
+    ladder points, as read from ``cache``, take at most ``chunk_bytes`` (at least one row)."""
+    _check(chunk_bytes)
+    tokens = sum(batch[cache.mask_keys[p]].shape[1] for p in cache.points)
+    row_bytes = tokens * width * cache.dtype.itemsize
+    return max(1, chunk_bytes // max(row_bytes, 1))
+
+
+def per_sample_labels(batch: Mapping[str, torch.Tensor]) -> bool:
+    """Whether each row's loss reads one label, not one per token (then its padding
+    columns can go)."""
+    labels = batch.get("labels")
+    return labels is None or labels.dim() == 1
+
+
+def used_lengths(batch: Mapping[str, torch.Tensor], mask_keys: Sequence[str]) -> dict[str, int]:
+    """Per mask key, the columns up to the last one any row uses (right padding beyond it)."""
+    lengths = {}
+    for key in dict.fromkeys(mask_keys):
+        used = torch.nonzero(batch[key].any(dim=0)).flatten()
+        lengths[key] = int(used[-1]) + 1 if used.numel() else 1
+    return lengths
+
+
+def chunk_rows(
+    batch: Tensors, cache: LadderCache, width: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> list[list[int]]:
+    """The rows of ``batch`` in chunks whose ladder points, at the chunk's own length
+    (:func:`take_rows`), take at most ``chunk_bytes`` (a row too large runs alone):
+    longest rows first when the labels are per sample, else in order at the batch's
+    length (:func:`rows_per_chunk`)."""
+    _check(chunk_bytes)
+    rows = next(iter(batch.values())).shape[0] if batch else 0
+    if not rows:
+        return []
+    if not per_sample_labels(batch):
+        step = rows_per_chunk(batch, cache, width, chunk_bytes)
+        return [list(range(start, min(start + step, rows))) for start in range(0, rows, step)]
+    keys = [cache.mask_keys[p] for p in cache.points]  # one per point: a key counts per point
+    lengths = {key: batch[key].sum(dim=1).tolist() for key in set(keys)}
+    cost = {row: sum(lengths[key][row] for key in keys) for row in range(rows)}
+    order = sorted(range(rows), key=lambda row: (-cost[row], row))
+    bytes_per_token = width * cache.dtype.itemsize
+    chunks: list[list[int]] = []
+    longest: dict[str, int] = {}
+    for row in order:
+        own = {key: int(lengths[key][row]) for key in lengths}
+        if chunks:
+            grown = {key: max(longest[key], own[key]) for key in lengths}
+            tokens = (len(chunks[-1]) + 1) * sum(grown[key] for key in keys)
+            if tokens * bytes_per_token <= chunk_bytes:
+                chunks[-1].append(row)
+                longest = grown
+                continue
+        chunks.append([row])
+        longest = own
+    return chunks
+
+
+def take_rows(batch: Tensors, rows: Sequence[int], mask_keys: Sequence[str], trim: bool) -> Tensors:
+    """``rows`` of ``batch``; with ``trim``, each mask cut after the last column they use."""
+    index = torch.tensor(list(rows), dtype=torch.long)
+    taken = {key: value.index_select(0, index) for key, value in batch.items()}
+    if trim:
+        for key, length in used_lengths(taken, mask_keys).items():
+            taken[key] = taken[key][:, :length]
+    return taken
+
+
+def _check(chunk_bytes: int) -> None:
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes must be at least 1, not {chunk_bytes}")
