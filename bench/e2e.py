@@ -292,7 +292,7 @@ def main() -> int:
         type=float,
         default=0.0,
         help="PAC's cache_chunk_bytes in MiB: the cached hidden states an agent computes at "
-        "once in the cache phase, as read (fp16 by default; 0: the job's default, 5 MiB)",
+        "once in the cache phase, as read (fp16 by default; 0: the job's default, 3 MiB)",
     )
     add_keep_flag(parser)
     args = parser.parse_args()

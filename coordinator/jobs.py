@@ -216,7 +216,7 @@ def validate_spec(spec: JobSpec, placements: tuple[str, ...] = ("local",)) -> No
         bad(
             "technique_settings",
             f"cache_chunk_bytes {chunk_bytes!r}: give the bytes of cached hidden states a "
-            "device computes at once in the cache phase, a positive integer (default 5 MiB)",
+            "device computes at once in the cache phase, a positive integer (default 3 MiB)",
         )
     if spec.epochs < 1:
         bad("epochs", f"{spec.epochs}: train for at least 1 epoch")

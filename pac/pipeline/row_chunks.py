@@ -26,12 +26,12 @@ Tensors = dict[str, torch.Tensor]
 # Ladder points per chunk of rows, in the dtype they are read in (the cache's exact dtype:
 # fp16 for the default fp16 cache). A chunk's peak (its points, the side network's
 # activations, their gradients) is a few times this. On the BERT-base shape (13 points of
-# 768 values, 46-64 tokens) 5 MiB computes 4-5 rows at a time. On the local mesh (bench/e2e.py
-# --cache-chunk-mib) the cache phase's peak above the idle agent was 142, 151, 159, 166 and
-# 211 MB with chunks of 3, 4, 5, 6 and 12 MiB, and a cached step's compute 200, 183, 173,
-# 165 and 159 ms (rows at the mini-batch's length, before chunks were cut to their own).
-# MiniLM's share of a mini-batch of 32 fits in one chunk.
-DEFAULT_CHUNK_BYTES = 5 << 20
+# 768 values, 20 KB a token in fp16) 3 MiB computes about 160 tokens at a time. On the local
+# mesh (bench/e2e.py --backbone bert-base --epochs 10 --cache-chunk-mib N, one run each) the
+# cache phase's peak above the idle agent was 148, 154, 166 and 171 MB with chunks of 2, 3,
+# 4 and 5 MiB, and a cached step's compute 134, 122, 122 and 124 ms: below 3 MiB the chunks'
+# fixed costs show. MiniLM's share of a mini-batch of 32 fits in one chunk or two.
+DEFAULT_CHUNK_BYTES = 3 << 20
 
 
 def rows_per_chunk(
