@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -36,7 +36,7 @@ from agent.errors import (
 )
 from agent.metrics import AgentMetrics
 from agent.peak_memory import CACHE_PHASE
-from agent.profile_memo import ProfileAsk, ProfileMemo
+from agent.profile_memo import PROFILES_FILE, ProfileAsk, ProfileMemo
 from agent.profiling import ProfileResult, profile_layers
 from agent.stage import Stage
 from agent.training import TrainingSession, WireTransport
@@ -115,7 +115,7 @@ class AgentRuntime:
         self.mailbox = mailbox or Mailbox()
         self.device = device
         self.jobs: dict[str, JobSession] = {}
-        self.profiles = ProfileMemo()
+        self.profiles = ProfileMemo(path=cache_dir / PROFILES_FILE)
         self.draining = False
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -381,7 +381,13 @@ class AgentRuntime:
         """Forward time of the blocks ``ask`` names on this device, and of the side network
         when asked (worker thread), with its age: a profile of the same request measured at
         most ``max_age_s`` ago on the same model files is answered again (agent/profile_memo.py)."""
-        return await asyncio.to_thread(self.profiles.profile, ask, max_age_s, self._measure)
+        conditions = (
+            f"device={self.device or 'cpu'};threads={torch.get_num_threads()};"
+            f"torch={torch.__version__}"
+        )
+        return await asyncio.to_thread(
+            self.profiles.profile, replace(ask, conditions=conditions), max_age_s, self._measure
+        )
 
     def _measure(self, ask: ProfileAsk) -> ProfileResult:
         return profile_layers(

@@ -7,8 +7,12 @@ rename without the data (a zero-length or torn file under the final name) or nei
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def fsync_path(path: str | Path) -> None:
@@ -26,3 +30,19 @@ def replace_durably(tmp: str | Path, path: str | Path) -> None:
     fsync_path(tmp)
     os.replace(tmp, path)
     fsync_path(Path(path).parent)
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """Write ``value`` as JSON to ``path`` through a temporary file in the same directory
+    (created if missing) and :func:`replace_durably`: readers see the old file or the new
+    one, never a torn one."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(value, out)
+        replace_durably(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

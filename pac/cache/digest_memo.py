@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from pac.durable import write_json
 
 MEMO_ENV = "PAC_DIGEST_MEMO"
 # Files smaller than this hash faster than the memo is read: not remembered.
@@ -80,16 +81,7 @@ def remember(key: str, digest: str) -> None:
     if path is None:
         return
     with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
         entries = _read(path)
         entries.pop(key, None)
         entries[key] = digest
-        kept = dict(list(entries.items())[-MAX_ENTRIES:])
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".file-digests-")
-        try:
-            with os.fdopen(handle, "w") as out:
-                json.dump(kept, out)
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        write_json(path, dict(list(entries.items())[-MAX_ENTRIES:]))

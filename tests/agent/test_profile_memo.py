@@ -137,3 +137,60 @@ def test_an_agent_answers_a_repeated_profile_with_its_age(
     assert list(remembered.layers) == list(measured.layers)  # the same numbers, not new ones
     assert remembered.device.name == "agent-0"
 
+
+def test_a_memo_with_a_file_answers_for_the_next_process(model: Path, tmp_path: Path) -> None:
+    clock, measure = Clock(), Measure()
+    path = tmp_path / "agent-cache" / "profiles.json"
+    first, _ = ProfileMemo(clock, path=path).profile(ask_for(model), 60.0, measure)
+    assert path.is_file()
+    clock.now += 30
+    again, age = ProfileMemo(clock, path=path).profile(ask_for(model), 60.0, measure)
+    assert age == pytest.approx(30.0)
+    assert again == first and len(measure.asks) == 1
+    # Another setting (the agent's threads, device or torch), changed files, a clock that
+    # went back: measured again.
+    memo = ProfileMemo(clock, path=path)
+    assert memo.profile(ask_for(model, conditions="threads=4"), 60.0, measure)[1] == 0.0
+    clock.now -= 3600
+    assert ProfileMemo(clock, path=path).profile(ask_for(model), 7200.0, measure)[1] == 0.0
+    clock.now += 3600
+    (model / "model.safetensors").write_bytes(b"other weights")
+    assert ProfileMemo(clock, path=path).profile(ask_for(model), 60.0, measure)[1] == 0.0
+    assert len(measure.asks) == 4
+
+
+def test_an_unreadable_memo_file_starts_empty_and_an_unwritable_one_stays_in_memory(
+    model: Path, tmp_path: Path
+) -> None:
+    clock, measure = Clock(), Measure()
+    torn = tmp_path / "torn.json"
+    torn.write_text('[{"ask": ')
+    memo = ProfileMemo(clock, path=torn)
+    assert memo.profile(ask_for(model), 60.0, measure)[1] == 0.0
+    clock.now += 5
+    assert ProfileMemo(clock, path=torn).profile(ask_for(model), 60.0, measure)[1] == 5.0
+    assert len(measure.asks) == 1  # the torn file was replaced by a good one
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    memo = ProfileMemo(clock, path=blocked / "profiles.json")  # its folder is a file
+    memo.profile(ask_for(model, batch_size=4), 60.0, measure)
+    assert memo.profile(ask_for(model, batch_size=4), 60.0, measure)[1] == 0.0
+    assert len(measure.asks) == 2  # answered from memory the second time
+
+
+def test_a_restarted_agent_answers_from_the_profiles_it_kept(
+    tiny_model_dir: Callable[[str], Path], start_agents: Any, agent_stub: Any, auth: Any
+) -> None:
+    request = agent_pb2.ProfileRequest(
+        model_dir=str(tiny_model_dir("bert")), batch_size=2, seq_len=8, repeats=1, max_age_s=600
+    )
+
+    async def ask_once() -> agent_pb2.ProfileReply:
+        async with start_agents(1) as [agent], agent_stub(agent.address) as stub:
+            reply: agent_pb2.ProfileReply = await stub.Profile(request, metadata=auth)
+            return reply
+
+    measured = asyncio.run(ask_once())
+    remembered = asyncio.run(ask_once())  # a new agent on the same cache directory
+    assert measured.age_s == 0 and 0 < remembered.age_s < 600
+    assert list(remembered.layers) == list(measured.layers)
