@@ -17,7 +17,6 @@ memory.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -139,27 +138,27 @@ def _entry(key: tuple[ProfileAsk, Stamp], measured_at: float, result: ProfileRes
 
 def _read(path: Path) -> dict[tuple[ProfileAsk, Stamp], tuple[float, ProfileResult]]:
     """The entries kept in ``path``, oldest first; an unreadable file or entry is left out."""
-    with contextlib.suppress(FileNotFoundError):
+    try:
+        entries = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        log.warning("profile memo %s not read (%s): starting empty", path, error)
+        return {}
+    kept = {}
+    for entry in entries if isinstance(entries, list) else []:
         try:
-            entries = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            log.warning("profile memo %s not read (%s): starting empty", path, error)
-            return {}
-        kept = {}
-        for entry in entries if isinstance(entries, list) else []:
-            try:
-                ask = ProfileAsk(**{**entry["ask"], "model_dir": Path(entry["ask"]["model_dir"])})
-                stamp: Stamp = tuple((str(n), int(s), int(m)) for n, s, m in entry["stamp"])
-                raw = entry["result"]
-                result = ProfileResult(
-                    float(raw["embed_seconds"]),
-                    [LayerTiming(**layer) for layer in raw["layers"]],
-                    float(raw["side_seconds"]),
-                    tuple(float(t) for t in raw["second_batch_seconds"]),
-                    tuple(float(t) for t in raw["backward_seconds"]),
-                )
-                kept[(ask, stamp)] = (float(entry["measured_at"]), result)
-            except (KeyError, TypeError, ValueError):
-                continue
-        return kept
-    return {}
+            ask = ProfileAsk(**{**entry["ask"], "model_dir": Path(entry["ask"]["model_dir"])})
+            stamp: Stamp = tuple((str(n), int(s), int(m)) for n, s, m in entry["stamp"])
+            raw = entry["result"]
+            result = ProfileResult(
+                float(raw["embed_seconds"]),
+                [LayerTiming(**layer) for layer in raw["layers"]],
+                float(raw["side_seconds"]),
+                tuple(float(t) for t in raw["second_batch_seconds"]),
+                tuple(float(t) for t in raw["backward_seconds"]),
+            )
+            kept[(ask, stamp)] = (float(entry["measured_at"]), result)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return kept

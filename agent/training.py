@@ -100,23 +100,12 @@ class WireTransport:
     def send_many(self, messages: Sequence[tuple[MessageKey, Tensors]]) -> None:
         """Send ``messages`` concurrently (one hop onto the event loop, the peers' acks
         awaited together)."""
-
-        async def sends() -> None:
-            await asyncio.gather(*(self._call(key, tensors) for key, tensors in messages))
-
-        asyncio.run_coroutine_threadsafe(sends(), self.loop).result()
+        asyncio.run_coroutine_threadsafe(self._sends(messages), self.loop).result()
 
     def recv_many(self, keys: Sequence[MessageKey], timeout: float | None = None) -> list[Tensors]:
         """The messages ``keys`` (in that order), awaited together: one hop onto the event
         loop for all of them."""
-
-        async def gets() -> list[Tensors]:
-            messages = await asyncio.gather(
-                *(self.mailbox.get(RoutingKey.of(self._routing(key)), timeout) for key in keys)
-            )
-            return [dict(message.tensors) for message in messages]
-
-        return asyncio.run_coroutine_threadsafe(gets(), self.loop).result()
+        return asyncio.run_coroutine_threadsafe(self._gets(keys, timeout), self.loop).result()
 
     def exchange(
         self,
@@ -129,23 +118,26 @@ class WireTransport:
         either side fails, the other is cancelled and the error raised."""
 
         async def both() -> list[Tensors]:
-            sends = asyncio.ensure_future(
-                asyncio.gather(*(self._call(key, tensors) for key, tensors in messages))
-            )
-            gets = asyncio.ensure_future(
-                asyncio.gather(
-                    *(self.mailbox.get(RoutingKey.of(self._routing(k)), timeout) for k in keys)
-                )
-            )
+            sends = asyncio.ensure_future(self._sends(messages))
+            gets = asyncio.ensure_future(self._gets(keys, timeout))
             try:
                 _, received = await asyncio.gather(sends, gets)
             except BaseException:
                 sends.cancel()
                 gets.cancel()
                 raise
-            return [dict(message.tensors) for message in received]
+            return received
 
         return asyncio.run_coroutine_threadsafe(both(), self.loop).result()
+
+    async def _sends(self, messages: Sequence[tuple[MessageKey, Tensors]]) -> None:
+        await asyncio.gather(*(self._call(key, tensors) for key, tensors in messages))
+
+    async def _gets(self, keys: Sequence[MessageKey], timeout: float | None) -> list[Tensors]:
+        messages = await asyncio.gather(
+            *(self.mailbox.get(RoutingKey.of(self._routing(key)), timeout) for key in keys)
+        )
+        return [dict(message.tensors) for message in messages]
 
     def recv(self, key: MessageKey, timeout: float | None = None) -> Tensors:
         routing = self._routing(key)

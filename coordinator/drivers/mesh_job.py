@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 class JobInputs(NamedTuple):
     """What a job reads on the coordinator whatever its layout: the model, the task, the
     encoded training and evaluation samples, the model directory's fingerprint, and the
-    tuned model built on the loaded one for evaluation and export (:func:`tuned_model`)."""
+    tuned model built on the loaded one for evaluation and export."""
 
     loaded: LoadedModel
     task: TaskSpec
@@ -60,8 +60,10 @@ class JobInputs(NamedTuple):
             load_samples(Path(spec.eval_path), loaded, task, fields) if spec.eval_path else []
         )
         # Built here, while the agents are measured, rather than when the job first needs
-        # it (redistribution), where every agent would wait for it.
-        model = tuned_model(spec, loaded, task)
+        # it (redistribution), where every agent would wait for it. The job's seed: its
+        # untrained parts equal the agents'.
+        torch.manual_seed(spec.seed)
+        model = build_technique(spec.technique, loaded.family, task, technique_settings(spec))
         return cls(
             loaded, task, samples, eval_samples, fingerprint_model_dir(spec.model_dir), model
         )
@@ -74,13 +76,6 @@ class JobInputs(NamedTuple):
         return inputs, time.perf_counter() - started
 
 
-def tuned_model(spec: JobSpec, loaded: LoadedModel, task: TaskSpec) -> TunedModel:
-    """The job's technique on ``loaded`` with the job's seed, so that its untrained parts
-    equal the agents'."""
-    torch.manual_seed(spec.seed)
-    return build_technique(spec.technique, loaded.family, task, technique_settings(spec))
-
-
 @dataclass
 class JobData:
     spec: JobSpec
@@ -89,6 +84,8 @@ class JobData:
     samples: list[EncodedSample]
     eval_samples: list[EncodedSample]
     settings: MeshJobSettings
+    # The job's tuned model on the coordinator (JobInputs.model), for evaluation and export.
+    tuned: TunedModel
     step: int = 0
     memory: dict[str, tuple[int, int]] = field(default_factory=dict)
     # The planner's predicted step time of the pipeline epoch (0 = a fixed layout).
@@ -100,7 +97,6 @@ class JobData:
     # Seconds of the phases around epoch 1 (profile, probe_links, plan, load_data, open_job,
     # redistribute, release: "<phase>_seconds"), written with epoch 1's metrics.
     phases: dict[str, float] = field(default_factory=dict)
-    _model: TunedModel | None = None
 
     @classmethod
     def load(
@@ -144,7 +140,7 @@ class JobData:
                 "keep_cache": bool(spec.technique_settings.get("keep_cache", False)),
             },
         )
-        return cls(spec, loaded, task, samples, eval_samples, mesh, _model=model)
+        return cls(spec, loaded, task, samples, eval_samples, mesh, model)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -161,9 +157,7 @@ class JobData:
 
     def model(self) -> TunedModel:
         """The job's model on the coordinator, for evaluation and export."""
-        if self._model is None:
-            self._model = tuned_model(self.spec, self.loaded, self.task)
-        return self._model
+        return self.tuned
 
     @torch.no_grad()
     def evaluate(self, trained: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -189,7 +183,7 @@ class JobData:
             settings=model.config_dict(),
             task=self.task,
             family=self.loaded.family.name,
-            model_fingerprint=fingerprint_model_dir(self.spec.model_dir),
+            model_fingerprint=self.settings.model_fingerprint,
         )
         record = dict(metrics)
         for device, (before, after) in self.memory.items():

@@ -53,12 +53,9 @@ def per_sample_labels(batch: Mapping[str, torch.Tensor]) -> bool:
 
 
 def used_lengths(batch: Mapping[str, torch.Tensor], mask_keys: Sequence[str]) -> dict[str, int]:
-    """Per mask key, the columns up to the last one any row uses (right padding beyond it)."""
-    lengths = {}
-    for key in dict.fromkeys(mask_keys):
-        used = torch.nonzero(batch[key].any(dim=0)).flatten()
-        lengths[key] = int(used[-1]) + 1 if used.numel() else 1
-    return lengths
+    """Per mask key, the longest row's real tokens (masks are right-padded, as the cache
+    stores each sample's first ``mask.sum()`` positions); at least 1."""
+    return {key: max(1, int(batch[key].sum(dim=1).max())) for key in dict.fromkeys(mask_keys)}
 
 
 def chunk_rows(

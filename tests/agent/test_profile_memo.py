@@ -138,11 +138,14 @@ def test_an_agent_answers_a_repeated_profile_with_its_age(
     assert remembered.device.name == "agent-0"
 
 
-def test_a_memo_with_a_file_answers_for_the_next_process(model: Path, tmp_path: Path) -> None:
+def test_a_memo_with_a_file_answers_for_the_next_process(
+    model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     clock, measure = Clock(), Measure()
     path = tmp_path / "agent-cache" / "profiles.json"
     first, _ = ProfileMemo(clock, path=path).profile(ask_for(model), 60.0, measure)
     assert path.is_file()
+    assert not caplog.records  # no file yet is no warning: a new agent starts empty
     clock.now += 30
     again, age = ProfileMemo(clock, path=path).profile(ask_for(model), 60.0, measure)
     assert age == pytest.approx(30.0)

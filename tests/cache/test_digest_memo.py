@@ -28,13 +28,22 @@ def new_process(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(key, "_file_digests", {})
 
 
+def weights_of(path: Path, fill: bytes) -> Path:
+    """A weight file of ``fill`` repeated: large enough for the memo to keep its digest."""
+    path.write_bytes(fill * BIG)
+    return path
+
+
+def sha256_of(fill: bytes) -> str:
+    return hashlib.sha256(fill * BIG).hexdigest()
+
+
 def test_a_digest_is_kept_for_the_next_process(
     memo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    weights = tmp_path / "model.safetensors"
-    weights.write_bytes(b"w" * BIG)
+    weights = weights_of(tmp_path / "model.safetensors", b"w")
     digest = file_digest(weights)
-    assert digest == hashlib.sha256(b"w" * BIG).hexdigest()
+    assert digest == sha256_of(b"w")
     kept = json.loads(memo.read_text())
     assert list(kept.values()) == [digest]
 
@@ -55,16 +64,14 @@ def test_a_digest_is_kept_for_the_next_process(
 def test_a_file_put_in_its_place_is_hashed_again(
     memo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    weights = tmp_path / "model.safetensors"
-    weights.write_bytes(b"a" * BIG)
+    weights = weights_of(tmp_path / "model.safetensors", b"a")
     first = file_digest(weights)
     stat = weights.stat()
-    other = tmp_path / "other.safetensors"
-    other.write_bytes(b"b" * BIG)
+    other = weights_of(tmp_path / "other.safetensors", b"b")
     os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and mtime
     os.replace(other, weights)
     new_process(monkeypatch)
-    assert file_digest(weights) == hashlib.sha256(b"b" * BIG).hexdigest() != first
+    assert file_digest(weights) == sha256_of(b"b") != first
 
 
 def test_small_files_are_not_kept_and_off_keeps_nothing(
@@ -75,9 +82,8 @@ def test_small_files_are_not_kept_and_off_keeps_nothing(
     file_digest(small)
     assert not memo.exists()
     monkeypatch.setenv(digest_memo.MEMO_ENV, "off")
-    weights = tmp_path / "model.safetensors"
-    weights.write_bytes(b"w" * BIG)
-    assert file_digest(weights) == hashlib.sha256(b"w" * BIG).hexdigest()
+    weights = weights_of(tmp_path / "model.safetensors", b"w")
+    assert file_digest(weights) == sha256_of(b"w")
     assert not memo.exists()
     assert digest_memo.memo_path() is None
 
@@ -87,10 +93,9 @@ def test_a_broken_memo_is_hashed_past_and_replaced(
 ) -> None:
     memo.parent.mkdir(parents=True)
     memo.write_text('{"torn": ')
-    weights = tmp_path / "model.safetensors"
-    weights.write_bytes(b"w" * BIG)
+    weights = weights_of(tmp_path / "model.safetensors", b"w")
     digest = file_digest(weights)
-    assert digest == hashlib.sha256(b"w" * BIG).hexdigest()
+    assert digest == sha256_of(b"w")
     assert list(json.loads(memo.read_text()).values()) == [digest]
 
 
