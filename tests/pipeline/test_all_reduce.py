@@ -101,6 +101,62 @@ def test_every_device_gets_the_same_sum_of_every_bucket(devices: int, algorithm:
     assert {t.messages for t in transports.values()} == {2 * (devices - 1) * counts[0]}
 
 
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_gradients_are_summed_where_they_lie(algorithm: str) -> None:
+    """While the sums travel the parameters hold no gradients (their bucket's vector has
+    them); after, each gradient is a view of its bucket's summed vector, not a copy."""
+    names = ["d0", "d1", "d2"]
+    shapes = [(6, 4), (10,), (8,), (30,)]
+    replicas = {n: _params(i, shapes, set()) for i, n in enumerate(names)}
+    held_during: list[bool] = []
+
+    class Watching(_Recording):
+        def send(self, key: MessageKey, tensors: Tensors) -> None:
+            held_during.append(any(p.grad is not None for p in replicas[self.inner.device]))
+            super().send(key, tensors)
+
+    hub = InProcessHub()
+    transports = {n: Watching(hub, n) for n in names}
+    bucket_bytes = 20 * 4  # buckets: [30], [8, 10], [6x4]
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(
+            pool.map(
+                lambda n: all_reduce_gradients(
+                    transports[n], names, n, 1, replicas[n], bucket_bytes, 30, None, algorithm
+                ),
+                names,
+            )
+        )
+    assert held_during and not any(held_during)
+    for params in replicas.values():
+        buckets = gradient_buckets(params, bucket_bytes)
+        assert [len(b) for b in buckets] == [1, 2, 1]
+        for bucket in buckets:
+            grads = [p.grad for p in bucket]
+            assert all(g is not None for g in grads)
+            storages = {g.untyped_storage().data_ptr() for g in grads if g is not None}
+            assert len(storages) == 1  # one vector per bucket
+
+
+@pytest.mark.parametrize("reduce", [ring_all_reduce, direct_all_reduce])
+def test_the_algorithms_sum_in_place(reduce: Any) -> None:
+    names = ["a", "b", "c"]
+    vectors = {n: [torch.full((7,), float(i + 1)), torch.arange(4.0)] for i, n in enumerate(names)}
+    hub = InProcessHub()
+    with ThreadPoolExecutor(len(names)) as pool:
+        sums = dict(
+            zip(
+                names,
+                pool.map(lambda n: reduce(hub.transport(n), names, n, 2, vectors[n], 30), names),
+                strict=True,
+            )
+        )
+    for n in names:
+        assert sums[n][0] is vectors[n][0] and sums[n][1] is vectors[n][1]
+        assert torch.equal(sums[n][0], torch.full((7,), 6.0))
+        assert torch.equal(sums[n][1], torch.arange(4.0) * 3)
+
+
 def test_buckets_keep_every_parameter_once_last_first_and_bounded() -> None:
     params = [torch.nn.Parameter(torch.zeros(n)) for n in (10, 20, 5, 100, 3)]
     buckets = gradient_buckets(params, bucket_bytes=25 * 4)
@@ -144,6 +200,10 @@ def test_the_direct_all_reduce_takes_two_rounds_of_calls_whatever_the_devices() 
     vectors = {
         n: torch.randn(23, generator=torch.Generator().manual_seed(i)) for i, n in enumerate(names)
     }
+    # Summed in device order: exactly what one device adding the vectors in order gets.
+    expected = vectors[names[0]].clone()
+    for n in names[1:]:
+        expected += vectors[n]
     hub = InProcessHub()
     transports = {n: _Concurrent(hub, n) for n in names}
     with ThreadPoolExecutor(len(names)) as pool:
@@ -153,12 +213,9 @@ def test_the_direct_all_reduce_takes_two_rounds_of_calls_whatever_the_devices() 
                 names,
             )
         )
-    # Summed in device order: exactly what one device adding the vectors in order gets.
-    expected = vectors[names[0]].clone()
-    for n in names[1:]:
-        expected += vectors[n]
-    for total in sums:
+    for name, total in zip(names, sums, strict=True):
         assert torch.equal(total, expected)
+        assert total is vectors[name]  # summed in place
     # One send call and one receive call per round, each carrying a message per peer.
     assert {t.calls for t in transports.values()} == {4}
     assert {t.messages for t in transports.values()} == {2 * (len(names) - 1)}
