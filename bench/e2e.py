@@ -1,13 +1,14 @@
 """The whole job on the local mesh, PAC against the paper's baselines (Table 2's shape).
 
     python bench/e2e.py [--samples 512] [--epochs 3] [--backbone-dtype bf16] [--no-dropout0]
-                        [--pac-runs 3] [--backbone bert-base] [--no-earlier-job] [--no-control]
+                        [--pac-runs 3] [--backbone bert-base|bert-large] [--no-earlier-job]
+                        [--no-control]
 
-Same model (real all-MiniLM-L6-v2; ``--backbone bert-base``: BERT-base's shape with random
-weights, where the backbone's share of the cost is closer to the paper's T5-Base and larger
-models), data (Rotten Tomatoes sentences), batch, seed and 4 agents on loopback for every
-approach; each approach gets a fresh mesh so that each agent's
-peak memory is its own:
+Same model (real all-MiniLM-L6-v2; ``--backbone bert-base`` or ``bert-large``: BERT-base's
+or BERT-large's shape with random weights, where the backbone's share of the cost is closer
+to the paper's T5-Base and larger models), data (Rotten Tomatoes sentences), batch, seed
+and 4 agents on loopback for every approach; each approach gets a fresh mesh so that each
+agent's peak memory is its own:
 - PAC: epoch 1 on the planner's layout, then redistribution and the cache phase (the run
   of median total time of ``--pac-runs``, min and max printed beside it);
 - PAC again on agents that ran a 1-epoch job on the same model just before (untimed): they
@@ -79,27 +80,37 @@ def approaches(layers: int) -> dict[str, tuple[str, dict[str, Any] | None]]:
     }
 
 
-# BERT-base's shape (110M parameters; the paper's smallest backbone, T5-Base, has 220M).
-BERT_BASE_SHAPE = {
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "intermediate_size": 3072,
-    "num_attention_heads": 12,
+# BERT shapes with random weights: BERT-base (110M parameters; the paper's smallest
+# backbone, T5-Base, has 220M) and BERT-large (335M; between BART-Large's 400M and
+# T5-Large's 770M, the paper's larger backbones).
+BERT_SHAPES = {
+    "bert-base": {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "intermediate_size": 3072,
+        "num_attention_heads": 12,
+    },
+    "bert-large": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "intermediate_size": 4096,
+        "num_attention_heads": 16,
+    },
 }
 
 
-def bert_base_shaped(minilm: Path, into: Path, seed: int = 0) -> Path:
-    """A BERT of BERT-base's shape with random weights (seed ``seed``) and MiniLM's
-    tokenizer, saved into ``into`` and loaded by the jobs through the same from_pretrained
-    path as MiniLM: a step's time and memory depend on the shape, not on the weights' values
-    (its accuracy means nothing and is not reported as a result)."""
+def bert_shaped(minilm: Path, into: Path, shape: str, seed: int = 0) -> Path:
+    """A BERT of ``shape`` (a key of :data:`BERT_SHAPES`) with random weights (seed
+    ``seed``) and MiniLM's tokenizer, saved into ``into`` and loaded by the jobs through the
+    same from_pretrained path as MiniLM: a step's time and memory depend on the shape, not on
+    the weights' values (its accuracy means nothing and is not reported as a result)."""
     import torch
     from transformers import BertConfig, BertModel
 
     from pac.cache.key import TOKENIZER_FILES
 
     config = json.loads((minilm / "config.json").read_text())
-    config.update(BERT_BASE_SHAPE)
+    config.update(BERT_SHAPES[shape])
     into.mkdir(parents=True)
     torch.manual_seed(seed)
     model = BertModel(BertConfig(**{k: v for k, v in config.items() if k != "_name_or_path"}))
@@ -235,8 +246,10 @@ def phase_lines(row: dict[str, Any]) -> list[str]:
         ("probing the links", first.get("probe_links_seconds", 0.0)),
         ("planning", first.get("plan_seconds", 0.0)),
         # It loads while the agents are measured: only what was left after planning counts.
-        ("model + data on the coordinator, left to wait", first.get(
-            "load_data_wait_seconds", first.get("load_data_seconds", 0.0))),
+        (
+            "model + data on the coordinator, left to wait",
+            first.get("load_data_wait_seconds", first.get("load_data_seconds", 0.0)),
+        ),
         ("model on the agents (OpenJob)", first.get("open_job_seconds", 0.0)),
         ("epoch 1 (pipeline, backbone)", first["seconds"]),
         ("redistribution", first.get("redistribute_seconds", 0.0)),
@@ -250,8 +263,11 @@ def phase_lines(row: dict[str, Any]) -> list[str]:
     phases.append(("other (submit, scheduling, saving, closing)", other))
     lines = [f"  {label:<46}{seconds:>7.2f} s" for label, seconds in phases]
     if "load_data_wait_seconds" in first:
-        lines.insert(4, f"  {'(model + data load, beside the profiling)':<46}"
-                        f"{first['load_data_seconds']:>7.2f} s")
+        lines.insert(
+            4,
+            f"  {'(model + data load, beside the profiling)':<46}"
+            f"{first['load_data_seconds']:>7.2f} s",
+        )
     return lines
 
 
@@ -263,9 +279,10 @@ def main() -> int:
     parser.add_argument(
         "--backbone",
         default="minilm",
-        choices=("minilm", "bert-base"),
-        help="minilm: the real all-MiniLM-L6-v2 (22M parameters); bert-base: BERT-base's "
-        "shape (110M) with random weights and MiniLM's tokenizer, for time and memory only",
+        choices=("minilm", *BERT_SHAPES),
+        help="minilm: the real all-MiniLM-L6-v2 (22M parameters); bert-base, bert-large: "
+        "BERT-base's (110M) or BERT-large's (335M) shape with random weights and MiniLM's "
+        "tokenizer, for time and memory only",
     )
     parser.add_argument(
         "--only", nargs="*", default=None, help="run only these approaches (names as printed)"
@@ -303,9 +320,9 @@ def main() -> int:
     data = write_rotten_tomatoes(work / "data", train=args.samples, dev=1, test=1)["train"]
     model = minilm_dir()
     label = "MiniLM (real weights)"
-    if args.backbone == "bert-base":
-        model = bert_base_shaped(model, work / "bert-base-shaped")
-        label = "BERT-base shape (random weights; accuracy not meaningful)"
+    if args.backbone in BERT_SHAPES:
+        model = bert_shaped(model, work / f"{args.backbone}-shaped", args.backbone)
+        label = f"{args.backbone.upper()} shape (random weights; accuracy not meaningful)"
     layers = json.loads((model / "config.json").read_text())["num_hidden_layers"]
     print(
         f"# bench/e2e.py: {label}, {args.samples} sentences, {args.epochs} epochs, batch "
@@ -353,8 +370,9 @@ def main() -> int:
         name = f"{CONTROL} {len(planned_on)} agents"
         technique, _ = approaches(layers)[CONTROL_OF]
         fixed = layout([(0, layers, planned_on)], 1)
-        controls[name] = run(name, technique, fixed, model, data, args.epochs,
-                             work / "control", args.backbone_dtype)
+        controls[name] = run(
+            name, technique, fixed, model, data, args.epochs, work / "control", args.backbone_dtype
+        )
         print(f"# done: {name} in {controls[name]['total']:.1f} s", flush=True)
     print(
         "memory per agent, MB (the largest over the approach's agents): idle = RSS when "
@@ -408,8 +426,11 @@ def main() -> int:
         print(
             f"PAC vs {name} (a control, not one of the paper's layouts): "
             f"{row['total'] / pac['total']:.1f}x; the agents' second job "
-            + (f"{row['total'] / rows[PAC_EARLIER]['total']:.1f}x" if PAC_EARLIER in rows
-               else "not run")
+            + (
+                f"{row['total'] / rows[PAC_EARLIER]['total']:.1f}x"
+                if PAC_EARLIER in rows
+                else "not run"
+            )
         )
     warm = rows.get(PAC_EARLIER)
     default = {n: r for n, r in baselines.items() if not n.endswith(DROPOUT0)}
