@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+from safetensors import safe_open
+from transformers import AutoConfig, PreTrainedModel
 
 from pac.families.base import FamilyError
 
@@ -43,14 +45,58 @@ def from_pretrained(model_class: Any, model_dir: Path, dtype: torch.dtype) -> Pr
 
     The weights are read into the process's own memory, not memory-mapped from the
     safetensors file: a mapping outlives the parameters (the loader keeps it), so releasing
-    the backbone after epoch 1 would not give its pages back."""
+    the backbone after epoch 1 would not give its pages back. They are read one tensor at a
+    time (:func:`read_safetensors`): transformers' unmapped read decodes the whole file in
+    one call that holds the GIL, which on the BERT-large shape (1.3 GB) kept an agent's
+    event loop from answering its health checks for half a second alone, and for seconds
+    with four agents loading on two cores, so that the coordinator took them for frozen."""
     model_dir = Path(model_dir)
     check_model_dir(model_dir)
-    model: PreTrainedModel = model_class.from_pretrained(
-        str(model_dir), dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION, disable_mmap=True
-    )
+    files = safetensors_files(model_dir)
+    if not files:  # pytorch_model.bin: transformers reads it
+        model: PreTrainedModel = model_class.from_pretrained(
+            str(model_dir), dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION, disable_mmap=True
+        )
+    else:
+        config = AutoConfig.from_pretrained(str(model_dir))
+        # An auto class loads no state dict itself: the class it stands for does.
+        mapping = getattr(model_class, "_model_mapping", None)
+        concrete = model_class if mapping is None else mapping[type(config)]
+        model = concrete.from_pretrained(
+            None,
+            config=config,
+            state_dict=read_safetensors(files),
+            dtype=dtype,
+            attn_implementation=ATTN_IMPLEMENTATION,
+        )
     model.eval()
     return model
+
+
+def safetensors_files(model_dir: Path) -> list[Path]:
+    """The safetensors files that hold ``model_dir``'s weights (the shards its index names),
+    or none when it has only ``pytorch_model.bin`` weights."""
+    if (model_dir / "model.safetensors").is_file():
+        return [model_dir / "model.safetensors"]
+    index = model_dir / "model.safetensors.index.json"
+    if not index.is_file():
+        return []
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise FamilyError(f"{index} is not a safetensors index: {error}") from None
+    return [model_dir / name for name in sorted(set(weight_map.values()))]
+
+
+def read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Every tensor of ``files``, each copied into its own memory as it is read (the copy
+    lets the GIL go); no mapping of the files is left open."""
+    tensors: dict[str, torch.Tensor] = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
+                tensors[name] = handle.get_tensor(name).clone()
+    return tensors
 
 
 def first(output: Any) -> torch.Tensor:
