@@ -60,8 +60,16 @@ def from_pretrained(model_class: Any, model_dir: Path, dtype: torch.dtype) -> Pr
     else:
         config = AutoConfig.from_pretrained(str(model_dir))
         # An auto class loads no state dict itself: the class it stands for does.
+        concrete = model_class
         mapping = getattr(model_class, "_model_mapping", None)
-        concrete = model_class if mapping is None else mapping[type(config)]
+        if mapping is not None:
+            try:
+                concrete = mapping[type(config)]
+            except KeyError:
+                raise FamilyError(
+                    f"{model_dir}: transformers has no {model_class.__name__} for model type "
+                    f"{config.model_type!r}"
+                ) from None
         model = concrete.from_pretrained(
             None,
             config=config,

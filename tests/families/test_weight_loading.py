@@ -87,3 +87,10 @@ def test_no_mapping_of_the_weight_file_is_left(tiny_model_dir: Callable[[str], P
     weights = str((model_dir / "model.safetensors").resolve())
     assert weights not in Path("/proc/self/maps").read_text()
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_a_model_type_the_class_cannot_build_is_a_clear_error(
+    tiny_model_dir: Callable[[str], Path],
+) -> None:
+    with pytest.raises(FamilyError, match=r"no AutoModelForCausalLM for model type 't5'"):
+        from_pretrained(AutoModelForCausalLM, tiny_model_dir("t5"), torch.float32)
