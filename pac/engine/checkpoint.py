@@ -36,8 +36,8 @@ def trained_state(model: TunedModel, optimizer: torch.optim.Optimizer) -> Tensor
 def save_checkpoint(
     path: Path, model: TunedModel, optimizer: torch.optim.Optimizer, step: int, epoch: int
 ) -> Path:
-    # Written from the tensors' own memory (safetensors reads it in place): a copy would
-    # double the trained state in memory at every checkpoint, the cache phase's peak.
+    # Written from the tensors' own memory (safetensors reads it in place, and no step runs
+    # meanwhile): a copy would double the trained state in memory at every checkpoint.
     tensors = {k: v.contiguous() for k, v in trained_state(model, optimizer).items()}
     metadata = {"step": str(step), "epoch": str(epoch)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
