@@ -25,15 +25,22 @@ ROWS_HINT = 2048
 
 
 def packing_supported(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether oneDNN's prepacked linear runs here: a CPU build with oneDNN, float32 or
-    bfloat16 weights."""
+    """Whether oneDNN's prepacked linear runs here: a CPU build with oneDNN, float32
+    weights, or bfloat16 ones on a CPU whose instructions oneDNN's bfloat16 kernels need
+    (AVX-512 BW/VL/DQ or AVX-NE-CONVERT; without them the reorder raises)."""
     return (
         device.type == "cpu"
         and dtype in (torch.float32, torch.bfloat16)
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        and (dtype != torch.bfloat16 or _bf16_kernels())
     )
+
+
+def _bf16_kernels() -> bool:
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return check is not None and bool(check())
 
 
 class PackedLinear(nn.Module):
