@@ -28,6 +28,14 @@ Two effects, measured on the local mesh (4 agents, 2 of them training):
   fell from about 420 to 317 MB above the idle agent, at the same speed. At the job's end
   the holes are freed (:func:`free_heap_holes`) for the next job's epoch 1, and the free
   pages go back to the kernel.
+- **What a step frees.** Within a cache-phase step, blocks of ever different sizes (each
+  chunk of rows has its own length; the all-reduce's messages) are freed where the next
+  ones do not always fit, and the heap's resident free space grew by a few MB a step (on
+  the BERT-large shape an agent's RSS rose from 567 to 651 MB over 16 steps whose live
+  blocks did not grow). So after every cache-phase step the agent gives the heap's free
+  pages back (:func:`give_back_free_pages`, ``malloc_trim(0)``, which returns whole free
+  pages anywhere in the heap, not only at its top): 7-13 ms a step there, against a step
+  of 2.7 s, and every step starts from the same resident level.
 
 Elsewhere (no glibc) these are no-ops.
 """
@@ -172,6 +180,15 @@ def reserve_heap_holes(min_bytes: int = PROBE_MMAP_THRESHOLD) -> HeapHoles:
         libc.mallopt(M_TRIM_THRESHOLD, 2 * DYNAMIC_MMAP_THRESHOLD_MAX)
     log.debug("malloc: %d bytes of heap holes reserved", holes.nbytes)
     return holes
+
+
+def give_back_free_pages() -> None:
+    """Give the kernel every whole free page of the heap, wherever it lies (glibc's
+    ``malloc_trim(0)`` also returns pages inside free chunks below the top): what a
+    cache-phase step freed stops counting as resident memory until it is written again."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def free_heap_holes(holes: HeapHoles) -> None:

@@ -286,11 +286,15 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         request: agent_pb2.ExportAdaptersRequest,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
-        async def call() -> dict[str, torch.Tensor]:
-            return await self.runtime.export_adapters(request.job_id, request.optimizer_state)
+        async with contextlib.AsyncExitStack() as held:
 
-        for frame in self._frames(request.job_id, await _answer(context, call), {}):
-            yield frame
+            async def call() -> dict[str, torch.Tensor]:
+                exported = self.runtime.exported_adapters(request.job_id, request.optimizer_state)
+                return await held.enter_async_context(exported)
+
+            # Sent as they lie: the job's steps wait until the last frame has gone.
+            for frame in self._frames(request.job_id, await _answer(context, call), {}):
+                yield frame
 
     def _frames(
         self, job_id: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]

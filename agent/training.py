@@ -412,10 +412,12 @@ class TrainingSession:
         """The parameters this replica trained (all of them after the cache phase's
         gather; its own stage's before): the coordinator merges the agents' exports.
         ``optimizer_state``: with their optimizer state (``"{param}::{state}"``), what
-        the job restarts from if an agent goes away."""
+        the job restarts from if an agent goes away. The tensors themselves, not copies:
+        the next step changes them in place (the agent's runtime holds its steps off
+        while it sends them)."""
         state = trained_state(self.worker.model, self.worker.optimizer)
         if optimizer_state:
-            return {n: t.clone() for n, t in state.items()}
+            return state
         return {n: t for n, t in self.worker.model.trainable_state_dict().items() if n in state}
 
 

@@ -12,9 +12,12 @@ bucket is cut into ``n`` chunks and summed by one of two algorithms (``ALGORITHM
   ring. The cache phase can choose it (job setting ``all_reduce``): the side network's
   gradients are small, so a round's latency, not bandwidth, is what a step pays for.
 
-The buckets travel interleaved: in every round a device sends its chunk of every bucket
-before it waits for any, so a round costs one latency rather than one per bucket, while no
-message is larger than a bucket's chunk.
+The buckets travel interleaved, in waves of at most ``wave_bytes``: in every round a device
+sends its chunk of every bucket of the wave before it waits for any, so a round costs one
+latency rather than one per bucket, while no message is larger than a bucket's chunk. The
+waves bound what one round holds of received chunks (on 2 devices, half of a wave): on the
+BERT-large shape's side network a single wave of 36 MB of gradients held 18 MB of them at
+once, beside the gradients themselves.
 
 Every chunk's sum is made once, on one device, and then copied to the others, so all
 devices end with the same bits (the replicas stay identical without a broadcast).
@@ -27,6 +30,9 @@ each parameter's summed gradient is a view of its bucket's vector, as PyTorch DD
 half (the vectors and one round's chunks) instead of about four times (the gradients, their
 vectors, the received and the summed chunks, the joined sums and their copies): on the
 BERT-large shape's side network (36 MB of gradients) that was the cache phase's peak.
+Where the same parameters are all-reduced step after step (the cache phase), the vectors
+are kept for good (:class:`GradientBuckets`): the gradients are views of them from the
+start, backward accumulates into them, and no copy is made at all.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from pac.pipeline.step_clock import StepClock
 from pac.pipeline.transport import MessageKey, Tensors, Transport
 
 DEFAULT_BUCKET_BYTES = 4 << 20
+DEFAULT_WAVE_BYTES = 8 << 20
 # micro_batch field of a ring message: bucket * ROUNDS_PER_BUCKET + round (rounds < 2n - 2)
 ROUNDS_PER_BUCKET = 1 << 10
 
@@ -70,11 +77,13 @@ def ring_all_reduce(
     vectors: Sequence[torch.Tensor],
     timeout: float | None = 300.0,
     clock: StepClock | None = None,
+    first_bucket: int = 0,
 ) -> list[torch.Tensor]:
     """Sum each 1-D tensor in ``vectors`` (one per bucket) over ``devices`` in place, by a
     ring, and return them; ``me``'s right neighbour is the next device in ``devices``.
     ``clock`` (optional) sums the time spent sending (``send``) and blocked on the left
-    neighbour (``wait``), or both as ``exchange`` (see :func:`_exchange`).
+    neighbour (``wait``), or both as ``exchange`` (see :func:`_exchange`). ``first_bucket``:
+    the number of ``vectors[0]`` among the step's buckets (its messages' keys).
 
     A chunk sent in a round is changed in a later one: the transport must be done with a
     message's tensors when ``send`` returns (the wire has sent them, the in-process hub
@@ -95,10 +104,10 @@ def ring_all_reduce(
             transport,
             clock,
             [
-                (_key(step, b, r, me, right), {"chunk": parts[send_index]})
+                (_key(step, first_bucket + b, r, me, right), {"chunk": parts[send_index]})
                 for b, parts in enumerate(chunks)
             ],
-            [_key(step, b, r, left, me) for b in range(len(chunks))],
+            [_key(step, first_bucket + b, r, left, me) for b in range(len(chunks))],
             timeout,
         )
         for parts, message in zip(chunks, received, strict=True):
@@ -118,13 +127,15 @@ def direct_all_reduce(
     vectors: Sequence[torch.Tensor],
     timeout: float | None = 300.0,
     clock: StepClock | None = None,
+    first_bucket: int = 0,
 ) -> list[torch.Tensor]:
     """Sum each 1-D tensor in ``vectors`` over ``devices`` in place, in two rounds whatever
     the number of devices, and return them: device ``k`` is sent chunk ``k`` of every vector
     by every other device and sums it (reduce-scatter), then sends the sum to every other
     device (all-gather). Each device moves the same bytes as in the ring (``2 (n - 1) / n``
     of every vector), but a step waits for 2 message latencies instead of ``2 (n - 1)``: on
-    small vectors (the side network's gradients) latency is what a step pays for."""
+    small vectors (the side network's gradients) latency is what a step pays for.
+    ``first_bucket`` as in :func:`ring_all_reduce`."""
     n = len(devices)
     if n == 1:
         return list(vectors)
@@ -138,11 +149,15 @@ def direct_all_reduce(
         transport,
         clock,
         [
-            (_key(step, b, 0, me, peer), {"chunk": parts[k]})
+            (_key(step, first_bucket + b, 0, me, peer), {"chunk": parts[k]})
             for k, peer in peers
             for b, parts in enumerate(chunks)
         ],
-        [_key(step, b, 0, peer, me) for b in range(len(chunks)) for _, peer in peers],
+        [
+            _key(step, first_bucket + b, 0, peer, me)
+            for b in range(len(chunks))
+            for _, peer in peers
+        ],
         timeout,
     )
     sums = []
@@ -159,11 +174,15 @@ def direct_all_reduce(
         transport,
         clock,
         [
-            (_key(step, b, 1, me, peer), {"chunk": total})
+            (_key(step, first_bucket + b, 1, me, peer), {"chunk": total})
             for _, peer in peers
             for b, total in enumerate(sums)
         ],
-        [_key(step, b, 1, peer, me) for b in range(len(chunks)) for _, peer in peers],
+        [
+            _key(step, first_bucket + b, 1, peer, me)
+            for b in range(len(chunks))
+            for _, peer in peers
+        ],
         timeout,
     )
     for b, parts in enumerate(chunks):
@@ -231,29 +250,123 @@ def all_reduce_gradients(
     devices: Sequence[str],
     me: str,
     step: int,
-    params: Sequence[torch.nn.Parameter],
+    params: Sequence[torch.nn.Parameter] | GradientBuckets,
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     timeout: float | None = 300.0,
     clock: StepClock | None = None,
     algorithm: str = "ring",
+    wave_bytes: int = DEFAULT_WAVE_BYTES,
 ) -> int:
     """Replace every parameter's ``.grad`` by its sum over ``devices`` (a missing gradient
     counts as zeros), a view of its bucket's summed vector; returns the number of buckets.
-    If the all-reduce fails, the parameters are left without gradients."""
+
+    ``params`` is either the parameters, whose gradients are copied into new bucket vectors
+    (of at most ``bucket_bytes``) and let go, or :class:`GradientBuckets` whose vectors
+    already hold them (``bucket_bytes`` is then theirs). The buckets are summed in waves
+    of at most ``wave_bytes`` (a larger bucket is a wave of its own). If the all-reduce fails, plain
+    parameters are left without gradients; buckets keep their vectors (partly summed)."""
     reduce = ALGORITHMS.get(algorithm)
     if reduce is None:
         raise ValueError(
             f"unknown all-reduce algorithm {algorithm!r}; choose one of {sorted(ALGORITHMS)}"
         )
-    buckets = gradient_buckets(params, bucket_bytes)
-    flat = [_take_gradients(bucket) for bucket in buckets]
-    sums = reduce(transport, devices, me, step, flat, timeout, clock)
-    for bucket, total in zip(buckets, sums, strict=True):
-        offset = 0
-        for p in bucket:
-            p.grad = total[offset : offset + p.numel()].view_as(p)
-            offset += p.numel()
+    if isinstance(params, GradientBuckets):
+        buckets, flat = params.buckets, params.gather()
+    else:
+        buckets = gradient_buckets(params, bucket_bytes)
+        flat = [_take_gradients(bucket) for bucket in buckets]
+    for start, end in _waves(flat, wave_bytes):
+        reduce(transport, devices, me, step, flat[start:end], timeout, clock, first_bucket=start)
+    for bucket, total in zip(buckets, flat, strict=True):  # (summed in place)
+        for p, view in _views(bucket, total):
+            p.grad = view
     return len(buckets)
+
+
+def _waves(vectors: Sequence[torch.Tensor], wave_bytes: int) -> list[tuple[int, int]]:
+    """``vectors`` cut into runs (start, end) of at most ``wave_bytes`` each (a larger
+    vector is a run of its own)."""
+    if wave_bytes <= 0:
+        raise ValueError(f"the wave size must be positive, got {wave_bytes} bytes")
+    waves: list[tuple[int, int]] = []
+    size = 0
+    for i, vector in enumerate(vectors):
+        nbytes = vector.numel() * vector.element_size()
+        if not waves or size + nbytes > wave_bytes:
+            waves.append((i, i + 1))
+            size = 0
+        else:
+            waves[-1] = (waves[-1][0], i + 1)
+        size += nbytes
+    return waves
+
+
+class GradientBuckets:
+    """Gradients that live in bucket vectors for good: PyTorch DDP's persistent buckets
+    with ``gradient_as_bucket_view``. Each trainable parameter's ``.grad`` is a view of
+    its bucket's vector from the start; backward accumulates into it in place, so that the
+    all-reduce sums the vectors where the gradients already are, with no copy. :meth:`zero_`
+    starts a step (zeros, not ``None``: a gradient set to ``None`` would be made anew by
+    the next backward, outside its vector).
+
+    Worth it where steps repeat on the same parameters (the cache phase): the gradients'
+    memory is allocated once, instead of each step's gradients and then their vectors
+    being allocated and freed (on the BERT-large shape that left about 25 MB of the
+    heap resident and free at every step)."""
+
+    def __init__(
+        self, params: Sequence[torch.nn.Parameter], bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    ) -> None:
+        self.buckets = gradient_buckets(params, bucket_bytes)
+        self.vectors = [_bucket_vector(bucket) for bucket in self.buckets]
+        self.zero_()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.numel() * v.element_size() for v in self.vectors)
+
+    def zero_(self) -> None:
+        """Every gradient zero, a view of its bucket's vector."""
+        for bucket, vector in zip(self.buckets, self.vectors, strict=True):
+            vector.zero_()
+            for p, view in _views(bucket, vector):
+                p.grad = view
+
+    def gather(self) -> list[torch.Tensor]:
+        """The bucket vectors, holding every parameter's gradient: one that is no longer its
+        view (replaced, or set to ``None``: zeros) is copied in, and the view put back."""
+        for bucket, vector in zip(self.buckets, self.vectors, strict=True):
+            for p, view in _views(bucket, vector):
+                grad = p.grad
+                if grad is None:
+                    view.zero_()
+                elif grad.data_ptr() != view.data_ptr() or grad.stride() != view.stride():
+                    view.copy_(grad)
+                else:
+                    continue
+                p.grad = view
+        return self.vectors
+
+
+def _bucket_vector(bucket: Sequence[torch.nn.Parameter]) -> torch.Tensor:
+    dtypes = {p.dtype for p in bucket}
+    if len(dtypes) != 1:
+        raise ValueError(
+            f"a gradient bucket holds one dtype, not {sorted(map(str, dtypes))}: "
+            "keep the trainable parameters in one dtype"
+        )
+    return torch.zeros(sum(p.numel() for p in bucket), dtype=bucket[0].dtype)
+
+
+def _views(
+    bucket: Sequence[torch.nn.Parameter], vector: torch.Tensor
+) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    """Each parameter of ``bucket`` with its slice of ``vector``, shaped like it."""
+    views, offset = [], 0
+    for p in bucket:
+        views.append((p, vector[offset : offset + p.numel()].view_as(p)))
+        offset += p.numel()
+    return views
 
 
 def _take_gradients(bucket: Sequence[torch.nn.Parameter]) -> torch.Tensor:

@@ -15,7 +15,8 @@ whatever the shares.
 A device computes its rows in chunks of about ``chunk_bytes`` of decoded ladder points,
 each at its own longest row where the labels are per sample (:mod:`pac.pipeline.row_chunks`),
 accumulating the gradients: its peak memory holds one chunk's points and activations, not
-its whole share's (the same sum, in another order).
+its whole share's (the same sum, in another order). The gradients accumulate in the
+all-reduce's bucket vectors, kept from step to step (:class:`GradientBuckets`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pac.engine.checkpoint import trained_state
 from pac.engine.ladder_cache import LadderCache
 from pac.pipeline.all_reduce import (
     DEFAULT_BUCKET_BYTES,
+    GradientBuckets,
     all_reduce_gradients,
     recv_all,
     send_all,
@@ -127,6 +129,8 @@ class DataParallelWorker:
         self.transport, self.optimizer, self.scheduler = transport, optimizer, scheduler
         self.owners = owners
         self.clock = StepClock()
+        # The side network's gradients, views of all-reduce buckets (made at the first step)
+        self.gradients: GradientBuckets | None = None
 
     def ladder(self, fingerprints: Sequence[str], batch: Tensors) -> Tensors:
         """The rows' ladder points from the entries that hold them (one read per group of
@@ -158,6 +162,11 @@ class DataParallelWorker:
                 f"{self.device} was sent {len(strangers)} rows of samples it does not own "
                 f"(e.g. {strangers[0][:12]}...); send each device only its owned rows"
             )
+        if self.gradients is None:
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            self.gradients = GradientBuckets(trainable, self.bucket_bytes)
+        else:
+            self.gradients.zero_()
         self.model.train()
         loss_sum, terms = 0.0, 0
         clock = self.clock
@@ -175,14 +184,12 @@ class DataParallelWorker:
                 loss_sum += float(loss.detach())
                 terms += count
             del ladder, outputs, loss  # (this chunk's memory, before the next one's)
-        params = [p for p in self.model.parameters() if p.requires_grad]
         all_reduce_gradients(
             self.transport,
             self.devices,
             self.device,
             step,
-            params,
-            self.bucket_bytes,
+            self.gradients,
             clock=clock,
             algorithm=self.algorithm,
         )
@@ -190,5 +197,5 @@ class DataParallelWorker:
             self.optimizer.step()
             if self.scheduler is not None:
                 self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+        # (the gradients stay in their buckets until the next step zeroes them)
         return loss_sum, terms, len(sample_ids)

@@ -87,6 +87,48 @@ def test_held_holes_are_not_touched_and_come_back_at_the_end() -> None:
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
+# Free pages in the middle of the heap (below a live block, where the top's trim cannot
+# reach) go back to the kernel.
+MIDDLE = textwrap.dedent(
+    """
+    import ctypes
+    from agent import allocator
+
+    MiB = 1 << 20
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+
+    def anon_mib():
+        for line in open("/proc/self/status"):
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) // 1024
+
+    libc.mallopt(allocator.M_MMAP_THRESHOLD, allocator.DYNAMIC_MMAP_THRESHOLD_MAX)
+    libc.mallopt(allocator.M_TRIM_THRESHOLD, 2 * allocator.DYNAMIC_MMAP_THRESHOLD_MAX)
+    *blocks, alive = [libc.malloc(2 * MiB) for _ in range(33)]
+    for block in blocks:
+        ctypes.memset(block, 1, 2 * MiB)
+    for block in blocks:
+        libc.free(block)
+    before = anon_mib()
+    allocator.give_back_free_pages()
+    assert anon_mib() < before - 50, (before, anon_mib())
+    libc.free(alive)
+    print("ok")
+    """
+)
+
+
+@glibc
+def test_free_pages_below_a_live_block_go_back() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", MIDDLE], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 def test_elsewhere_the_settings_are_no_ops(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "darwin")
     assert not allocator.one_arena()
@@ -94,3 +136,4 @@ def test_elsewhere_the_settings_are_no_ops(monkeypatch: pytest.MonkeyPatch) -> N
     assert holes.pointers == [] and holes.nbytes == 0
     assert allocator.heap_free_bytes() is None
     allocator.free_heap_holes(holes)
+    allocator.give_back_free_pages()

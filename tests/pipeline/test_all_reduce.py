@@ -11,6 +11,7 @@ import torch
 
 from pac.pipeline.all_reduce import (
     ALGORITHMS,
+    GradientBuckets,
     all_reduce_gradients,
     direct_all_reduce,
     gradient_buckets,
@@ -225,3 +226,137 @@ def test_an_unknown_algorithm_is_refused_with_the_known_ones() -> None:
     param = torch.nn.Parameter(torch.zeros(3))
     with pytest.raises(ValueError, match="direct"):
         all_reduce_gradients(InProcessHub().transport("a"), ["a"], "a", 0, [param], algorithm="x")
+
+
+def _small_model(seed: int) -> torch.nn.Sequential:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_kept_buckets_take_backward_in_place_and_sum_like_fresh_ones(algorithm: str) -> None:
+    """Gradients that live in kept bucket vectors: backward accumulates into them (over two
+    backward calls, as the cache phase's chunks do), the all-reduce sums them where they
+    are, and the sums equal those of gradients handed over as plain parameters."""
+    names = ["d0", "d1", "d2"]
+    inputs = {
+        n: torch.randn(4, 6, generator=torch.Generator().manual_seed(i))
+        for i, n in enumerate(names)
+    }
+    kept_models = {n: _small_model(0) for n in names}
+    plain_models = {n: _small_model(0) for n in names}
+    kept = {n: GradientBuckets(list(kept_models[n].parameters()), 8 * 4) for n in names}
+    assert len(kept["d0"].buckets) >= 3
+    pointers = {n: [v.data_ptr() for v in kept[n].vectors] for n in names}
+    for n in names:
+        for model in (kept_models[n], plain_models[n]):
+            for half in inputs[n].chunk(2):
+                model(half).square().sum().backward()
+    for n in names:  # backward wrote into the vectors, not into new tensors
+        for bucket, vector in zip(kept[n].buckets, kept[n].vectors, strict=True):
+            assert all(
+                p.grad is not None
+                and p.grad.untyped_storage().data_ptr() == vector.untyped_storage().data_ptr()
+                for p in bucket
+            )
+        assert any(v.abs().sum() > 0 for v in kept[n].vectors)
+
+    def reduce(n: str, params: Any, hub: InProcessHub) -> int:
+        return all_reduce_gradients(
+            hub.transport(n), names, n, 2, params, 8 * 4, 30, None, algorithm
+        )
+
+    handed: list[dict[str, Any]] = [kept, {n: list(plain_models[n].parameters()) for n in names}]
+    for params in handed:
+        hub = InProcessHub()
+        with ThreadPoolExecutor(len(names)) as pool:
+            list(pool.map(lambda n: reduce(n, params[n], hub), names))  # noqa: B023
+    for n in names:
+        assert [v.data_ptr() for v in kept[n].vectors] == pointers[n]  # no new vectors
+        for a, b in zip(kept_models[n].parameters(), plain_models[n].parameters(), strict=True):
+            assert a.grad is not None and b.grad is not None
+            assert torch.equal(a.grad, b.grad)
+        for a, b in zip(kept_models[n].parameters(), kept_models["d0"].parameters(), strict=True):
+            assert torch.equal(a.grad, b.grad)  # every device the same bits
+    # zero_ starts a step: zeros, still in the vectors
+    kept["d1"].zero_()
+    for p in kept_models["d1"].parameters():
+        assert p.grad is not None and not p.grad.any()
+    assert all(not v.any() for v in kept["d1"].vectors)
+
+
+def test_kept_buckets_gather_a_gradient_that_left_its_vector() -> None:
+    """A gradient set to None, or replaced by another tensor, is taken back into its
+    vector (zeros, or a copy) and its view put back."""
+    params = [torch.nn.Parameter(torch.zeros(shape)) for shape in [(2, 3), (4,), (5,)]]
+    buckets = GradientBuckets(params, bucket_bytes=1 << 20)
+    assert len(buckets.buckets) == 1 and buckets.nbytes == 15 * 4
+    params[0].grad = None
+    params[1].grad = torch.arange(4.0)
+    buckets.vectors[0][:5].fill_(7.0)  # params[2] comes first (last registered)
+    (vector,) = buckets.gather()
+    assert torch.equal(
+        vector, torch.cat([torch.full((5,), 7.0), torch.arange(4.0), torch.zeros(6)])
+    )
+    for p in params:
+        assert p.grad is not None
+        assert p.grad.untyped_storage().data_ptr() == vector.untyped_storage().data_ptr()
+
+
+def test_kept_buckets_refuse_mixed_dtypes() -> None:
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3).double())]
+    with pytest.raises(ValueError, match="one dtype"):
+        GradientBuckets(params)
+
+
+class _Rounds(_Recording):
+    """Counts the bytes sent per receive: one ring round's chunks go out before it waits."""
+
+    def __init__(self, hub: InProcessHub, device: str) -> None:
+        super().__init__(hub, device)
+        self.round_bytes: list[int] = [0]
+
+    def send(self, key: MessageKey, tensors: Tensors) -> None:
+        self.round_bytes[-1] += sum(t.numel() * t.element_size() for t in tensors.values())
+        super().send(key, tensors)
+
+    def recv(self, key: MessageKey, timeout: float | None = None) -> Tensors:
+        if self.round_bytes[-1]:
+            self.round_bytes.append(0)
+        return super().recv(key, timeout)
+
+
+def _waved(algorithm: str, wave_bytes: int) -> tuple[dict[str, _Rounds], dict[str, Any]]:
+    """Two devices all-reduce six 40-float gradients, a bucket each, in waves."""
+    names = ["d0", "d1"]
+    replicas = {n: _params(i, [(40,)] * 6, set()) for i, n in enumerate(names)}
+    hub = InProcessHub()
+    transports = {n: _Rounds(hub, n) for n in names}
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(
+            pool.map(
+                lambda n: all_reduce_gradients(
+                    transports[n], names, n, 4, replicas[n], 40 * 4, 30, None, algorithm, wave_bytes
+                ),
+                names,
+            )
+        )
+    return transports, replicas
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_waves_bound_a_round_and_sum_the_same(algorithm: str) -> None:
+    """Buckets summed in waves: no round sends more than a wave's chunks, and the sums are
+    the same bits as in one wave (message keys stay distinct across the waves)."""
+    one_wave, one_sums = _waved(algorithm, 1 << 20)
+    waves, waved_sums = _waved(algorithm, 80 * 4)
+    # 2 devices: a round sends half of every bucket of its wave
+    assert max(max(t.round_bytes) for t in one_wave.values()) == 6 * 40 * 4 // 2
+    assert max(max(t.round_bytes) for t in waves.values()) == 80 * 4 // 2
+    for one, waved in zip(one_sums["d1"], waved_sums["d1"], strict=True):
+        assert one.grad is not None and waved.grad is not None
+        assert torch.equal(one.grad, waved.grad)
+    with pytest.raises(ValueError, match="wave size"):
+        all_reduce_gradients(
+            InProcessHub().transport("a"), ["a"], "a", 0, one_sums["d0"], wave_bytes=0
+        )
