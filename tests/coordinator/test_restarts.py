@@ -36,6 +36,8 @@ from protos.v1 import coordinator_pb2_grpc as pb_grpc
 
 ROWS, BATCH, EPOCHS, SEED, LR = 80, 8, 3, 5, 1e-2
 STEPS = ROWS // BATCH
+# A gradient never above this on one device is rounding noise (see assert_equal).
+INERT_GRADIENT = 1e-6
 AGENTS = ["agent-0", "agent-1", "agent-2"]
 
 
@@ -123,7 +125,11 @@ def run_losing_agent_2(
     return events
 
 
-def one_device(model_dir: Path, data: Path, out: Path, technique: str) -> dict[str, torch.Tensor]:
+def one_device(
+    model_dir: Path, data: Path, out: Path, technique: str
+) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The same job trained on one device: its trained parameters, and the names of those
+    whose gradient was never above ``INERT_GRADIENT`` (see :func:`assert_equal`)."""
     reference = Trainer(
         TrainConfig(
             model_dir=model_dir, train_path=data, eval_path=data,
@@ -132,8 +138,18 @@ def one_device(model_dir: Path, data: Path, out: Path, technique: str) -> dict[s
             learning_rate=LR, seed=SEED, out_dir=out,
         )
     )
+    largest: dict[str, float] = {}
+
+    def note(name: str, param: torch.Tensor) -> None:
+        if param.grad is not None:
+            largest[name] = max(largest.get(name, 0.0), float(param.grad.abs().max()))
+
+    for name, param in reference.model.named_parameters():
+        if param.requires_grad:
+            param.register_post_accumulate_grad_hook(lambda p, name=name: note(name, p))
     reference.run()
-    return reference.model.trainable_state_dict()
+    trained = reference.model.trainable_state_dict()
+    return trained, {name for name in trained if largest.get(name, 0.0) < INERT_GRADIENT}
 
 
 def assert_restarted_once(
@@ -167,9 +183,21 @@ def assert_restarted_once(
     return record
 
 
-def assert_equal(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+def assert_equal(
+    got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], inert: set[str]
+) -> None:
+    """The mesh's parameters equal one device's, except ``inert`` ones: those whose gradient
+    is zero but for rounding (a T5 decoder's self-attention query with a one-token decoder
+    input, whose softmax runs over one position: about 1e-8, against 1e-2 for the others).
+    Adam scales that noise up to whole steps, differently wherever the rounding differs (on
+    AVX2-only CPUs the mesh's and one device's do), and the query does not change the
+    model's outputs; they are only checked to be there and finite."""
     assert got.keys() == expected.keys()
+    assert len(inert) <= len(expected) // 4, sorted(inert)  # the comparison stays meaningful
     for name, value in expected.items():
+        if name in inert:
+            assert got[name].shape == value.shape and bool(torch.isfinite(got[name]).all())
+            continue
         torch.testing.assert_close(got[name], value, atol=2e-5, rtol=1e-4, msg=name)
 
 
@@ -215,8 +243,8 @@ def test_a_job_frozen_in_its_cache_phase_restarts_from_the_step_kept_and_equals_
     assert 0 < resumed["rebuilt_samples"] < ROWS / 2 < resumed["cached_samples"], resumed
     log = (mesh.run_dir / "logs" / "coordinator.log").read_text()
     assert "restart 1 of 2 on agent-0, agent-1 from epoch" in log
-    expected = one_device(model_dir, data, tmp_path / "one-device", "parallel-adapters")
-    assert_equal(load_file(str(out / WEIGHTS_FILE)), expected)
+    expected, inert = one_device(model_dir, data, tmp_path / "one-device", "parallel-adapters")
+    assert_equal(load_file(str(out / WEIGHTS_FILE)), expected, inert)
 
 
 def test_a_job_that_loses_an_agent_in_its_first_epoch_starts_over_and_equals_one_device(
@@ -231,8 +259,8 @@ def test_a_job_that_loses_an_agent_in_its_first_epoch_starts_over_and_equals_one
     # Nothing was kept yet: the job starts from its first step on the others.
     record = assert_restarted_once(events, out, epoch=1)
     assert record["resume_step"] == 0
-    expected = one_device(model_dir, data, tmp_path / "one-device", "parallel-adapters")
-    assert_equal(load_file(str(out / WEIGHTS_FILE)), expected)
+    expected, inert = one_device(model_dir, data, tmp_path / "one-device", "parallel-adapters")
+    assert_equal(load_file(str(out / WEIGHTS_FILE)), expected, inert)
 
 
 def test_a_job_kept_in_the_middle_of_epoch_1_rebuilds_what_was_cached_and_equals_one_device(
@@ -250,8 +278,8 @@ def test_a_job_kept_in_the_middle_of_epoch_1_rebuilds_what_was_cached_and_equals
     # before it had cached, then epoch 1 trains (and caches) on from there.
     record = assert_restarted_once(events, out, every=2, epoch=1)
     assert int(str(record["resume_step"])) >= 4
-    expected = one_device(model_dir, data, tmp_path / "one-device", "parallel-adapters")
-    assert_equal(load_file(str(out / WEIGHTS_FILE)), expected)
+    expected, inert = one_device(model_dir, data, tmp_path / "one-device", "parallel-adapters")
+    assert_equal(load_file(str(out / WEIGHTS_FILE)), expected, inert)
 
 
 def test_a_pipeline_lora_job_an_agent_leaves_restarts_with_each_stage_s_optimizer_state(
@@ -277,8 +305,8 @@ def test_a_pipeline_lora_job_an_agent_leaves_restarts_with_each_stage_s_optimize
     )
     record = assert_restarted_once(events, out, every=4)
     assert int(str(record["resume_step"])) >= STEPS
-    expected = one_device(model_dir, data, tmp_path / "one-device", "lora")
-    assert_equal(load_file(str(out / WEIGHTS_FILE)), expected)
+    expected, inert = one_device(model_dir, data, tmp_path / "one-device", "lora")
+    assert_equal(load_file(str(out / WEIGHTS_FILE)), expected, inert)
 
 
 def test_the_cache_phase_calls_end_where_the_state_is_kept() -> None:
