@@ -148,7 +148,8 @@ class DataParallelWorker:
             ladder.update(padded)
         for point, value in ladder.items():
             length = batch[self.cache.mask_keys[point]].shape[1]
-            ladder[point] = F.pad(value, (0, 0, 0, length - value.shape[1]))
+            if length != value.shape[1]:  # (F.pad copies even when it adds nothing)
+                ladder[point] = F.pad(value, (0, 0, 0, length - value.shape[1]))
         return ladder
 
     def run_step(
