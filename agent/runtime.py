@@ -76,6 +76,8 @@ class JobSession:
     # Heap chunks held unwritten from the backbone's release to the job's end
     # (agent/allocator.py).
     heap_holes: allocator.HeapHoles = field(default_factory=allocator.HeapHoles)
+    # What a cache-phase step frees, given back when it pays (agent/allocator.py).
+    step_trim: allocator.StepTrim = field(default_factory=allocator.StepTrim)
     # Held by a training step and by an export while it streams the trained tensors as
     # they lie: the export sends one step's state, not a mix, with no copy of it.
     state_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -238,7 +240,9 @@ class AgentRuntime:
             self.metrics.current_step.labels(job_id).set(step)
             started = time.perf_counter()
             async with session.state_lock:
-                result = await asyncio.to_thread(_cache_step, training, step, part)
+                result = await asyncio.to_thread(
+                    _cache_step, training, step, part, session.step_trim
+                )
             elapsed = time.perf_counter() - started
             self.metrics.stage_compute_seconds.labels(job_id, stage).observe(
                 max(0.0, elapsed - result.waited_seconds)
@@ -530,11 +534,13 @@ def _compression(settings_json: str) -> CompressionPolicy:
     return policy
 
 
-def _cache_step(training: TrainingSession, step: int, part: BatchPart) -> StepResult:
-    """A cache-phase step, then the heap's free pages back to the kernel: a step's
-    transient blocks (a chunk's ladder points and activations, the all-reduce's messages)
-    are freed where later blocks do not always fit, and would otherwise stay resident,
-    more of them step after step (see agent/allocator.py)."""
+def _cache_step(
+    training: TrainingSession, step: int, part: BatchPart, trim: allocator.StepTrim
+) -> StepResult:
+    """A cache-phase step, then the heap's free pages back to the kernel if the step left
+    many: a step's transient blocks (a chunk's ladder points and activations, the
+    all-reduce's messages) are freed where later blocks do not always fit, and would
+    otherwise stay resident, more of them step after step (see agent/allocator.py)."""
     result = training.run_step(step, part)
-    allocator.give_back_free_pages()
+    trim.after_step(allocator.resident_bytes())
     return result

@@ -137,3 +137,24 @@ def test_elsewhere_the_settings_are_no_ops(monkeypatch: pytest.MonkeyPatch) -> N
     assert allocator.heap_free_bytes() is None
     allocator.free_heap_holes(holes)
     allocator.give_back_free_pages()
+
+
+def test_a_step_trim_gives_pages_back_only_after_growth(monkeypatch: pytest.MonkeyPatch) -> None:
+    trims: list[int] = []
+    monkeypatch.setattr(allocator, "give_back_free_pages", lambda: trims.append(1))
+    monkeypatch.setattr(allocator, "resident_bytes", lambda: 500 << 20)
+    trim = allocator.StepTrim(slack_bytes=16 << 20)
+    assert trim.after_step(530 << 20)  # the first step: nothing to compare with
+    assert trim.level == 500 << 20
+    assert not trim.after_step(510 << 20)  # within the slack: its free pages stay
+    assert not trim.after_step(516 << 20)
+    assert trim.after_step(517 << 20)  # grown past it: given back
+    assert len(trims) == 2
+
+
+@glibc
+def test_resident_bytes_reads_the_process() -> None:
+    before = allocator.resident_bytes()
+    block = bytearray(64 << 20)  # written: resident
+    assert allocator.resident_bytes() >= before + (60 << 20)
+    del block
