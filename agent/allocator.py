@@ -46,13 +46,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger("pac.agent")
-
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 # mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -198,31 +196,24 @@ def give_back_free_pages() -> None:
 @dataclass
 class StepTrim:
     """:func:`give_back_free_pages` after a step, when it pays: when the process's resident
-    memory is more than ``slack_bytes`` above where the last one left it. A step whose
-    transient blocks are small (MiniLM's) then keeps its free pages and does not fault
-    them in again at every step (trimming after each cost it 12% of a cached step's
-    compute, with 16 MiB of slack still 10%); a step whose blocks spread (the BERT-large
-    shape's: 36-53 MB a step) gives them back (5-8 MB off its peak over 8 steps)."""
+    memory (``read_resident``, bytes) is more than ``slack_bytes`` above where the last one
+    left it. A step whose transient blocks are small (MiniLM's) then keeps its free pages
+    and does not fault them in again at every step (trimming after each cost it 12% of a
+    cached step's compute, with 16 MiB of slack still 10%); a step whose blocks spread (the
+    BERT-large shape's: 36-53 MB a step) gives them back (5-8 MB off its peak over 8 steps).
+    """
 
+    read_resident: Callable[[], int]
     slack_bytes: int = 32 << 20
     level: int | None = None  # resident bytes after the last trim
 
-    def after_step(self, resident: int) -> bool:
-        """Trim if ``resident`` (bytes now) calls for it; returns whether it did."""
-        if self.level is not None and resident - self.level <= self.slack_bytes:
+    def after_step(self) -> bool:
+        """Trim if the resident memory now calls for it; returns whether it did."""
+        if self.level is not None and self.read_resident() - self.level <= self.slack_bytes:
             return False
         give_back_free_pages()
-        self.level = resident_bytes()
+        self.level = self.read_resident()
         return True
-
-
-def resident_bytes() -> int:
-    """The process's resident set size (``/proc/self/statm``; 0 where there is none)."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * PAGE_BYTES
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def free_heap_holes(holes: HeapHoles) -> None:

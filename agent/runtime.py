@@ -40,6 +40,7 @@ from agent.profile_memo import PROFILES_FILE, ProfileAsk, ProfileMemo
 from agent.profiling import ProfileResult, profile_layers
 from agent.stage import Stage
 from agent.training import TrainingSession, WireTransport
+from pac.engine.memory import rss_bytes
 from pac.pipeline.batch_part import BatchPart, unpack_steps
 from pac.pipeline.job import RESTORE_STEP, MeshJobSettings, job_of_attempt
 from pac.pipeline.worker import StepResult
@@ -77,7 +78,7 @@ class JobSession:
     # (agent/allocator.py).
     heap_holes: allocator.HeapHoles = field(default_factory=allocator.HeapHoles)
     # What a cache-phase step frees, given back when it pays (agent/allocator.py).
-    step_trim: allocator.StepTrim = field(default_factory=allocator.StepTrim)
+    step_trim: allocator.StepTrim = field(default_factory=lambda: allocator.StepTrim(rss_bytes))
     # Held by a training step and by an export while it streams the trained tensors as
     # they lie: the export sends one step's state, not a mix, with no copy of it.
     state_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -542,5 +543,5 @@ def _cache_step(
     all-reduce's messages) are freed where later blocks do not always fit, and would
     otherwise stay resident, more of them step after step (see agent/allocator.py)."""
     result = training.run_step(step, part)
-    trim.after_step(allocator.resident_bytes())
+    trim.after_step()
     return result
