@@ -20,7 +20,7 @@ from agent.cache_adoption import adopt_cache
 from agent.errors import BadRequest, JobClosed, WeightsMismatch
 from pac.cache.key import CacheKey, fingerprint_model_dir
 from pac.cache.store import ActivationCache
-from pac.engine.checkpoint import CHECKPOINT_FILE, save_checkpoint, split_state, trained_state
+from pac.engine.checkpoint import CHECKPOINT_FILE, save_state, split_state, trained_state
 from pac.engine.ladder_cache import LadderCache
 from pac.engine.loading import load_model
 from pac.engine.memory import release_backbone, rss_bytes
@@ -247,13 +247,9 @@ class TrainingSession:
         every = int(self.settings.extra.get("checkpoint_every", 0))
         if (per_epoch and done % per_epoch == 0) or (every and done % every == 0):
             started = time.perf_counter()
-            save_checkpoint(
-                self.checkpoint_path,
-                self.worker.model,
-                self.worker.optimizer,
-                done,
-                done // per_epoch if per_epoch else 0,
-            )
+            # (in the cache phase, this device's part of the optimizer state)
+            state = self.export(optimizer_state=True)
+            save_state(self.checkpoint_path, state, done, done // per_epoch if per_epoch else 0)
             if self.data_parallel is not None:
                 result.parts["checkpoint"] = time.perf_counter() - started
         return result
@@ -412,9 +408,15 @@ class TrainingSession:
         """The parameters this replica trained (all of them after the cache phase's
         gather; its own stage's before): the coordinator merges the agents' exports.
         ``optimizer_state``: with their optimizer state (``"{param}::{state}"``), what
-        the job restarts from if an agent goes away. The tensors themselves, not copies:
-        the next step changes them in place (the agent's runtime holds its steps off
-        while it sends them)."""
+        the job restarts from if an agent goes away; in the cache phase, this device's
+        pieces of it and the parameters that begin in them
+        (:meth:`ShardedAdamW.state`: the agents' exports together make it whole). The
+        tensors themselves, not copies: the next step changes them in place (the agent's
+        runtime holds its steps off while it sends them)."""
+        if self.data_parallel is not None:
+            if optimizer_state:
+                return self.data_parallel.state()
+            return self.worker.model.trainable_state_dict()
         state = trained_state(self.worker.model, self.worker.optimizer)
         if optimizer_state:
             return state

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import grpc
 import torch
 
+from pac.engine.checkpoint import join_shards
 from pac.pipeline.batch_part import BatchPart, owned_part, pack_steps, pipeline_part
 from pac.pipeline.job import RESTORE_STEP, MeshJobSettings
 from pac.pipeline.layout import PipelineLayout
@@ -235,12 +236,14 @@ class MeshCalls:
 
     async def export(self, optimizer_state: bool = False) -> dict[str, torch.Tensor]:
         """The union of what the agents trained (each stage's owner sends its part; in the
-        cache phase every agent holds the same whole, so one sends it); with
-        ``optimizer_state`` also its optimizer state (see ``TrainingSession.export``)."""
+        cache phase every agent holds the same parameters, so one sends them); with
+        ``optimizer_state`` also its optimizer state (see ``TrainingSession.export``),
+        which in the cache phase every agent holds a piece of: all send theirs, joined
+        here (a ValueError if they do not make it whole)."""
         request = agent_pb2.ExportAdaptersRequest(
             job_id=self.job_id, optimizer_state=optimizer_state
         ).SerializeToString()
-        senders = self.devices[:1] if self.owners else self.devices
+        senders = self.devices[:1] if self.owners and not optimizer_state else self.devices
         parts = await asyncio.gather(
             *(download(self.channels[d], EXPORT_METHOD, request, self.metadata) for d in senders)
         )
@@ -248,7 +251,7 @@ class MeshCalls:
         for part in parts:
             for name, tensor in part.items():
                 merged.setdefault(name, tensor)
-        return merged
+        return join_shards(merged, strict=True)
 
     async def close(self, skip: Collection[str] = (), keep_cache: bool = False) -> None:
         """Close the job on every agent at once (an agent that went away or froze has

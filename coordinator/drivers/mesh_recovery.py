@@ -6,7 +6,7 @@ beside its cache, and closing a job keeps it. The next coordinator queues the jo
 (``JobStore.settle_interrupted``); its driver asks every agent for its newest checkpoint of
 the job (the ReadCheckpoint RPC), takes the newest step whose checkpoints together hold
 every trained parameter with its optimizer state (on a pipeline stage an agent holds its
-own stage's; in the cache phase every agent holds them all), and restarts the job from it
+own stage's; in the cache phase every agent holds a piece of them all), and restarts the job from it
 as after an agent's loss (mesh_restart.py). The new attempt's id is past every attempt the
 agents have seen, and the attempts they still hold open (the old coordinator could not
 close them) are closed first.
@@ -28,6 +28,7 @@ import torch
 from coordinator.driver import LiveAgents
 from coordinator.drivers.mesh_calls import close_job_on
 from coordinator.registry import AgentLiveness, AgentRegistry
+from pac.engine.checkpoint import join_shards
 from pac.pipeline.job import job_of_attempt
 from pac.wire.download import download_message
 from protos.v1 import agent_pb2, agent_pb2_grpc
@@ -90,6 +91,7 @@ def newest_complete(
         for tensors in found.by_step[step]:
             for name, value in tensors.items():
                 merged.setdefault(name, value)
+        merged = join_shards(merged)  # (the cache phase's agents each hold a piece)
         have = {name for name in merged if "::" not in name}
         with_state = {name.split("::", 1)[0] for name in merged if "::" in name}
         if required <= have and required <= with_state:

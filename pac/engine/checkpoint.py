@@ -36,9 +36,15 @@ def trained_state(model: TunedModel, optimizer: torch.optim.Optimizer) -> Tensor
 def save_checkpoint(
     path: Path, model: TunedModel, optimizer: torch.optim.Optimizer, step: int, epoch: int
 ) -> Path:
+    return save_state(path, trained_state(model, optimizer), step, epoch)
+
+
+def save_state(path: Path, state: Tensors, step: int, epoch: int) -> Path:
+    """Write ``state`` (as :func:`trained_state` names it, or a sharded device's part of
+    it: :func:`join_shards`) as the checkpoint of ``step`` and ``epoch``."""
     # Written from the tensors' own memory (safetensors reads it in place, and no step runs
     # meanwhile): a copy would double the trained state in memory at every checkpoint.
-    tensors = {k: v.contiguous() for k, v in trained_state(model, optimizer).items()}
+    tensors = {k: v.contiguous() for k, v in state.items()}
     metadata = {"step": str(step), "epoch": str(epoch)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
@@ -67,3 +73,48 @@ def load_checkpoint(path: Path, model: TunedModel, optimizer: torch.optim.Optimi
         with torch.no_grad():
             params[name].copy_(value)
         optimizer.state[params[name]] = {k: v.clone() for k, v in states.get(name, {}).items()}
+
+
+def join_shards(tensors: Tensors, strict: bool = False) -> Tensors:
+    """``tensors`` with every optimizer state given in pieces, ``"{param}::{state}@{start}"``
+    (the parameter's flattened elements from ``start`` on, as the cache phase's sharded
+    AdamW holds them: :mod:`pac.pipeline.sharded_adam`), joined into ``"{param}::{state}"``
+    shaped like the parameter. A parameter with a state whose pieces do not cover it once
+    each (a device's pieces missing) is left without any optimizer state, or with
+    ``strict`` a ValueError."""
+    out: Tensors = {}
+    pieces: dict[str, dict[int, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        whole, mark, start = name.rpartition("@")
+        if mark and "::" in whole and start.isdigit():
+            pieces.setdefault(whole, {})[int(start)] = value
+        else:
+            out[name] = value
+    broken: set[str] = set()
+    for whole, parts in sorted(pieces.items()):
+        name = whole.split("::", 1)[0]
+        param = out.get(name)
+        problem = _gap(parts, param)
+        if problem:
+            if strict:
+                raise ValueError(f"the pieces of {whole} {problem}")
+            broken.add(name)
+            continue
+        assert param is not None
+        joined = torch.cat([parts[start].flatten() for start in sorted(parts)])
+        out[whole] = joined.view(param.shape)
+    return {n: v for n, v in out.items() if n.split("::", 1)[0] not in broken or "::" not in n}
+
+
+def _gap(parts: dict[int, torch.Tensor], param: torch.Tensor | None) -> str:
+    """Why ``parts`` (pieces by start) do not make up ``param`` (empty when they do)."""
+    if param is None:
+        return "come without their parameter"
+    at = 0
+    for start in sorted(parts):
+        if start != at:
+            return f"leave elements {at}..{start} out" if start > at else f"overlap at {start}"
+        at += parts[start].numel()
+    if at != param.numel():
+        return f"cover {at} of the parameter's {param.numel()} elements"
+    return ""

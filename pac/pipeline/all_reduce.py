@@ -37,7 +37,8 @@ start, backward accumulates into them, and no copy is made at all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -88,14 +89,65 @@ def ring_all_reduce(
     A chunk sent in a round is changed in a later one: the transport must be done with a
     message's tensors when ``send`` returns (the wire has sent them, the in-process hub
     copies them)."""
+    ring_reduce_scatter(transport, devices, me, step, vectors, timeout, clock, first_bucket)
+    ring_all_gather(transport, devices, me, step, vectors, timeout, clock, first_bucket)
+    return list(vectors)
+
+
+def ring_reduce_scatter(
+    transport: Transport,
+    devices: Sequence[str],
+    me: str,
+    step: int,
+    vectors: Sequence[torch.Tensor],
+    timeout: float | None = 300.0,
+    clock: StepClock | None = None,
+    first_bucket: int = 0,
+) -> None:
+    """The ring's first half (rounds ``0 .. n - 2``): ``me`` ends with the sum over
+    ``devices`` of its own chunk of each vector (``COLLECTIVES["ring"].owned``); its other
+    chunks hold partial sums."""
+    n = len(devices)
+    _ring_rounds(transport, devices, me, step, vectors, range(n - 1), timeout, clock, first_bucket)
+
+
+def ring_all_gather(
+    transport: Transport,
+    devices: Sequence[str],
+    me: str,
+    step: int,
+    vectors: Sequence[torch.Tensor],
+    timeout: float | None = 300.0,
+    clock: StepClock | None = None,
+    first_bucket: int = 0,
+) -> None:
+    """The ring's second half (rounds ``n - 1 .. 2n - 3``): every device's own chunk of each
+    vector is copied to every other device."""
+    n = len(devices)
+    rounds = range(n - 1, 2 * (n - 1))
+    _ring_rounds(transport, devices, me, step, vectors, rounds, timeout, clock, first_bucket)
+
+
+def _ring_rounds(
+    transport: Transport,
+    devices: Sequence[str],
+    me: str,
+    step: int,
+    vectors: Sequence[torch.Tensor],
+    rounds: range,
+    timeout: float | None,
+    clock: StepClock | None,
+    first_bucket: int,
+) -> None:
+    """Rounds ``rounds`` of the ring (reduce-scatter below ``n - 1``, all-gather from it)."""
     n = len(devices)
     if n == 1:
-        return list(vectors)
+        return
     rank = _rank(devices, me)
     clock = clock or StepClock()  # a throwaway one when the caller does not time the parts
     right, left = devices[(rank + 1) % n], devices[(rank - 1) % n]
     chunks = [v.tensor_split(n) for v in vectors]  # views: the rounds write into vectors
-    for r in range(2 * (n - 1)):
+    for r in rounds:
         gathering = r >= n - 1
         k = r - (n - 1) if gathering else r
         send_index = (rank + 1 - k) % n if gathering else (rank - k) % n
@@ -116,7 +168,6 @@ def ring_all_reduce(
             else:
                 parts[recv_index].add_(message["chunk"])
         del received  # this round's chunks, before the next round's arrive
-    return list(vectors)
 
 
 def direct_all_reduce(
@@ -136,15 +187,30 @@ def direct_all_reduce(
     of every vector), but a step waits for 2 message latencies instead of ``2 (n - 1)``: on
     small vectors (the side network's gradients) latency is what a step pays for.
     ``first_bucket`` as in :func:`ring_all_reduce`."""
+    direct_reduce_scatter(transport, devices, me, step, vectors, timeout, clock, first_bucket)
+    direct_all_gather(transport, devices, me, step, vectors, timeout, clock, first_bucket)
+    return list(vectors)
+
+
+def direct_reduce_scatter(
+    transport: Transport,
+    devices: Sequence[str],
+    me: str,
+    step: int,
+    vectors: Sequence[torch.Tensor],
+    timeout: float | None = 300.0,
+    clock: StepClock | None = None,
+    first_bucket: int = 0,
+) -> None:
+    """Round 0 of the direct all-reduce: device ``k`` is sent chunk ``k`` of every vector by
+    every other device and sums them, in device order (the same sum whoever makes it)."""
     n = len(devices)
     if n == 1:
-        return list(vectors)
+        return
     rank = _rank(devices, me)
-    clock = clock or StepClock()  # a throwaway one when the caller does not time the parts
+    clock = clock or StepClock()
     peers = [(k, peer) for k, peer in enumerate(devices) if peer != me]
-    chunks = [v.tensor_split(n) for v in vectors]  # views: round 1 writes into vectors
-
-    # Round 0: chunk k of every bucket to device k; sum my chunk in device order.
+    chunks = [v.tensor_split(n) for v in vectors]
     received = _exchange(
         transport,
         clock,
@@ -160,23 +226,41 @@ def direct_all_reduce(
         ],
         timeout,
     )
-    sums = []
     for b, parts in enumerate(chunks):
         pieces = iter(received[b * len(peers) : (b + 1) * len(peers)])
-        # In device order, so that the sum is the same whoever makes it.
         total = parts[0].clone() if rank == 0 else next(pieces)["chunk"].clone()
         for k in range(1, n):
             total.add_(parts[k] if k == rank else next(pieces)["chunk"])
-        sums.append(total)
+        parts[rank].copy_(total)  # (this chunk was not sent: it is no other device's)
     del received  # the peers' chunks, summed
-    # Round 1: every device's sum to every other device.
+
+
+def direct_all_gather(
+    transport: Transport,
+    devices: Sequence[str],
+    me: str,
+    step: int,
+    vectors: Sequence[torch.Tensor],
+    timeout: float | None = 300.0,
+    clock: StepClock | None = None,
+    first_bucket: int = 0,
+) -> None:
+    """Round 1 of the direct all-reduce: every device sends its own chunk of every vector
+    to every other device."""
+    n = len(devices)
+    if n == 1:
+        return
+    rank = _rank(devices, me)
+    clock = clock or StepClock()
+    peers = [(k, peer) for k, peer in enumerate(devices) if peer != me]
+    chunks = [v.tensor_split(n) for v in vectors]
     received = _exchange(
         transport,
         clock,
         [
-            (_key(step, first_bucket + b, 1, me, peer), {"chunk": total})
+            (_key(step, first_bucket + b, 1, me, peer), {"chunk": parts[rank]})
             for _, peer in peers
-            for b, total in enumerate(sums)
+            for b, parts in enumerate(chunks)
         ],
         [
             _key(step, first_bucket + b, 1, peer, me)
@@ -186,10 +270,8 @@ def direct_all_reduce(
         timeout,
     )
     for b, parts in enumerate(chunks):
-        parts[rank].copy_(sums[b])
         for i, (k, _) in enumerate(peers):
             parts[k].copy_(received[b * len(peers) + i]["chunk"])
-    return list(vectors)
 
 
 def _rank(devices: Sequence[str], me: str) -> int:
@@ -275,15 +357,15 @@ def all_reduce_gradients(
     else:
         buckets = gradient_buckets(params, bucket_bytes)
         flat = [_take_gradients(bucket) for bucket in buckets]
-    for start, end in _waves(flat, wave_bytes):
+    for start, end in wave_ranges(flat, wave_bytes):
         reduce(transport, devices, me, step, flat[start:end], timeout, clock, first_bucket=start)
     for bucket, total in zip(buckets, flat, strict=True):  # (summed in place)
-        for p, view in _views(bucket, total):
+        for p, view in bucket_views(bucket, total):
             p.grad = view
     return len(buckets)
 
 
-def _waves(vectors: Sequence[torch.Tensor], wave_bytes: int) -> list[tuple[int, int]]:
+def wave_ranges(vectors: Sequence[torch.Tensor], wave_bytes: int) -> list[tuple[int, int]]:
     """``vectors`` cut into runs (start, end) of at most ``wave_bytes`` each (a larger
     vector is a run of its own)."""
     if wave_bytes <= 0:
@@ -329,14 +411,14 @@ class GradientBuckets:
         """Every gradient zero, a view of its bucket's vector."""
         for bucket, vector in zip(self.buckets, self.vectors, strict=True):
             vector.zero_()
-            for p, view in _views(bucket, vector):
+            for p, view in bucket_views(bucket, vector):
                 p.grad = view
 
     def gather(self) -> list[torch.Tensor]:
         """The bucket vectors, holding every parameter's gradient: one that is no longer its
         view (replaced, or set to ``None``: zeros) is copied in, and the view put back."""
         for bucket, vector in zip(self.buckets, self.vectors, strict=True):
-            for p, view in _views(bucket, vector):
+            for p, view in bucket_views(bucket, vector):
                 grad = p.grad
                 if grad is None:
                     view.zero_()
@@ -358,7 +440,7 @@ def _bucket_vector(bucket: Sequence[torch.nn.Parameter]) -> torch.Tensor:
     return torch.zeros(sum(p.numel() for p in bucket), dtype=bucket[0].dtype)
 
 
-def _views(
+def bucket_views(
     bucket: Sequence[torch.nn.Parameter], vector: torch.Tensor
 ) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
     """Each parameter of ``bucket`` with its slice of ``vector``, shaped like it."""
@@ -381,3 +463,18 @@ def _take_gradients(bucket: Sequence[torch.nn.Parameter]) -> torch.Tensor:
 
 
 ALGORITHMS = {"ring": ring_all_reduce, "direct": direct_all_reduce}
+
+
+class Collective(NamedTuple):
+    """An algorithm's two halves, and which chunk of a vector a device is left holding
+    summed between them (``owned(rank, n)``)."""
+
+    reduce_scatter: Callable[..., None]
+    all_gather: Callable[..., None]
+    owned: Callable[[int, int], int]
+
+
+COLLECTIVES = {
+    "ring": Collective(ring_reduce_scatter, ring_all_gather, lambda rank, n: (rank + 1) % n),
+    "direct": Collective(direct_reduce_scatter, direct_all_gather, lambda rank, n: rank),
+}

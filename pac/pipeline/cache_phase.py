@@ -8,15 +8,18 @@ devices' speed); redistribution moves each entry to its sample's owner;
 :func:`gather_state` gives every device every stage's side-network parameters and
 optimizer state. Then a step is: each device computes the loss of the
 mini-batch's samples it owns (divided by the whole mini-batch's count), the gradients are
-summed by a bucketed all-reduce (:mod:`pac.pipeline.all_reduce`, a ring by default), and
-every device takes the same optimizer step, so that the result is the single-device result
+summed by a bucketed reduce-scatter (:mod:`pac.pipeline.all_reduce`, a ring by default),
+each device steps AdamW on its chunk of every bucket, holding that chunk's optimizer state
+only, and an all-gather gives every device the updated parameters
+(:mod:`pac.pipeline.sharded_adam`, ZeRO stage 1): the result is the single-device result
 whatever the shares.
 
 A device computes its rows in chunks of about ``chunk_bytes`` of decoded ladder points,
 each at its own longest row where the labels are per sample (:mod:`pac.pipeline.row_chunks`),
 accumulating the gradients: its peak memory holds one chunk's points and activations, not
 its whole share's (the same sum, in another order). The gradients accumulate in the
-all-reduce's bucket vectors, kept from step to step (:class:`GradientBuckets`).
+all-reduce's bucket vectors, kept from step to step (:class:`GradientBuckets`), and the
+parameters in vectors of the same layout.
 """
 
 from __future__ import annotations
@@ -28,13 +31,7 @@ import torch.nn.functional as F
 
 from pac.engine.checkpoint import trained_state
 from pac.engine.ladder_cache import LadderCache
-from pac.pipeline.all_reduce import (
-    DEFAULT_BUCKET_BYTES,
-    GradientBuckets,
-    all_reduce_gradients,
-    recv_all,
-    send_all,
-)
+from pac.pipeline.all_reduce import DEFAULT_BUCKET_BYTES, GradientBuckets, recv_all, send_all
 from pac.pipeline.entries import EntryIndex
 from pac.pipeline.row_chunks import (
     DEFAULT_CHUNK_BYTES,
@@ -42,6 +39,7 @@ from pac.pipeline.row_chunks import (
     per_sample_labels,
     take_rows,
 )
+from pac.pipeline.sharded_adam import ShardedAdamW
 from pac.pipeline.step_clock import StepClock
 from pac.pipeline.transport import MessageKey, Tensors, Transport
 from pac.techniques.parallel_adapters import ParallelAdaptersModel
@@ -129,8 +127,12 @@ class DataParallelWorker:
         self.transport, self.optimizer, self.scheduler = transport, optimizer, scheduler
         self.owners = owners
         self.clock = StepClock()
-        # The side network's gradients, views of all-reduce buckets (made at the first step)
-        self.gradients: GradientBuckets | None = None
+        # The side network's gradients, views of all-reduce buckets; its parameters, views
+        # of vectors laid out as them; and this device's share of their optimizer state.
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.gradients = GradientBuckets(trainable, bucket_bytes)
+        names = {p: n for n, p in model.named_parameters()}
+        self.sharded = ShardedAdamW(optimizer, self.gradients, names, devices, device, algorithm)
 
     def ladder(self, fingerprints: Sequence[str], batch: Tensors) -> Tensors:
         """The rows' ladder points from the entries that hold them (one read per group of
@@ -163,11 +165,7 @@ class DataParallelWorker:
                 f"{self.device} was sent {len(strangers)} rows of samples it does not own "
                 f"(e.g. {strangers[0][:12]}...); send each device only its owned rows"
             )
-        if self.gradients is None:
-            trainable = [p for p in self.model.parameters() if p.requires_grad]
-            self.gradients = GradientBuckets(trainable, self.bucket_bytes)
-        else:
-            self.gradients.zero_()
+        self.gradients.zero_()
         self.model.train()
         loss_sum, terms = 0.0, 0
         clock = self.clock
@@ -185,18 +183,13 @@ class DataParallelWorker:
                 loss_sum += float(loss.detach())
                 terms += count
             del ladder, outputs, loss  # (this chunk's memory, before the next one's)
-        all_reduce_gradients(
-            self.transport,
-            self.devices,
-            self.device,
-            step,
-            self.gradients,
-            clock=clock,
-            algorithm=self.algorithm,
-        )
-        with clock.part("optimizer"):
-            self.optimizer.step()
-            if self.scheduler is not None:
+        self.sharded.step(self.transport, step, clock)
+        if self.scheduler is not None:
+            with clock.part("optimizer"):
                 self.scheduler.step()
         # (the gradients stay in their buckets until the next step zeroes them)
         return loss_sum, terms, len(sample_ids)
+
+    def state(self) -> Tensors:
+        """This device's part of the trained state (:meth:`ShardedAdamW.state`)."""
+        return self.sharded.state()

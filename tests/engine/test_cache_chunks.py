@@ -70,8 +70,8 @@ def one_step(
     fingerprints: list[str],
     chunk_bytes: int,
 ) -> tuple[ParallelAdaptersModel, float, int]:
-    """A fresh model after one cache-phase step of plain SGD at rate 1 (so the parameters
-    moved by exactly their gradients), its loss sum and its terms."""
+    """A fresh model after one cache-phase step (on one device its gradients stay whole in
+    their buckets), its loss sum and its terms."""
     model = make_model()
     trained = [p for p in model.parameters() if p.requires_grad]
     worker = DataParallelWorker(
@@ -80,7 +80,7 @@ def one_step(
         model,
         cache,
         InProcessTransport(InProcessHub(), "x"),
-        torch.optim.SGD(trained, lr=1.0),
+        torch.optim.AdamW(trained),
         None,
         dict.fromkeys(fingerprints, "x"),
         chunk_bytes=chunk_bytes,
@@ -123,13 +123,15 @@ def test_a_chunked_step_equals_all_rows_at_once(cached_job: Job, rows_at_once: i
     chunked, loss, terms = one_step(make_model, cache, batch, fingerprints, rows_at_once * row)
     assert terms == whole_terms == ROWS
     assert loss == pytest.approx(whole_loss, rel=1e-6)
-    moved = 0
-    for (name, before), after, expected in zip(
-        model.named_parameters(), chunked.parameters(), whole.parameters(), strict=True
-    ):
+    nonzero = 0
+    for (name, after), expected in zip(chunked.named_parameters(), whole.parameters(), strict=True):
+        if not after.requires_grad:
+            continue
+        assert after.grad is not None and expected.grad is not None
+        torch.testing.assert_close(after.grad, expected.grad, atol=1e-6, rtol=1e-5, msg=name)
         torch.testing.assert_close(after, expected, atol=1e-6, rtol=1e-5, msg=name)
-        moved += int(not torch.equal(after, before))
-    assert moved > 10  # the step trained the side network
+        nonzero += int(bool(expected.grad.abs().max() > 0))
+    assert nonzero > 10  # the step reached the side network
 
 
 def test_a_worker_refuses_a_chunk_of_no_bytes(cached_job: Job) -> None:

@@ -154,8 +154,16 @@ def test_a_device_refuses_rows_that_are_not_its_own() -> None:
     with pytest.raises(KeyError, match="not in this part"):
         part.rows((other[0], other[0] + 1))
     # The cache phase: a row of a sample another device owns is an error, not ignored.
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
     worker = DataParallelWorker(
-        "x", ["x", "y"], *(cast(Any, None),) * 4, None, {ids[0]: "x", ids[1]: "y"}
+        "x",
+        ["x", "y"],
+        cast(Any, model),
+        *(cast(Any, None),) * 2,
+        optimizer,
+        None,
+        {ids[0]: "x", ids[1]: "y"},
     )
     with pytest.raises(ValueError, match="does not own"):
         worker.run_step(0, {"labels": batch["labels"][:2]}, ids[:2], 2)
