@@ -345,7 +345,8 @@ class TrainingSession:
             return import_entries(self.cache, tensors)
 
     def enter_cache_phase(self) -> tuple[int, int, int]:
-        """Gather the side network's state from every device, release the backbone, and
+        """Gather the side network's state from every device, shard its optimizer state
+        (:class:`ShardedAdamW`: this device keeps its piece), release the backbone, and
         switch to data-parallel steps. Returns (freed bytes, RSS before, RSS after)."""
         model = self.worker.model
         if not isinstance(model, ParallelAdaptersModel) or self.worker.cache is None:

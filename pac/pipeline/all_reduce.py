@@ -12,6 +12,11 @@ bucket is cut into ``n`` chunks and summed by one of two algorithms (``ALGORITHM
   ring. The cache phase can choose it (job setting ``all_reduce``): the side network's
   gradients are small, so a round's latency, not bandwidth, is what a step pays for.
 
+Each algorithm is a reduce-scatter, after which every device holds the sum of one chunk of
+each vector (``COLLECTIVES[...].owned``), then an all-gather of those chunks; the cache
+phase runs the halves apart and steps its optimizer between them
+(:mod:`pac.pipeline.sharded_adam`).
+
 The buckets travel interleaved, in waves of at most ``wave_bytes``: in every round a device
 sends its chunk of every bucket of the wave before it waits for any, so a round costs one
 latency rather than one per bucket, while no message is larger than a bucket's chunk. The
