@@ -23,6 +23,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from pac.model_files import WEIGHT_FILES
 from pac.tasks import TASK_KINDS
 from pac.technique_names import DROPOUT_TECHNIQUES, TECHNIQUE_NAMES
 
@@ -41,7 +42,6 @@ CACHE_DTYPES = {
     "bf16": "bf16",
     "fp32": "fp32",
 }
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 class JobState(str, Enum):

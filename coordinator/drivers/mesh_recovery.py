@@ -6,8 +6,9 @@ beside its cache, and closing a job keeps it. The next coordinator queues the jo
 (``JobStore.settle_interrupted``); its driver asks every agent for its newest checkpoint of
 the job (the ReadCheckpoint RPC), takes the newest step whose checkpoints together hold
 every trained parameter with its optimizer state (on a pipeline stage an agent holds its
-own stage's; in the cache phase every agent holds a piece of them all), and restarts the job from it
-as after an agent's loss (mesh_restart.py). The new attempt's id is past every attempt the
+own stage's; in the cache phase every agent holds a piece of them all: see
+:func:`pac.engine.checkpoint.join_shards`), and restarts the job from it as after an
+agent's loss (mesh_restart.py). The new attempt's id is past every attempt the
 agents have seen, and the attempts they still hold open (the old coordinator could not
 close them) are closed first.
 """

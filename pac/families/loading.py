@@ -11,14 +11,8 @@ from safetensors import safe_open
 from transformers import AutoConfig, PreTrainedModel
 
 from pac.families.base import FamilyError
+from pac.model_files import WEIGHT_FILES
 
-# Any one of these holds the weights (sharded checkpoints have an index file).
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
 # Every family loads with PyTorch's scaled_dot_product_attention: it matches the eager
 # implementation within 1e-6 on the CPU (checked in tests/families) and is faster.
 ATTN_IMPLEMENTATION = "sdpa"
