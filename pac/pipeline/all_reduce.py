@@ -213,29 +213,13 @@ def direct_reduce_scatter(
     if n == 1:
         return
     rank = _rank(devices, me)
-    clock = clock or StepClock()
-    peers = [(k, peer) for k, peer in enumerate(devices) if peer != me]
     chunks = [v.tensor_split(n) for v in vectors]
-    received = _exchange(
-        transport,
-        clock,
-        [
-            (_key(step, first_bucket + b, 0, me, peer), {"chunk": parts[k]})
-            for k, peer in peers
-            for b, parts in enumerate(chunks)
-        ],
-        [
-            _key(step, first_bucket + b, 0, peer, me)
-            for b in range(len(chunks))
-            for _, peer in peers
-        ],
-        timeout,
-    )
-    for b, parts in enumerate(chunks):
-        pieces = iter(received[b * len(peers) : (b + 1) * len(peers)])
-        total = parts[0].clone() if rank == 0 else next(pieces)["chunk"].clone()
+    received = _direct_round(transport, devices, me, step, chunks, 0, timeout, clock, first_bucket)
+    for parts, pieces in zip(chunks, received, strict=True):
+        from_peers = iter(pieces)
+        total = parts[0].clone() if rank == 0 else next(from_peers).clone()
         for k in range(1, n):
-            total.add_(parts[k] if k == rank else next(pieces)["chunk"])
+            total.add_(parts[k] if k == rank else next(from_peers))
         parts[rank].copy_(total)  # (this chunk was not sent: it is no other device's)
     del received  # the peers' chunks, summed
 
@@ -256,27 +240,52 @@ def direct_all_gather(
     if n == 1:
         return
     rank = _rank(devices, me)
-    clock = clock or StepClock()
-    peers = [(k, peer) for k, peer in enumerate(devices) if peer != me]
     chunks = [v.tensor_split(n) for v in vectors]
+    received = _direct_round(transport, devices, me, step, chunks, 1, timeout, clock, first_bucket)
+    peers = [k for k in range(n) if k != rank]
+    for parts, pieces in zip(chunks, received, strict=True):
+        for k, piece in zip(peers, pieces, strict=True):
+            parts[k].copy_(piece)
+
+
+def _direct_round(
+    transport: Transport,
+    devices: Sequence[str],
+    me: str,
+    step: int,
+    chunks: Sequence[Sequence[torch.Tensor]],
+    round_: int,
+    timeout: float | None,
+    clock: StepClock | None,
+    first_bucket: int,
+) -> list[list[torch.Tensor]]:
+    """One round of the direct all-reduce: to every other device ``k``, chunk ``k`` of each
+    vector (round 0) or ``me``'s own chunk (round 1). Returns each vector's chunks received,
+    in device order."""
+    rank = devices.index(me)
+    peers = [(k, peer) for k, peer in enumerate(devices) if peer != me]
     received = _exchange(
         transport,
-        clock,
+        clock or StepClock(),  # a throwaway one when the caller does not time the parts
         [
-            (_key(step, first_bucket + b, 1, me, peer), {"chunk": parts[rank]})
-            for _, peer in peers
+            (
+                _key(step, first_bucket + b, round_, me, peer),
+                {"chunk": parts[k if round_ == 0 else rank]},
+            )
+            for k, peer in peers
             for b, parts in enumerate(chunks)
         ],
         [
-            _key(step, first_bucket + b, 1, peer, me)
+            _key(step, first_bucket + b, round_, peer, me)
             for b in range(len(chunks))
             for _, peer in peers
         ],
         timeout,
     )
-    for b, parts in enumerate(chunks):
-        for i, (k, _) in enumerate(peers):
-            parts[k].copy_(received[b * len(peers) + i]["chunk"])
+    return [
+        [message["chunk"] for message in received[b * len(peers) : (b + 1) * len(peers)]]
+        for b in range(len(chunks))
+    ]
 
 
 def _rank(devices: Sequence[str], me: str) -> int:

@@ -119,12 +119,10 @@ class DataParallelWorker:
         if chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be at least 1, not {chunk_bytes}")
         self.device, self.devices = device, list(devices)
-        self.bucket_bytes = bucket_bytes
         self.chunk_bytes = chunk_bytes
-        self.algorithm = algorithm
         self.model, self.cache = model, cache
         self.entries: EntryIndex | None = None  # (read from the cache at the first step)
-        self.transport, self.optimizer, self.scheduler = transport, optimizer, scheduler
+        self.transport, self.scheduler = transport, scheduler
         self.owners = owners
         self.clock = StepClock()
         # The side network's gradients, views of all-reduce buckets; its parameters, views

@@ -50,7 +50,6 @@ class Piece:
     ``state["step"]``)."""
 
     name: str
-    param: nn.Parameter
     start: int
     offset: int
     size: int
@@ -98,14 +97,20 @@ class ShardedAdamW:
             for p, view in bucket_views(bucket, vector):
                 view.copy_(p.detach())
                 p.data = view
-        self.pieces: list[list[Piece]] = []
+        # Per bucket: where this device's chunk lies (the collective's own split), its
+        # pieces by optimizer group, and its moments.
+        self.ranges: list[tuple[int, int]] = []
+        self.pieces: list[dict[int, list[Piece]]] = []
         self.moments: list[dict[str, torch.Tensor]] = []
         # Parameters whose first element lies in this device's chunks: it exports them.
         self.first: list[tuple[str, nn.Parameter]] = []
         for bucket, vector in zip(gradients.buckets, self.values, strict=True):
-            low, high = _chunk_range(vector.numel(), n, self.owned)
+            chunk = vector.tensor_split(n)[self.owned]
+            low = int(chunk.storage_offset() - vector.storage_offset())
+            high = low + int(chunk.numel())
             moments = {key: vector.new_zeros(high - low) for key in MOMENTS}
-            pieces, offset = [], 0
+            pieces: dict[int, list[Piece]] = {}
+            offset = 0
             for p in bucket:
                 if p not in group_of:
                     raise ValueError(f"{names[p]} is not one of the optimizer's parameters")
@@ -115,7 +120,6 @@ class ShardedAdamW:
                 if begin < end:
                     piece = Piece(
                         names[p],
-                        p,
                         begin - offset,
                         begin - low,
                         end - begin,
@@ -124,8 +128,9 @@ class ShardedAdamW:
                             optimizer, p, begin - offset, end - begin, moments, begin - low
                         ),
                     )
-                    pieces.append(piece)
+                    pieces.setdefault(piece.group, []).append(piece)
                 offset += p.numel()
+            self.ranges.append((low, high))
             self.pieces.append(pieces)
             self.moments.append(moments)
         for bucket in gradients.buckets:
@@ -161,14 +166,10 @@ class ShardedAdamW:
 
     @torch.no_grad()
     def _step_bucket(self, b: int) -> None:
-        n = len(self.devices)
-        low, high = _chunk_range(self.values[b].numel(), n, self.owned)
+        low, high = self.ranges[b]
         values, grads = self.values[b][low:high], self.gradients.vectors[b][low:high]
         moments = self.moments[b]
-        by_group: dict[int, list[Piece]] = {}
-        for piece in self.pieces[b]:
-            by_group.setdefault(piece.group, []).append(piece)
-        for index, pieces in by_group.items():
+        for index, pieces in self.pieces[b].items():
             group = self.optimizer.param_groups[index]
             beta1, beta2 = group["betas"]
 
@@ -198,21 +199,14 @@ class ShardedAdamW:
         and its pieces of every parameter's optimizer state (named as in the module
         docstring; ``"{param}::step"`` whole). The tensors themselves, not copies."""
         out: Tensors = {name: p.detach() for name, p in self.first}
-        for pieces, moments in zip(self.pieces, self.moments, strict=True):
-            for piece in pieces:
+        for grouped, moments in zip(self.pieces, self.moments, strict=True):
+            for piece in (piece for pieces in grouped.values() for piece in pieces):
                 out[f"{piece.name}::step"] = piece.step
                 for key, vector in moments.items():
                     out[f"{piece.name}::{key}@{piece.start}"] = vector[
                         piece.offset : piece.offset + piece.size
                     ]
         return out
-
-
-def _chunk_range(length: int, n: int, index: int) -> tuple[int, int]:
-    """Where chunk ``index`` of ``Tensor.tensor_split(n)`` of a vector of ``length`` lies."""
-    base, extra = divmod(length, n)
-    low = index * base + min(index, extra)
-    return low, low + base + (1 if index < extra else 0)
 
 
 def _taken_state(
