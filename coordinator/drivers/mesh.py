@@ -528,7 +528,7 @@ class MeshDriver:
         started = time.perf_counter()
         shares = cache_shares(run.plan, layout, profiles)
         epoch_one = run.batches(1)
-        owners = await asyncio.to_thread(assign_owners, layout, epoch_one, shares)
+        owners = await asyncio.to_thread(assign_owners, run, layout, epoch_one, shares)
         per_layer = await asyncio.to_thread(
             layer_cache_bytes, run, epoch_one, run.settings.cache_precision
         )

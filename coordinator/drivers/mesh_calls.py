@@ -13,7 +13,7 @@ import grpc
 import torch
 
 from pac.engine.checkpoint import join_shards
-from pac.pipeline.batch_part import BatchPart, owned_part, pack_steps, pipeline_part
+from pac.pipeline.batch_part import BatchPart, owned_part, pack_steps, pipeline_parts
 from pac.pipeline.job import RESTORE_STEP, MeshJobSettings
 from pac.pipeline.layout import PipelineLayout
 from pac.wire.client import send_tensors
@@ -84,14 +84,15 @@ class MeshCalls:
     def parts(
         self, batch: dict[str, torch.Tensor], sample_ids: list[str], count: int
     ) -> dict[str, BatchPart]:
-        """What each agent is sent for a step: in epoch 1 its share's rows with its stage's
-        keys; in the cache phase the rows of the samples it owns, with masks and labels."""
+        """What each agent is sent for a step: in epoch 1 its share's rows (longest first,
+        each cut to its micro-batch's columns) with its stage's keys; in the cache phase the
+        rows of the samples it owns, with masks and labels."""
         whole = BatchPart.whole(batch, sample_ids, count)
         if self.owners:
             return {d: owned_part(self.owners, d, whole) for d in self.devices}
         if self.layout is None:
             raise RuntimeError("open the job (MeshCalls.open) before its steps")
-        return {d: pipeline_part(self.layout, d, whole) for d in self.devices}
+        return pipeline_parts(self.layout, whole)
 
     async def step(
         self, step: int, batch: dict[str, torch.Tensor], sample_ids: list[str], count: int

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from coordinator.drivers.mesh_job import JobData
 from pac.cache.precision import get_codec
 from pac.data.encoding import EncodedSample
+from pac.pipeline.batch_part import BatchPart
 from pac.pipeline.layout import PipelineLayout
 from pac.pipeline.ownership import epoch_holdings, owners_by_holdings
 from pac.pipeline.routing import split_counts
@@ -33,17 +34,32 @@ def cache_shares(
 
 
 def assign_owners(
+    run: JobData,
     layout: PipelineLayout,
     epoch_one: Sequence[Sequence[EncodedSample]],
     shares: Sequence[tuple[str, int]],
 ) -> dict[str, str]:
-    """Every sample's owner: shares by weight, each device preferring what it cached."""
-    batches = [[s.fingerprint for s in group] for group in epoch_one]
+    """Every sample's owner: shares by weight, each device preferring what it cached.
+
+    What a device cached follows from the rows it computed: each mini-batch's in the
+    order epoch 1 computed them (longest first, :meth:`BatchPart.by_micro_batch`)."""
+    batches = [computed_order(run, layout, group) for group in epoch_one]
     fingerprints = list(dict.fromkeys(f for group in batches for f in group))
     held = epoch_holdings(layout, batches)
     return owners_by_holdings(
         fingerprints, [d for d, _ in shares], [float(w) for _, w in shares], held
     )
+
+
+def computed_order(
+    run: JobData, layout: PipelineLayout, group: Sequence[EncodedSample]
+) -> list[str]:
+    """The fingerprints of mini-batch ``group`` in the order epoch 1's pipeline computes
+    its rows (as the coordinator's steps send them)."""
+    whole = BatchPart.whole(run.collate(list(group)), [s.fingerprint for s in group], 0)
+    ordered = whole.by_micro_batch(layout.micro_batches).sample_ids
+    assert ordered is not None
+    return list(ordered)
 
 
 def layer_cache_bytes(

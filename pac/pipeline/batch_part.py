@@ -22,11 +22,17 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from pac.pipeline.layout import PipelineLayout
+from pac.pipeline.micro_columns import (
+    cut_columns,
+    longest_first,
+    micro_batch_columns,
+    used_columns,
+)
 from pac.pipeline.routing import Rows, device_rows, micro_batch_rows
 
 Tensors = dict[str, torch.Tensor]
@@ -36,6 +42,7 @@ TARGETS = ("labels",)
 EVALUATION_ONLY = ("sample_index", "class_labels")
 SAMPLE_IDS, LOSS_COUNT = "pac.sample_ids", "pac.loss_count"
 POSITIONS, BATCH_SIZE = "pac.positions", "pac.batch_size"
+COLUMNS = "pac.columns|"  # + a mask's name: per row, the columns its micro-batch computes
 
 
 def stage_keys(keys: Iterable[str], first: bool, last: bool) -> list[str]:
@@ -74,13 +81,16 @@ def pipeline_positions(layout: PipelineLayout, device: str, size: int) -> list[i
 class BatchPart:
     """Rows of one mini-batch: ``tensors[k]`` ``[len(positions), ...]`` is the mini-batch's
     row ``positions[k]`` (ascending); ``size`` rows in the whole mini-batch, whose loss
-    sums ``loss_count`` terms; ``sample_ids``: the rows' fingerprints (None: not cached)."""
+    sums ``loss_count`` terms; ``sample_ids``: the rows' fingerprints (None: not cached);
+    ``columns``: per mask, ``[len(positions)]`` int64, how many columns each row's
+    micro-batch computes (:mod:`pac.pipeline.micro_columns`; empty: all of them)."""
 
     tensors: Tensors
     positions: tuple[int, ...]
     size: int
     loss_count: int
     sample_ids: tuple[str, ...] | None = None
+    columns: Tensors = field(default_factory=dict)
 
     @classmethod
     def whole(cls, batch: Tensors, sample_ids: Sequence[str] | None, loss_count: int) -> BatchPart:
@@ -95,7 +105,25 @@ class BatchPart:
         index = torch.tensor(local, dtype=torch.long)
         tensors = {key: self.tensors[key].index_select(0, index) for key in keys}
         ids = None if self.sample_ids is None else tuple(self.sample_ids[i] for i in local)
-        return BatchPart(tensors, tuple(positions), self.size, self.loss_count, ids)
+        columns = {mask: width.index_select(0, index) for mask, width in self.columns.items()}
+        return BatchPart(tensors, tuple(positions), self.size, self.loss_count, ids, columns)
+
+    def by_micro_batch(self, micro_batches: int) -> BatchPart:
+        """This whole mini-batch for a pipeline of ``micro_batches``: its rows longest
+        first, each knowing the columns its micro-batch computes (with one micro-batch,
+        unchanged: the mini-batch is already padded to its longest row)."""
+        if self.positions != tuple(range(self.size)):
+            raise ValueError("only a whole mini-batch (BatchPart.whole) is cut into micro-batches")
+        used = used_columns(self.tensors)
+        if micro_batches < 2 or not used or not self.size:
+            return self
+        order = longest_first(used, self.size)
+        index = torch.tensor(order, dtype=torch.long)
+        tensors = {key: value.index_select(0, index) for key, value in self.tensors.items()}
+        ids = None if self.sample_ids is None else tuple(self.sample_ids[i] for i in order)
+        micro = micro_batch_rows(self.size, micro_batches)
+        columns = micro_batch_columns({m: u.index_select(0, index) for m, u in used.items()}, micro)
+        return BatchPart(tensors, self.positions, self.size, self.loss_count, ids, columns)
 
     def _local(self, position: int) -> int:
         local = bisect_left(self.positions, position)
@@ -114,9 +142,14 @@ class BatchPart:
         return start, stop
 
     def rows(self, rows: Rows) -> Tensors:
-        """The tensors of mini-batch rows ``[start, stop)`` (all held here)."""
+        """The tensors of mini-batch rows ``[start, stop)`` (all held here), cut to the
+        columns their micro-batch computes."""
         start, stop = self._span(rows)
-        return {key: value[start:stop] for key, value in self.tensors.items()}
+        tensors = {key: value[start:stop] for key, value in self.tensors.items()}
+        if not self.columns or start == stop:
+            return tensors
+        widths = {mask: int(width[start:stop].max()) for mask, width in self.columns.items()}
+        return cut_columns(tensors, widths)
 
     def ids(self, rows: Rows) -> list[str] | None:
         if self.sample_ids is None:
@@ -133,6 +166,11 @@ class BatchPart:
             POSITIONS: torch.tensor(self.positions, dtype=torch.int64),
             BATCH_SIZE: torch.tensor(self.size, dtype=torch.int64),
             LOSS_COUNT: torch.tensor(self.loss_count, dtype=torch.int64),
+            **{
+                name: t
+                for mask, width in self.columns.items()
+                for name, t in narrow(COLUMNS + mask, width)
+            },
         }
         if self.sample_ids is not None:
             width = max((len(s) for s in self.sample_ids), default=0)
@@ -151,7 +189,9 @@ class BatchPart:
         missing = [key for key in reserved[1:] if key not in message]
         if missing:
             raise ValueError(f"a batch message lacks {missing}; pack it with BatchPart.pack")
-        tensors = dict(widen(k, v) for k, v in message.items() if k not in reserved)
+        unpacked = dict(widen(k, v) for k, v in message.items() if k not in reserved)
+        tensors = {k: v for k, v in unpacked.items() if not k.startswith(COLUMNS)}
+        columns = {k[len(COLUMNS) :]: v for k, v in unpacked.items() if k.startswith(COLUMNS)}
         ids = None
         if SAMPLE_IDS in message:
             ids = tuple(
@@ -163,6 +203,7 @@ class BatchPart:
             int(message[BATCH_SIZE]),
             int(message[LOSS_COUNT]),
             ids,
+            columns,
         )
 
 
@@ -190,11 +231,22 @@ def widen(name: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
     return name, tensor
 
 
+def pipeline_parts(layout: PipelineLayout, whole: BatchPart) -> dict[str, BatchPart]:
+    """What every device is sent for an epoch-1 step: its rows of the mini-batch ordered
+    longest first (:meth:`BatchPart.by_micro_batch`), its stage's keys."""
+    cut = whole.by_micro_batch(layout.micro_batches)
+    return {device: _stage_part(layout, device, cut) for device in layout.devices}
+
+
 def pipeline_part(layout: PipelineLayout, device: str, whole: BatchPart) -> BatchPart:
-    """What ``device`` is sent for an epoch-1 step: its rows, its stage's keys."""
+    """What ``device`` is sent for an epoch-1 step (see :func:`pipeline_parts`)."""
+    return _stage_part(layout, device, whole.by_micro_batch(layout.micro_batches))
+
+
+def _stage_part(layout: PipelineLayout, device: str, cut: BatchPart) -> BatchPart:
     stage, _ = layout.locate(device)
-    keys = stage_keys(whole.tensors, stage == 0, stage == len(layout.stages) - 1)
-    return whole.select(pipeline_positions(layout, device, whole.size), keys)
+    keys = stage_keys(cut.tensors, stage == 0, stage == len(layout.stages) - 1)
+    return cut.select(pipeline_positions(layout, device, cut.size), keys)
 
 
 def owned_part(owners: Mapping[str, str], device: str, whole: BatchPart) -> BatchPart:

@@ -10,7 +10,7 @@ import torch
 
 from pac.data.encoding import EncodedSample
 from pac.engine.ladder_cache import LadderCache
-from pac.pipeline.batch_part import BatchPart, pipeline_part
+from pac.pipeline.batch_part import BatchPart, pipeline_parts
 from pac.pipeline.layout import PipelineLayout
 from pac.pipeline.transport import InProcessHub, Tensors
 from pac.pipeline.worker import DeviceWorker, StepResult
@@ -59,14 +59,13 @@ class InProcessMesh:
         head = next(iter(self.workers.values())).model.head
         count = head.count(batch)
         ids = [s.fingerprint for s in samples] if samples else None
-        whole = BatchPart.whole(batch, ids, count)
+        parts = pipeline_parts(self.layout, BatchPart.whole(batch, ids, count))
         results: dict[str, StepResult] = {}
         errors: list[BaseException] = []
 
         def run(device: str, worker: DeviceWorker) -> None:
             try:
-                part = pipeline_part(self.layout, device, whole)
-                results[device] = worker.run_step(step, part, train)
+                results[device] = worker.run_step(step, parts[device], train)
             except BaseException as error:  # surfaced to the caller below
                 errors.append(error)
 

@@ -23,7 +23,8 @@ Holdings = dict[str, dict[str, int]]
 
 def epoch_holdings(layout: PipelineLayout, batches: Sequence[Sequence[str]]) -> Holdings:
     """What each device of ``layout`` cached in an epoch over ``batches`` (each a list of
-    sample fingerprints, in mini-batch order)."""
+    sample fingerprints, in the order the pipeline computed the mini-batch's rows:
+    :meth:`pac.pipeline.batch_part.BatchPart.by_micro_batch`)."""
     held: Holdings = {device: {} for device in layout.devices}
     for group in batches:
         for stage in layout.stages:

@@ -63,6 +63,10 @@ def expected_rows(layout: PipelineLayout, device: str, size: int) -> list[int]:
 def test_each_device_gets_its_rows_and_its_stage_keys_only() -> None:
     batch, ids = seq2seq_batch()
     whole = BatchPart.whole(batch, ids, loss_count=37)
+    # The mini-batch's rows longest first: odd rows use the input's last column.
+    order = [r for r in range(ROWS) if r % 2] + [r for r in range(ROWS) if not r % 2]
+    batch = {key: value[order] for key, value in batch.items()}
+    ids = [ids[r] for r in order]
     seen_per_stage: dict[int, list[int]] = {}
     for device in THREE_STAGES.devices:
         part = pipeline_part(THREE_STAGES, device, whole)
@@ -127,6 +131,11 @@ def test_a_part_survives_the_wire_even_when_empty() -> None:
         for key in part.tensors:
             assert back.tensors[key].dtype == part.tensors[key].dtype
             assert torch.equal(back.tensors[key], part.tensors[key])
+        assert back.columns.keys() == part.columns.keys()
+        for mask, width in part.columns.items():
+            assert width.dtype == torch.int64 and torch.equal(back.columns[mask], width)
+    # The epoch-1 part knows each row's micro-batch's columns (it has rows of several).
+    assert pipeline_part(THREE_STAGES, "f", whole).columns["attention_mask"].numel() > 0
 
 
 def test_integer_tensors_travel_narrow_and_come_back_exact() -> None:
