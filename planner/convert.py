@@ -78,6 +78,7 @@ def model_from_proto(msg: pb.ModelProfile) -> ModelProfile:
             )
             for x in msg.layers
         ),
+        tuple((t.rows, t.scale) for t in msg.micro_batch_tokens),
     )
 
 
@@ -109,6 +110,8 @@ def model_to_proto(model: ModelProfile) -> pb.ModelProfile:
             backbone_stash_bytes=x.backbone_stash_bytes, side_stash_bytes=x.side_stash_bytes,
             lora_param_bytes=x.lora_param_bytes, adapter_param_bytes=x.adapter_param_bytes,
         )
+    for rows, scale in model.micro_batch_tokens:
+        msg.micro_batch_tokens.add(rows=rows, scale=scale)
     return msg
 
 

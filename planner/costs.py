@@ -14,6 +14,10 @@ Modelling choices (they are also printed in every plan's notes):
   and each end is charged at its own rate, so the slower end's stage carries the cost).
   Transfers do not overlap compute. Each message also costs the group's worst access
   latency (a device's least latency in the matrix).
+- A micro-batch of ``b`` samples computes and sends ``model.token_scale(b)`` of a sample's
+  padded cost (the mesh cuts each micro-batch to its own longest sample; smaller
+  micro-batches carry less padding). Memory is counted at the full padding (an upper
+  bound).
 - Every micro-batch of a stage also costs a fixed time whatever its size (kernel launches,
   dispatch, message handling): the group's largest ``micro_batch_overhead_s``, added to
   ``t_s`` (so it counts ``M`` times per stage and weighs on the bottleneck too). The split
@@ -48,6 +52,8 @@ MODEL_NOTES = (
     "stage time per micro-batch = slowest member's share x its per-sample time + the group's "
     "largest fixed cost per micro-batch (micro_batch_overhead_s; 0 = small micro-batches look "
     "as efficient as large ones) + message latencies",
+    "per-sample cost x the model's token scale at the micro-batch's size (micro-batches cut "
+    "to their own longest sample pad less)",
 )
 
 
@@ -182,7 +188,7 @@ class CostModel:
     def stage(self, group: tuple[int, ...], i: int, j: int, b: int, inflight: int) -> StageCost:
         """Cost of layers [i, j) on devices ``group`` (indices), micro-batch ``b``."""
         idx = np.array(group)
-        per_sample = (
+        per_sample = self.model.token_scale(b) * (
             self.work_prefix[idx, j] - self.work_prefix[idx, i]
             + self.comm_bytes(i, j) / self.rate[idx]
         )

@@ -178,14 +178,32 @@ OPTIMIZER_STATE_FACTOR = 3
 
 @dataclass(frozen=True)
 class ModelProfile:
-    """The model as the planner sees it: an ordered tuple of layers."""
+    """The model as the planner sees it: an ordered tuple of layers.
+
+    ``micro_batch_tokens``: ``(rows, scale)`` pairs, from the job's data: a micro-batch of
+    ``rows`` samples computes ``scale`` times the tokens per sample of the whole mini-batch
+    padded to its longest sample (the mesh sorts a mini-batch's rows longest first and cuts
+    each micro-batch to its own longest, :mod:`pac.pipeline.micro_columns`). A size not
+    listed computes 1.0: the layers' per-sample times are at the mini-batch's padding."""
 
     name: str
     layers: tuple[LayerProfile, ...]
+    micro_batch_tokens: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.layers:
             raise ValueError(f"model {self.name!r} has no layers")
+        for rows, scale in self.micro_batch_tokens:
+            if rows < 1 or not 0 < scale <= 1:
+                raise ValueError(
+                    f"micro-batches of {rows} rows computing {scale} of the padded tokens: "
+                    "rows must be at least 1 and the scale in (0, 1]"
+                )
+
+    def token_scale(self, rows: int) -> float:
+        """What a micro-batch of ``rows`` samples computes per sample, relative to the
+        whole mini-batch padded to its longest sample."""
+        return dict(self.micro_batch_tokens).get(rows, 1.0)
 
     def trainable_bytes(self, technique: Technique) -> tuple[int, ...]:
         """Per layer, the parameter bytes that are trained (and all-reduced in a group)."""

@@ -157,7 +157,8 @@ def _stage_tables(
     comm = comm_in[first] + comm_out[end]
     nb = (first > 0).astype(np.int64) + (end < L).astype(np.int64)
     work = types.work_prefix[:, end] - types.work_prefix[:, first]
-    per_sample = work + comm[None, :] / types.rate[:, None]  # [K, cells], seconds per sample
+    # [K, cells], seconds per sample at this micro-batch size's padding
+    per_sample = costs.model.token_scale(b) * (work + comm[None, :] / types.rate[:, None])
     fixed = (
         (costs.resident_prefix[end] - costs.resident_prefix[first]) + costs.optimizer_prefix[end]
         - costs.optimizer_prefix[first]

@@ -44,6 +44,7 @@ from coordinator.drivers.mesh_plan import (
     PlanningError,
     layout_of,
     measure_links,
+    micro_batch_tokens,
     plan_report,
     planner_inputs,
     profile_agents,
@@ -254,7 +255,9 @@ class MeshDriver:
                     progress(Progress(state=JobState.PLANNING))
                     layout = PipelineLayout.from_json(json.dumps(fixed))
                 else:
-                    chosen = await self._plan(job, live, channels, profiles, progress, phases)
+                    chosen = await self._plan(
+                        job, live, channels, profiles, progress, phases, reading
+                    )
                     layout = layout_of(chosen)
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -424,10 +427,12 @@ class MeshDriver:
         profiles: dict[str, agent_pb2.DeviceProfile],
         progress: ProgressSink,
         phases: dict[str, float],
+        reading: asyncio.Future[tuple[JobInputs, float]],
     ) -> Plan:
         """Measure the agents' blocks and links, then have the planner cut and group; the
         plan and what it was made from go to ``plan.txt`` in the job's output. The seconds
-        of each part go to ``phases``."""
+        of each part go to ``phases``. ``reading``: the job's data, loading meanwhile (its
+        lengths tell the planner what each micro-batch size pads)."""
         spec = job.spec
         metadata = token_metadata(self.context.join_token)
         stubs = {name: agent_pb2_grpc.AgentStub(channel) for name, channel in channels.items()}
@@ -441,7 +446,11 @@ class MeshDriver:
         phases["probe_links_seconds"] = time.perf_counter() - started
         progress(Progress(state=JobState.PLANNING))
         started = time.perf_counter()
-        cluster, model = await asyncio.to_thread(planner_inputs, spec, profiles, timings, links)
+        inputs, _ = await reading
+        tokens = await asyncio.to_thread(micro_batch_tokens, spec, inputs)
+        cluster, model = await asyncio.to_thread(
+            planner_inputs, spec, profiles, timings, links, tokens
+        )
         try:
             chosen = await request_plan(spec, cluster, model, self.context.planner_address)
         except PlanningError as error:
@@ -449,7 +458,7 @@ class MeshDriver:
         phases["plan_seconds"] = time.perf_counter() - started
         planner = self.context.planner_address or "the planner library in the coordinator"
         log.info("job %s planned by %s:\n%s", job.job_id, planner, chosen)
-        text = plan_report(chosen, planner, timings, links)
+        text = plan_report(chosen, planner, timings, links, tokens)
         await asyncio.to_thread(_write_text, Path(job.output_dir) / "plan.txt", text)
         return chosen
 

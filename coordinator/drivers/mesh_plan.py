@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 
+from coordinator.drivers.mesh_job import JobInputs
 from coordinator.drivers.profile_pools import Measurer, measurers, pool_of
 from coordinator.jobs import JobSpec
+from pac.data.batches import batches
+from pac.data.collate import collate
+from pac.engine.dataset import pad_id
 from pac.pipeline.layout import PipelineLayout, StageSpec
+from pac.pipeline.micro_columns import token_scale
 from protos.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:
@@ -35,6 +40,9 @@ PROFILE_REPEATS = 2
 PROFILE_MAX_BATCH = 8
 LINK_PAYLOAD_BYTES = 1 << 20
 LINK_REPEATS = 3
+# Mini-batches of epoch 1 that tell the planner how much padding each micro-batch size
+# computes (their lengths are a sample of the data set's).
+TOKEN_SCALE_BATCHES = 64
 
 
 class PlanningError(RuntimeError):
@@ -179,14 +187,31 @@ def network_of(links: dict[tuple[str, str], LinkProfile]) -> Network:
     return Network(slowest, tuple((a, b, x) for (a, b), x in sorted(links.items())))
 
 
+def micro_batch_tokens(spec: JobSpec, inputs: JobInputs) -> tuple[tuple[int, float], ...]:
+    """Per micro-batch size the job can be cut into (a divisor of its batch, below it), the
+    tokens epoch 1 computes relative to the padded mini-batches
+    (:func:`pac.pipeline.micro_columns.token_scale`), over the first
+    ``TOKEN_SCALE_BATCHES`` of epoch 1's mini-batches."""
+    groups = batches(inputs.samples, spec.batch_size, shuffle=True, seed=spec.seed, epoch=1)
+    pad = pad_id(inputs.loaded)
+    collated = [collate(g, pad, task=inputs.task) for g in groups[:TOKEN_SCALE_BATCHES]]
+    return tuple(
+        (spec.batch_size // m, token_scale(collated, m))
+        for m in range(2, spec.batch_size + 1)
+        if spec.batch_size % m == 0
+    )
+
+
 def planner_inputs(
     spec: JobSpec,
     profiles: dict[str, agent_pb2.DeviceProfile],
     timings: dict[str, BlockTiming],
     links: dict[tuple[str, str], LinkProfile],
+    tokens: tuple[tuple[int, float], ...] = (),
 ) -> tuple[Cluster, ModelProfile]:
     """The planner's view of the job: per-layer times scaled from each agent's measured
-    block time by the layers' FLOPs (from the agent's matmul speed where it has none)."""
+    block time by the layers' FLOPs (from the agent's matmul speed where it has none);
+    ``tokens``: :func:`micro_batch_tokens`."""
     from planner.estimate import device_profile, model_profile, model_shape, read_config
     from planner.profiles import Cluster
 
@@ -215,7 +240,8 @@ def planner_inputs(
                 threads=max(1, profile.threads),
             )
         )
-    return Cluster(tuple(devices), network_of(links)), model_profile(shape, seq)
+    model = replace(model_profile(shape, seq), micro_batch_tokens=tokens)
+    return Cluster(tuple(devices), network_of(links)), model
 
 
 async def request_plan(
@@ -275,6 +301,7 @@ def plan_report(
     planner: str,
     timings: dict[str, BlockTiming],
     links: dict[tuple[str, str], LinkProfile],
+    tokens: tuple[tuple[int, float], ...] = (),
 ) -> str:
     """The plan as ``pac plan`` prints it, then what it was made from."""
     lines = [str(chosen), "", f"planned by {planner} from these measurements:"]
@@ -297,4 +324,7 @@ def plan_report(
             f"  link {a} - {b}: {link.bandwidth_bps * 8 / 1e6:.0f} Mbit/s, "
             f"{link.latency_s * 1e3:.3f} ms"
         )
+    if tokens:
+        sizes = ", ".join(f"{rows} rows {scale:.2f}" for rows, scale in tokens)
+        lines.append(f"  tokens computed per micro-batch size, of the padded mini-batch's: {sizes}")
     return "\n".join(lines) + "\n"

@@ -27,12 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pac.pipeline.layout import PipelineLayout
-from pac.pipeline.micro_columns import (
-    cut_columns,
-    longest_first,
-    micro_batch_columns,
-    used_columns,
-)
+from pac.pipeline.micro_columns import cut_columns, micro_batch_cut
 from pac.pipeline.routing import Rows, device_rows, micro_batch_rows
 
 Tensors = dict[str, torch.Tensor]
@@ -114,15 +109,13 @@ class BatchPart:
         unchanged: the mini-batch is already padded to its longest row)."""
         if self.positions != tuple(range(self.size)):
             raise ValueError("only a whole mini-batch (BatchPart.whole) is cut into micro-batches")
-        used = used_columns(self.tensors)
-        if micro_batches < 2 or not used or not self.size:
+        cut = micro_batch_cut(self.tensors, micro_batches)
+        if cut is None:
             return self
-        order = longest_first(used, self.size)
+        order, columns = cut
         index = torch.tensor(order, dtype=torch.long)
         tensors = {key: value.index_select(0, index) for key, value in self.tensors.items()}
         ids = None if self.sample_ids is None else tuple(self.sample_ids[i] for i in order)
-        micro = micro_batch_rows(self.size, micro_batches)
-        columns = micro_batch_columns({m: u.index_select(0, index) for m, u in used.items()}, micro)
         return BatchPart(tensors, self.positions, self.size, self.loss_count, ids, columns)
 
     def _local(self, position: int) -> int:

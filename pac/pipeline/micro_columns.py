@@ -20,11 +20,11 @@ The loss is a sum over rows, so the rows' order changes only the order of the su
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-from pac.pipeline.routing import Rows
+from pac.pipeline.routing import Rows, micro_batch_rows
 
 Tensors = dict[str, torch.Tensor]
 
@@ -98,3 +98,35 @@ def cut_columns(batch: Mapping[str, torch.Tensor], widths: Mapping[str, int]) ->
         mask = follows(key, batch)
         cut[key] = value[:, : widths[mask]] if mask is not None and mask in widths else value
     return cut
+
+
+def micro_batch_cut(
+    batch: Mapping[str, torch.Tensor], micro_batches: int
+) -> tuple[list[int], Tensors] | None:
+    """How epoch 1 computes ``batch`` in ``micro_batches``: its rows' order (longest
+    first) and, per mask, ``[rows]`` in that order, the columns each row's micro-batch
+    computes. None where nothing is cut (one micro-batch, no mask that can be cut)."""
+    rows = next(iter(batch.values())).shape[0] if batch else 0
+    used = used_columns(batch) if micro_batches > 1 else {}
+    if not used or not rows:
+        return None
+    order = longest_first(used, rows)
+    index = torch.tensor(order, dtype=torch.long)
+    micro = micro_batch_rows(rows, micro_batches)
+    return order, micro_batch_columns({m: u.index_select(0, index) for m, u in used.items()}, micro)
+
+
+def token_scale(batches: Iterable[Mapping[str, torch.Tensor]], micro_batches: int) -> float:
+    """The tokens epoch 1 computes over ``batches`` cut into ``micro_batches`` each
+    (:func:`micro_batch_cut`), over the tokens of the batches as padded (1.0 where nothing
+    is cut). What the planner's cost model scales a micro-batch's per-sample cost by."""
+    computed = padded = 0
+    for batch in batches:
+        cut = micro_batch_cut(batch, micro_batches)
+        widths = cut[1] if cut is not None else {}
+        for mask in MASKS:
+            if mask in batch and batch[mask].dim() == 2:
+                whole = batch[mask].numel()
+                padded += whole
+                computed += int(widths[mask].sum()) if mask in widths else whole
+    return computed / padded if padded else 1.0

@@ -309,23 +309,55 @@ class PlannerLayerProfile(_message.Message):
 Global___PlannerLayerProfile: _TypeAlias = PlannerLayerProfile  # noqa: Y015
 
 @_typing.final
+class MicroBatchTokens(_message.Message):
+    """Micro-batches of `rows` samples compute `scale` times the tokens of the whole mini-batch
+    padded to its longest row (rows sorted longest first, each micro-batch cut to its own).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    rows: _builtins.int
+    scale: _builtins.float
+    def __init__(
+        self,
+        *,
+        rows: _builtins.int = ...,
+        scale: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows", "scale", b"scale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MicroBatchTokens: _TypeAlias = MicroBatchTokens  # noqa: Y015
+
+@_typing.final
 class ModelProfile(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     LAYERS_FIELD_NUMBER: _builtins.int
+    MICRO_BATCH_TOKENS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     @_builtins.property
     def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlannerLayerProfile]: ...
+    @_builtins.property
+    def micro_batch_tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___MicroBatchTokens]:
+        """none: every size computes 1.0"""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         layers: _abc.Iterable[Global___PlannerLayerProfile] | None = ...,
+        micro_batch_tokens: _abc.Iterable[Global___MicroBatchTokens] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["layers", b"layers", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["layers", b"layers", "micro_batch_tokens", b"micro_batch_tokens", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -161,6 +161,11 @@ def test_a_listed_agent_that_does_not_answer_is_left_out_of_the_job(
     assert result.metrics["epoch"] == 2.0  # both epochs ran
     plan = (out / "plan.txt").read_text()
     assert "ghost" not in plan and "agent-0" in plan
+    # The planner was told what each micro-batch size of the batch of 4 pads (the data's
+    # lengths differ: one-sample micro-batches compute fewer tokens than the padded batch).
+    tokens = next(line for line in plan.splitlines() if "tokens computed per micro-batch" in line)
+    scales = dict(part.split(" rows ") for part in tokens.split(": ", 1)[1].split(", "))
+    assert set(scales) == {"2", "1"} and 0 < float(scales["1"]) < 1
 
 
 def test_pac_cluster_down_stops_every_process(mesh: LocalMesh) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from pac.pipeline.batch_part import BatchPart, pipeline_parts
 from pac.pipeline.layout import PipelineLayout, StageSpec
-from pac.pipeline.micro_columns import IGNORE_INDEX, used_columns
+from pac.pipeline.micro_columns import IGNORE_INDEX, token_scale, used_columns
 from pac.pipeline.routing import device_rows, micro_batch_rows
 
 TWO_BY_TWO = PipelineLayout(
@@ -133,3 +133,13 @@ def test_one_micro_batch_keeps_the_mini_batch_as_it_is() -> None:
     assert whole.by_micro_batch(1) is whole
     with pytest.raises(ValueError, match="whole mini-batch"):
         whole.select([1, 2], ["input_ids"]).by_micro_batch(2)
+
+
+def test_the_planner_is_told_the_tokens_each_micro_batch_count_computes() -> None:
+    batch = causal_lm_batch([4, 1, 3, 2])  # padded to 6 columns
+    # Sorted 4, 3, 2, 1: two micro-batches compute 2 x 4 + 2 x 2 columns of the 24 padded.
+    assert token_scale([batch], 2) == pytest.approx(12 / 24)
+    assert token_scale([batch], 4) == pytest.approx(10 / 24)
+    assert token_scale([batch, causal_lm_batch([5, 5])], 2) == pytest.approx((12 + 10) / (24 + 14))
+    # One micro-batch cuts nothing: the per-sample times are measured at the padding.
+    assert token_scale([batch], 1) == 1.0

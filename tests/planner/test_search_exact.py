@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -28,6 +30,11 @@ def _instances(seed: int, count: int):  # type: ignore[no-untyped-def]
         cluster = random_cluster(rng, devices, model, num_types=kinds, memory_mib=(3, 40),
                                  bandwidth_mbps=(100, 2000), overhead_ms=overhead)
         batch = int(rng.choice([1, 2, 4, 6, 8, 12]))
+        if trial % 3 == 1:
+            # Smaller micro-batches pad less (the data's lengths; see test_micro_batch_tokens).
+            sizes = [b for b in range(1, batch) if batch % b == 0]
+            tokens = tuple((b, float(rng.uniform(0.4, 1.0))) for b in sizes)
+            model = replace(model, micro_batch_tokens=tokens)
         yield trial, cluster, model, TECHNIQUES[trial % 4], batch
 
 
