@@ -20,9 +20,10 @@ agent's peak memory is its own:
 - standalone LoRA on one agent;
 - when PAC's plan leaves agents idle (the 4 agents share this machine's cores: the planner
   trains on as many as there are cores, planner/cpu_pools.py), EDDL-like DP with LoRA again
-  on PAC's agents: a control printed apart from the paper's layouts, so that what PAC gains
-  from leaving agents idle is told from what it gains from the method (``--no-control``
-  skips it).
+  on PAC's agents and with PAC's micro-batch count (``m=``: the mesh cuts each micro-batch
+  to its own longest sentence, so it pads as little as PAC's epoch 1): a control printed
+  apart from the paper's layouts, so that what PAC gains from leaving agents idle and from
+  the cut is told from what it gains from the method (``--no-control`` skips it).
 Baselines run at the model's default dropout (what users run) and again at dropout 0 (a
 copy of the model whose config.json says 0; ``--no-dropout0`` skips those), as
 ../shared/BENCHMARKS.md asks; PAC's backbone runs in eval mode either way and its side
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -232,9 +234,19 @@ def run(
         "cache_above": max(memory[a]["cache_peak"] - idle[a] for a in devices),
         "end": max(m["now"] for m in memory.values()),
         "parts": parts,
+        "micro_batches": fixed["micro_batches"] if fixed else planned_micro_batches(work / "out"),
         # The agents that reached the cache phase: those of PAC's plan.
         "trained_on": [a for a in devices if memory[a]["cache_peak"] > 0],
     }
+
+
+def planned_micro_batches(out: Path) -> int:
+    """The micro-batch count of the plan in ``out/plan.txt`` ("batch 32 = 8 micro-batch(es)
+    of 4")."""
+    found = re.search(r"= (\d+) micro-batch", (out / "plan.txt").read_text())
+    if found is None:
+        raise ValueError(f"{out / 'plan.txt'} names no micro-batch count")
+    return int(found.group(1))
 
 
 def phase_lines(row: dict[str, Any]) -> list[str]:
@@ -366,10 +378,13 @@ def main() -> int:
     planned_on = rows[PAC]["trained_on"] if PAC in rows else AGENTS
     if 0 < len(planned_on) < len(AGENTS) and not args.no_control:
         # The planner left agents idle (they share CPU cores): the best baseline's layout
-        # on the same agents, so that PAC's gain from the method is told from that choice.
-        name = f"{CONTROL} {len(planned_on)} agents"
+        # on the same agents, so that PAC's gain from the method is told from that choice;
+        # with PAC's micro-batch count, so that it computes as little padding as PAC's
+        # epoch 1 (the mesh cuts every micro-batch to its own longest sentence).
+        micro = rows[PAC]["micro_batches"]
+        name = f"{CONTROL} {len(planned_on)} agents, m={micro}"
         technique, _ = approaches(layers)[CONTROL_OF]
-        fixed = layout([(0, layers, planned_on)], 1)
+        fixed = layout([(0, layers, planned_on)], micro)
         controls[name] = run(
             name, technique, fixed, model, data, args.epochs, work / "control", args.backbone_dtype
         )
