@@ -1,12 +1,15 @@
 """The part of a mini-batch that one device is sent: the rows it computes, and only the
 keys its stage reads.
 
-The coordinator holds the user's data. In epoch 1 a device computes, per micro-batch, the
-contiguous rows its share gives it (:mod:`pac.pipeline.routing`); it is sent the union of
-those rows over the micro-batches. In the cache phase a device is sent the rows of the
-samples it owns. Either way the part keeps each row's position in the mini-batch and the
-mini-batch's size, so the device places its rows exactly where the whole batch would, and
-the whole mini-batch's loss count, so its loss terms add up to the single-device loss.
+The coordinator holds the user's data. In epoch 1 the mini-batch's rows are ordered
+longest first and each micro-batch is computed at its own longest row
+(:mod:`pac.pipeline.micro_columns`; the part carries each row's width); a device computes,
+per micro-batch, the contiguous rows its share gives it (:mod:`pac.pipeline.routing`); it
+is sent the union of those rows over the micro-batches. In the cache phase a device is
+sent the rows of the samples it owns. Either way the part keeps each row's position in the
+mini-batch and the mini-batch's size, so the device places its rows exactly where the
+whole batch would, and the whole mini-batch's loss count, so its loss terms add up to the
+single-device loss.
 
 Which keys each stage reads (checked against ``pac/families/*.py``, ``stage.py``, the side
 network and the heads): the embedding (first stage only) reads the ids and the masks,

@@ -24,12 +24,12 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
+from pac.data.encoding import IGNORE_INDEX
 from pac.pipeline.routing import Rows, micro_batch_rows
 
 Tensors = dict[str, torch.Tensor]
 
 MASKS = ("attention_mask", "decoder_attention_mask")
-IGNORE_INDEX = -100
 
 
 def follows(key: str, batch: Mapping[str, torch.Tensor]) -> str | None:

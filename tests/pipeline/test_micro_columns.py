@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pac.data.encoding import IGNORE_INDEX
 from pac.pipeline.batch_part import BatchPart, pipeline_parts
 from pac.pipeline.layout import PipelineLayout, StageSpec
-from pac.pipeline.micro_columns import IGNORE_INDEX, token_scale, used_columns
+from pac.pipeline.micro_columns import token_scale, used_columns
 from pac.pipeline.routing import device_rows, micro_batch_rows
 
 TWO_BY_TWO = PipelineLayout(
