@@ -33,12 +33,11 @@ def contiguous(counts: Sequence[int], start: int = 0) -> list[Rows]:
 
 
 def micro_batch_rows(batch_size: int, micro_batches: int) -> list[Rows]:
-    """The mini-batch's rows of each micro-batch (as even as possible)."""
-    if micro_batches > batch_size:
-        raise ValueError(
-            f"a mini-batch of {batch_size} samples cannot make {micro_batches} micro-batches; "
-            "lower the micro-batch count or raise the batch size"
-        )
+    """The mini-batch's rows of each micro-batch (as even as possible). A mini-batch of
+    fewer rows than micro-batches (an epoch's short last one) leaves some of them empty:
+    every device skips those."""
+    if micro_batches < 1:
+        raise ValueError(f"a mini-batch needs at least one micro-batch, not {micro_batches}")
     return contiguous(split_counts(batch_size, [1.0] * micro_batches))
 
 

@@ -144,3 +144,14 @@ def test_the_planner_is_told_the_tokens_each_micro_batch_count_computes() -> Non
     assert token_scale([batch, causal_lm_batch([5, 5])], 2) == pytest.approx((12 + 10) / (24 + 14))
     # One micro-batch cuts nothing: the per-sample times are measured at the padding.
     assert token_scale([batch], 1) == 1.0
+
+
+def test_a_short_last_mini_batch_leaves_micro_batches_empty() -> None:
+    # The planner may cut a batch of 12 into 6; the epoch's last mini-batch may hold 4.
+    micro = micro_batch_rows(4, 6)
+    assert sum(stop - start for start, stop in micro) == 4 and len(micro) == 6
+    assert sorted(stop - start for start, stop in micro) == [0, 0, 1, 1, 1, 1]
+    parts = pipeline_parts(TWO_BY_TWO, BatchPart.whole(causal_lm_batch([3, 1]), None, 2))
+    assert sorted(p for d in ("a", "b") for p in parts[d].positions) == [0, 1]
+    with pytest.raises(ValueError, match="at least one micro-batch"):
+        micro_batch_rows(4, 0)
