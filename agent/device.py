@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from pac.cluster.cpu_quota import OwnQuota, own_quota
 from protos.v1 import agent_pb2
 
 
@@ -97,10 +99,23 @@ def pin_to_cpus(text: str) -> list[int]:
     return cpus
 
 
-def cpu_pool(cpus: list[int]) -> str:
+def cpu_pool(cpus: list[int], quota: OwnQuota | None = None) -> str:
     """The name of the cores this agent computes on: the machine and the cores
-    (``"laptop:cpus=0-3"``). Agents with the same name share those cores."""
+    (``"laptop:cpus=0-3"``). Agents with the same name share those cores. An agent under a
+    CPU quota (``quota``: a cgroup's, e.g. ``pac cluster up --agent-cpu-quota``) computes
+    on its quota's share whatever its neighbours do, as a device of its own: its pool is
+    its cgroup (``"laptop:cgroup=/pac-mesh/x"``), shared only with the processes in it."""
+    if quota is not None:
+        return f"{socket.gethostname()}:cgroup={quota.cgroup}"
     return f"{socket.gethostname()}:cpus={_ranges(cpus)}"
+
+
+def quota_cores(cpus: list[int], quota: OwnQuota | None) -> int:
+    """The whole cores an agent computes on: its usable cores, or its quota's (at least
+    one) where that is fewer."""
+    if quota is None:
+        return len(cpus)
+    return max(1, min(len(cpus), math.ceil(quota.cores)))
 
 
 def matmul_gflops(device: torch.device, size: int = 512, budget_s: float = 0.25) -> float:
@@ -131,13 +146,14 @@ def measure_device(
     accelerator_name = _cpu_name()
     accelerator_memory = total
     cpus = usable_cpus()
+    quota = own_quota()
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(0)
         accelerator_name, accelerator_memory = properties.name, properties.total_memory
     return agent_pb2.DeviceProfile(
         name=name,
         address=address,
-        cpu_cores=len(cpus),
+        cpu_cores=quota_cores(cpus, quota),
         threads=torch.get_num_threads(),
         memory_bytes=total,
         available_memory_bytes=available,
@@ -147,5 +163,5 @@ def measure_device(
         accelerator_memory_bytes=accelerator_memory,
         matmul_gflops=matmul_gflops(device, budget_s=benchmark_s),
         torch_version=torch.__version__,
-        cpu_pool=cpu_pool(cpus),
+        cpu_pool=cpu_pool(cpus, quota),
     )

@@ -2,7 +2,7 @@
 
     python bench/e2e.py [--samples 512] [--epochs 3] [--backbone-dtype bf16] [--no-dropout0]
                         [--pac-runs 3] [--backbone bert-base|bert-large] [--no-earlier-job]
-                        [--no-control]
+                        [--no-control] [--agent-cpu-quota CORES]
 
 Same model (real all-MiniLM-L6-v2; ``--backbone bert-base`` or ``bert-large``: BERT-base's
 or BERT-large's shape with random weights, where the backbone's share of the cost is closer
@@ -24,6 +24,10 @@ agent's peak memory is its own:
   to its own longest sentence, so it pads as little as PAC's epoch 1): a control printed
   apart from the paper's layouts, so that what PAC gains from leaving agents idle and from
   the cut is told from what it gains from the method (``--no-control`` skips it).
+``--agent-cpu-quota CORES`` caps every agent at that many CPUs of time (a cgroup quota,
+pac.cluster.cpu_quota; root only): four agents on a machine of two cores then compute as
+four devices of half a core each, as the household the paper measures does, instead of
+lending each other the cores they wait on (which hides a pipeline's bubbles).
 Baselines run at the model's default dropout (what users run) and again at dropout 0 (a
 copy of the model whose config.json says 0; ``--no-dropout0`` skips those), as
 ../shared/BENCHMARKS.md asks; PAC's backbone runs in eval mode either way and its side
@@ -187,6 +191,7 @@ def run(
     backbone_dtype: str,
     earlier_job: bool = False,
     chunk_bytes: int = 0,
+    cpu_quota: float = 0.0,
 ) -> dict[str, Any]:
     from coordinator.jobs import JobSpec
     from pac.cluster.local_mesh import LocalMesh
@@ -209,7 +214,7 @@ def run(
         placement="mesh",
         output_dir=str(work / "out"),
     )
-    with LocalMesh(agents=len(AGENTS), run_dir=work / "mesh") as mesh:
+    with LocalMesh(agents=len(AGENTS), run_dir=work / "mesh", agent_cpu_quota=cpu_quota) as mesh:
         used = fixed["stages"] if fixed else None
         devices = sorted({d for s in used for d in s["devices"]}) if used else AGENTS
         idle = {a: agent_memory(mesh, a)["idle"] for a in devices}  # registered, no job yet
@@ -323,6 +328,14 @@ def main() -> int:
         help="PAC's cache_chunk_bytes in MiB: the cached hidden states an agent computes at "
         "once in the cache phase, as read (fp16 by default; 0: the job's default, 3 MiB)",
     )
+    parser.add_argument(
+        "--agent-cpu-quota",
+        type=float,
+        default=0.0,
+        metavar="CORES",
+        help="cap every agent at this many CPUs of time (a cgroup quota: each agent computes "
+        "as a device of that many cores); 0: the agents share the machine's cores",
+    )
     add_keep_flag(parser)
     args = parser.parse_args()
     from coordinator.commands.demo import minilm_dir
@@ -336,9 +349,14 @@ def main() -> int:
         model = bert_shaped(model, work / f"{args.backbone}-shaped", args.backbone)
         label = f"{args.backbone.upper()} shape (random weights; accuracy not meaningful)"
     layers = json.loads((model / "config.json").read_text())["num_hidden_layers"]
+    capped = (
+        f", each capped at {args.agent_cpu_quota:g} CPUs (cgroup quota)"
+        if args.agent_cpu_quota
+        else ", sharing the machine's cores"
+    )
     print(
         f"# bench/e2e.py: {label}, {args.samples} sentences, {args.epochs} epochs, batch "
-        f"{BATCH}, 4 agents on loopback (1 torch thread each), frozen backbones in "
+        f"{BATCH}, 4 agents on loopback (1 torch thread each{capped}), frozen backbones in "
         f"{args.backbone_dtype}; {machine_line(1)}"
     )
     quiet = without_dropout(model, work / "model-dropout0")
@@ -367,6 +385,7 @@ def main() -> int:
                 args.backbone_dtype,
                 earlier_job=name == PAC_EARLIER,
                 chunk_bytes=int(args.cache_chunk_mib * MiB),
+                cpu_quota=args.agent_cpu_quota,
             )
             for r in range(args.pac_runs if is_pac else 1)
         ]
@@ -386,7 +405,15 @@ def main() -> int:
         technique, _ = approaches(layers)[CONTROL_OF]
         fixed = layout([(0, layers, planned_on)], micro)
         controls[name] = run(
-            name, technique, fixed, model, data, args.epochs, work / "control", args.backbone_dtype
+            name,
+            technique,
+            fixed,
+            model,
+            data,
+            args.epochs,
+            work / "control",
+            args.backbone_dtype,
+            cpu_quota=args.agent_cpu_quota,
         )
         print(f"# done: {name} in {controls[name]['total']:.1f} s", flush=True)
     print(

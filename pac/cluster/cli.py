@@ -1,6 +1,7 @@
 """``pac cluster``: start or stop a local mesh (planner, coordinator, N agents on loopback).
 
 pac cluster up --agents 4 [--dir RUN_DIR] [--base-port 50051] [--threads-per-agent auto]
+               [--agent-cpu-quota CORES]
 pac status --cluster RUN_DIR
 pac cluster down [--dir RUN_DIR]
 """
@@ -33,6 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads-per-agent",
         default="auto",
         help="torch threads per agent (auto = cores // (agents + 1))",
+    )
+    up.add_argument(
+        "--agent-cpu-quota",
+        type=float,
+        default=0.0,
+        metavar="CORES",
+        help="cap each agent at this many CPUs of time (a cgroup quota, as docker's cpus: "
+        "emulates a device of that many cores); needs root or a delegated cgroup; 0 = no cap",
     )
     up.add_argument("--no-planner", action="store_true", help="do not start a planner")
     up.add_argument("--heartbeat-interval", type=float, default=1.0)
@@ -71,23 +80,29 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     threads = None if args.threads_per_agent == "auto" else int(args.threads_per_agent)
-    mesh = LocalMesh(
-        agents=args.agents,
-        run_dir=args.dir,
-        base_port=args.base_port,
-        threads=threads,
-        planner=not args.no_planner,
-        heartbeat_interval_s=args.heartbeat_interval,
-    )
+    try:
+        mesh = LocalMesh(
+            agents=args.agents,
+            run_dir=args.dir,
+            base_port=args.base_port,
+            threads=threads,
+            agent_cpu_quota=args.agent_cpu_quota,
+            planner=not args.no_planner,
+            heartbeat_interval_s=args.heartbeat_interval,
+        )
+    except MeshError as error:
+        print(f"pac cluster up: {error}", file=sys.stderr)
+        return 1
     try:
         mesh.up()
     except (MeshError, OSError) as error:
         mesh.down()
         print(f"pac cluster up: {error}", file=sys.stderr)
         return 1
+    capped = f", at most {args.agent_cpu_quota:g} CPUs" if args.agent_cpu_quota else ""
     print(
         f"mesh up in {mesh.run_dir}: {args.agents} agents registered, "
-        f"{mesh.threads} torch threads each"
+        f"{mesh.threads} torch threads each{capped}"
     )
     for service in mesh.services.values():
         print("  " + service.describe())

@@ -15,6 +15,7 @@ class; tests use it the same way.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -30,6 +31,14 @@ from types import TracebackType
 
 import grpc
 
+from pac.cluster.cpu_quota import (
+    CpuHierarchy,
+    CpuQuota,
+    CpuQuotaError,
+    cpu_hierarchy,
+    in_cgroup,
+    remove_cgroup,
+)
 from pac.wire.auth import token_metadata
 from protos.v1 import coordinator_pb2 as pb
 from protos.v1 import coordinator_pb2_grpc as pb_grpc
@@ -73,6 +82,8 @@ class Service:
     # Process start time (clock ticks since boot): a pid reused by another program after
     # a reboot or a crash is not ours to signal.
     start_ticks: int = 0
+    # The cgroup that caps its CPU (pac.cluster.cpu_quota), "" = none: removed when it stops.
+    cgroup: str = ""
 
     def describe(self) -> str:
         extra = " ".join(f"{kind} {port}" for kind, port in self.ports.items() if kind != "grpc")
@@ -156,6 +167,9 @@ class LocalMesh:
     threads: int | None = None
     # The cores every agent computes on (``pac agent --cpus``; "" = the mesh's own).
     agent_cpus: str = ""
+    # At most this many CPUs of time per agent (a cgroup quota, pac.cluster.cpu_quota: each
+    # agent computes as a device of that many cores would, whatever the others do); 0 = no cap.
+    agent_cpu_quota: float = 0.0
     heartbeat_interval_s: float = 1.0
     missed_heartbeats: int = 3
     planner: bool = True
@@ -164,13 +178,21 @@ class LocalMesh:
     python: str = sys.executable
     services: dict[str, Service] = field(default_factory=dict)
     _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+    _hierarchy: CpuHierarchy | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir).absolute()
         if self.agents < 1:
             raise MeshError("a mesh needs at least one agent (--agents 1)")
+        if self.agent_cpu_quota < 0:
+            raise MeshError(
+                f"an agent's CPU quota is a number of cores (0 = none), not {self.agent_cpu_quota}"
+            )
+        self._hierarchy = cpu_hierarchy_or_error() if self.agent_cpu_quota else None
         if self.threads is None:
             self.threads = threads_per_agent(self.agents)
+            if self.agent_cpu_quota:  # no more threads than the quota's cores
+                self.threads = max(1, min(self.threads, int(self.agent_cpu_quota)))
 
     # ---- addresses ---------------------------------------------------------------------
     @property
@@ -382,11 +404,22 @@ class LocalMesh:
             "MKL_NUM_THREADS": str(self.threads),
         }
         env.pop("PAC_JOIN_TOKEN", None)  # the token file is the mesh's
+        argv = service.argv
+        if service.role == "agent" and self._hierarchy is not None:
+            quota = CpuQuota(
+                f"{_mesh_id(self.run_dir)}-{name}", self.agent_cpu_quota, self._hierarchy
+            )
+            try:
+                quota.create()
+            except CpuQuotaError as error:
+                raise MeshError(str(error)) from None
+            service.cgroup = str(quota.path)
+            argv = in_cgroup(quota.path, argv)
         with open(service.log, "ab") as log:
             # A session of its own: Ctrl-C in the shell that ran `pac cluster up` does not
             # reach the mesh, and `pac cluster down` stops it from anywhere.
             process = subprocess.Popen(
-                service.argv,
+                argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -443,7 +476,7 @@ def stop_services(
     timeout_s: float = 10.0,
 ) -> None:
     """SIGTERM (after SIGCONT, for a stopped one) each live service, wait up to
-    ``timeout_s`` for all of them, then SIGKILL the rest."""
+    ``timeout_s`` for all of them, then SIGKILL the rest; remove their CPU quotas' cgroups."""
     children = children or {}
     live = [service for service in services if _alive(service)]
     for service in live:
@@ -466,6 +499,25 @@ def stop_services(
                 os.kill(service.pid, signal.SIGKILL)
         if child is not None:
             child.wait()
+    for service in services:  # (a dead one's too: an agent that crashed)
+        if service.cgroup:
+            gone = time.monotonic() + 2.0  # (a killed process takes a moment to leave it)
+            while _alive(service) and time.monotonic() < gone:
+                time.sleep(0.05)
+            remove_cgroup(Path(service.cgroup))
+
+
+def cpu_hierarchy_or_error() -> CpuHierarchy:
+    """The cgroup hierarchy for agents' CPU quotas; MeshError where there is none."""
+    try:
+        return cpu_hierarchy()
+    except CpuQuotaError as error:
+        raise MeshError(str(error)) from None
+
+
+def _mesh_id(run_dir: Path) -> str:
+    """A short name of the mesh in ``run_dir`` (its agents' cgroups carry it)."""
+    return hashlib.sha256(str(run_dir).encode()).hexdigest()[:10]
 
 
 def load_services(run_dir: Path) -> list[Service]:

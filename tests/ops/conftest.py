@@ -14,9 +14,9 @@ MetricReader = Callable[[str, str, str], float]
 
 @pytest.fixture
 def needs_root() -> None:
-    """Network namespaces need root (CI runs as root)."""
+    """Network namespaces and cgroups need root (CI runs as root)."""
     if os.geteuid() != 0:
-        pytest.skip("network namespaces need root (CAP_NET_ADMIN); CI runs these as root")
+        pytest.skip("network namespaces and cgroups need root; CI runs these as root")
 
 
 def _scrape(url: str) -> str:
