@@ -13,6 +13,7 @@ import pytest
 
 from agent.device import cpu_pool, quota_cores, usable_cpus
 from pac.cluster.cpu_quota import (
+    PERIOD_US,
     CpuHierarchy,
     CpuQuota,
     CpuQuotaError,
@@ -59,13 +60,13 @@ def test_a_quota_is_written_as_each_cgroup_version_wants(tmp_path: Path, version
     quota = CpuQuota("agent-0", 0.5, CpuHierarchy(version, tmp_path)).create()
     assert quota.path == tmp_path / "pac-mesh" / "agent-0"
     if version == 2:
-        assert (quota.path / "cpu.max").read_text() == "50000 100000"
+        assert (quota.path / "cpu.max").read_text() == f"{PERIOD_US // 2} {PERIOD_US}"
         # The controller is handed down from the root to the quota's cgroup.
         assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu"
         assert (tmp_path / "pac-mesh" / "cgroup.subtree_control").read_text() == "+cpu"
     else:
-        assert (quota.path / "cpu.cfs_quota_us").read_text() == "50000"
-        assert (quota.path / "cpu.cfs_period_us").read_text() == "100000"
+        assert (quota.path / "cpu.cfs_quota_us").read_text() == str(PERIOD_US // 2)
+        assert (quota.path / "cpu.cfs_period_us").read_text() == str(PERIOD_US)
     assert quota.cores_allowed() == 0.5
 
 
@@ -78,7 +79,7 @@ def test_bad_quotas_and_names_are_refused(tmp_path: Path) -> None:
         with pytest.raises(CpuQuotaError, match="one path component"):
             CpuQuota(name, 1.0, hierarchy)
     assert quota_us(0.001) == 1000  # the kernel's least quota
-    assert quota_us(2) == 200_000
+    assert quota_us(2) == 2 * PERIOD_US
     with pytest.raises(MeshError, match="number of cores"):
         LocalMesh(agents=1, run_dir=tmp_path / "mesh", agent_cpu_quota=-0.5)
 
