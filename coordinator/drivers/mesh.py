@@ -69,6 +69,7 @@ from coordinator.drivers.mesh_recovery import (
 from coordinator.drivers.mesh_redistribution import (
     assign_owners,
     cache_shares,
+    epoch_one_slots,
     layer_cache_bytes,
     predicted_bytes,
 )
@@ -344,6 +345,9 @@ class MeshDriver:
         run.phases["open_job_seconds"] = time.perf_counter() - started
         metrics: dict[str, float] = {}
         cache_phase = spec.technique == "parallel-adapters"
+        if cache_phase:  # (which device computes which row: even cache-phase steps)
+            shares = cache_shares(run.plan, layout, profiles)
+            calls.slots = await asyncio.to_thread(epoch_one_slots, run, layout, shares)
         kept = restarts.kept
         first, offset = (kept.epoch, kept.offset) if kept else (1, 0)
         if first > spec.epochs:  # every step was done; the last evaluation was not
@@ -537,7 +541,9 @@ class MeshDriver:
         started = time.perf_counter()
         shares = cache_shares(run.plan, layout, profiles)
         epoch_one = run.batches(1)
-        owners = await asyncio.to_thread(assign_owners, run, layout, epoch_one, shares)
+        owners = await asyncio.to_thread(
+            assign_owners, run, layout, epoch_one, shares, calls.slots
+        )
         per_layer = await asyncio.to_thread(
             layer_cache_bytes, run, epoch_one, run.settings.cache_precision
         )

@@ -69,6 +69,8 @@ class MeshCalls:
         self.layout: PipelineLayout | None = None
         # Each sample's owner once the cache is redistributed: the cache phase has begun.
         self.owners: dict[str, str] = {}
+        # Epoch 1's device of each sample in its stage (pac.pipeline.balance; {}: by position).
+        self.slots: dict[str, int] = {}
         # Tensor bytes of the mini-batch parts this coordinator sent (all steps, all agents),
         # and how many calls to agents the steps took.
         self.batch_bytes = 0
@@ -92,7 +94,7 @@ class MeshCalls:
             return {d: owned_part(self.owners, d, whole) for d in self.devices}
         if self.layout is None:
             raise RuntimeError("open the job (MeshCalls.open) before its steps")
-        return pipeline_parts(self.layout, whole)
+        return pipeline_parts(self.layout, whole, self.slots)
 
     async def step(
         self, step: int, batch: dict[str, torch.Tensor], sample_ids: list[str], count: int

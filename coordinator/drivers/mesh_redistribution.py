@@ -4,13 +4,16 @@ agents report)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
+
+import torch
 
 from coordinator.drivers.mesh_job import JobData
 from pac.cache.precision import get_codec
 from pac.data.encoding import EncodedSample
-from pac.pipeline.batch_part import BatchPart
+from pac.pipeline.balance import balanced_slots
+from pac.pipeline.batch_part import MASKS, BatchPart
 from pac.pipeline.layout import PipelineLayout
 from pac.pipeline.ownership import epoch_holdings, owners_by_holdings
 from pac.pipeline.routing import split_counts
@@ -38,12 +41,14 @@ def assign_owners(
     layout: PipelineLayout,
     epoch_one: Sequence[Sequence[EncodedSample]],
     shares: Sequence[tuple[str, int]],
+    slots: Mapping[str, int] | None = None,
 ) -> dict[str, str]:
     """Every sample's owner: shares by weight, each device preferring what it cached.
 
     What a device cached follows from the rows it computed: each mini-batch's in the
-    order epoch 1 computed them (longest first, :meth:`BatchPart.by_micro_batch`)."""
-    batches = [computed_order(run, layout, group) for group in epoch_one]
+    order epoch 1 computed them (longest first, then by ``slots`` inside each micro-batch:
+    :meth:`BatchPart.by_micro_batch`)."""
+    batches = [computed_order(run, layout, group, slots) for group in epoch_one]
     fingerprints = list(dict.fromkeys(f for group in batches for f in group))
     held = epoch_holdings(layout, batches)
     return owners_by_holdings(
@@ -52,14 +57,48 @@ def assign_owners(
 
 
 def computed_order(
-    run: JobData, layout: PipelineLayout, group: Sequence[EncodedSample]
+    run: JobData,
+    layout: PipelineLayout,
+    group: Sequence[EncodedSample],
+    slots: Mapping[str, int] | None = None,
 ) -> list[str]:
     """The fingerprints of mini-batch ``group`` in the order epoch 1's pipeline computes
     its rows (as the coordinator's steps send them)."""
     whole = BatchPart.whole(run.collate(list(group)), [s.fingerprint for s in group], 0)
-    ordered = whole.by_micro_batch(layout.micro_batches).sample_ids
+    ordered = whole.by_micro_batch(layout.micro_batches, slots).sample_ids
     assert ordered is not None
     return list(ordered)
+
+
+def epoch_one_slots(
+    run: JobData, layout: PipelineLayout, shares: Sequence[tuple[str, int]]
+) -> dict[str, int]:
+    """Which device of a one-stage layout computes which row of epoch 1, so that the cache
+    phase's steps are even (:func:`pac.pipeline.balance.balanced_slots`; ``shares``: the
+    cache phase's weights). Empty where there is nothing to balance: several stages (a
+    sample's cache is then spread over them), one device, or one epoch."""
+    if len(layout.stages) != 1 or len(layout.stages[0].devices) < 2 or run.spec.epochs < 2:
+        return {}
+    stage = layout.stages[0]
+    ordered: list[list[str]] = []
+    tokens: dict[str, float] = {}
+    for group in run.batches(1):
+        whole = BatchPart.whole(run.collate(list(group)), [s.fingerprint for s in group], 0)
+        real = sum(
+            (whole.tensors[key].sum(dim=1) for key in MASKS if key in whole.tensors),
+            torch.zeros(whole.size),
+        )
+        tokens.update(zip((s.fingerprint for s in group), real.tolist(), strict=True))
+        cut = whole.by_micro_batch(layout.micro_batches).sample_ids
+        assert cut is not None
+        ordered.append(list(cut))
+    later = [
+        [[s.fingerprint for s in group] for group in run.batches(epoch)]
+        for epoch in range(2, run.spec.epochs + 1)
+    ]
+    weight = dict(shares)
+    speeds = [float(weight.get(device, 1)) for device in stage.devices]
+    return balanced_slots(ordered, layout.micro_batches, stage.shares, later, tokens, speeds)
 
 
 def layer_cache_bytes(

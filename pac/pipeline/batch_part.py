@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pac.pipeline.balance import slotted_order
 from pac.pipeline.layout import PipelineLayout
 from pac.pipeline.micro_columns import cut_columns, micro_batch_cut
 from pac.pipeline.routing import Rows, device_rows, micro_batch_rows
@@ -106,16 +107,27 @@ class BatchPart:
         columns = {mask: width.index_select(0, index) for mask, width in self.columns.items()}
         return BatchPart(tensors, tuple(positions), self.size, self.loss_count, ids, columns)
 
-    def by_micro_batch(self, micro_batches: int) -> BatchPart:
+    def by_micro_batch(
+        self, micro_batches: int, slots: Mapping[str, int] | None = None
+    ) -> BatchPart:
         """This whole mini-batch for a pipeline of ``micro_batches``: its rows longest
         first, each knowing the columns its micro-batch computes (with one micro-batch,
-        unchanged: the mini-batch is already padded to its longest row)."""
+        unchanged: the mini-batch is already padded to its longest row). With ``slots``
+        (sample -> device index, :func:`pac.pipeline.balance.balanced_slots`) each
+        micro-batch's rows are then ordered by slot, so that each device of a stage
+        computes the rows of its slot."""
         if self.positions != tuple(range(self.size)):
             raise ValueError("only a whole mini-batch (BatchPart.whole) is cut into micro-batches")
         cut = micro_batch_cut(self.tensors, micro_batches)
-        if cut is None:
+        order, columns = cut if cut is not None else (list(range(self.size)), {})
+        if slots and self.sample_ids is not None:
+            placed = slotted_order(order, self.sample_ids, micro_batches, slots)
+            where = {row: k for k, row in enumerate(order)}
+            moved = torch.tensor([where[row] for row in placed], dtype=torch.long)
+            columns = {mask: width.index_select(0, moved) for mask, width in columns.items()}
+            order = placed
+        if order == list(range(self.size)) and not columns:
             return self
-        order, columns = cut
         index = torch.tensor(order, dtype=torch.long)
         tensors = {key: value.index_select(0, index) for key, value in self.tensors.items()}
         ids = None if self.sample_ids is None else tuple(self.sample_ids[i] for i in order)
@@ -227,16 +239,21 @@ def widen(name: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
     return name, tensor
 
 
-def pipeline_parts(layout: PipelineLayout, whole: BatchPart) -> dict[str, BatchPart]:
+def pipeline_parts(
+    layout: PipelineLayout, whole: BatchPart, slots: Mapping[str, int] | None = None
+) -> dict[str, BatchPart]:
     """What every device is sent for an epoch-1 step: its rows of the mini-batch ordered
-    longest first (:meth:`BatchPart.by_micro_batch`), its stage's keys."""
-    cut = whole.by_micro_batch(layout.micro_batches)
+    longest first (and by ``slots`` inside each micro-batch: :meth:`BatchPart.by_micro_batch`),
+    its stage's keys."""
+    cut = whole.by_micro_batch(layout.micro_batches, slots)
     return {device: _stage_part(layout, device, cut) for device in layout.devices}
 
 
-def pipeline_part(layout: PipelineLayout, device: str, whole: BatchPart) -> BatchPart:
+def pipeline_part(
+    layout: PipelineLayout, device: str, whole: BatchPart, slots: Mapping[str, int] | None = None
+) -> BatchPart:
     """What ``device`` is sent for an epoch-1 step (see :func:`pipeline_parts`)."""
-    return _stage_part(layout, device, whole.by_micro_batch(layout.micro_batches))
+    return _stage_part(layout, device, whole.by_micro_batch(layout.micro_batches, slots))
 
 
 def _stage_part(layout: PipelineLayout, device: str, cut: BatchPart) -> BatchPart:
