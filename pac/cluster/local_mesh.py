@@ -6,10 +6,11 @@
 
 Each process has its own log file, cache directory and metrics port under ``run_dir``;
 agents get ``max(1, cores // (agents + 1))`` torch threads each so that they (and the
-coordinator) share the machine fairly. The mesh is plaintext with a join token generated
-into ``run_dir/join-token``, and described in ``run_dir/cluster.json`` (pids, addresses,
-ports) so that ``pac cluster down`` in another shell can stop it. ``pac cluster up`` is this
-class; tests use it the same way.
+coordinator) share the machine fairly; ``agent_cpu_quota`` caps each agent at that many CPUs
+instead, so that each computes as a device of its own (:mod:`pac.cluster.cpu_quota`). The
+mesh is plaintext with a join token generated into ``run_dir/join-token``, and described in
+``run_dir/cluster.json`` (pids, addresses, ports) so that ``pac cluster down`` in another
+shell can stop it. ``pac cluster up`` is this class; tests use it the same way.
 """
 
 from __future__ import annotations
