@@ -2,7 +2,7 @@
 
     python bench/e2e.py [--samples 512] [--epochs 3] [--backbone-dtype bf16] [--no-dropout0]
                         [--pac-runs 3] [--backbone bert-base|bert-large] [--no-earlier-job]
-                        [--no-control] [--agent-cpu-quota CORES]
+                        [--no-control] [--agent-cpu-quota CORES] [--pac-settings JSON]
 
 Same model (real all-MiniLM-L6-v2; ``--backbone bert-base`` or ``bert-large``: BERT-base's
 or BERT-large's shape with random weights, where the backbone's share of the cost is closer
@@ -28,6 +28,7 @@ agent's peak memory is its own:
 pac.cluster.cpu_quota; root only): four agents on a machine of two cores then compute as
 four devices of half a core each, as the household the paper measures does, instead of
 lending each other the cores they wait on (which hides a pipeline's bubbles).
+``--pac-settings '{"all_reduce": "direct"}'`` adds technique settings to PAC's jobs.
 Baselines run at the model's default dropout (what users run) and again at dropout 0 (a
 copy of the model whose config.json says 0; ``--no-dropout0`` skips those), as
 ../shared/BENCHMARKS.md asks; PAC's backbone runs in eval mode either way and its side
@@ -192,6 +193,7 @@ def run(
     earlier_job: bool = False,
     chunk_bytes: int = 0,
     cpu_quota: float = 0.0,
+    pac_settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from coordinator.jobs import JobSpec
     from pac.cluster.local_mesh import LocalMesh
@@ -201,6 +203,8 @@ def run(
         settings["backbone_dtype"] = backbone_dtype
     if technique == "parallel-adapters" and chunk_bytes:
         settings["cache_chunk_bytes"] = chunk_bytes
+    if technique == "parallel-adapters":
+        settings.update(pac_settings or {})
     spec = JobSpec(
         model_dir=str(model),
         data_path=str(data),
@@ -336,6 +340,13 @@ def main() -> int:
         help="cap every agent at this many CPUs of time (a cgroup quota: each agent computes "
         "as a device of that many cores); 0: the agents share the machine's cores",
     )
+    parser.add_argument(
+        "--pac-settings",
+        type=json.loads,
+        default={},
+        metavar="JSON",
+        help='technique settings added to PAC\'s jobs, e.g. \'{"all_reduce": "direct"}\'',
+    )
     add_keep_flag(parser)
     args = parser.parse_args()
     from coordinator.commands.demo import minilm_dir
@@ -386,6 +397,7 @@ def main() -> int:
                 earlier_job=name == PAC_EARLIER,
                 chunk_bytes=int(args.cache_chunk_mib * MiB),
                 cpu_quota=args.agent_cpu_quota,
+                pac_settings=args.pac_settings,
             )
             for r in range(args.pac_runs if is_pac else 1)
         ]
