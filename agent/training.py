@@ -30,7 +30,6 @@ from pac.pipeline.batch_part import BatchPart
 from pac.pipeline.cache_phase import CACHE_PHASE_ALL_REDUCE, DataParallelWorker, gather_state
 from pac.pipeline.entries import EntryIndex, split_part_id
 from pac.pipeline.job import MeshJobSettings
-from pac.pipeline.row_chunks import DEFAULT_CHUNK_BYTES
 from pac.pipeline.transport import MessageKey, Tensors
 from pac.pipeline.worker import DeviceWorker, StepResult
 from pac.techniques import build_technique
@@ -370,7 +369,8 @@ class TrainingSession:
             self.owners,
             bucket_bytes=int(self.settings.extra.get("bucket_bytes", DEFAULT_BUCKET_BYTES)),
             algorithm=str(self.settings.extra.get("all_reduce", CACHE_PHASE_ALL_REDUCE)),
-            chunk_bytes=int(self.settings.extra.get("cache_chunk_bytes", DEFAULT_CHUNK_BYTES)),
+            # (0 or absent: the job set none, the default follows the model's width)
+            chunk_bytes=int(self.settings.extra.get("cache_chunk_bytes", 0)) or None,
         )
         before = rss_bytes()
         freed = release_backbone(self.loaded.family, keep_lm_head=self.settings.task.generates_text)

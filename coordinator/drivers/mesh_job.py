@@ -26,7 +26,6 @@ from pac.pipeline.all_reduce import DEFAULT_BUCKET_BYTES
 from pac.pipeline.cache_phase import CACHE_PHASE_ALL_REDUCE
 from pac.pipeline.job import MeshJobSettings
 from pac.pipeline.layout import PipelineLayout
-from pac.pipeline.row_chunks import DEFAULT_CHUNK_BYTES
 from pac.tasks import TaskSpec
 from pac.techniques import build_technique
 from pac.techniques.backbone_dtype import backbone_dtype_of
@@ -133,9 +132,8 @@ class JobData:
                 "all_reduce": str(
                     spec.technique_settings.get("all_reduce", CACHE_PHASE_ALL_REDUCE)
                 ),
-                "cache_chunk_bytes": int(
-                    spec.technique_settings.get("cache_chunk_bytes", DEFAULT_CHUNK_BYTES)
-                ),
+                # 0: the agent's default for the model (pac.pipeline.row_chunks)
+                "cache_chunk_bytes": int(spec.technique_settings.get("cache_chunk_bytes", 0)),
                 # The agents delete a job's activation cache when it closes, unless kept.
                 "keep_cache": bool(spec.technique_settings.get("keep_cache", False)),
             },

@@ -14,7 +14,8 @@ only, and an all-gather gives every device the updated parameters
 (:mod:`pac.pipeline.sharded_adam`, ZeRO stage 1): the result is the single-device result
 whatever the shares.
 
-A device computes its rows in chunks of about ``chunk_bytes`` of decoded ladder points,
+A device computes its rows in chunks of about ``chunk_bytes`` of decoded ladder points (by
+default :func:`pac.pipeline.row_chunks.default_chunk_bytes`),
 each at its own longest row where the labels are per sample (:mod:`pac.pipeline.row_chunks`),
 accumulating the gradients: its peak memory holds one chunk's points and activations, not
 its whole share's (the same sum, in another order). The gradients accumulate in the
@@ -34,8 +35,8 @@ from pac.engine.ladder_cache import LadderCache
 from pac.pipeline.all_reduce import DEFAULT_BUCKET_BYTES, GradientBuckets, recv_all, send_all
 from pac.pipeline.entries import EntryIndex
 from pac.pipeline.row_chunks import (
-    DEFAULT_CHUNK_BYTES,
     chunk_rows,
+    default_chunk_bytes,
     per_sample_labels,
     take_rows,
 )
@@ -114,8 +115,10 @@ class DataParallelWorker:
         owners: dict[str, str],
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
         algorithm: str = CACHE_PHASE_ALL_REDUCE,
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        chunk_bytes: int | None = None,
     ) -> None:
+        if chunk_bytes is None:  # (the job set none)
+            chunk_bytes = default_chunk_bytes(cache, model.family.hidden_size)
         if chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be at least 1, not {chunk_bytes}")
         self.device, self.devices = device, list(devices)

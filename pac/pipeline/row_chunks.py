@@ -32,6 +32,20 @@ Tensors = dict[str, torch.Tensor]
 # 4 and 5 MiB, and a cached step's compute 134, 122, 122 and 124 ms: below 3 MiB the chunks'
 # fixed costs show. MiniLM's share of a mini-batch of 32 fits in one chunk or two.
 DEFAULT_CHUNK_BYTES = 3 << 20
+# ... and at least this many tokens of every ladder point: on a wide model 3 MiB holds few
+# (BERT-large's 26 points of 1024 values: 59 tokens, about 2 sentences), and the side
+# network's small matrices then cost more than their work. On the local mesh (bench/e2e.py
+# --backbone bert-large --agent-cpu-quota 0.5, PAC only, one run each) a cached step's compute
+# was 2127 ms with chunks of 3 MiB and 1682 ms with 6 MiB (118 tokens); the cache phase's
+# peak 530 and 540 MB. On BERT-base and MiniLM 3 MiB holds more than this already.
+MIN_CHUNK_TOKENS = 120
+
+
+def default_chunk_bytes(cache: LadderCache, width: int) -> int:
+    """A chunk when the job sets none: :data:`DEFAULT_CHUNK_BYTES`, or
+    :data:`MIN_CHUNK_TOKENS` tokens of every ladder point where that is more."""
+    per_token = len(cache.points) * width * cache.dtype.itemsize
+    return max(DEFAULT_CHUNK_BYTES, MIN_CHUNK_TOKENS * per_token)
 
 
 def rows_per_chunk(

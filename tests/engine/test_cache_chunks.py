@@ -17,7 +17,14 @@ from pac.engine.ladder_cache import LadderCache
 from pac.engine.loading import load_model
 from pac.pipeline.cache_phase import DataParallelWorker
 from pac.pipeline.entries import part_id
-from pac.pipeline.row_chunks import chunk_rows, rows_per_chunk, take_rows
+from pac.pipeline.row_chunks import (
+    DEFAULT_CHUNK_BYTES,
+    MIN_CHUNK_TOKENS,
+    chunk_rows,
+    default_chunk_bytes,
+    rows_per_chunk,
+    take_rows,
+)
 from pac.pipeline.transport import InProcessHub, InProcessTransport
 from pac.tasks import TaskSpec
 from pac.techniques.parallel_adapters import ParallelAdaptersModel
@@ -170,3 +177,33 @@ def test_rows_with_a_label_per_token_keep_their_order_and_length(cached_job: Job
     taken = take_rows(tokens, [3, 4, 5], ["attention_mask"], trim=False)
     assert taken["attention_mask"].shape[1] == batch["attention_mask"].shape[1]
     assert chunk_rows({k: v[:0] for k, v in batch.items()}, cache, width, 3 * row) == []
+
+
+def test_the_default_chunk_holds_at_least_its_tokens_of_every_point(
+    cached_job: Job, tmp_path: Path
+) -> None:
+    """3 MiB, or MIN_CHUNK_TOKENS tokens of every ladder point on a model wide enough that
+    3 MiB holds fewer (BERT-large's 26 points of 1024 values in fp16: 59 tokens)."""
+    make_model, cache, _, fingerprints = cached_job
+    model = make_model()
+    narrow = default_chunk_bytes(cache, model.family.hidden_size)
+    assert narrow == DEFAULT_CHUNK_BYTES  # a tiny model's tokens are small
+    wide = len(cache.points) * 1024 * cache.dtype.itemsize * MIN_CHUNK_TOKENS
+    assert default_chunk_bytes(cache, 1024 * 64) > DEFAULT_CHUNK_BYTES
+    assert default_chunk_bytes(cache, 1024) == max(DEFAULT_CHUNK_BYTES, wide)
+    key = CacheKey("model", "tokenizer", ",".join(model.points), "fp16")
+    half = LadderCache(ActivationCache(tmp_path / "fp16", key), model.family, model.points)
+    width = DEFAULT_CHUNK_BYTES // (len(half.points) * 2 * MIN_CHUNK_TOKENS) + 1
+    assert default_chunk_bytes(half, width) == len(half.points) * width * 2 * MIN_CHUNK_TOKENS
+    # A worker without a chunk takes the default; one given a chunk keeps it.
+    trained = [p for p in model.parameters() if p.requires_grad]
+
+    def worker(chunk: int | None) -> DataParallelWorker:
+        return DataParallelWorker(
+            "x", ["x"], model, cache, InProcessTransport(InProcessHub(), "x"),
+            torch.optim.AdamW(trained), None, dict.fromkeys(fingerprints, "x"),
+            chunk_bytes=chunk,
+        )
+
+    assert worker(None).chunk_bytes == narrow
+    assert worker(5).chunk_bytes == 5
