@@ -117,12 +117,10 @@ class DataParallelWorker:
         algorithm: str = CACHE_PHASE_ALL_REDUCE,
         chunk_bytes: int | None = None,
     ) -> None:
-        if chunk_bytes is None:  # (the job set none)
-            chunk_bytes = default_chunk_bytes(cache, model.family.hidden_size)
-        if chunk_bytes < 1:
+        if chunk_bytes is not None and chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be at least 1, not {chunk_bytes}")
         self.device, self.devices = device, list(devices)
-        self.chunk_bytes = chunk_bytes
+        self._chunk_bytes = chunk_bytes  # (None: the job set none)
         self.model, self.cache = model, cache
         self.entries: EntryIndex | None = None  # (read from the cache at the first step)
         self.transport, self.scheduler = transport, scheduler
@@ -134,6 +132,13 @@ class DataParallelWorker:
         self.gradients = GradientBuckets(trainable, bucket_bytes)
         names = {p: n for n, p in model.named_parameters()}
         self.sharded = ShardedAdamW(optimizer, self.gradients, names, devices, device, algorithm)
+
+    @property
+    def chunk_bytes(self) -> int:
+        """The job's chunk, or the default for the model (its width, the cache's points)."""
+        if self._chunk_bytes is None:
+            self._chunk_bytes = default_chunk_bytes(self.cache, self.model.family.hidden_size)
+        return self._chunk_bytes
 
     def ladder(self, fingerprints: Sequence[str], batch: Tensors) -> Tensors:
         """The rows' ladder points from the entries that hold them (one read per group of
