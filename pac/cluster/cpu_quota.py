@@ -110,13 +110,6 @@ class CpuQuota:
             ) from None
         return self
 
-    def add(self, pid: int) -> None:
-        """Move process ``pid`` (all its threads) into the cgroup."""
-        try:
-            (self.path / "cgroup.procs").write_text(str(pid))
-        except OSError as error:
-            raise CpuQuotaError(f"cannot move process {pid} into {self.path}: {error}") from None
-
     def pids(self) -> list[int]:
         """The processes in the cgroup now."""
         try:
