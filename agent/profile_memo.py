@@ -157,6 +157,7 @@ def _read(path: Path) -> dict[tuple[ProfileAsk, Stamp], tuple[float, ProfileResu
                 float(raw["side_seconds"]),
                 tuple(float(t) for t in raw["second_batch_seconds"]),
                 tuple(float(t) for t in raw["backward_seconds"]),
+                float(raw.get("side_second_batch_seconds", 0.0)),
             )
             kept[(ask, stamp)] = (float(entry["measured_at"]), result)
         except (KeyError, TypeError, ValueError):

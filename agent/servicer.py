@@ -136,6 +136,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                 embed_seconds=measured.embed_seconds,
                 side_seconds=measured.side_seconds,
                 second_batch_seconds=measured.second_batch_seconds,
+                side_second_batch_seconds=measured.side_second_batch_seconds,
                 age_s=age_s,
                 layers=[
                     agent_pb2.LayerProfile(

@@ -86,15 +86,17 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed"
 
 
-def pack_block_linears(family: ModelFamily) -> int:
-    """Replace every ``nn.Linear`` inside the family's blocks by a ``PackedLinear`` (the
-    backbone must be frozen); returns how many were packed, 0 where packing is not
-    supported."""
+def pack_block_linears(family: ModelFamily, only: tuple[int, ...] | None = None) -> int:
+    """Replace every ``nn.Linear`` inside the family's blocks (``only``: the blocks of
+    those indices) by a ``PackedLinear`` (the backbone must be frozen); returns how many
+    were packed, 0 where packing is not supported. A block packed already is left as it is."""
     first = next(family.model.parameters())
     if not packing_supported(first.dtype, first.device):
         return 0
     packed = 0
     for block in family.blocks():
+        if only is not None and block.index not in only:
+            continue
         for parent in list(block.module.modules()):
             for name, child in list(parent.named_children()):
                 if type(child) is nn.Linear and not child.weight.requires_grad:

@@ -261,12 +261,17 @@ class ProfileReply(_message.Message):
     SIDE_SECONDS_FIELD_NUMBER: _builtins.int
     SECOND_BATCH_SECONDS_FIELD_NUMBER: _builtins.int
     AGE_S_FIELD_NUMBER: _builtins.int
+    SIDE_SECOND_BATCH_SECONDS_FIELD_NUMBER: _builtins.int
     embed_seconds: _builtins.float
     side_seconds: _builtins.float
     """The whole side network's forward + backward on the batch (0 unless asked for)."""
     age_s: _builtins.float
     """0 when measured for this request; else the age in seconds of the profile answered
     again (ProfileRequest.max_age_s).
+    """
+    side_second_batch_seconds: _builtins.float
+    """The side network's forward + backward at `second_batch_size` (0 unless both asked for):
+    with `side_seconds`, its fixed cost per micro-batch.
     """
     @_builtins.property
     def device(self) -> Global___DeviceProfile: ...
@@ -285,10 +290,11 @@ class ProfileReply(_message.Message):
         side_seconds: _builtins.float = ...,
         second_batch_seconds: _abc.Iterable[_builtins.float] | None = ...,
         age_s: _builtins.float = ...,
+        side_second_batch_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_s", b"age_s", "device", b"device", "embed_seconds", b"embed_seconds", "layers", b"layers", "second_batch_seconds", b"second_batch_seconds", "side_seconds", b"side_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_s", b"age_s", "device", b"device", "embed_seconds", b"embed_seconds", "layers", b"layers", "second_batch_seconds", b"second_batch_seconds", "side_second_batch_seconds", b"side_second_batch_seconds", "side_seconds", b"side_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,6 +4,7 @@ request, the model files or the allowed age say so."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Callable
 from dataclasses import replace
@@ -34,7 +35,13 @@ class Measure:
 
     def __call__(self, ask: ProfileAsk) -> ProfileResult:
         self.asks.append(ask)
-        return ProfileResult(float(len(self.asks)), [LayerTiming(0, 0.5, 10, 20)])
+        return ProfileResult(
+            float(len(self.asks)),
+            [LayerTiming(0, 0.5, 10, 20)],
+            side_seconds=0.3,
+            second_batch_seconds=(0.1,),
+            side_second_batch_seconds=0.07,
+        )
 
 
 @pytest.fixture
@@ -160,6 +167,24 @@ def test_a_memo_with_a_file_answers_for_the_next_process(
     (model / "model.safetensors").write_bytes(b"other weights")
     assert ProfileMemo(clock, path=path).profile(ask_for(model), 60.0, measure)[1] == 0.0
     assert len(measure.asks) == 4
+
+
+def test_a_memo_file_from_before_the_side_networks_second_timing_still_answers(
+    model: Path, tmp_path: Path
+) -> None:
+    clock, measure = Clock(), Measure()
+    path = tmp_path / "profiles.json"
+    ProfileMemo(clock, path=path).profile(ask_for(model), 60.0, measure)
+    entries = json.loads(path.read_text())
+    for entry in entries:
+        del entry["result"]["side_second_batch_seconds"]
+    path.write_text(json.dumps(entries))
+    clock.now += 10
+    kept, age = ProfileMemo(clock, path=path).profile(ask_for(model), 60.0, measure)
+    # Answered from the file (not measured again), without the second timing: 0, which
+    # the coordinator reads as "not measured".
+    assert len(measure.asks) == 1
+    assert (age, kept.side_seconds, kept.side_second_batch_seconds) == (10.0, 0.3, 0.0)
 
 
 def test_an_unreadable_memo_file_starts_empty_and_an_unwritable_one_stays_in_memory(

@@ -117,27 +117,87 @@ def test_layer_types_tell_alike_weights_apart(tiny_model_dir: Callable[[str], Pa
     assert mixed[0] != mixed[1]
 
 
-def test_a_packed_profile_packs_the_blocks_and_refuses_a_backward(
+def test_a_packed_profile_packs_only_the_blocks_it_times_and_refuses_a_backward(
     tiny_model_dir: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    packed: list[int] = []
+    packed: list[tuple[int, ...] | None] = []
     real = packed_backbone.pack_block_linears
 
-    def spy(family: Any) -> int:
-        packed.append(real(family))
-        return packed[-1]
+    def spy(family: Any, only: tuple[int, ...] | None = None) -> int:
+        packed.append(only)
+        return real(family, only)
 
     monkeypatch.setattr(profiling, "pack_block_linears", spy)
+    monkeypatch.setattr(packed_backbone, "pack_block_linears", spy)
     model_dir = tiny_model_dir("bert")
-    result = profiling.profile_layers(model_dir, 0, 0, 2, 8, 1, packed_backbone=True)
+    result = profiling.profile_layers(
+        model_dir, 0, 0, 2, 8, 1, side_network=True, second_batch_size=1, packed_backbone=True
+    )
     assert len(result.layers) == 2 and all(t.forward_seconds > 0 for t in result.layers)
-    cpu = torch.device("cpu")
-    # Each BERT block has 6 linear layers (q, k, v, attention out, intermediate, output).
-    assert packed == [12 if packed_backbone.packing_supported(torch.float32, cpu) else 0]
+    # Block 1 is a copy of block 0: only block 0 is packed and timed, at both batch sizes
+    # (the packed block 0 still counts as block 1's like). The side network packs nothing.
+    assert packed == [(0,)]
+    assert result.layers[1].forward_seconds == result.layers[0].forward_seconds
+    assert result.second_batch_seconds[1] == result.second_batch_seconds[0] > 0
     with pytest.raises(BadRequest, match="no backward"):
         profiling.profile_layers(
             model_dir, 0, 0, 2, 8, 1, packed_backbone=True, backward_technique="lora"
         )
+
+
+def test_packing_one_block_packs_its_linears_and_leaves_the_others(
+    tiny_model_dir: Callable[[str], Path],
+) -> None:
+    if not packed_backbone.packing_supported(torch.float32, torch.device("cpu")):
+        pytest.skip("this PyTorch build has no oneDNN prepacked linear")
+    family, states = _states(tiny_model_dir("bert"))
+    family.model.requires_grad_(False)
+    packing = profiling.Packing(family)
+    before = [profiling.block_signature(family, i, s) for i, s in enumerate(states)]
+    packing.prepare(0)
+    kinds = [
+        {type(m).__name__ for m in b.module.modules()} & {"Linear", "PackedLinear"}
+        for b in family.blocks()
+    ]
+    assert kinds == [{"PackedLinear"}, {"Linear"}]
+    # The plain signature now tells them apart; the packing's, taken before, does not.
+    assert profiling.block_signature(family, 0, states[0]) != before[0]
+    assert packing.signature(0, states[0]) == packing.signature(1, states[1])
+    assert packed_backbone.pack_block_linears(family, only=(0,)) == 0  # packed already
+
+
+def test_the_side_network_is_timed_at_both_batch_sizes_when_both_are_asked_for(
+    tiny_model_dir: Callable[[str], Path],
+) -> None:
+    model_dir = tiny_model_dir("bert")
+    both = profiling.profile_layers(
+        model_dir, 0, 0, 4, 8, 1, side_network=True, second_batch_size=1
+    )
+    assert both.side_seconds > 0 and both.side_second_batch_seconds > 0
+    one = profiling.profile_layers(model_dir, 0, 0, 4, 8, 1, side_network=True)
+    assert one.side_seconds > 0 and one.side_second_batch_seconds == 0
+    none = profiling.profile_layers(model_dir, 0, 0, 4, 8, 1, second_batch_size=1)
+    assert none.side_seconds == 0 and none.side_second_batch_seconds == 0
+
+
+def test_a_second_batchs_ladder_is_cut_or_repeated_from_the_first() -> None:
+    ladder = torch.arange(12.0).reshape(3, 2, 2)
+    assert torch.equal(profiling._rows(ladder, 1), ladder[:1])
+    seven = profiling._rows(ladder, 7)
+    assert seven.shape == (7, 2, 2)
+    assert torch.equal(seven[3:6], ladder) and torch.equal(seven[6], ladder[0])
+
+
+def test_the_coordinator_splits_the_side_networks_time_into_fixed_and_per_sample() -> None:
+    from coordinator.drivers.mesh_plan import side_timing
+
+    # 24 blocks; 0.42 s at one sample, 2.1 s at eight: 0.24 s per sample, 0.18 s fixed.
+    per_block, fixed = side_timing(8, 2.1, 0.42, 24)
+    assert per_block == pytest.approx(0.24 / 24)
+    assert fixed == pytest.approx(0.18)
+    # Measured at one size only (a profile from before): all of it per sample.
+    assert side_timing(8, 2.1, 0.0, 24) == (pytest.approx(2.1 / 8 / 24), 0.0)
+    assert side_timing(8, 0.0, 0.0, 24) == (0.0, 0.0)
 
 
 class _RecordingStub:
@@ -154,6 +214,7 @@ class _RecordingStub:
             layers=[agent_pb2.LayerProfile(index=i, forward_seconds=0.02) for i in range(2)],
             second_batch_seconds=[0.004, 0.004],
             side_seconds=0.01,
+            side_second_batch_seconds=0.003,
         )
 
 
@@ -178,6 +239,10 @@ def test_the_coordinator_asks_for_the_blocks_as_the_job_runs_them(
     assert request.packed_backbone is packed
     assert request.side_network is (technique == "parallel-adapters")
     assert timings["a"].per_sample_s > 0
+    # The blocks' fixed cost (2 x (0.004 - 0.016 / 7 per sample) = 3.43 ms) and the side
+    # network's (3 ms - 1 ms per sample = 2 ms): the fixed cost of a micro-batch.
+    per_sample = (0.02 - 0.004) / (8 - 1)
+    assert timings["a"].overhead_s == pytest.approx(2 * (0.004 - per_sample) + 0.002)
 
 
 def test_one_agent_of_a_cpu_pool_measures_for_the_others_and_the_planner_sees_the_pool(
