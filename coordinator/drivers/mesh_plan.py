@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from coordinator.drivers.alike_agents import median_timings
 from coordinator.drivers.mesh_job import JobInputs
 from coordinator.drivers.profile_pools import Measurer, measurers, pool_of
 from coordinator.jobs import JobSpec
@@ -108,7 +109,8 @@ async def profile_agents(
     (at most ``PROFILE_MAX_BATCH``; all at once, as they will train at once), or answer
     with their profile of the same request at most ``max_age_s`` old. Of the agents that
     share CPU cores (``profiles``' ``cpu_pool``) one measures for the others
-    (coordinator/drivers/profile_pools.py)."""
+    (coordinator/drivers/profile_pools.py); agents of the same hardware then take the
+    median of their timings (coordinator/drivers/alike_agents.py)."""
     # Two sizes tell the fixed cost from the per-sample one; beyond a few samples a
     # larger batch only makes profiling slower.
     micro = min(PROFILE_MAX_BATCH, max(2, spec.batch_size // max(1, spec.micro_batches)))
@@ -163,7 +165,8 @@ async def profile_agents(
     if ages:
         log.info("profiles measured earlier, age in seconds by agent: %s", ages)
     log.info("measured blocks by agent: %s", timings)
-    return timings
+    # Alike agents take their median (coordinator/drivers/alike_agents.py).
+    return median_timings(timings, profiles or {})
 
 
 async def measure_links(
