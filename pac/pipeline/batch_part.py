@@ -31,7 +31,7 @@ import torch
 
 from pac.pipeline.balance import slotted_order
 from pac.pipeline.layout import PipelineLayout
-from pac.pipeline.micro_columns import cut_columns, micro_batch_cut
+from pac.pipeline.micro_columns import cut_columns, micro_batch_cut, used_columns
 from pac.pipeline.routing import Rows, device_rows, micro_batch_rows
 
 Tensors = dict[str, torch.Tensor]
@@ -149,14 +149,23 @@ class BatchPart:
             raise KeyError(f"rows [{rows[0]}, {rows[1]}) of the mini-batch are not all here")
         return start, stop
 
-    def rows(self, rows: Rows) -> Tensors:
+    def rows(self, rows: Rows, own_columns: bool = False) -> Tensors:
         """The tensors of mini-batch rows ``[start, stop)`` (all held here), cut to the
-        columns their micro-batch computes."""
+        columns their micro-batch computes; with ``own_columns``, to the columns these rows
+        use themselves, where that is fewer (for a device that computes its rows through
+        every block: no other device's rows of the micro-batch meet them, and the cut
+        changes nothing but rounding, as :mod:`pac.pipeline.micro_columns` says)."""
         start, stop = self._span(rows)
         tensors = {key: value[start:stop] for key, value in self.tensors.items()}
         if not self.columns or start == stop:
             return tensors
         widths = {mask: int(width[start:stop].max()) for mask, width in self.columns.items()}
+        if own_columns:
+            used = used_columns(tensors)
+            widths = {
+                mask: min(width, max(1, int(used[mask].max()))) if mask in used else width
+                for mask, width in widths.items()
+            }
         return cut_columns(tensors, widths)
 
     def ids(self, rows: Rows) -> list[str] | None:

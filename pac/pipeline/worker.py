@@ -152,7 +152,9 @@ class DeviceWorker:
                             break
                         if self.computation.carries_grad(key) and value.is_floating_point():
                             value.requires_grad_(True)
-                batch = part.rows(rows)
+                # Alone through every block (one stage), a device's rows are cut to the
+                # columns they use, not to their micro-batch's.
+                batch = part.rows(rows, own_columns=previous is None and following is None)
                 output = self.computation.forward(inputs, batch)
                 sample_ids = part.ids(rows)
                 if self.cache is not None and sample_ids is not None and output.points:

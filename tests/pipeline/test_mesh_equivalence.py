@@ -47,6 +47,8 @@ def layouts(num_blocks: int) -> dict[str, PipelineLayout]:
             ),
             micro_batches=2,
         ),
+        # One stage on two devices: each cuts its rows to their own columns.
+        "1x2": PipelineLayout((StageSpec(0, num_blocks, ("a", "b"), (1.0, 1.0)),), micro_batches=2),
     }
 
 
@@ -119,7 +121,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("layout_name", ["1x1", "2x1", "2x2"])
+@pytest.mark.parametrize("layout_name", ["1x1", "2x1", "2x2", "1x2"])
 @pytest.mark.parametrize(("family", "kind"), CASES, ids=[f"{f}-{k}" for f, k in CASES])
 def test_side_network_on_the_mesh_equals_one_device(
     family: str, kind: str, layout_name: str, tiny_model_dir: Callable[[str], Path], tmp_path: Path

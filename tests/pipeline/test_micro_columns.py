@@ -155,3 +155,44 @@ def test_a_short_last_mini_batch_leaves_micro_batches_empty() -> None:
     assert sorted(p for d in ("a", "b") for p in parts[d].positions) == [0, 1]
     with pytest.raises(ValueError, match="at least one micro-batch"):
         micro_batch_rows(4, 0)
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [causal_lm_batch(LENGTHS), seq2seq_batch(LENGTHS, TARGETS)],
+    ids=["causal-lm", "seq2seq"],
+)
+def test_a_device_alone_through_every_block_computes_its_own_rows_columns(
+    batch: dict[str, torch.Tensor],
+) -> None:
+    one_stage = PipelineLayout((StageSpec(0, 4, ("a", "b", "c"), (1.0, 1.0, 1.0)),), 2)
+    ids = [f"s{row:02d}" for row in range(len(LENGTHS))]
+    parts = pipeline_parts(one_stage, BatchPart.whole(batch, ids, loss_count=5))
+    rows_of = {s: row for row, s in enumerate(ids)}
+    used = used_columns(batch)
+    micro = micro_batch_rows(len(ids), one_stage.micro_batches)
+    own_total = shared_total = 0
+    for rank, device in enumerate(one_stage.stages[0].devices):
+        part = parts[device]
+        for span in micro:
+            mine = device_rows(span, one_stage.stages[0].shares)[rank]
+            if mine[0] == mine[1]:
+                continue
+            shared, own = part.rows(mine), part.rows(mine, own_columns=True)
+            samples = part.ids(mine)
+            assert samples is not None
+            original = [rows_of[s] for s in samples]
+            for mask in used:
+                # As wide as its rows' longest, never wider than their micro-batch.
+                assert own[mask].shape[1] == int(used[mask][original].max())
+                assert own[mask].shape[1] <= shared[mask].shape[1]
+                own_total += own[mask].numel()
+                shared_total += shared[mask].numel()
+            for key, value in own.items():
+                # The same values, on fewer columns; what is cut is padding only.
+                full = shared[key]
+                assert torch.equal(value, full[:, : value.shape[1]] if full.dim() > 1 else full)
+                if key in used or key == "labels":
+                    padding = IGNORE_INDEX if key == "labels" else 0
+                    assert bool((full[:, value.shape[1] :] == padding).all()), key
+    assert own_total < shared_total
