@@ -24,6 +24,7 @@ from typing import TypeVar
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from agent.errors import BadRequest
 from pac.families import ModelFamily, family_for_dir
@@ -89,13 +90,17 @@ def profile_layers(
     second_batch_size: int = 0,
     backward_technique: str = "",
     packed_backbone: bool = False,
+    keep: Callable[[PreTrainedModel, bool], None] | None = None,
 ) -> ProfileResult:
     """Timings of blocks ``[start, end)`` (end 0 = all) on a ``[batch_size, seq_len]`` batch
     of random token ids, with ``side_network`` of the side network on that batch, and with
     ``second_batch_size`` of the blocks on a second batch (the model is loaded once), and
     with ``backward_technique`` (``full``, ``lora``, ``adapters``) each block's backward as
     that baseline runs it. ``packed_backbone``: the blocks run on oneDNN-prepacked weights
-    (pac.techniques.packed_backbone), as a parallel-adapters job runs them by default."""
+    (pac.techniques.packed_backbone), as a parallel-adapters job runs them by default.
+    ``keep``: given the backbone and whether blocks of it are packed at the end, when it is
+    what a parallel-adapters job's replica loads (on the CPU, frozen, only run forward;
+    agent/model_handoff.py)."""
     if packed_backbone and backward_technique:
         raise BadRequest("a prepacked backbone has no backward: profile one or the other")
     family_class = family_for_dir(model_dir)
@@ -145,6 +150,9 @@ def profile_layers(
         backward = tuple(
             max(b - t.forward_seconds, 0.0) for b, t in zip(both, timings, strict=True)
         )
+    if keep is not None and not backward_technique and (device is None or device.type == "cpu"):
+        family.model.requires_grad_(False)
+        keep(family.model, bool(packing is not None and packing.packed))
     return ProfileResult(embed_seconds, timings, side, second, backward, side_second)
 
 

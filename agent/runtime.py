@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel
 
 from agent import allocator
 from agent.cache_adoption import discard_kept_caches
@@ -35,6 +36,7 @@ from agent.errors import (
     StageNotLoaded,
 )
 from agent.metrics import AgentMetrics
+from agent.model_handoff import ModelHandoff
 from agent.peak_memory import CACHE_PHASE
 from agent.profile_memo import PROFILES_FILE, ProfileAsk, ProfileMemo
 from agent.profiling import ProfileResult, profile_layers
@@ -122,6 +124,7 @@ class AgentRuntime:
         self.device = device
         self.jobs: dict[str, JobSession] = {}
         self.profiles = ProfileMemo(path=cache_dir / PROFILES_FILE)
+        self.handoff = ModelHandoff()
         self.draining = False
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -187,7 +190,7 @@ class AgentRuntime:
             job_id, self.name, settings, self.send, self.mailbox, asyncio.get_running_loop()
         )
         session.training = await asyncio.to_thread(
-            TrainingSession, job_id, self.name, settings, self.cache_dir, transport
+            TrainingSession, job_id, self.name, settings, self.cache_dir, transport, self.handoff
         )
         return True
 
@@ -402,11 +405,17 @@ class AgentRuntime:
             f"device={self.device or 'cpu'};threads={torch.get_num_threads()};"
             f"torch={torch.__version__}"
         )
-        return await asyncio.to_thread(
+        measured = await asyncio.to_thread(
             self.profiles.profile, replace(ask, conditions=conditions), max_age_s, self._measure
         )
+        if self.handoff.holding:  # a backbone no job takes is let go (agent/model_handoff.py)
+            asyncio.get_running_loop().call_later(self.handoff.keep_s + 1, self.handoff.expire)
+        return measured
 
     def _measure(self, ask: ProfileAsk) -> ProfileResult:
+        def keep(model: PreTrainedModel, packed: bool) -> None:
+            self.handoff.offer(ask.model_dir, model, packed)
+
         return profile_layers(
             ask.model_dir,
             ask.start,
@@ -419,6 +428,7 @@ class AgentRuntime:
             ask.second_batch_size,
             ask.backward_technique,
             ask.packed_backbone,
+            keep,
         )
 
     def release_backbone(self, job_id: str) -> int:

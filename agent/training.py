@@ -18,6 +18,7 @@ from torch.utils.hooks import RemovableHandle
 
 from agent.cache_adoption import adopt_cache
 from agent.errors import BadRequest, JobClosed, WeightsMismatch
+from agent.model_handoff import ModelHandoff
 from pac.cache.key import CacheKey, fingerprint_model_dir
 from pac.cache.store import ActivationCache
 from pac.engine.checkpoint import CHECKPOINT_FILE, save_state, split_state, trained_state
@@ -157,7 +158,10 @@ class TrainingSession:
         settings: MeshJobSettings,
         cache_root: Path,
         transport: WireTransport,
+        handoff: ModelHandoff | None = None,
     ) -> None:
+        """``handoff``: where the job's profiling may have left its backbone, taken instead
+        of loading the files again (agent/model_handoff.py)."""
         self.settings = settings
         if settings.model_fingerprint:
             local = fingerprint_model_dir(settings.model_dir)
@@ -167,9 +171,12 @@ class TrainingSession:
                     f"(sha256 {local[:12]}..., the coordinator's {settings.model_fingerprint[:12]}"
                     "...); copy the coordinator's model directory to this device"
                 )
-        self.loaded = load_model(
-            settings.model_dir, dtype=backbone_dtype_of(settings.technique_settings)
-        )
+        dtype = backbone_dtype_of(settings.technique_settings)
+        backbone = None
+        if handoff is not None and settings.technique == "parallel-adapters":
+            packs = bool(settings.technique_settings.get("packed_backbone", True))
+            backbone = handoff.take(settings.model_dir, dtype, packed=packs)
+        self.loaded = load_model(settings.model_dir, dtype=dtype, backbone=backbone)
         torch.manual_seed(settings.seed)
         self.model = build_technique(
             settings.technique, self.loaded.family, settings.task, settings.technique_settings

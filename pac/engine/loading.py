@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from pac.families import FamilyError, ModelFamily, family_for_dir
@@ -39,10 +39,15 @@ class LoadedModel:
         return int(start)
 
 
-def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32) -> LoadedModel:
+def load_model(
+    model_dir: str | Path,
+    dtype: torch.dtype | str = torch.float32,
+    backbone: PreTrainedModel | None = None,
+) -> LoadedModel:
     """Load ``model_dir`` (``config.json``, weights, tokenizer files) offline, its weights in
     ``dtype`` (a dtype, or a backbone dtype name such as ``"bf16"``, see
-    :mod:`pac.techniques.backbone_dtype`).
+    :mod:`pac.techniques.backbone_dtype`); ``backbone``: the directory's model, loaded
+    already (its weights are not read again).
 
     Raises :class:`FamilyError` naming the directory and what is missing."""
     dtype = parse_backbone_dtype(dtype)
@@ -53,6 +58,6 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32) 
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise FamilyError(f"{path} has no tokenizer: expected one of {', '.join(TOKENIZER_FILES)}")
     hf_logging.disable_progress_bar()  # the weights of a local model load in a blink
-    model = family_type.load(path, dtype=dtype)
+    model = backbone if backbone is not None else family_type.load(path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return LoadedModel(model_dir=path, family=family_type(model), tokenizer=tokenizer)

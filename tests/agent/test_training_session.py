@@ -9,6 +9,7 @@ from typing import Any, cast
 import pytest
 
 from agent.errors import WeightsMismatch
+from agent.model_handoff import ModelHandoff
 from agent.training import TrainingSession, WireTransport
 from pac.pipeline.job import MeshJobSettings
 from pac.pipeline.layout import PipelineLayout, StageSpec
@@ -39,6 +40,7 @@ def mesh_session(
     technique: str = "lora",
     attempt: str = "job",
     extra: dict[str, Any] | None = None,
+    handoff: ModelHandoff | None = None,
 ) -> TrainingSession:
     """A one-device mesh job's session on ``model_dir`` (no transport: nothing is sent)."""
     settings = MeshJobSettings(
@@ -52,7 +54,7 @@ def mesh_session(
         total_steps=20,
         extra=extra or {},
     )
-    return TrainingSession(attempt, "agent-0", settings, cache_root, cast(Any, None))
+    return TrainingSession(attempt, "agent-0", settings, cache_root, cast(Any, None), handoff)
 
 
 def lora_session(model_dir: Path, cache_root: Path) -> TrainingSession:
