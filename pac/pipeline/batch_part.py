@@ -157,15 +157,14 @@ class BatchPart:
         changes nothing but rounding, as :mod:`pac.pipeline.micro_columns` says)."""
         start, stop = self._span(rows)
         tensors = {key: value[start:stop] for key, value in self.tensors.items()}
-        if not self.columns or start == stop:
+        if start == stop or not (self.columns or own_columns):
             return tensors
         widths = {mask: int(width[start:stop].max()) for mask, width in self.columns.items()}
         if own_columns:
-            used = used_columns(tensors)
-            widths = {
-                mask: min(width, max(1, int(used[mask].max()))) if mask in used else width
-                for mask, width in widths.items()
-            }
+            # With one micro-batch nothing was cut: the rows' own columns are all the cut.
+            for mask, columns in used_columns(tensors).items():
+                own = max(1, int(columns.max()))
+                widths[mask] = min(widths.get(mask, own), own)
         return cut_columns(tensors, widths)
 
     def ids(self, rows: Rows) -> list[str] | None:

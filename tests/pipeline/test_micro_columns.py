@@ -157,15 +157,18 @@ def test_a_short_last_mini_batch_leaves_micro_batches_empty() -> None:
         micro_batch_rows(4, 0)
 
 
+@pytest.mark.parametrize("micro_batches", [1, 2])
 @pytest.mark.parametrize(
     "batch",
     [causal_lm_batch(LENGTHS), seq2seq_batch(LENGTHS, TARGETS)],
     ids=["causal-lm", "seq2seq"],
 )
 def test_a_device_alone_through_every_block_computes_its_own_rows_columns(
-    batch: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor], micro_batches: int
 ) -> None:
-    one_stage = PipelineLayout((StageSpec(0, 4, ("a", "b", "c"), (1.0, 1.0, 1.0)),), 2)
+    # With one micro-batch (EDDL-like data parallelism) nothing else cuts the columns: a
+    # device pads its rows to their own longest, as its own data loader would.
+    one_stage = PipelineLayout((StageSpec(0, 4, ("a", "b", "c"), (1.0, 1.0, 1.0)),), micro_batches)
     ids = [f"s{row:02d}" for row in range(len(LENGTHS))]
     parts = pipeline_parts(one_stage, BatchPart.whole(batch, ids, loss_count=5))
     rows_of = {s: row for row, s in enumerate(ids)}
