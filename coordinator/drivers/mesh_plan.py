@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from coordinator.drivers.alike_agents import median_timings
+from coordinator.drivers.alike_agents import alike_groups, median_timings
 from coordinator.drivers.mesh_job import JobInputs
 from coordinator.drivers.profile_pools import Measurer, measurers, pool_of
 from coordinator.jobs import JobSpec
@@ -39,6 +39,11 @@ log = logging.getLogger("pac.coordinator.mesh")
 
 PROFILE_SEQ_LEN = 64
 PROFILE_REPEATS = 2
+# An agent measured beside at least this many alike agents (itself included) times each
+# thing once after its warm-up: the median over the agents stands for the median of
+# repeats (the same number of timings or more, and the agents measure at once).
+ALIKE_MEDIAN_AGENTS = 3
+ALIKE_REPEATS = 1
 PROFILE_MAX_BATCH = 8
 LINK_PAYLOAD_BYTES = 1 << 20
 LINK_REPEATS = 3
@@ -98,6 +103,19 @@ def side_timing(
     return per_sample / blocks, fixed
 
 
+def measuring_alike(
+    chosen: list[Measurer], profiles: dict[str, agent_pb2.DeviceProfile]
+) -> dict[str, int]:
+    """Per measuring agent, how many of the measuring agents (itself included) are of its
+    hardware (coordinator/drivers/alike_agents.py)."""
+    measuring = {m.name for m in chosen}
+    counts = {}
+    for group in alike_groups(profiles):
+        members = [name for name in group if name in measuring]
+        counts.update({name: len(members) for name in members})
+    return counts
+
+
 async def profile_agents(
     stubs: dict[str, agent_pb2_grpc.AgentStub],
     spec: JobSpec,
@@ -130,14 +148,18 @@ async def profile_agents(
         max_age_s=max_age_s,
     )
     chosen = measurers(names, profiles or {})
+    alike = measuring_alike(chosen, {n: p for n, p in (profiles or {}).items() if n in stubs})
 
     def ask(measurer: Measurer) -> agent_pb2.ProfileRequest:
-        if not measurer.pool_agents:
+        fewer = alike.get(measurer.name, 1) >= ALIKE_MEDIAN_AGENTS
+        if not measurer.pool_agents and not fewer:
             return request
-        with_pool = agent_pb2.ProfileRequest()
-        with_pool.CopyFrom(request)
-        with_pool.pool_agents = measurer.pool_agents
-        return with_pool
+        changed = agent_pb2.ProfileRequest()
+        changed.CopyFrom(request)
+        changed.pool_agents = measurer.pool_agents
+        if fewer:
+            changed.repeats = ALIKE_REPEATS
+        return changed
 
     replies = await asyncio.gather(
         *(stubs[m.name].Profile(ask(m), metadata=metadata) for m in chosen)

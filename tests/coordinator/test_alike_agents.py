@@ -87,3 +87,41 @@ def test_the_coordinator_plans_alike_agents_on_their_median() -> None:
     timings = asyncio.run(profile_agents(stubs, spec, (), profiles=profiles))  # type: ignore[arg-type]
     alone = asyncio.run(profile_agents({"b": stubs["b"]}, spec, ()))  # type: ignore[dict-item]
     assert timings["a"] == timings["b"] == timings["c"] == alone["b"]
+
+
+class _Recording(_Stub):
+    def __init__(self) -> None:
+        super().__init__(0.02, 0.01)
+        self.repeats: list[int] = []
+
+    async def Profile(self, request: Any, metadata: Any = None) -> agent_pb2.ProfileReply:
+        self.repeats.append(request.repeats)
+        return await super().Profile(request, metadata)
+
+
+def test_agents_measured_beside_enough_alike_ones_time_each_thing_once() -> None:
+    from coordinator.drivers.mesh_plan import ALIKE_MEDIAN_AGENTS, ALIKE_REPEATS, PROFILE_REPEATS
+
+    assert ALIKE_MEDIAN_AGENTS == 3 and ALIKE_REPEATS < PROFILE_REPEATS
+    spec = JobSpec(model_dir="/models/m", data_path="d.jsonl", task="classification")
+    profiles = {n: _profile(n) for n in ("a", "b", "c")}
+    profiles["laptop"] = _profile("laptop", cpu_cores=4)
+    # Four agents on one pool of cores: one of them measures, so it has no alike peers.
+    profiles.update({n: _profile(n, cpu_pool="box:cpus=0-1") for n in ("p", "q", "r", "s")})
+    stubs = {name: _Recording() for name in profiles}
+    asyncio.run(profile_agents(stubs, spec, (), profiles=profiles))  # type: ignore[arg-type]
+    asked = {name: stub.repeats for name, stub in stubs.items()}
+    assert asked == {
+        "a": [ALIKE_REPEATS],
+        "b": [ALIKE_REPEATS],
+        "c": [ALIKE_REPEATS],
+        "laptop": [PROFILE_REPEATS],
+        "p": [PROFILE_REPEATS],
+        "q": [],
+        "r": [],
+        "s": [],
+    }
+    # Two alike agents are too few for a median to stand for the repeats.
+    two = {n: _Recording() for n in ("a", "b")}
+    asyncio.run(profile_agents(two, spec, (), profiles=profiles))  # type: ignore[arg-type]
+    assert [s.repeats for s in two.values()] == [[PROFILE_REPEATS], [PROFILE_REPEATS]]
