@@ -79,6 +79,7 @@ def model_from_proto(msg: pb.ModelProfile) -> ModelProfile:
             for x in msg.layers
         ),
         tuple((t.rows, t.scale) for t in msg.micro_batch_tokens),
+        tuple((t.rows, t.devices, t.scale) for t in msg.one_stage_tokens),
     )
 
 
@@ -112,6 +113,8 @@ def model_to_proto(model: ModelProfile) -> pb.ModelProfile:
         )
     for rows, scale in model.micro_batch_tokens:
         msg.micro_batch_tokens.add(rows=rows, scale=scale)
+    for rows, devices, scale in model.one_stage_tokens:
+        msg.one_stage_tokens.add(rows=rows, devices=devices, scale=scale)
     return msg
 
 

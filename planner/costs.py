@@ -188,7 +188,9 @@ class CostModel:
     def stage(self, group: tuple[int, ...], i: int, j: int, b: int, inflight: int) -> StageCost:
         """Cost of layers [i, j) on devices ``group`` (indices), micro-batch ``b``."""
         idx = np.array(group)
-        per_sample = self.model.token_scale(b) * (
+        whole = i == 0 and j == self.num_layers  # one stage: each device cuts its own rows
+        scale = self.model.one_stage_scale(b, len(group)) if whole else self.model.token_scale(b)
+        per_sample = scale * (
             self.work_prefix[idx, j] - self.work_prefix[idx, i]
             + self.comm_bytes(i, j) / self.rate[idx]
         )

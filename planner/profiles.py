@@ -184,11 +184,18 @@ class ModelProfile:
     ``rows`` samples computes ``scale`` times the tokens per sample of the whole mini-batch
     padded to its longest sample (the mesh sorts a mini-batch's rows longest first and cuts
     each micro-batch to its own longest, :mod:`pac.pipeline.micro_columns`). A size not
-    listed computes 1.0: the layers' per-sample times are at the mini-batch's padding."""
+    listed computes 1.0: the layers' per-sample times are at the mini-batch's padding.
+
+    ``one_stage_tokens``: ``(rows, devices, scale)``: in a stage of every layer (one
+    stage), a device computes its rows of a micro-batch cut to their own longest (it meets
+    no other device's rows), so a micro-batch of ``rows`` samples on ``devices`` devices
+    computes ``scale``, less than its ``micro_batch_tokens`` scale. A pair not listed
+    computes as ``micro_batch_tokens`` says."""
 
     name: str
     layers: tuple[LayerProfile, ...]
     micro_batch_tokens: tuple[tuple[int, float], ...] = ()
+    one_stage_tokens: tuple[tuple[int, int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -199,11 +206,27 @@ class ModelProfile:
                     f"micro-batches of {rows} rows computing {scale} of the padded tokens: "
                     "rows must be at least 1 and the scale in (0, 1]"
                 )
+        for rows, devices, scale in self.one_stage_tokens:
+            if rows < 1 or devices < 1 or not 0 < scale <= 1:
+                raise ValueError(
+                    f"micro-batches of {rows} rows on {devices} devices computing {scale} of "
+                    "the padded tokens: rows and devices must be at least 1 and the scale in "
+                    "(0, 1]"
+                )
 
     def token_scale(self, rows: int) -> float:
         """What a micro-batch of ``rows`` samples computes per sample, relative to the
         whole mini-batch padded to its longest sample."""
         return dict(self.micro_batch_tokens).get(rows, 1.0)
+
+    def one_stage_scale(self, rows: int, devices: int) -> float:
+        """What a micro-batch of ``rows`` samples computes per sample in a one-stage group
+        of ``devices`` devices (``one_stage_tokens``, else :meth:`token_scale`); devices
+        beyond ``rows`` get no row and change nothing."""
+        for r, d, scale in self.one_stage_tokens:
+            if (r, d) == (rows, min(devices, rows)):
+                return scale
+        return self.token_scale(rows)
 
     def trainable_bytes(self, technique: Technique) -> tuple[int, ...]:
         """Per layer, the parameter bytes that are trained (and all-reduced in a group)."""

@@ -185,8 +185,17 @@ def _stage_tables(
             pair_lat = np.where(pair, np.maximum(pair_lat, types.latency[a, c]), pair_lat)
 
     latency = 2 * nb[None, :] * lat[:, None]  # [G, cells]
+    # A stage of every layer: each device cuts its rows to their own longest, so the group's
+    # size changes what a sample computes (ModelProfile.one_stage_tokens); the same factor
+    # for every member leaves the split as it is and scales its time.
+    whole = np.nonzero((first == 0) & (end == L))[0]
+    base = costs.model.token_scale(b)
+    one_stage = np.array(
+        [costs.model.one_stage_scale(b, int(n)) / base for n in size], dtype=np.float64
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = b / (counts @ (1.0 / per_sample))  # lower bound of the split's time
+        frac[:, whole] *= one_stage[:, None]
         # A stage whose weights alone overflow a member can never be used.
         room = np.where(present, types.memory[None, :], math.inf).min(axis=1)  # [groups]
         candidate = (
@@ -241,6 +250,8 @@ def _stage_tables(
             guess = np.where(down, guess - 1, guess)
             guess = np.where(fx <= mem, np.maximum(guess, 0), -1)
             max_inflight = np.where(has, np.minimum(max_inflight, guess), max_inflight)
+
+        compute = np.where(ci == whole[0], compute * one_stage[gi], compute)
 
     n = size[gi].astype(np.float64)
     ring = np.where(

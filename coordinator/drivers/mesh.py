@@ -45,6 +45,7 @@ from coordinator.drivers.mesh_plan import (
     layout_of,
     measure_links,
     micro_batch_tokens,
+    one_stage_tokens,
     plan_report,
     planner_inputs,
     profile_agents,
@@ -452,8 +453,9 @@ class MeshDriver:
         started = time.perf_counter()
         inputs, _ = await reading
         tokens = await asyncio.to_thread(micro_batch_tokens, spec, inputs)
+        one_stage = await asyncio.to_thread(one_stage_tokens, spec, inputs, len(profiles))
         cluster, model = await asyncio.to_thread(
-            planner_inputs, spec, profiles, timings, links, tokens
+            planner_inputs, spec, profiles, timings, links, tokens, one_stage
         )
         try:
             chosen = await request_plan(spec, cluster, model, self.context.planner_address)
@@ -462,7 +464,7 @@ class MeshDriver:
         phases["plan_seconds"] = time.perf_counter() - started
         planner = self.context.planner_address or "the planner library in the coordinator"
         log.info("job %s planned by %s:\n%s", job.job_id, planner, chosen)
-        text = plan_report(chosen, planner, timings, links, tokens)
+        text = plan_report(chosen, planner, timings, links, tokens, one_stage)
         await asyncio.to_thread(_write_text, Path(job.output_dir) / "plan.txt", text)
         return chosen
 

@@ -28,7 +28,7 @@ from pac.data.batches import batches
 from pac.data.collate import collate
 from pac.engine.dataset import pad_id
 from pac.pipeline.layout import PipelineLayout, StageSpec
-from pac.pipeline.micro_columns import token_scale
+from pac.pipeline.micro_columns import one_stage_token_scale, token_scale
 from protos.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:
@@ -249,16 +249,35 @@ def micro_batch_tokens(spec: JobSpec, inputs: JobInputs) -> tuple[tuple[int, flo
     )
 
 
+def one_stage_tokens(
+    spec: JobSpec, inputs: JobInputs, devices: int
+) -> tuple[tuple[int, int, float], ...]:
+    """Per micro-batch size the job can be cut into (its batch included) and per number of
+    devices from 2 to ``devices``, the tokens epoch 1 computes in a one-stage group of that
+    many devices (:func:`pac.pipeline.micro_columns.one_stage_token_scale`), over the first
+    ``TOKEN_SCALE_BATCHES`` of epoch 1's mini-batches."""
+    groups = batches(inputs.samples, spec.batch_size, shuffle=True, seed=spec.seed, epoch=1)
+    pad = pad_id(inputs.loaded)
+    collated = [collate(g, pad, task=inputs.task) for g in groups[:TOKEN_SCALE_BATCHES]]
+    return tuple(
+        (spec.batch_size // m, n, one_stage_token_scale(collated, m, n))
+        for m in range(1, spec.batch_size + 1)
+        if spec.batch_size % m == 0
+        for n in range(2, min(devices, spec.batch_size // m) + 1)
+    )
+
+
 def planner_inputs(
     spec: JobSpec,
     profiles: dict[str, agent_pb2.DeviceProfile],
     timings: dict[str, BlockTiming],
     links: dict[tuple[str, str], LinkProfile],
     tokens: tuple[tuple[int, float], ...] = (),
+    one_stage: tuple[tuple[int, int, float], ...] = (),
 ) -> tuple[Cluster, ModelProfile]:
     """The planner's view of the job: per-layer times scaled from each agent's measured
     block time by the layers' FLOPs (from the agent's matmul speed where it has none);
-    ``tokens``: :func:`micro_batch_tokens`."""
+    ``tokens``: :func:`micro_batch_tokens`; ``one_stage``: :func:`one_stage_tokens`."""
     from planner.estimate import device_profile, model_profile, model_shape, read_config
     from planner.profiles import Cluster
 
@@ -287,7 +306,9 @@ def planner_inputs(
                 threads=max(1, profile.threads),
             )
         )
-    model = replace(model_profile(shape, seq), micro_batch_tokens=tokens)
+    model = replace(
+        model_profile(shape, seq), micro_batch_tokens=tokens, one_stage_tokens=one_stage
+    )
     return Cluster(tuple(devices), network_of(links)), model
 
 
@@ -349,6 +370,7 @@ def plan_report(
     timings: dict[str, BlockTiming],
     links: dict[tuple[str, str], LinkProfile],
     tokens: tuple[tuple[int, float], ...] = (),
+    one_stage: tuple[tuple[int, int, float], ...] = (),
 ) -> str:
     """The plan as ``pac plan`` prints it, then what it was made from."""
     lines = [str(chosen), "", f"planned by {planner} from these measurements:"]
@@ -374,4 +396,10 @@ def plan_report(
     if tokens:
         sizes = ", ".join(f"{rows} rows {scale:.2f}" for rows, scale in tokens)
         lines.append(f"  tokens computed per micro-batch size, of the padded mini-batch's: {sizes}")
+    if one_stage:
+        most = max(n for _, n, _ in one_stage)
+        sizes = ", ".join(f"{rows} rows {scale:.2f}" for rows, n, scale in one_stage if n == most)
+        lines.append(
+            f"  in one stage of {most} agents, each cutting its rows to their own longest: {sizes}"
+        )
     return "\n".join(lines) + "\n"

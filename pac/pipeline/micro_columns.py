@@ -130,3 +130,36 @@ def token_scale(batches: Iterable[Mapping[str, torch.Tensor]], micro_batches: in
                 padded += whole
                 computed += int(widths[mask].sum()) if mask in widths else whole
     return computed / padded if padded else 1.0
+
+
+def one_stage_token_scale(
+    batches: Iterable[Mapping[str, torch.Tensor]], micro_batches: int, devices: int
+) -> float:
+    """The tokens epoch 1 computes over ``batches`` in a one-stage group of ``devices``
+    devices, each cutting its rows of a micro-batch to their own longest
+    (:meth:`pac.pipeline.batch_part.BatchPart.rows`), over the tokens of the batches as
+    padded. The rows of a micro-batch (longest first) are taken to be dealt in turn, one
+    to each device, as the deal for even cached steps (:mod:`pac.pipeline.balance`)
+    starts: each device's longest row is then one of the micro-batch's ``devices``
+    longest."""
+    computed = padded = 0
+    for batch in batches:
+        rows = next(iter(batch.values())).shape[0] if batch else 0
+        used = used_columns(batch)
+        cut = micro_batch_cut(batch, micro_batches)
+        order = cut[0] if cut is not None else list(range(rows))
+        spans = micro_batch_rows(rows, micro_batches) if cut is not None else [(0, rows)]
+        for mask in MASKS:
+            if mask not in batch or batch[mask].dim() != 2:
+                continue
+            padded += batch[mask].numel()
+            if mask not in used:
+                computed += batch[mask].numel()
+                continue
+            for start, stop in spans:
+                members = order[start:stop]
+                for k in range(max(1, devices)):
+                    mine = members[k :: max(1, devices)]
+                    if mine:
+                        computed += len(mine) * max(1, int(used[mask][mine].max()))
+    return computed / padded if padded else 1.0

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17protos/v1/planner.proto\x12\x06pac.v1\"\xcb\x02\n\x14PlannerDeviceProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tforward_s\x18\x02 \x03(\x01\x12\x0e\n\x06side_s\x18\x03 \x03(\x01\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\x12?\n\nbackward_s\x18\x05 \x03(\x0b\x32+.pac.v1.PlannerDeviceProfile.BackwardSEntry\x12\x0e\n\x06gflops\x18\x06 \x01(\x01\x12\x1e\n\x16micro_batch_overhead_s\x18\x07 \x01(\x01\x12\x10\n\x08\x63pu_pool\x18\x08 \x01(\t\x12\x12\n\npool_cores\x18\t \x01(\r\x12\x0f\n\x07threads\x18\n \x01(\r\x1a\x44\n\x0e\x42\x61\x63kwardSEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.pac.v1.LayerTimes:\x02\x38\x01\"\x1d\n\nLayerTimes\x12\x0f\n\x07seconds\x18\x01 \x03(\x01\"7\n\x0bLinkProfile\x12\x15\n\rbandwidth_bps\x18\x01 \x01(\x01\x12\x11\n\tlatency_s\x18\x02 \x01(\x01\"G\n\x0cLinkOverride\x12\t\n\x01\x61\x18\x01 \x01(\t\x12\t\n\x01\x62\x18\x02 \x01(\t\x12!\n\x04link\x18\x03 \x01(\x0b\x32\x13.pac.v1.LinkProfile\"]\n\x07Network\x12)\n\x0c\x64\x65\x66\x61ult_link\x18\x01 \x01(\x0b\x32\x13.pac.v1.LinkProfile\x12\'\n\toverrides\x18\x02 \x03(\x0b\x32\x14.pac.v1.LinkOverride\"Z\n\x07\x43luster\x12-\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x1c.pac.v1.PlannerDeviceProfile\x12 \n\x07network\x18\x02 \x01(\x0b\x32\x0f.pac.v1.Network\"\xfb\x01\n\x13PlannerLayerProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cweight_bytes\x18\x02 \x01(\x04\x12\x18\n\x10\x61\x63tivation_bytes\x18\x03 \x01(\x04\x12\x18\n\x10side_param_bytes\x18\x04 \x01(\x04\x12\x1d\n\x15side_activation_bytes\x18\x05 \x01(\x04\x12\x1c\n\x14\x62\x61\x63kbone_stash_bytes\x18\x06 \x01(\x04\x12\x18\n\x10side_stash_bytes\x18\x07 \x01(\x04\x12\x18\n\x10lora_param_bytes\x18\x08 \x01(\x04\x12\x1b\n\x13\x61\x64\x61pter_param_bytes\x18\t \x01(\x04\"/\n\x10MicroBatchTokens\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\r\n\x05scale\x18\x02 \x01(\x01\"\x7f\n\x0cModelProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x06layers\x18\x02 \x03(\x0b\x32\x1b.pac.v1.PlannerLayerProfile\x12\x34\n\x12micro_batch_tokens\x18\x03 \x03(\x0b\x32\x18.pac.v1.MicroBatchTokens\"\xa6\x01\n\x0bPlanRequest\x12 \n\x07\x63luster\x18\x01 \x01(\x0b\x32\x0f.pac.v1.Cluster\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.pac.v1.ModelProfile\x12\x11\n\ttechnique\x18\x03 \x01(\t\x12\x14\n\x0cglobal_batch\x18\x04 \x01(\r\x12\x15\n\rmicro_batches\x18\x05 \x01(\r\x12\x10\n\x08strategy\x18\x06 \x01(\t\".\n\x0b\x44\x65viceGroup\x12\x0f\n\x07\x64\x65vices\x18\x01 \x03(\t\x12\x0e\n\x06shares\x18\x02 \x03(\r\"{\n\x05Stage\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\x12\"\n\x05group\x18\x04 \x01(\x0b\x32\x13.pac.v1.DeviceGroup\x12\x0e\n\x06time_s\x18\x05 \x01(\x01\x12\x13\n\x0b\x61llreduce_s\x18\x06 \x01(\x01\"m\n\x12PlannerInstruction\x12%\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x15.pac.v1.PlannerAction\x12\r\n\x05stage\x18\x02 \x01(\r\x12\x13\n\x0bmicro_batch\x18\x03 \x01(\x05\x12\x0c\n\x04peer\x18\x04 \x01(\t\"R\n\x0e\x44\x65viceSchedule\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x30\n\x0cinstructions\x18\x02 \x03(\x0b\x32\x1a.pac.v1.PlannerInstruction\"-\n\x0c\x44\x65viceAmount\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04\"\xd0\x02\n\x04Plan\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x11\n\ttechnique\x18\x02 \x01(\t\x12\x14\n\x0cglobal_batch\x18\x03 \x01(\r\x12\x15\n\rmicro_batches\x18\x04 \x01(\r\x12\x1d\n\x06stages\x18\x05 \x03(\x0b\x32\r.pac.v1.Stage\x12\x13\n\x0bstep_time_s\x18\x06 \x01(\x01\x12*\n\x0cmemory_bytes\x18\x07 \x03(\x0b\x32\x14.pac.v1.DeviceAmount\x12\x30\n\x12memory_limit_bytes\x18\x08 \x03(\x0b\x32\x14.pac.v1.DeviceAmount\x12*\n\x0c\x63\x61\x63he_shares\x18\t \x03(\x0b\x32\x14.pac.v1.DeviceAmount\x12)\n\tschedules\x18\n \x03(\x0b\x32\x16.pac.v1.DeviceSchedule\x12\r\n\x05notes\x18\x0b \x03(\t\"9\n\x0cPlanResponse\x12\x1a\n\x04plan\x18\x01 \x01(\x0b\x32\x0c.pac.v1.Plan\x12\r\n\x05table\x18\x02 \x01(\t*\xdb\x01\n\rPlannerAction\x12\x1e\n\x1aPLANNER_ACTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16PLANNER_ACTION_FORWARD\x10\x01\x12\x1b\n\x17PLANNER_ACTION_BACKWARD\x10\x02\x12\x17\n\x13PLANNER_ACTION_SEND\x10\x03\x12\x17\n\x13PLANNER_ACTION_RECV\x10\x04\x12\x1c\n\x18PLANNER_ACTION_ALLREDUCE\x10\x05\x12!\n\x1dPLANNER_ACTION_OPTIMIZER_STEP\x10\x06\x32<\n\x07Planner\x12\x31\n\x04Plan\x12\x13.pac.v1.PlanRequest\x1a\x14.pac.v1.PlanResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17protos/v1/planner.proto\x12\x06pac.v1\"\xcb\x02\n\x14PlannerDeviceProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tforward_s\x18\x02 \x03(\x01\x12\x0e\n\x06side_s\x18\x03 \x03(\x01\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\x12?\n\nbackward_s\x18\x05 \x03(\x0b\x32+.pac.v1.PlannerDeviceProfile.BackwardSEntry\x12\x0e\n\x06gflops\x18\x06 \x01(\x01\x12\x1e\n\x16micro_batch_overhead_s\x18\x07 \x01(\x01\x12\x10\n\x08\x63pu_pool\x18\x08 \x01(\t\x12\x12\n\npool_cores\x18\t \x01(\r\x12\x0f\n\x07threads\x18\n \x01(\r\x1a\x44\n\x0e\x42\x61\x63kwardSEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.pac.v1.LayerTimes:\x02\x38\x01\"\x1d\n\nLayerTimes\x12\x0f\n\x07seconds\x18\x01 \x03(\x01\"7\n\x0bLinkProfile\x12\x15\n\rbandwidth_bps\x18\x01 \x01(\x01\x12\x11\n\tlatency_s\x18\x02 \x01(\x01\"G\n\x0cLinkOverride\x12\t\n\x01\x61\x18\x01 \x01(\t\x12\t\n\x01\x62\x18\x02 \x01(\t\x12!\n\x04link\x18\x03 \x01(\x0b\x32\x13.pac.v1.LinkProfile\"]\n\x07Network\x12)\n\x0c\x64\x65\x66\x61ult_link\x18\x01 \x01(\x0b\x32\x13.pac.v1.LinkProfile\x12\'\n\toverrides\x18\x02 \x03(\x0b\x32\x14.pac.v1.LinkOverride\"Z\n\x07\x43luster\x12-\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x1c.pac.v1.PlannerDeviceProfile\x12 \n\x07network\x18\x02 \x01(\x0b\x32\x0f.pac.v1.Network\"\xfb\x01\n\x13PlannerLayerProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cweight_bytes\x18\x02 \x01(\x04\x12\x18\n\x10\x61\x63tivation_bytes\x18\x03 \x01(\x04\x12\x18\n\x10side_param_bytes\x18\x04 \x01(\x04\x12\x1d\n\x15side_activation_bytes\x18\x05 \x01(\x04\x12\x1c\n\x14\x62\x61\x63kbone_stash_bytes\x18\x06 \x01(\x04\x12\x18\n\x10side_stash_bytes\x18\x07 \x01(\x04\x12\x18\n\x10lora_param_bytes\x18\x08 \x01(\x04\x12\x1b\n\x13\x61\x64\x61pter_param_bytes\x18\t \x01(\x04\"/\n\x10MicroBatchTokens\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\r\n\x05scale\x18\x02 \x01(\x01\">\n\x0eOneStageTokens\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0f\n\x07\x64\x65vices\x18\x02 \x01(\r\x12\r\n\x05scale\x18\x03 \x01(\x01\"\xb1\x01\n\x0cModelProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x06layers\x18\x02 \x03(\x0b\x32\x1b.pac.v1.PlannerLayerProfile\x12\x34\n\x12micro_batch_tokens\x18\x03 \x03(\x0b\x32\x18.pac.v1.MicroBatchTokens\x12\x30\n\x10one_stage_tokens\x18\x04 \x03(\x0b\x32\x16.pac.v1.OneStageTokens\"\xa6\x01\n\x0bPlanRequest\x12 \n\x07\x63luster\x18\x01 \x01(\x0b\x32\x0f.pac.v1.Cluster\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.pac.v1.ModelProfile\x12\x11\n\ttechnique\x18\x03 \x01(\t\x12\x14\n\x0cglobal_batch\x18\x04 \x01(\r\x12\x15\n\rmicro_batches\x18\x05 \x01(\r\x12\x10\n\x08strategy\x18\x06 \x01(\t\".\n\x0b\x44\x65viceGroup\x12\x0f\n\x07\x64\x65vices\x18\x01 \x03(\t\x12\x0e\n\x06shares\x18\x02 \x03(\r\"{\n\x05Stage\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\x12\"\n\x05group\x18\x04 \x01(\x0b\x32\x13.pac.v1.DeviceGroup\x12\x0e\n\x06time_s\x18\x05 \x01(\x01\x12\x13\n\x0b\x61llreduce_s\x18\x06 \x01(\x01\"m\n\x12PlannerInstruction\x12%\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x15.pac.v1.PlannerAction\x12\r\n\x05stage\x18\x02 \x01(\r\x12\x13\n\x0bmicro_batch\x18\x03 \x01(\x05\x12\x0c\n\x04peer\x18\x04 \x01(\t\"R\n\x0e\x44\x65viceSchedule\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x30\n\x0cinstructions\x18\x02 \x03(\x0b\x32\x1a.pac.v1.PlannerInstruction\"-\n\x0c\x44\x65viceAmount\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04\"\xd0\x02\n\x04Plan\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x11\n\ttechnique\x18\x02 \x01(\t\x12\x14\n\x0cglobal_batch\x18\x03 \x01(\r\x12\x15\n\rmicro_batches\x18\x04 \x01(\r\x12\x1d\n\x06stages\x18\x05 \x03(\x0b\x32\r.pac.v1.Stage\x12\x13\n\x0bstep_time_s\x18\x06 \x01(\x01\x12*\n\x0cmemory_bytes\x18\x07 \x03(\x0b\x32\x14.pac.v1.DeviceAmount\x12\x30\n\x12memory_limit_bytes\x18\x08 \x03(\x0b\x32\x14.pac.v1.DeviceAmount\x12*\n\x0c\x63\x61\x63he_shares\x18\t \x03(\x0b\x32\x14.pac.v1.DeviceAmount\x12)\n\tschedules\x18\n \x03(\x0b\x32\x16.pac.v1.DeviceSchedule\x12\r\n\x05notes\x18\x0b \x03(\t\"9\n\x0cPlanResponse\x12\x1a\n\x04plan\x18\x01 \x01(\x0b\x32\x0c.pac.v1.Plan\x12\r\n\x05table\x18\x02 \x01(\t*\xdb\x01\n\rPlannerAction\x12\x1e\n\x1aPLANNER_ACTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16PLANNER_ACTION_FORWARD\x10\x01\x12\x1b\n\x17PLANNER_ACTION_BACKWARD\x10\x02\x12\x17\n\x13PLANNER_ACTION_SEND\x10\x03\x12\x17\n\x13PLANNER_ACTION_RECV\x10\x04\x12\x1c\n\x18PLANNER_ACTION_ALLREDUCE\x10\x05\x12!\n\x1dPLANNER_ACTION_OPTIMIZER_STEP\x10\x06\x32<\n\x07Planner\x12\x31\n\x04Plan\x12\x13.pac.v1.PlanRequest\x1a\x14.pac.v1.PlanResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PLANNERDEVICEPROFILE_BACKWARDSENTRY']._loaded_options = None
   _globals['_PLANNERDEVICEPROFILE_BACKWARDSENTRY']._serialized_options = b'8\001'
-  _globals['_PLANNERACTION']._serialized_start=2132
-  _globals['_PLANNERACTION']._serialized_end=2351
+  _globals['_PLANNERACTION']._serialized_start=2247
+  _globals['_PLANNERACTION']._serialized_end=2466
   _globals['_PLANNERDEVICEPROFILE']._serialized_start=36
   _globals['_PLANNERDEVICEPROFILE']._serialized_end=367
   _globals['_PLANNERDEVICEPROFILE_BACKWARDSENTRY']._serialized_start=299
@@ -53,24 +53,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLANNERLAYERPROFILE']._serialized_end=969
   _globals['_MICROBATCHTOKENS']._serialized_start=971
   _globals['_MICROBATCHTOKENS']._serialized_end=1018
-  _globals['_MODELPROFILE']._serialized_start=1020
-  _globals['_MODELPROFILE']._serialized_end=1147
-  _globals['_PLANREQUEST']._serialized_start=1150
-  _globals['_PLANREQUEST']._serialized_end=1316
-  _globals['_DEVICEGROUP']._serialized_start=1318
-  _globals['_DEVICEGROUP']._serialized_end=1364
-  _globals['_STAGE']._serialized_start=1366
-  _globals['_STAGE']._serialized_end=1489
-  _globals['_PLANNERINSTRUCTION']._serialized_start=1491
-  _globals['_PLANNERINSTRUCTION']._serialized_end=1600
-  _globals['_DEVICESCHEDULE']._serialized_start=1602
-  _globals['_DEVICESCHEDULE']._serialized_end=1684
-  _globals['_DEVICEAMOUNT']._serialized_start=1686
-  _globals['_DEVICEAMOUNT']._serialized_end=1731
-  _globals['_PLAN']._serialized_start=1734
-  _globals['_PLAN']._serialized_end=2070
-  _globals['_PLANRESPONSE']._serialized_start=2072
-  _globals['_PLANRESPONSE']._serialized_end=2129
-  _globals['_PLANNER']._serialized_start=2353
-  _globals['_PLANNER']._serialized_end=2413
+  _globals['_ONESTAGETOKENS']._serialized_start=1020
+  _globals['_ONESTAGETOKENS']._serialized_end=1082
+  _globals['_MODELPROFILE']._serialized_start=1085
+  _globals['_MODELPROFILE']._serialized_end=1262
+  _globals['_PLANREQUEST']._serialized_start=1265
+  _globals['_PLANREQUEST']._serialized_end=1431
+  _globals['_DEVICEGROUP']._serialized_start=1433
+  _globals['_DEVICEGROUP']._serialized_end=1479
+  _globals['_STAGE']._serialized_start=1481
+  _globals['_STAGE']._serialized_end=1604
+  _globals['_PLANNERINSTRUCTION']._serialized_start=1606
+  _globals['_PLANNERINSTRUCTION']._serialized_end=1715
+  _globals['_DEVICESCHEDULE']._serialized_start=1717
+  _globals['_DEVICESCHEDULE']._serialized_end=1799
+  _globals['_DEVICEAMOUNT']._serialized_start=1801
+  _globals['_DEVICEAMOUNT']._serialized_end=1846
+  _globals['_PLAN']._serialized_start=1849
+  _globals['_PLAN']._serialized_end=2185
+  _globals['_PLANRESPONSE']._serialized_start=2187
+  _globals['_PLANRESPONSE']._serialized_end=2244
+  _globals['_PLANNER']._serialized_start=2468
+  _globals['_PLANNER']._serialized_end=2528
 # @@protoc_insertion_point(module_scope)

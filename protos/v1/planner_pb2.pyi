@@ -335,12 +335,43 @@ class MicroBatchTokens(_message.Message):
 Global___MicroBatchTokens: _TypeAlias = MicroBatchTokens  # noqa: Y015
 
 @_typing.final
+class OneStageTokens(_message.Message):
+    """A micro-batch of `rows` samples in a stage of every layer on `devices` devices, each
+    device cutting its rows to their own longest: `scale` times the tokens of the whole
+    mini-batch padded to its longest row.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    rows: _builtins.int
+    devices: _builtins.int
+    scale: _builtins.float
+    def __init__(
+        self,
+        *,
+        rows: _builtins.int = ...,
+        devices: _builtins.int = ...,
+        scale: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "rows", b"rows", "scale", b"scale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OneStageTokens: _TypeAlias = OneStageTokens  # noqa: Y015
+
+@_typing.final
 class ModelProfile(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     LAYERS_FIELD_NUMBER: _builtins.int
     MICRO_BATCH_TOKENS_FIELD_NUMBER: _builtins.int
+    ONE_STAGE_TOKENS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     @_builtins.property
     def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlannerLayerProfile]: ...
@@ -348,16 +379,21 @@ class ModelProfile(_message.Message):
     def micro_batch_tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___MicroBatchTokens]:
         """none: every size computes 1.0"""
 
+    @_builtins.property
+    def one_stage_tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___OneStageTokens]:
+        """none: as micro_batch_tokens"""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         layers: _abc.Iterable[Global___PlannerLayerProfile] | None = ...,
         micro_batch_tokens: _abc.Iterable[Global___MicroBatchTokens] | None = ...,
+        one_stage_tokens: _abc.Iterable[Global___OneStageTokens] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["layers", b"layers", "micro_batch_tokens", b"micro_batch_tokens", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["layers", b"layers", "micro_batch_tokens", b"micro_batch_tokens", "name", b"name", "one_stage_tokens", b"one_stage_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

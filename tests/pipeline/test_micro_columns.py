@@ -199,3 +199,22 @@ def test_a_device_alone_through_every_block_computes_its_own_rows_columns(
                     padding = IGNORE_INDEX if key == "labels" else 0
                     assert bool((full[:, value.shape[1] :] == padding).all()), key
     assert own_total < shared_total
+
+
+def test_the_planner_is_told_what_one_stage_groups_compute() -> None:
+    from pac.pipeline.micro_columns import one_stage_token_scale
+
+    batches = [causal_lm_batch(LENGTHS), seq2seq_batch(LENGTHS, TARGETS)]
+    for m in (2, 3):
+        # One device per micro-batch cuts as the micro-batch does.
+        assert one_stage_token_scale(batches, m, 1) == pytest.approx(token_scale(batches, m))
+    # One micro-batch, one device: the mini-batch as padded (it has a row of its width
+    # but for the causal batch's two columns of padding).
+    assert one_stage_token_scale(batches[1:], 1, 1) == pytest.approx(1.0)
+    for m in (1, 2):
+        scales = [one_stage_token_scale(batches, m, n) for n in (1, 2, 3, 11)]
+        assert scales == sorted(scales, reverse=True) and scales[-1] < scales[0]
+    # A device per row: every row computes its own columns only, the least there is.
+    real = sum(int(c.sum()) for b in batches for c in used_columns(b).values())
+    padded = sum(b[mask].numel() for b in batches for mask in used_columns(b))
+    assert one_stage_token_scale(batches, 1, len(LENGTHS)) == pytest.approx(real / padded)

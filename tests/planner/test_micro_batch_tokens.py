@@ -53,3 +53,27 @@ def test_the_scales_travel_to_the_planner_service_and_bad_ones_are_refused() -> 
     for bad in (((0, 0.5),), ((2, 0.0),), ((2, 1.5),)):
         with pytest.raises(ValueError, match="scale"):
             replace(MODEL, micro_batch_tokens=bad)
+
+
+def test_a_one_stage_group_costs_its_own_scale_and_other_stages_the_micro_batchs() -> None:
+    pair = Cluster((device("a", 8, 1e-3, 1 << 30), device("b", 8, 1e-3, 1 << 30)))
+    one_stage = ((4, 2, 0.6), (8, 2, 0.8))
+    plain = CostModel(pair, replace(MODEL, micro_batch_tokens=TOKENS), PA)
+    cut = CostModel(pair, replace(MODEL, micro_batch_tokens=TOKENS, one_stage_tokens=one_stage), PA)
+    # Both devices over every layer: the group's own scale, against the micro-batch's.
+    for rows, scale in ((4, 0.6), (8, 0.8)):
+        base = plain.stage((0, 1), 0, 8, rows, 1)
+        got = cut.stage((0, 1), 0, 8, rows, 1)
+        assert got.time_s == pytest.approx(base.time_s * scale / dict(TOKENS).get(rows, 1.0))
+        assert got.shares == base.shares
+    # A stage of some layers, or a pair not listed: as before.
+    assert cut.stage((0, 1), 0, 4, 4, 1) == plain.stage((0, 1), 0, 4, 4, 1)
+    assert cut.stage((0,), 0, 8, 4, 1) == plain.stage((0,), 0, 8, 4, 1)
+    assert cut.stage((0, 1), 0, 8, 2, 1) == plain.stage((0, 1), 0, 8, 2, 1)
+    model = replace(MODEL, micro_batch_tokens=TOKENS, one_stage_tokens=one_stage)
+    back = model_from_proto(model_to_proto(model))
+    assert back == model and back.one_stage_scale(4, 2) == 0.6
+    assert back.one_stage_scale(2, 2) == 0.62  # not listed: the micro-batch's scale
+    for bad in (((0, 2, 0.5),), ((2, 0, 0.5),), ((2, 2, 1.5),)):
+        with pytest.raises(ValueError, match="scale"):
+            replace(MODEL, one_stage_tokens=bad)

@@ -35,6 +35,17 @@ def _instances(seed: int, count: int):  # type: ignore[no-untyped-def]
             sizes = [b for b in range(1, batch) if batch % b == 0]
             tokens = tuple((b, float(rng.uniform(0.4, 1.0))) for b in sizes)
             model = replace(model, micro_batch_tokens=tokens)
+        if trial % 3 != 2:
+            # One stage on n devices: each cuts its rows, so the group's size changes the
+            # scale (less than the micro-batch's, more devices less).
+            scales = dict(model.micro_batch_tokens)
+            one_stage = tuple(
+                (b, n, scales.get(b, 1.0) * float(rng.uniform(0.5, 1.0)) ** (n - 1))
+                for b in range(1, batch + 1)
+                if batch % b == 0
+                for n in range(2, min(devices, b) + 1)
+            )
+            model = replace(model, one_stage_tokens=one_stage)
         yield trial, cluster, model, TECHNIQUES[trial % 4], batch
 
 
