@@ -85,15 +85,26 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     return calls
 
 
+def handing_over(
+    model_dir: Path,
+) -> tuple[ModelHandoff, Callable[[PreTrainedModel, bool], None], list[PreTrainedModel]]:
+    """A handoff, the ``keep`` that profiling calls to offer it a backbone, and the
+    backbones offered."""
+    handoff = ModelHandoff()
+    offered: list[PreTrainedModel] = []
+
+    def keep(model: PreTrainedModel, packed: bool) -> None:
+        offered.append(model)
+        handoff.offer(model_dir, model, packed)
+
+    return handoff, keep, offered
+
+
 def test_a_parallel_adapters_replica_takes_its_profiles_backbone(
     tiny_model_dir: Callable[[str], Path], tmp_path: Path, loads: list[Path]
 ) -> None:
     model_dir = tiny_model_dir("bert")
-    handoff = ModelHandoff()
-
-    def keep(model: PreTrainedModel, packed: bool) -> None:
-        handoff.offer(model_dir, model, packed)
-
+    handoff, keep, offered = handing_over(model_dir)
     profiling.profile_layers(
         model_dir,
         0,
@@ -106,10 +117,9 @@ def test_a_parallel_adapters_replica_takes_its_profiles_backbone(
         packed_backbone=True,
         keep=keep,
     )
-    assert handoff.holding and len(loads) == 1
-    kept = handoff._kept.model if handoff._kept else None
+    assert handoff.holding and len(loads) == 1 and len(offered) == 1
     session = mesh_session(model_dir, tmp_path, technique="parallel-adapters", handoff=handoff)
-    assert session.loaded.family.model is kept
+    assert session.loaded.family.model is offered[0]
     assert len(loads) == 1  # not read again
     # The replica's own packing packed what profiling had left (block 1), and the frozen,
     # prepacked backbone runs.
@@ -125,11 +135,7 @@ def test_other_jobs_and_profiles_leave_the_backbone_alone(
     tiny_model_dir: Callable[[str], Path], tmp_path: Path, loads: list[Path]
 ) -> None:
     model_dir = tiny_model_dir("bert")
-    handoff = ModelHandoff()
-
-    def keep(model: PreTrainedModel, packed: bool) -> None:
-        handoff.offer(model_dir, model, packed)
-
+    handoff, keep, _ = handing_over(model_dir)
     # A baseline's profile times a backward: what it leaves is not kept.
     profiling.profile_layers(model_dir, 0, 0, 2, 8, 1, backward_technique="lora", keep=keep)
     assert not handoff.holding
