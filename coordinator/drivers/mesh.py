@@ -45,7 +45,6 @@ from coordinator.drivers.mesh_plan import (
     layout_of,
     measure_links,
     micro_batch_tokens,
-    one_stage_tokens,
     plan_report,
     planner_inputs,
     profile_agents,
@@ -452,8 +451,9 @@ class MeshDriver:
         progress(Progress(state=JobState.PLANNING))
         started = time.perf_counter()
         inputs, _ = await reading
-        tokens = await asyncio.to_thread(micro_batch_tokens, spec, inputs)
-        one_stage = await asyncio.to_thread(one_stage_tokens, spec, inputs, len(profiles))
+        tokens, one_stage = await asyncio.to_thread(
+            micro_batch_tokens, spec, inputs, len(profiles)
+        )
         cluster, model = await asyncio.to_thread(
             planner_inputs, spec, profiles, timings, links, tokens, one_stage
         )

@@ -234,37 +234,26 @@ def network_of(links: dict[tuple[str, str], LinkProfile]) -> Network:
     return Network(slowest, tuple((a, b, x) for (a, b), x in sorted(links.items())))
 
 
-def micro_batch_tokens(spec: JobSpec, inputs: JobInputs) -> tuple[tuple[int, float], ...]:
-    """Per micro-batch size the job can be cut into (a divisor of its batch, below it), the
-    tokens epoch 1 computes relative to the padded mini-batches
-    (:func:`pac.pipeline.micro_columns.token_scale`), over the first
-    ``TOKEN_SCALE_BATCHES`` of epoch 1's mini-batches."""
-    groups = batches(inputs.samples, spec.batch_size, shuffle=True, seed=spec.seed, epoch=1)
-    pad = pad_id(inputs.loaded)
-    collated = [collate(g, pad, task=inputs.task) for g in groups[:TOKEN_SCALE_BATCHES]]
-    return tuple(
-        (spec.batch_size // m, token_scale(collated, m))
-        for m in range(2, spec.batch_size + 1)
-        if spec.batch_size % m == 0
-    )
-
-
-def one_stage_tokens(
+def micro_batch_tokens(
     spec: JobSpec, inputs: JobInputs, devices: int
-) -> tuple[tuple[int, int, float], ...]:
-    """Per micro-batch size the job can be cut into (its batch included) and per number of
-    devices from 2 to ``devices``, the tokens epoch 1 computes in a one-stage group of that
-    many devices (:func:`pac.pipeline.micro_columns.one_stage_token_scale`), over the first
-    ``TOKEN_SCALE_BATCHES`` of epoch 1's mini-batches."""
+) -> tuple[tuple[tuple[int, float], ...], tuple[tuple[int, int, float], ...]]:
+    """Over the first ``TOKEN_SCALE_BATCHES`` of epoch 1's mini-batches, collated once: per
+    micro-batch size the job can be cut into (a divisor of its batch, below it), the tokens
+    epoch 1 computes relative to the padded mini-batches
+    (:func:`pac.pipeline.micro_columns.token_scale`); and per micro-batch size (the batch
+    included) and number of devices from 2 to ``devices``, what a one-stage group of that
+    many computes (:func:`pac.pipeline.micro_columns.one_stage_token_scale`)."""
     groups = batches(inputs.samples, spec.batch_size, shuffle=True, seed=spec.seed, epoch=1)
     pad = pad_id(inputs.loaded)
     collated = [collate(g, pad, task=inputs.task) for g in groups[:TOKEN_SCALE_BATCHES]]
-    return tuple(
+    counts = [m for m in range(1, spec.batch_size + 1) if spec.batch_size % m == 0]
+    tokens = tuple((spec.batch_size // m, token_scale(collated, m)) for m in counts if m > 1)
+    one_stage = tuple(
         (spec.batch_size // m, n, one_stage_token_scale(collated, m, n))
-        for m in range(1, spec.batch_size + 1)
-        if spec.batch_size % m == 0
+        for m in counts
         for n in range(2, min(devices, spec.batch_size // m) + 1)
     )
+    return tokens, one_stage
 
 
 def planner_inputs(
@@ -277,7 +266,7 @@ def planner_inputs(
 ) -> tuple[Cluster, ModelProfile]:
     """The planner's view of the job: per-layer times scaled from each agent's measured
     block time by the layers' FLOPs (from the agent's matmul speed where it has none);
-    ``tokens``: :func:`micro_batch_tokens`; ``one_stage``: :func:`one_stage_tokens`."""
+    ``tokens``, ``one_stage``: :func:`micro_batch_tokens`."""
     from planner.estimate import device_profile, model_profile, model_shape, read_config
     from planner.profiles import Cluster
 
