@@ -4,7 +4,8 @@ A household fine-tunes the same model again and again; its blocks take the same 
 the same device. A request may accept a profile up to ``max_age_s`` old (the coordinator's
 ``--profile-max-age``): the same request (model directory, blocks, shapes, what to time)
 on the same model files (names, sizes and modification times unchanged), measured under the
-same conditions (device, torch threads, torch version: ``ProfileAsk.conditions``), is
+same conditions (device, torch threads, torch version, the clock and CPU quota it was
+timed by: ``ProfileAsk.conditions``, agent/profile_clock.py), is
 answered from the memo, and the reply says how old it is. A changed file, another request,
 or an older profile is measured again.
 

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from agent.errors import BadRequest
+from agent.profile_clock import Clock
 from pac.families import ModelFamily, family_for_dir
 from pac.techniques.packed_backbone import pack_block_linears
 from pac.techniques.parallel_adapters.ladder import embed_points, layer_point
@@ -62,19 +63,19 @@ class LayerTiming:
     activation_bytes: int
 
 
-def _median_seconds(run: Callable[[], object], repeats: int) -> float:
-    return _timed(run, repeats)[0]
+def _median_seconds(run: Callable[[], object], repeats: int, clock: Clock) -> float:
+    return _timed(run, repeats, clock)[0]
 
 
-def _timed(run: Callable[[], T], repeats: int) -> tuple[float, T]:
-    """The median seconds of ``repeats`` runs after an untimed warm-up run, and the warm-up
-    run's result (a caller that needs the output once does not run it again)."""
+def _timed(run: Callable[[], T], repeats: int, clock: Clock) -> tuple[float, T]:
+    """The median seconds of ``repeats`` runs by ``clock`` after an untimed warm-up run, and
+    the warm-up run's result (a caller that needs the output once does not run it again)."""
     result = run()
     times = []
     for _ in range(max(repeats, 1)):
-        started = time.perf_counter()
+        started = clock()
         run()
-        times.append(time.perf_counter() - started)
+        times.append(clock() - started)
     return statistics.median(times), result
 
 
@@ -91,6 +92,7 @@ def profile_layers(
     backward_technique: str = "",
     packed_backbone: bool = False,
     keep: Callable[[PreTrainedModel, bool], None] | None = None,
+    clock: Clock = time.perf_counter,
 ) -> ProfileResult:
     """Timings of blocks ``[start, end)`` (end 0 = all) on a ``[batch_size, seq_len]`` batch
     of random token ids, with ``side_network`` of the side network on that batch, and with
@@ -100,7 +102,7 @@ def profile_layers(
     (pac.techniques.packed_backbone), as a parallel-adapters job runs them by default.
     ``keep``: given the backbone and whether blocks of it are packed at the end, when it is
     what a parallel-adapters job's replica loads (on the CPU, frozen, only run forward;
-    agent/model_handoff.py)."""
+    agent/model_handoff.py). ``clock``: what the runs are timed by (agent/profile_clock.py)."""
     if packed_backbone and backward_technique:
         raise BadRequest("a prepacked backbone has no backward: profile one or the other")
     family_class = family_for_dir(model_dir)
@@ -123,19 +125,19 @@ def profile_layers(
         {} if side_network and start == 0 and end == len(blocks) else None
     )
     with torch.no_grad():
-        embed_seconds = _median_seconds(lambda: family.embed(batch), repeats)
-        timings = _time_blocks(family, batch, start, end, repeats, ladder, packing)
+        embed_seconds = _median_seconds(lambda: family.embed(batch), repeats, clock)
+        timings = _time_blocks(family, batch, start, end, repeats, clock, ladder, packing)
         second: tuple[float, ...] = ()
         if second_batch_size:
             other = _random_batch(family, second_batch_size, seq_len, device)
             second = tuple(
                 t.forward_seconds
-                for t in _time_blocks(family, other, start, end, repeats, packing=packing)
+                for t in _time_blocks(family, other, start, end, repeats, clock, packing=packing)
             )
     side, side_second = 0.0, 0.0
     if side_network:
         side, side_second = _time_side_network(
-            family, batch, repeats, ladder, other if second_batch_size else None
+            family, batch, repeats, clock, ladder, other if second_batch_size else None
         )
     backward: tuple[float, ...] = ()
     if backward_technique:
@@ -145,7 +147,7 @@ def profile_layers(
                 f"{', '.join(BACKWARD_TECHNIQUES)}"
             )
         both = _time_blocks_backward(
-            family, batch, start, end, repeats, backward_technique == "full"
+            family, batch, start, end, repeats, backward_technique == "full", clock
         )
         backward = tuple(
             max(b - t.forward_seconds, 0.0) for b, t in zip(both, timings, strict=True)
@@ -166,6 +168,7 @@ def _time_blocks_backward(
     end: int,
     repeats: int,
     weights: bool,
+    clock: Clock,
 ) -> list[float]:
     """Per block, forward + backward seconds: the gradient of the block's input, and with
     ``weights`` of its weights too (full fine-tuning; LoRA and adapters train a few small
@@ -199,7 +202,7 @@ def _time_blocks_backward(
                 value.grad = None
             module.zero_grad(set_to_none=True)
 
-        timed[signature] = _median_seconds(step, repeats)
+        timed[signature] = _median_seconds(step, repeats, clock)
         seconds.append(timed[signature])
         with torch.no_grad():
             state = outputs[signature] = family.run_block(block.index, state)
@@ -280,6 +283,7 @@ def _time_blocks(
     start: int,
     end: int,
     repeats: int,
+    clock: Clock,
     ladder: dict[str, torch.Tensor] | None = None,
     packing: Packing | None = None,
 ) -> list[LayerTiming]:
@@ -306,7 +310,11 @@ def _time_blocks(
             if packing is not None:
                 packing.prepare(block.index)
             # The warm-up run's output is the next block's input: no extra run to advance.
-            timed[signature] = _timed(lambda: family.run_block(block.index, current), repeats)  # noqa: B023
+            timed[signature] = _timed(
+                lambda: family.run_block(block.index, current),  # noqa: B023
+                repeats,
+                clock,
+            )
         seconds, state = timed[signature]
         if ladder is not None:
             ladder[layer_point(block.index)] = state["hidden"]
@@ -325,6 +333,7 @@ def _time_side_network(
     family: ModelFamily,
     batch: dict[str, torch.Tensor],
     repeats: int,
+    clock: Clock,
     ladder: dict[str, torch.Tensor] | None = None,
     other: dict[str, torch.Tensor] | None = None,
 ) -> tuple[float, float]:
@@ -359,7 +368,7 @@ def _time_side_network(
             outputs.float().sum().backward()
             model.zero_grad(set_to_none=True)
 
-        return _median_seconds(step, repeats) * scale
+        return _median_seconds(step, repeats, clock) * scale
 
     seconds = timed(ladder, batch)
     if other is None:

@@ -38,10 +38,12 @@ from agent.errors import (
 from agent.metrics import AgentMetrics
 from agent.model_handoff import ModelHandoff
 from agent.peak_memory import CACHE_PHASE
+from agent.profile_clock import clock_name, profile_clock
 from agent.profile_memo import PROFILES_FILE, ProfileAsk, ProfileMemo
 from agent.profiling import ProfileResult, profile_layers
 from agent.stage import Stage
 from agent.training import TrainingSession, WireTransport
+from pac.cluster.cpu_quota import own_quota
 from pac.engine.memory import rss_bytes
 from pac.pipeline.batch_part import BatchPart, unpack_steps
 from pac.pipeline.job import RESTORE_STEP, MeshJobSettings, job_of_attempt
@@ -401,9 +403,10 @@ class AgentRuntime:
         """Forward time of the blocks ``ask`` names on this device, and of the side network
         when asked (worker thread), with its age: a profile of the same request measured at
         most ``max_age_s`` ago on the same model files is answered again (agent/profile_memo.py)."""
+        threads = torch.get_num_threads()
         conditions = (
-            f"device={self.device or 'cpu'};threads={torch.get_num_threads()};"
-            f"torch={torch.__version__}"
+            f"device={self.device or 'cpu'};threads={threads};torch={torch.__version__};"
+            f"clock={clock_name(own_quota(), threads)}"
         )
         measured = await asyncio.to_thread(
             self.profiles.profile, replace(ask, conditions=conditions), max_age_s, self._measure
@@ -429,6 +432,7 @@ class AgentRuntime:
             ask.backward_technique,
             ask.packed_backbone,
             keep,
+            profile_clock(own_quota(), torch.get_num_threads()),
         )
 
     def release_backbone(self, job_id: str) -> int:

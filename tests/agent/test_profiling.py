@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,9 @@ def test_the_block_timing_collects_a_ladder_of_the_backbones_shapes(
     points = ladder_points(family, range(len(family.blocks())))
     collected: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        profiling._time_blocks(family, batch, 0, len(family.blocks()), 1, collected)
+        profiling._time_blocks(
+            family, batch, 0, len(family.blocks()), 1, time.perf_counter, collected
+        )
     expected = run_ladder(family, batch, points)
     assert sorted(collected) == sorted(expected)
     for point in points:
