@@ -12,7 +12,8 @@ coordinator loads the job's model and data beside them (coordinator/drivers/mesh
 on a host whose quotas take every core, that load takes the agents' time. Timed by the wall
 clock, four agents capped at half a core on two cores measured a BERT-large block at 107 and
 131 ms per sample in two runs, and a fixed cost per micro-batch of 419 and 955 ms; the plan
-of the second predicted epoch 1 at 156 s, and it took 104 s. A thread's CPU time does not
+of the second predicted epoch 1 at 156 s, and it took 104 s (timed by this clock, two runs
+predicted 113.1 and 112.2 s, and it took 113.5 and 114.7 s). A thread's CPU time does not
 count the time others take from it; over the quota's cores it is the wall time the work
 takes when the agent has its share, which is what it has in training.
 
