@@ -40,7 +40,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="local Hugging Face model dir")
     parser.add_argument("--data", required=True, type=Path, help="training data (.jsonl/.csv/.tsv)")
-    parser.add_argument("--eval", type=Path, help="evaluation data, evaluated after each epoch")
+    parser.add_argument("--eval", type=Path, help="evaluation data (evaluated: see --eval-every)")
     parser.add_argument("--task", required=True, choices=TASK_KINDS)
     parser.add_argument("--technique", default="parallel-adapters", choices=TECHNIQUE_NAMES)
     parser.add_argument("--epochs", type=int, default=3)
@@ -85,6 +85,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="checkpoint every K steps too (always after each epoch)",
+    )
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="evaluate after every N-th epoch and after the last (default 1: after each)",
     )
     parser.add_argument(
         "--resume",
@@ -184,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
             max_train_samples=args.max_train_samples,
             max_eval_samples=args.max_eval_samples,
             checkpoint_every=args.checkpoint_every,
+            eval_every=args.eval_every,
             progress=not args.quiet and sys.stderr.isatty(),
         )
         trainer = Trainer(config)

@@ -71,6 +71,16 @@ class TrainConfig:
     # Checkpoint (trained parameters + optimizer state) every K optimizer steps (0 = only at
     # the end of each epoch); written to OUT/checkpoint.safetensors.
     checkpoint_every: int = 0
+    # Evaluate after every N-th epoch, and always after the last (1: after each epoch). An
+    # evaluation set as large as the training set costs parallel adapters as much as a
+    # cached epoch's training does.
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.eval_every < 1:
+            raise ValueError(
+                f"eval_every is a number of epochs (1 = after each), not {self.eval_every}"
+            )
 
     @property
     def backbone_dtype(self) -> torch.dtype:
@@ -341,8 +351,10 @@ class Trainer:
 
     def end_epoch(self, epoch: int, phase: str, loss: float, seconds: float) -> EpochReport:
         """After an epoch's training: evaluate, checkpoint, release the backbone after the
-        cache's first fill, and append the epoch's report to ``metrics.jsonl``."""
-        evaluation = self.evaluate()
+        cache's first fill, and append the epoch's report to ``metrics.jsonl``. An epoch
+        that ``eval_every`` skips reports no evaluation."""
+        due = epoch % self.config.eval_every == 0 or epoch == self.config.epochs
+        evaluation = self.evaluate() if due else None
         self.checkpoint()
         self._release_after_epoch_one()
         report = EpochReport(
