@@ -44,12 +44,14 @@ def test_skipped_evaluations_change_nothing_but_the_report(
 
 
 def test_eval_every_is_a_positive_number_of_epochs(
-    tiny_model_dir: Callable[[str], Path], toy_data: Callable[..., Path]
+    tiny_model_dir: Callable[[str], Path],
+    toy_data: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    model, data = tiny_model_dir("bert"), toy_data("classification", 8)
     with pytest.raises(ValueError, match="eval_every is a number of epochs"):
-        TrainConfig(
-            model_dir=tiny_model_dir("bert"),
-            train_path=toy_data("classification", 8),
-            task=TaskSpec("classification"),
-            eval_every=0,
-        )
+        TrainConfig(model_dir=model, train_path=data, task=TaskSpec("classification"), eval_every=0)
+    assert main(train_args(model, data, tmp_path / "out", "--eval-every", "0")) == 2
+    assert "eval_every is a number of epochs (1 = after each), not 0" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()

@@ -5,8 +5,9 @@ Parallel adapters get about the budget of one LoRA epoch: epoch 1 runs the backb
 (about a fifteenth of a LoRA epoch; bench/techniques.py measures both), so ten PAC epochs
 cost about one LoRA epoch (on the 2-core test machine 122 s against 97 s, each evaluating
 the 1000 test sentences once, at the end: the runs evaluate only their last epoch). At that
-budget PAC must be within 2 points of LoRA (it is well ahead), far above the majority class, and no worse than a linear probe of the frozen
-backbone (the floor a side network must keep). The same holds, but for the probe's floor,
+budget PAC must be within 2 points of LoRA (it is well ahead), far above the majority
+class, and no worse than a linear probe of the frozen backbone (the floor a side network
+must keep). The same holds, but for the probe's floor,
 when the side network ladders every second block only (the speed lever bench/techniques.py
 measures). Times are printed, never asserted.
 """
