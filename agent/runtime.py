@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -38,7 +39,7 @@ from agent.errors import (
 from agent.metrics import AgentMetrics
 from agent.model_handoff import ModelHandoff
 from agent.peak_memory import CACHE_PHASE
-from agent.profile_clock import clock_name, profile_clock
+from agent.profile_clock import Clock, clock_name, profile_clock
 from agent.profile_memo import PROFILES_FILE, ProfileAsk, ProfileMemo
 from agent.profiling import ProfileResult, profile_layers
 from agent.stage import Stage
@@ -403,19 +404,20 @@ class AgentRuntime:
         """Forward time of the blocks ``ask`` names on this device, and of the side network
         when asked (worker thread), with its age: a profile of the same request measured at
         most ``max_age_s`` ago on the same model files is answered again (agent/profile_memo.py)."""
-        threads = torch.get_num_threads()
+        threads, quota = torch.get_num_threads(), own_quota()
         conditions = (
             f"device={self.device or 'cpu'};threads={threads};torch={torch.__version__};"
-            f"clock={clock_name(own_quota(), threads)}"
+            f"clock={clock_name(quota, threads)}"
         )
+        measure = functools.partial(self._measure, clock=profile_clock(quota, threads))
         measured = await asyncio.to_thread(
-            self.profiles.profile, replace(ask, conditions=conditions), max_age_s, self._measure
+            self.profiles.profile, replace(ask, conditions=conditions), max_age_s, measure
         )
         if self.handoff.holding:  # a backbone no job takes is let go (agent/model_handoff.py)
             asyncio.get_running_loop().call_later(self.handoff.keep_s + 1, self.handoff.expire)
         return measured
 
-    def _measure(self, ask: ProfileAsk) -> ProfileResult:
+    def _measure(self, ask: ProfileAsk, clock: Clock) -> ProfileResult:
         def keep(model: PreTrainedModel, packed: bool) -> None:
             self.handoff.offer(ask.model_dir, model, packed)
 
@@ -432,7 +434,7 @@ class AgentRuntime:
             ask.backward_technique,
             ask.packed_backbone,
             keep,
-            profile_clock(own_quota(), torch.get_num_threads()),
+            clock,
         )
 
     def release_backbone(self, job_id: str) -> int:

@@ -119,17 +119,9 @@ def micro_batch_cut(
 def token_scale(batches: Iterable[Mapping[str, torch.Tensor]], micro_batches: int) -> float:
     """The tokens epoch 1 computes over ``batches`` cut into ``micro_batches`` each
     (:func:`micro_batch_cut`), over the tokens of the batches as padded (1.0 where nothing
-    is cut). What the planner's cost model scales a micro-batch's per-sample cost by."""
-    computed = padded = 0
-    for batch in batches:
-        cut = micro_batch_cut(batch, micro_batches)
-        widths = cut[1] if cut is not None else {}
-        for mask in MASKS:
-            if mask in batch and batch[mask].dim() == 2:
-                whole = batch[mask].numel()
-                padded += whole
-                computed += int(widths[mask].sum()) if mask in widths else whole
-    return computed / padded if padded else 1.0
+    is cut). What the planner's cost model scales a micro-batch's per-sample cost by: a
+    micro-batch computed at its own longest row is a one-stage group of one device."""
+    return one_stage_token_scale(batches, micro_batches, 1) if micro_batches > 1 else 1.0
 
 
 def one_stage_token_scale(
