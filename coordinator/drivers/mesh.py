@@ -39,7 +39,7 @@ import grpc
 
 from coordinator.driver import DriverContext, JobResult, LiveAgents, ProgressSink
 from coordinator.drivers.mesh_calls import MeshCalls, StepInput
-from coordinator.drivers.mesh_job import JobData, JobInputs
+from coordinator.drivers.mesh_job import JobData, JobInputs, packs_rows
 from coordinator.drivers.mesh_plan import (
     PlanningError,
     layout_of,
@@ -464,7 +464,8 @@ class MeshDriver:
         phases["plan_seconds"] = time.perf_counter() - started
         planner = self.context.planner_address or "the planner library in the coordinator"
         log.info("job %s planned by %s:\n%s", job.job_id, planner, chosen)
-        text = plan_report(chosen, planner, timings, links, tokens, one_stage)
+        packed = packs_rows(spec, inputs.loaded.family)
+        text = plan_report(chosen, planner, timings, links, tokens, one_stage, packed)
         await asyncio.to_thread(_write_text, Path(job.output_dir) / "plan.txt", text)
         return chosen
 

@@ -22,6 +22,7 @@ from pac.engine.evaluation import evaluate_outputs
 from pac.engine.export import save_adapters
 from pac.engine.loading import LoadedModel, load_model
 from pac.engine.schedule import DEFAULT_LEARNING_RATE
+from pac.families import ModelFamily
 from pac.pipeline.all_reduce import DEFAULT_BUCKET_BYTES
 from pac.pipeline.cache_phase import CACHE_PHASE_ALL_REDUCE
 from pac.pipeline.job import MeshJobSettings
@@ -33,6 +34,14 @@ from pac.techniques.base import TunedModel
 
 if TYPE_CHECKING:
     from planner.plan import Plan
+
+
+def packs_rows(spec: JobSpec, family: ModelFamily) -> bool:
+    """Whether a one-stage layout of the job packs its rows (a parallel-adapters stage of
+    every block on a family that packs them, unless the job's ``pack_rows`` setting is
+    false: :class:`pac.pipeline.stage.SideStage`)."""
+    wanted = bool(spec.technique_settings.get("pack_rows", True))
+    return spec.technique == "parallel-adapters" and wanted and family.packs_rows
 
 
 class JobInputs(NamedTuple):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from coordinator.drivers.alike_agents import alike_groups, median_timings
-from coordinator.drivers.mesh_job import JobInputs
+from coordinator.drivers.mesh_job import JobInputs, packs_rows
 from coordinator.drivers.profile_pools import Measurer, measurers, pool_of
 from coordinator.jobs import JobSpec
 from pac.data.batches import batches
@@ -242,16 +242,18 @@ def micro_batch_tokens(
     epoch 1 computes relative to the padded mini-batches
     (:func:`pac.pipeline.micro_columns.token_scale`); and per micro-batch size (the batch
     included) and number of devices from 2 to ``devices``, what a one-stage group of that
-    many computes (:func:`pac.pipeline.micro_columns.one_stage_token_scale`)."""
+    many computes (:func:`pac.pipeline.micro_columns.one_stage_token_scale`). Where the
+    stage packs its rows (:func:`packs_rows`) one device is such a group too."""
     groups = batches(inputs.samples, spec.batch_size, shuffle=True, seed=spec.seed, epoch=1)
     pad = pad_id(inputs.loaded)
     collated = [collate(g, pad, task=inputs.task) for g in groups[:TOKEN_SCALE_BATCHES]]
     counts = [m for m in range(1, spec.batch_size + 1) if spec.batch_size % m == 0]
     tokens = tuple((spec.batch_size // m, token_scale(collated, m)) for m in counts if m > 1)
+    packed = packs_rows(spec, inputs.loaded.family)
     one_stage = tuple(
-        (spec.batch_size // m, n, one_stage_token_scale(collated, m, n))
+        (spec.batch_size // m, n, one_stage_token_scale(collated, m, n, packed))
         for m in counts
-        for n in range(2, min(devices, spec.batch_size // m) + 1)
+        for n in range(1 if packed else 2, min(devices, spec.batch_size // m) + 1)
     )
     return tokens, one_stage
 
@@ -360,8 +362,10 @@ def plan_report(
     links: dict[tuple[str, str], LinkProfile],
     tokens: tuple[tuple[int, float], ...] = (),
     one_stage: tuple[tuple[int, int, float], ...] = (),
+    packed: bool = False,
 ) -> str:
-    """The plan as ``pac plan`` prints it, then what it was made from."""
+    """The plan as ``pac plan`` prints it, then what it was made from (``packed``: a
+    stage of every block packs its rows)."""
     lines = [str(chosen), "", f"planned by {planner} from these measurements:"]
     for name, timing in timings.items():
         line = (
@@ -388,7 +392,6 @@ def plan_report(
     if one_stage:
         most = max(n for _, n, _ in one_stage)
         sizes = ", ".join(f"{rows} rows {scale:.2f}" for rows, n, scale in one_stage if n == most)
-        lines.append(
-            f"  in one stage of {most} agents, each cutting its rows to their own longest: {sizes}"
-        )
+        how = "packing its rows" if packed else "cutting its rows to their own longest"
+        lines.append(f"  in one stage of {most} agents, each {how}: {sizes}")
     return "\n".join(lines) + "\n"

@@ -74,6 +74,9 @@ class ModelFamily(ABC):
     # "." + any point, each module once) selects the same 2 modules per block; in BERT
     # "output.dense" also ends "attention.output.dense", which is a point anyway.
     adapter_points: ClassVar[tuple[str, ...]]
+    # Whether ``run_block`` also runs a packed state (:mod:`pac.families.row_packing`: the rows'
+    # real tokens as one row, ``"segments"`` instead of ``"attention_mask"``).
+    packs_rows: ClassVar[bool] = False
 
     def __init__(self, model: PreTrainedModel) -> None:
         self.model = model

@@ -1,6 +1,7 @@
 """BERT-like encoders (BERT, MiniLM, RoBERTa): embeddings, then a stack of post-LN blocks.
 
-State: ``hidden`` ``[batch, seq, d]`` and ``attention_mask`` ``[batch, seq]``. There is no
+State: ``hidden`` ``[batch, seq, d]`` and ``attention_mask`` ``[batch, seq]`` (or, packed,
+``hidden`` ``[1, tokens, d]`` and ``segments``: pac.families.row_packing). There is no
 final norm (each block ends with its own LayerNorm) and no LM head: classification and
 regression heads belong to the technique, pooled over the real tokens (mean).
 """
@@ -18,6 +19,7 @@ from pac.families import register
 from pac.families.base import Block, ModelFamily, State
 from pac.families.loading import first, from_pretrained
 from pac.families.masks import padding_mask
+from pac.families.row_packing import SEGMENTS, segment_mask
 
 
 @register
@@ -30,6 +32,7 @@ class BertFamily(ModelFamily):
     lora_targets = ("query", "value")
     # BertSelfOutput.dense and BertOutput.dense, exact names inside a BertLayer.
     adapter_points = ("attention.output.dense", "output.dense")
+    packs_rows = True  # positions are added in embed: a block sees no position
 
     def __init__(self, model: PreTrainedModel) -> None:
         super().__init__(model)
@@ -62,7 +65,10 @@ class BertFamily(ModelFamily):
 
     def run_block(self, index: int, state: State) -> State:
         hidden = state["hidden"]
-        mask = padding_mask(state["attention_mask"], hidden.dtype)
+        if SEGMENTS in state:
+            mask = segment_mask(state[SEGMENTS], hidden.dtype)
+        else:
+            mask = padding_mask(state["attention_mask"], hidden.dtype)
         return {**state, "hidden": first(self._layers[index](hidden, attention_mask=mask))}
 
     def final_hidden(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,12 @@ longest first, to the device with room left in that micro-batch whose later step
 row joins carry the least work per unit of its speed (greedy; 1.1-1.2 times the mean on
 the same mini-batches). Nothing else changes: the same micro-batches, the same widths, the
 same sums (in another order), and no cache entry moves for it.
+
+Where the devices pack their rows (:mod:`pac.families.row_packing`), a device's epoch-1
+work in a micro-batch is no longer its rows times a common width but its rows' own tokens,
+so which device computes which row changes epoch 1's steps too: each row then also counts
+what it adds to its device's work in its own micro-batch, weighted by what a token costs in
+epoch 1 against a token of the cache phase (``epoch_one_weight``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ def balanced_slots(
     later: Sequence[Sequence[Sequence[str]]],
     tokens: Mapping[str, float],
     speeds: Sequence[float] | None = None,
+    epoch_one_weight: float = 0.0,
 ) -> Slots:
     """Each sample's device in epoch 1 (an index into ``shares``, the stage's devices).
 
@@ -40,8 +47,10 @@ def balanced_slots(
     :meth:`pac.pipeline.batch_part.BatchPart.by_micro_batch`); ``shares``: the devices'
     shares of a micro-batch; ``later``: the mini-batches of epochs 2..N; ``tokens``: each
     sample's work in the cache phase (its real tokens); ``speeds``: the devices' cache-phase
-    speeds (equal by default). Each micro-batch gives each device exactly its share of rows
-    (:func:`pac.pipeline.routing.device_rows`)."""
+    speeds (equal by default); ``epoch_one_weight``: with packed rows, a token of epoch 1
+    against a token of the cache phase (0: rows are computed at a common width, their
+    device changes nothing in epoch 1). Each micro-batch gives each device exactly its
+    share of rows (:func:`pac.pipeline.routing.device_rows`)."""
     devices = len(shares)
     if devices < 1:
         raise ValueError("balancing needs at least one device")
@@ -61,15 +70,25 @@ def balanced_slots(
     for group in epoch_one:
         for micro in micro_batch_rows(len(group), micro_batches):
             room = [stop - start for start, stop in device_rows(micro, shares)]
-            for fingerprint in group[micro[0] : micro[1]]:
+            first = [0.0] * devices  # each device's tokens of this micro-batch so far
+            members = group[micro[0] : micro[1]]  # the most work first (one micro-batch
+            # is not sorted longest first: nothing is cut from it)
+            for fingerprint in sorted(members, key=lambda f: -float(tokens.get(f, 1.0))):
                 steps = steps_of.get(fingerprint, [])
                 work = float(tokens.get(fingerprint, 1.0))
 
-                def cost(device: int, steps: list[int] = steps, work: float = work) -> float:
-                    return sum(load[s][device] + work for s in steps) / speed[device]
+                def cost(
+                    device: int,
+                    steps: list[int] = steps,
+                    work: float = work,
+                    first: list[float] = first,
+                ) -> float:
+                    later_work = sum(load[s][device] + work for s in steps)
+                    return (epoch_one_weight * (first[device] + work) + later_work) / speed[device]
 
                 device = min((d for d in range(devices) if room[d]), key=lambda d: (cost(d), d))
                 room[device] -= 1
+                first[device] += work
                 slots[fingerprint] = device
                 for s in steps:
                     load[s][device] += work

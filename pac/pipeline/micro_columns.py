@@ -125,7 +125,10 @@ def token_scale(batches: Iterable[Mapping[str, torch.Tensor]], micro_batches: in
 
 
 def one_stage_token_scale(
-    batches: Iterable[Mapping[str, torch.Tensor]], micro_batches: int, devices: int
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    micro_batches: int,
+    devices: int,
+    packed: bool = False,
 ) -> float:
     """The tokens epoch 1 computes over ``batches`` in a one-stage group of ``devices``
     devices, each cutting its rows of a micro-batch to their own longest
@@ -133,7 +136,8 @@ def one_stage_token_scale(
     padded. The rows of a micro-batch (longest first) are taken to be dealt in turn, one
     to each device, as the deal for even cached steps (:mod:`pac.pipeline.balance`)
     starts: each device's longest row is then one of the micro-batch's ``devices``
-    longest."""
+    longest. ``packed``: the devices pack their rows (:mod:`pac.families.row_packing`)
+    and compute each row's own columns only, however the rows are dealt."""
     computed = padded = 0
     for batch in batches:
         rows = next(iter(batch.values())).shape[0] if batch else 0
@@ -152,6 +156,8 @@ def one_stage_token_scale(
                 members = order[start:stop]
                 for k in range(max(1, devices)):
                     mine = members[k :: max(1, devices)]
-                    if mine:
+                    if mine and packed:
+                        computed += int(used[mask][mine].clamp(min=1).sum())
+                    elif mine:
                         computed += len(mine) * max(1, int(used[mask][mine].max()))
     return computed / padded if padded else 1.0

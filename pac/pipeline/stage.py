@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 import torch
 
 from pac.families import State
+from pac.families.row_packing import pack_rows, segment_mask, unpack_rows
 from pac.techniques.base import TunedModel
 from pac.techniques.parallel_adapters import ParallelAdaptersModel
 from pac.techniques.parallel_adapters.ladder import (
     EMBED_DECODER,
     embed_points,
     layer_point,
+    run_backbone_packed,
     run_backbone_range,
 )
 
@@ -65,14 +67,26 @@ def _join(prefix: str, tensors: Tensors) -> Tensors:
 
 
 class SideStage(StageComputation):
-    """Parallel Adapters: the backbone runs frozen; only the side state carries a gradient."""
+    """Parallel Adapters: the backbone runs frozen; only the side state carries a gradient.
+
+    A stage of every block (one stage) whose family packs rows runs on its rows packed
+    (:mod:`pac.families.row_packing`): one call per block for all of them, backbone and
+    side network, no padding computed; the setting ``pack_rows: false`` runs them padded."""
 
     model: ParallelAdaptersModel
+
+    def __init__(self, model: ParallelAdaptersModel, begin: int, end: int, num_blocks: int) -> None:
+        super().__init__(model, begin, end, num_blocks)
+        self.packs = (
+            model.config.pack_rows and self.is_first and self.is_last and model.family.packs_rows
+        )
 
     def carries_grad(self, key: str) -> bool:
         return key.startswith(SIDE)
 
     def forward(self, inputs: Tensors, batch: Tensors) -> StageOutput:
+        if self.packs:
+            return self._forward_packed(batch)
         model, family = self.model, self.model.family
         points: Tensors = {}
         if self.is_first:
@@ -93,6 +107,29 @@ class SideStage(StageComputation):
             return StageOutput(_join(BACKBONE, state) | _join(SIDE, side), points=points)
         base = model.base_hidden(ladder[layer_point(self.end - 1)])  # no grad, side's dtype
         outputs = model.head(base + model.side.finish(side), batch)
+        loss, count = model.loss_terms(outputs, batch)
+        return StageOutput(loss=loss, count=count, points=points)
+
+    def _forward_packed(self, batch: Tensors) -> StageOutput:
+        """Every block on the rows packed: the backbone's blocks and the side network's
+        run on the real tokens as one row (each token attending to its own row's); the
+        points (for the cache) and the side network's output (for the head) come back
+        unpacked, ``[rows, seq, d]``."""
+        model, family = self.model, self.model.family
+        with torch.no_grad():
+            state = family.embed(batch)
+        mask = state["attention_mask"]
+        points = embed_points(family, state)
+        ladder, segments = run_backbone_packed(family, state, 0, self.end, model.points)
+        ladder.update({name: pack_rows(point, mask)["hidden"] for name, point in points.items()})
+        side_mask = segment_mask(segments, model.side.up.weight.dtype)
+        side = model.side.run(model.side.begin(ladder), ladder, batch, 0, self.end, side_mask)
+        points.update(
+            {name: unpack_rows(ladder[name], mask) for name in ladder if name not in points}
+        )
+        final = unpack_rows(model.side.finish(side), mask)
+        base = model.base_hidden(points[layer_point(self.end - 1)])
+        outputs = model.head(base + final, batch)
         loss, count = model.loss_terms(outputs, batch)
         return StageOutput(loss=loss, count=count, points=points)
 

@@ -90,3 +90,46 @@ def test_nothing_is_dealt_where_a_sample_spans_stages_or_there_is_one_epoch(
     assert epoch_one_slots(_load(replace(spec, epochs=1), one_stage), one_stage, shares) == {}
     lone = PipelineLayout((StageSpec(0, 2, ("agent-0",), (1.0,)),), micro_batches=2)
     assert epoch_one_slots(_load(spec, lone), lone, [("agent-0", 1)]) == {}
+
+
+def test_packed_rows_are_dealt_for_an_even_epoch_one_too(spec: JobSpec, tmp_path: Path) -> None:
+    """One micro-batch on a stage that packs its rows: a device's epoch-1 work is its
+    rows' tokens, and the deal evens it out (the ``pack_rows: false`` setting deals for
+    the cache phase alone)."""
+    rows = [  # lengths from 6 to 25 tokens
+        {"text": " ".join([f"the film was {cue}"] + ["today"] * repeats), "label": label}
+        for repeats in range(20)
+        for label, cue in (("pos", "good"), ("neg", "bad"))
+    ]
+    path = tmp_path / "sentences.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    job = replace(
+        spec,
+        data_path=str(path),
+        eval_path=str(path),
+        epochs=3,
+        batch_size=8,
+        micro_batches=1,
+        max_length=32,
+    )
+    devices = ("agent-0", "agent-1", "agent-2", "agent-3")
+    layout = PipelineLayout((StageSpec(0, 2, devices, (2.0,) * 4),), micro_batches=1)
+    shares = [(d, 1) for d in devices]
+
+    def epoch_one_imbalance(settings: dict[str, object]) -> float:
+        run = _load(replace(job, technique_settings=settings), layout)
+        slots = epoch_one_slots(run, layout, shares)
+        tokens = {s.fingerprint: float(len(s.input_ids)) for s in run.samples}
+        ratios = []
+        for group in run.batches(1):
+            work = [0.0] * len(devices)
+            for sample in group:
+                work[slots[sample.fingerprint]] += tokens[sample.fingerprint]
+            dealt = [slots[s.fingerprint] for s in group]
+            assert [dealt.count(k) for k in range(len(devices))] == [2, 2, 2, 2]
+            ratios.append(max(work) / statistics.mean(work))
+        return statistics.mean(ratios)
+
+    packed, padded = epoch_one_imbalance({}), epoch_one_imbalance({"pack_rows": False})
+    # (1.11 against 1.36: two rows per device leave little to even out)
+    assert packed < 1.15 and packed < 0.9 * padded, (packed, padded)

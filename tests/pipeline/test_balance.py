@@ -74,6 +74,36 @@ def test_each_device_keeps_its_share_and_the_later_steps_are_even(epochs: int) -
     assert even < 1.25 < 1.35 < dealt_by_position, (even, dealt_by_position)
 
 
+def _epoch_one_imbalance(
+    first: list[list[str]], slots: dict[str, int], tokens: dict[str, float], devices: int
+) -> float:
+    """Over epoch 1's mini-batches as one micro-batch each, packed (each device computes
+    its rows' own tokens): the mean of the busiest device's tokens over the mean's."""
+    ratios = []
+    for group in first:
+        work = [0.0] * devices
+        for sample in group:
+            work[slots[sample]] += tokens[sample]
+        ratios.append(max(work) / statistics.mean(work))
+    return statistics.mean(ratios)
+
+
+@pytest.mark.parametrize("epochs", [3, 10])
+def test_packed_rows_even_out_epoch_one_as_well(epochs: int) -> None:
+    first, later, tokens = _job(epochs)
+    # One micro-batch of 32 rows: nothing is cut, so its rows keep the shuffled order.
+    first = [sorted(group) for group in first]
+    shares = (8.0, 8.0, 8.0, 8.0)
+    cache_only = balanced_slots(first, 1, shares, later, tokens)
+    both = balanced_slots(first, 1, shares, later, tokens, epoch_one_weight=2.0)
+    for group in first:  # still exactly each device's share
+        assert sorted([both[s] for s in group].count(d) for d in range(4)) == [8, 8, 8, 8]
+    by_position = _by_position(first, shares)
+    assert _epoch_one_imbalance(first, both, tokens, 4) < 1.08
+    assert _epoch_one_imbalance(first, cache_only, tokens, 4) > 1.1
+    assert _imbalance(later, both, tokens, 4) < 1.25 < _imbalance(later, by_position, tokens, 4)
+
+
 def test_a_faster_device_gets_work_in_proportion() -> None:
     first, later, tokens = _job(3)
     shares = (2.0, 1.0, 1.0)

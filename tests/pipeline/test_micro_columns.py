@@ -218,3 +218,10 @@ def test_the_planner_is_told_what_one_stage_groups_compute() -> None:
     real = sum(int(c.sum()) for b in batches for c in used_columns(b).values())
     padded = sum(b[mask].numel() for b in batches for mask in used_columns(b))
     assert one_stage_token_scale(batches, 1, len(LENGTHS)) == pytest.approx(real / padded)
+    # Packed rows compute their own columns only, however they are dealt and cut.
+    for m in (1, 3):
+        for n in (1, 2, 11):
+            packed = one_stage_token_scale(batches, m, n, packed=True)
+            assert packed == pytest.approx(real / padded)
+            assert packed <= one_stage_token_scale(batches, m, n)
+    assert real / padded < one_stage_token_scale(batches, 1, 2)

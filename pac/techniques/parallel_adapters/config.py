@@ -19,7 +19,9 @@ class ParallelAdaptersConfig:
     the side network then has that many fewer blocks to run and the cache that many fewer
     points to store. ``packed_backbone``: run the frozen blocks' linear layers on
     oneDNN-prepacked weights where the CPU build has them (pac.techniques.packed_backbone;
-    forward only, which is all the backbone ever runs here)."""
+    forward only, which is all the backbone ever runs here). ``pack_rows``: a stage of
+    every block runs its rows packed, the real tokens alone as one row, where the family
+    can (pac.families.row_packing; the same results up to rounding)."""
 
     reduction: int = 8
     laddered_layers: tuple[int, ...] | None = None
@@ -28,6 +30,7 @@ class ParallelAdaptersConfig:
     dropout: float = 0.0
     ladder_every: int = 1
     packed_backbone: bool = True
+    pack_rows: bool = True
 
     def __post_init__(self) -> None:
         if self.reduction < 1:
@@ -58,4 +61,5 @@ class ParallelAdaptersConfig:
             dropout=float(data.get("dropout", 0.0)),
             ladder_every=int(data.get("ladder_every", 1)),
             packed_backbone=bool(data.get("packed_backbone", True)),
+            pack_rows=bool(data.get("pack_rows", True)),
         )

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import torch
 
 from pac.families import ModelFamily, State
+from pac.families.row_packing import SEGMENTS, pack_rows
 
 EMBED = "embed"
 EMBED_DECODER = "embed.decoder"
@@ -70,6 +71,20 @@ def run_backbone_range(
         if layer_point(index) in wanted:
             collected[layer_point(index)] = state["hidden"]
     return state, collected
+
+
+@torch.no_grad()
+def run_backbone_packed(
+    family: ModelFamily, state: State, begin: int, end: int, points: Iterable[str]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """:func:`run_backbone_range` on ``state``'s rows packed (:mod:`pac.families.row_packing`;
+    the family must pack rows): the wanted points ``[1, tokens, d]``, and the packed
+    tokens' rows (``segments`` ``[1, tokens]``)."""
+    if not family.packs_rows:
+        raise ValueError(f"the {family.name} family does not run packed rows")
+    packed = pack_rows(state["hidden"], state["attention_mask"])
+    _, layers = run_backbone_range(family, packed, begin, end, points)
+    return layers, packed[SEGMENTS]
 
 
 @torch.no_grad()

@@ -110,9 +110,12 @@ class SideNetwork(nn.Module):
         batch: dict[str, torch.Tensor],
         begin: int,
         end: int,
+        self_mask: torch.Tensor | None = None,
     ) -> SideState:
         """Run the side blocks of layers ``[begin, end)``; ``ladder`` must hold their
-        points (and ``"embed.decoder"`` when the range starts the decoder)."""
+        points (and ``"embed.decoder"`` when the range starts the decoder). ``self_mask``:
+        every block's self-attention mask (additive; packed rows' block-diagonal one,
+        :mod:`pac.families.row_packing`) instead of ``batch``'s (encoder stacks only)."""
         state = dict(state)
         masks: dict[tuple[str, int, bool], torch.Tensor] = {}
 
@@ -134,12 +137,18 @@ class SideNetwork(nn.Module):
             in_decoder = self.first_decoder_block is not None and index >= self.first_decoder_block
             mask_key = "decoder_attention_mask" if in_decoder else "attention_mask"
             x = self.gates[str(index)](ladder[layer_point(index)], state["side"])
-            self_mask = mask(mask_key, x.shape[1], self.causal or in_decoder)
+            if self_mask is not None and (in_decoder or self.causal):
+                raise ValueError("a given self-attention mask is for an encoder stack only")
+            block_mask = (
+                self_mask
+                if self_mask is not None
+                else mask(mask_key, x.shape[1], self.causal or in_decoder)
+            )
             memory_mask = None
             if in_decoder:
                 memory_mask = mask("attention_mask", x.shape[1], False)
             state["side"] = self.side_blocks[str(index)](
-                x, self_mask, state.get("memory"), memory_mask
+                x, block_mask, state.get("memory"), memory_mask
             )
         return state
 
