@@ -3,6 +3,7 @@
     python bench/e2e.py [--samples 512] [--epochs 3] [--backbone-dtype bf16] [--no-dropout0]
                         [--pac-runs 3] [--backbone bert-base|bert-large] [--no-earlier-job]
                         [--no-control] [--agent-cpu-quota CORES] [--pac-settings JSON]
+                        [--padded-control]
 
 Same model (real all-MiniLM-L6-v2; ``--backbone bert-base`` or ``bert-large``: BERT-base's
 or BERT-large's shape with random weights, where the backbone's share of the cost is closer
@@ -29,6 +30,9 @@ pac.cluster.cpu_quota; root only): four agents on a machine of two cores then co
 four devices of half a core each, as the household the paper measures does, instead of
 lending each other the cores they wait on (which hides a pipeline's bubbles).
 ``--pac-settings '{"all_reduce": "direct"}'`` adds technique settings to PAC's jobs.
+``--padded-control`` runs PAC once more with its rows padded (``{"pack_rows": false}``:
+epoch 1 as before pac.families.row_packing), printed beside PAC and left out of the ratios
+against the baselines.
 Baselines run at the model's default dropout (what users run) and again at dropout 0 (a
 copy of the model whose config.json says 0; ``--no-dropout0`` skips those), as
 ../shared/BENCHMARKS.md asks; PAC's backbone runs in eval mode either way and its side
@@ -133,6 +137,7 @@ PAC = "PAC (parallel adapters)"
 # PAC on agents that ran a job on the same model before: they answer the profiling from
 # their memo (agent/profile_memo.py) instead of running the model again.
 PAC_EARLIER = "PAC, the agents' second job"
+PAC_PADDED = "PAC, rows padded (control)"
 DROPOUT0 = " (dropout 0)"
 CONTROL_OF = "EDDL-like DP, LoRA"
 CONTROL = f"{CONTROL_OF} on PAC's"
@@ -347,6 +352,11 @@ def main() -> int:
         metavar="JSON",
         help='technique settings added to PAC\'s jobs, e.g. \'{"all_reduce": "direct"}\'',
     )
+    parser.add_argument(
+        "--padded-control",
+        action="store_true",
+        help=f"also run {PAC_PADDED!r}: PAC with its rows padded, not packed",
+    )
     add_keep_flag(parser)
     args = parser.parse_args()
     from coordinator.commands.demo import minilm_dir
@@ -378,12 +388,14 @@ def main() -> int:
         runs.append((name, technique, fixed, model))
         if name == PAC and not args.no_earlier_job:
             runs.append((PAC_EARLIER, technique, fixed, model))
+        if name == PAC and args.padded_control:
+            runs.append((PAC_PADDED, technique, fixed, model))
         if name != PAC and not args.no_dropout0:
             runs.append((name + DROPOUT0, technique, fixed, quiet))
     rows = {}
     for i, (name, technique, fixed, model_dir) in enumerate(runs):
         # PAC's job is short and the machine noisy: the median of --pac-runs fresh runs.
-        is_pac = name in (PAC, PAC_EARLIER)
+        is_pac, padded = name in (PAC, PAC_EARLIER, PAC_PADDED), name == PAC_PADDED
         repeats = [
             run(
                 name,
@@ -397,7 +409,7 @@ def main() -> int:
                 earlier_job=name == PAC_EARLIER,
                 chunk_bytes=int(args.cache_chunk_mib * MiB),
                 cpu_quota=args.agent_cpu_quota,
-                pac_settings=args.pac_settings,
+                pac_settings={**args.pac_settings, **({"pack_rows": False} if padded else {})},
             )
             for r in range(args.pac_runs if is_pac else 1)
         ]
@@ -458,7 +470,7 @@ def main() -> int:
                 f"PAC's cache-phase peak memory per agent (VmHWM since the backbone's "
                 f"release): {pac['cache_peak']:.0f} MB, {pac['cache_above']:.0f} MB above idle"
             )
-    baselines = {n: r for n, r in rows.items() if n not in (PAC, PAC_EARLIER)}
+    baselines = {n: r for n, r in rows.items() if n not in (PAC, PAC_EARLIER, PAC_PADDED)}
     if pac is None or not baselines:
         return 0
     lowest = min(baselines, key=lambda n: baselines[n]["peak"])

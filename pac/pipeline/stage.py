@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pac.families import State
-from pac.families.row_packing import pack_rows, segment_mask, unpack_rows
+from pac.families import State, row_packing
+from pac.families.row_packing import pack_rows, packed_groups, segment_mask, unpack_rows
 from pac.techniques.base import TunedModel
 from pac.techniques.parallel_adapters import ParallelAdaptersModel
 from pac.techniques.parallel_adapters.ladder import (
@@ -112,24 +112,31 @@ class SideStage(StageComputation):
 
     def _forward_packed(self, batch: Tensors) -> StageOutput:
         """Every block on the rows packed: the backbone's blocks and the side network's
-        run on the real tokens as one row (each token attending to its own row's); the
-        points (for the cache) and the side network's output (for the head) come back
-        unpacked, ``[rows, seq, d]``."""
+        run on the real tokens of a group of rows as one row (each token attending to its
+        own row's; groups of at most ``PACK_TOKENS``); the points (for the cache) and the
+        side network's output (for the head) come back unpacked, ``[rows, seq, d]``."""
         model, family = self.model, self.model.family
         with torch.no_grad():
             state = family.embed(batch)
         mask = state["attention_mask"]
         points = embed_points(family, state)
-        ladder, segments = run_backbone_packed(family, state, 0, self.end, model.points)
-        ladder.update({name: pack_rows(point, mask)["hidden"] for name, point in points.items()})
-        side_mask = segment_mask(segments, model.side.up.weight.dtype)
-        side = model.side.run(model.side.begin(ladder), ladder, batch, 0, self.end, side_mask)
-        points.update(
-            {name: unpack_rows(ladder[name], mask) for name in ladder if name not in points}
-        )
-        final = unpack_rows(model.side.finish(side), mask)
+        layers: dict[str, list[torch.Tensor]] = {}
+        finals = []
+        for start, stop in packed_groups(mask, row_packing.PACK_TOKENS):
+            rows = {key: value[start:stop] for key, value in state.items()}
+            ladder, segments = run_backbone_packed(family, rows, 0, self.end, model.points)
+            own = mask[start:stop]
+            for name, point in points.items():
+                ladder[name] = pack_rows(point[start:stop], own)["hidden"]
+            side_mask = segment_mask(segments, model.side.up.weight.dtype)
+            side = model.side.run(model.side.begin(ladder), ladder, batch, 0, self.end, side_mask)
+            for name, point in ladder.items():
+                if name not in points:
+                    layers.setdefault(name, []).append(unpack_rows(point, own))
+            finals.append(unpack_rows(model.side.finish(side), own))
+        points.update({name: torch.cat(parts) for name, parts in layers.items()})
         base = model.base_hidden(points[layer_point(self.end - 1)])
-        outputs = model.head(base + final, batch)
+        outputs = model.head(base + torch.cat(finals), batch)
         loss, count = model.loss_terms(outputs, batch)
         return StageOutput(loss=loss, count=count, points=points)
 

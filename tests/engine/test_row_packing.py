@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pac.engine.loading import load_model
-from pac.families.row_packing import pack_rows, segment_mask, unpack_rows
+from pac.families import row_packing
+from pac.families.row_packing import pack_rows, packed_groups, segment_mask, unpack_rows
 from pac.pipeline.stage import SideStage, stage_computation
 from pac.tasks import TaskSpec
 from pac.techniques.parallel_adapters import ParallelAdaptersConfig, ParallelAdaptersModel
@@ -48,6 +49,15 @@ def test_packing_keeps_the_real_tokens_in_order_and_unpacking_restores_them() ->
     assert blocked[3].tolist() == [True, True, True, False, True, True]
 
 
+def test_rows_are_packed_in_consecutive_groups_of_a_token_budget() -> None:
+    mask = torch.zeros(5, 12, dtype=torch.long)
+    for row, length in enumerate([9, 3, 7, 1, 12]):
+        mask[row, :length] = 1
+    assert packed_groups(mask, 10) == [(0, 1), (1, 3), (3, 4), (4, 5)]  # 12 > 10 goes alone
+    assert packed_groups(mask, 100) == [(0, 5)]
+    assert packed_groups(mask[:0], 10) == []
+
+
 def _step(model: ParallelAdaptersModel, batch: dict[str, torch.Tensor], pack: bool) -> tuple:
     stage = stage_computation(model, 0, len(model.family.blocks()))
     assert isinstance(stage, SideStage) and stage.packs == pack
@@ -58,10 +68,18 @@ def _step(model: ParallelAdaptersModel, batch: dict[str, torch.Tensor], pack: bo
     return output.loss.detach(), grads, output.points
 
 
-@pytest.mark.parametrize("source", ["tiny-bert", "minilm"])
+@pytest.mark.parametrize(
+    ("source", "budget"), [("tiny-bert", 256), ("tiny-bert", 10), ("minilm", 256)]
+)
 def test_a_packed_step_equals_the_padded_one(
-    source: str, tiny_model_dir: Callable[[str], Path], minilm_dir: Path
+    source: str,
+    budget: int,
+    tiny_model_dir: Callable[[str], Path],
+    minilm_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """In one packed row, and in groups (a budget of 10 tokens: 9 | 3 7 | 1 5)."""
+    monkeypatch.setattr(row_packing, "PACK_TOKENS", budget)
     model_dir = tiny_model_dir("bert") if source == "tiny-bert" else minilm_dir
     batch = _batch(LENGTHS, max(LENGTHS) + 2)  # two columns no row uses
     results = []
