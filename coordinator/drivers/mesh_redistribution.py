@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 # Where a stage packs its rows: a row's tokens in its epoch-1 micro-batch against its work
 # in the later steps it joins (pac.pipeline.balance). On sentence-like lengths, one
 # micro-batch of 32 rows on 4 devices, 3 or 10 epochs (tests/pipeline/test_balance.py),
-# 1-3 leave epoch 1's busiest device at 1.03-1.08 times the mean (1.11-1.22 at 0) and the
-# cache phase's at 1.09-1.20 (1.08-1.16 at 0); the total moves little between them.
+# 1-3 leave epoch 1's busiest device at 1.02-1.07 times the mean (1.12-1.21 at 0) and the
+# cache phase's at 1.08-1.20 (1.10-1.17 at 0); the total moves little between them.
 EPOCH_ONE_WEIGHT = 2.0
 
 
