@@ -116,6 +116,8 @@ class SideNetwork(nn.Module):
         points (and ``"embed.decoder"`` when the range starts the decoder). ``self_mask``:
         every block's self-attention mask (additive; packed rows' block-diagonal one,
         :mod:`pac.families.row_packing`) instead of ``batch``'s (encoder stacks only)."""
+        if self_mask is not None and (self.causal or self.first_decoder_block is not None):
+            raise ValueError("a given self-attention mask is for an encoder stack only")
         state = dict(state)
         masks: dict[tuple[str, int, bool], torch.Tensor] = {}
 
@@ -137,8 +139,6 @@ class SideNetwork(nn.Module):
             in_decoder = self.first_decoder_block is not None and index >= self.first_decoder_block
             mask_key = "decoder_attention_mask" if in_decoder else "attention_mask"
             x = self.gates[str(index)](ladder[layer_point(index)], state["side"])
-            if self_mask is not None and (in_decoder or self.causal):
-                raise ValueError("a given self-attention mask is for an encoder stack only")
             block_mask = (
                 self_mask
                 if self_mask is not None
